@@ -1,0 +1,1 @@
+"""Export a MusicGen checkpoint to ONNX graphs staged in the Triton model repository (needs torch)."""

@@ -1,0 +1,250 @@
+"""Checkpoint -> ONNX graphs + tokenizer + manifest, staged into the Triton model repository."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from musicgen_runtime import manifest as manifest_mod, names
+
+from . import checkpoints, graphs
+
+log = logging.getLogger(__name__)
+OPSET = 18
+PRECISIONS = ("fp32", "fp16")
+# which files each Triton model directory receives
+MODEL_FILES = {
+    "tokenizer": [names.TOKENIZER_FILE],
+    "text_encoder": [names.TEXT_ENCODER_FILE],
+    "musicgen_lm": [names.CROSS_KV_FILE, names.DECODER_STEP_FILE],
+    "audio_decoder": [names.AUDIO_DECODER_FILE],
+}
+
+
+def model_dims(model, tokenizer) -> manifest_mod.Dims:
+    c = model.config
+    dec, codec = c.decoder, c.audio_encoder
+    return manifest_mod.Dims(
+        num_codebooks=dec.num_codebooks, vocab_size=dec.vocab_size, pad_token_id=int(dec.pad_token_id),
+        hidden_size=dec.hidden_size, num_layers=dec.num_hidden_layers, num_heads=dec.num_attention_heads,
+        head_dim=dec.hidden_size // dec.num_attention_heads, max_positions=dec.max_position_embeddings,
+        audio_channels=dec.audio_channels, sample_rate=codec.sampling_rate, frame_rate=float(codec.frame_rate),
+        hop_length=int(codec.hop_length), text_hidden_size=c.text_encoder.hidden_size,
+        max_text_tokens=min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512))
+
+
+def _export(module, args, path: Path, input_names, output_names, dynamic_axes):
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=OPSET, input_names=input_names,
+                          output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True)
+
+
+def _save(model_proto, path: Path) -> None:
+    """Always external data for weights: graphs above 2 GB must, and one layout is simpler to stage."""
+    import onnx
+
+    data = path.name + ".data"
+    if (path.parent / data).exists():
+        (path.parent / data).unlink()
+    onnx.save_model(model_proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data, size_threshold=1024)
+
+
+def export_graphs(model, out: Path, precision: str = "fp32") -> dict:
+    """Write the four graphs into `out`; returns {file: graph-level info}. Example shapes use sizes >= 2."""
+    import onnx
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    model = model.eval().float()
+    c = model.config
+    dec = c.decoder
+    n_layers, heads, hd = dec.num_hidden_layers, dec.num_attention_heads, dec.hidden_size // dec.num_attention_heads
+    b, t_text, past_len, s = 3, 7, 5, 2
+    raw = out / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+
+    # text encoder (trace with a padded mask so the masking branch is kept)
+    ids = torch.randint(2, 50, (2, t_text))
+    mask = torch.ones(2, t_text, dtype=torch.long)
+    mask[1, 4:] = 0
+    _export(graphs.TextEncoder(model), (ids, mask), raw / names.TEXT_ENCODER_FILE,
+            [names.INPUT_IDS, names.ATTENTION_MASK], [names.ENCODER_HIDDEN_STATES],
+            {names.INPUT_IDS: {0: "batch", 1: "text_len"}, names.ATTENTION_MASK: {0: "batch", 1: "text_len"},
+             names.ENCODER_HIDDEN_STATES: {0: "batch", 1: "text_len"}})
+
+    # cross-attention K/V, once per request
+    states = torch.randn(b, t_text, dec.hidden_size)
+    cross_names = [names.cross(i, kv) for i in range(n_layers) for kv in ("key", "value")]
+    _export(graphs.CrossKV(model), (states,), raw / names.CROSS_KV_FILE, [names.ENCODER_HIDDEN_STATES],
+            cross_names, {names.ENCODER_HIDDEN_STATES: {0: "batch", 1: "text_len"},
+                          **{n: {0: "batch", 2: "text_len"} for n in cross_names}})
+
+    # decoder step with KV cache (doubles as prefill with an empty past)
+    in_names, out_names = graphs.step_io_names(n_layers)
+    step_args = [torch.randint(0, dec.vocab_size, (b, dec.num_codebooks, s)),
+                 torch.arange(past_len, past_len + s).repeat(b, 1),
+                 torch.ones(b, past_len + s, dtype=torch.long),
+                 torch.ones(b, t_text, dtype=torch.long)]
+    step_args[2][0, 0] = 0
+    step_args[3][1, 5:] = 0
+    for _ in range(n_layers):
+        step_args += [torch.randn(b, heads, past_len, hd), torch.randn(b, heads, past_len, hd),
+                      torch.randn(b, heads, t_text, hd), torch.randn(b, heads, t_text, hd)]
+    axes = {names.INPUT_IDS: {0: "batch", 2: "seq"}, names.POSITION_IDS: {0: "batch", 1: "seq"},
+            names.ATTENTION_MASK: {0: "batch", 1: "total_len"},
+            names.ENCODER_ATTENTION_MASK: {0: "batch", 1: "text_len"}, names.LOGITS: {0: "batch", 2: "seq"}}
+    for i in range(n_layers):
+        for kv in ("key", "value"):
+            axes[names.past(i, "decoder", kv)] = {0: "batch", 2: "past_len"}
+            axes[names.past(i, "encoder", kv)] = {0: "batch", 2: "text_len"}
+            axes[names.present(i, kv)] = {0: "batch", 2: "total_len"}
+    _export(graphs.DecoderStep(model), tuple(step_args), raw / names.DECODER_STEP_FILE, in_names, out_names, axes)
+
+    # EnCodec decoder
+    codes = torch.randint(0, c.audio_encoder.codebook_size, (1, 2, dec.num_codebooks, 10))
+    _export(graphs.AudioDecoder(model), (codes,), raw / names.AUDIO_DECODER_FILE, [names.AUDIO_CODES],
+            [names.AUDIO_VALUES], {names.AUDIO_CODES: {1: "batch", 3: "frames"},
+                                   names.AUDIO_VALUES: {0: "batch", 2: "samples"}})
+
+    info = {}
+    for fname in (names.TEXT_ENCODER_FILE, names.CROSS_KV_FILE, names.DECODER_STEP_FILE, names.AUDIO_DECODER_FILE):
+        proto = onnx.load(str(raw / fname))
+        graph_precision = "fp32"
+        if precision == "fp16" and fname in (names.CROSS_KV_FILE, names.DECODER_STEP_FILE):
+            proto = to_fp16(proto, fname)
+            graph_precision = "fp16"
+        _save(proto, out / fname)
+        onnx.checker.check_model(str(out / fname), full_check=True)
+        info[fname] = {"precision": graph_precision}
+    shutil.rmtree(raw)
+    return info
+
+
+def to_fp16(proto, fname: str):
+    """fp16 weights and KV cache; text states in and logits out stay fp32 (sampling runs in fp32)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    keep = [names.ENCODER_HIDDEN_STATES, names.LOGITS] if fname == names.DECODER_STEP_FILE else \
+        [names.ENCODER_HIDDEN_STATES]
+    proto = convert_float_to_float16(proto, keep_io_types=keep)
+    _toposort(proto.graph)  # the converter appends its input casts at the end
+    return proto
+
+
+def _toposort(graph) -> None:
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in known for i in node.input):
+                ordered.append(node)
+                known.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise RuntimeError("graph has a cycle or undefined inputs after fp16 conversion")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def save_tokenizer(tokenizer, path: Path) -> None:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise checkpoints.CheckpointError("the checkpoint's tokenizer has no fast (tokenizers) version")
+    backend.save(str(path))
+
+
+def build(source: str, repository: Path, precision: str = "fp32", fallback: str | None = None,
+          skip_if_current: bool = False) -> dict:
+    """Export `source` into `repository` (model dirs must exist: they hold config.pbtxt). Returns the manifest."""
+    repository = Path(repository)
+    if skip_if_current:
+        current = current_manifest(repository)
+        if current and current.get("requested_source") == source and current.get("precision") == precision:
+            log.info("repository already holds an export of %s (%s); skipping", source, precision)
+            return current
+    try:
+        resolved = checkpoints.resolve(source)
+    except checkpoints.CheckpointError as exc:
+        if not fallback:
+            raise
+        log.warning("\n%s\n!! %s\n!! FALLING BACK TO THE '%s' PRESET: ITS WEIGHTS ARE RANDOM AND IT MAKES NOISE,"
+                    " NOT MUSIC.\n%s", "!" * 100, exc, fallback, "!" * 100)
+        resolved = checkpoints.resolve(fallback)
+    t0 = time.time()
+    model, tokenizer = checkpoints.load(resolved.path)
+    dims = model_dims(model, tokenizer)
+    with tempfile.TemporaryDirectory(dir=repository, prefix=".export-") as tmp:
+        tmp = Path(tmp)
+        info = export_graphs(model, tmp, precision)
+        save_tokenizer(tokenizer, tmp / names.TOKENIZER_FILE)
+        files = {}
+        for fname in [names.TOKENIZER_FILE, *info]:
+            for f in sorted(tmp.glob(fname + "*")):
+                files[f.name] = {"sha256": manifest_mod.sha256(f), "bytes": f.stat().st_size}
+        manifest = {
+            "format": 1,
+            "requested_source": source,
+            "source": resolved.source,
+            "source_kind": resolved.kind,
+            "checkpoint_path": str(resolved.path),
+            "random_weights": resolved.random_weights,
+            "model_type": model.config.model_type,
+            "precision": precision,
+            "graphs": info,
+            "opset": OPSET,
+            "dims": dims.__dict__,
+            "generation_defaults": {"top_k": 250, "top_p": 0.0, "temperature": 1.0, "guidance_scale": 3.0},
+            "files": files,
+            "versions": _versions(),
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "export_seconds": round(time.time() - t0, 1),
+        }
+        for model_name, fnames in MODEL_FILES.items():
+            dst = repository / model_name / "1"
+            dst.mkdir(parents=True, exist_ok=True)
+            for fname in fnames:
+                for f in tmp.glob(fname + "*"):
+                    shutil.move(str(f), dst / f.name)
+            (dst / names.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    log.info("exported %s (%s) into %s in %.1fs", resolved.source, precision, repository, time.time() - t0)
+    return manifest
+
+
+def current_manifest(repository: Path) -> dict | None:
+    """The manifest of the export staged in `repository`, if complete and its files intact (by size)."""
+    try:
+        m = manifest_mod.read(Path(repository) / "musicgen_lm" / "1")
+    except manifest_mod.ManifestError:
+        return None
+    for model_name, fnames in MODEL_FILES.items():
+        for fname, meta in m.get("files", {}).items():
+            if any(fname.startswith(n) for n in fnames):
+                f = Path(repository) / model_name / "1" / fname
+                if not f.exists() or f.stat().st_size != meta["bytes"]:
+                    return None
+    return m

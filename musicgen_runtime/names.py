@@ -1,0 +1,32 @@
+"""Tensor names of the exported graphs (set at export; the runtime checks them against each graph)."""
+
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+POSITION_IDS = "position_ids"
+ENCODER_ATTENTION_MASK = "encoder_attention_mask"
+ENCODER_HIDDEN_STATES = "encoder_hidden_states"
+LOGITS = "logits"
+AUDIO_CODES = "audio_codes"
+AUDIO_VALUES = "audio_values"
+
+# graph file names inside model_repository/<model>/1/
+TEXT_ENCODER_FILE = "text_encoder.onnx"
+CROSS_KV_FILE = "cross_kv.onnx"
+DECODER_STEP_FILE = "decoder_step.onnx"
+AUDIO_DECODER_FILE = "audio_decoder.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+MANIFEST_FILE = "manifest.json"
+
+
+def past(layer: int, kind: str, kv: str) -> str:
+    """past_key_values.{layer}.{decoder|encoder}.{key|value}"""
+    return f"past_key_values.{layer}.{kind}.{kv}"
+
+
+def present(layer: int, kv: str) -> str:
+    return f"present.{layer}.decoder.{kv}"
+
+
+def cross(layer: int, kv: str) -> str:
+    """Outputs of the cross_kv graph (fed to the step as past_key_values.{i}.encoder.*)."""
+    return f"cross.{layer}.{kv}"

@@ -1,0 +1,55 @@
+"""ONNX Runtime sessions: one place that chooses the execution provider and checks graph names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+
+class GraphError(RuntimeError):
+    pass
+
+
+def providers_for(device: str) -> list:
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise GraphError("device 'cuda' requested but this onnxruntime has no CUDAExecutionProvider "
+                             "(install onnxruntime-gpu matching the CUDA version, or use device 'cpu')")
+        return [("CUDAExecutionProvider", {"do_copy_in_default_stream": True}), "CPUExecutionProvider"]
+    if device != "cpu":
+        raise GraphError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
+    return ["CPUExecutionProvider"]
+
+
+def open_graph(path: str | Path, device: str = "cpu", threads: int | None = None,
+               expect_inputs=(), expect_outputs=()) -> ort.InferenceSession:
+    """Load a graph; fail clearly if it is missing or lacks the tensor names the runtime uses."""
+    path = Path(path)
+    if not path.exists():
+        raise GraphError(f"{path} is missing: run the export (`make export`) to stage the graphs")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    threads = threads if threads is not None else int(os.environ.get("MUSICGEN_ORT_THREADS", "0"))
+    if threads:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=so, providers=providers_for(device))
+    except Exception as exc:
+        raise GraphError(f"onnxruntime could not load {path.name}: {exc}") from exc
+    have_in = {i.name for i in sess.get_inputs()}
+    have_out = {o.name for o in sess.get_outputs()}
+    missing = [n for n in expect_inputs if n not in have_in] + [n for n in expect_outputs if n not in have_out]
+    if missing:
+        raise GraphError(f"{path.name} lacks tensors {missing}; it was exported by another version: re-export")
+    return sess
+
+
+def input_names(sess: ort.InferenceSession) -> list[str]:
+    return [i.name for i in sess.get_inputs()]
+
+
+def output_names(sess: ort.InferenceSession) -> list[str]:
+    return [o.name for o in sess.get_outputs()]

@@ -1,0 +1,765 @@
+"""Run the real ``tritonserver`` binary bundled in the ``nvidia-pytriton`` wheel.
+
+The wheel ships a genuine Triton Inference Server (2.51.0 for nvidia-pytriton 0.7.0) with the
+python backend. It is not usable in place: the python backend expects its stub next to
+``libtriton_python.so``, and the stub needs a shared libpython of the running version. This module
+
+* locates the bundled binary (:func:`find_triton_install`),
+* prepares a work dir with ``backends/`` and ``caches/`` and the right stub
+  (:func:`prepare_work_dir`, idempotent),
+* builds the environment and the command line (:func:`build_environment`, :func:`build_command`),
+* runs a server as a subprocess (:class:`TritonServer`, also a context manager for tests),
+* and cleans the ``/dev/shm`` regions a server leaves behind (:func:`cleanup_shm`).
+
+Nothing here depends on PyTriton's Python API, and nothing reads files outside the project, the
+interpreter's site-packages and the work dir.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+import weakref
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+__all__ = [
+    "DEFAULT_WORK_DIR",
+    "PROJECT_ROOT",
+    "ServerError",
+    "ServerStartError",
+    "TritonInstall",
+    "TritonNotFoundError",
+    "TritonServer",
+    "WorkDir",
+    "build_command",
+    "build_environment",
+    "cleanup_shm",
+    "default_work_dir",
+    "find_free_port",
+    "find_free_ports",
+    "find_triton_install",
+    "log_excerpt",
+    "new_shm_prefix",
+    "pid_alive",
+    "port_in_use",
+    "prepare_work_dir",
+    "terminate_process",
+]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WORK_DIR = PROJECT_ROOT / ".work" / "triton"
+WORK_DIR_ENV = "MUSICGEN_TRITON_WORK_DIR"
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX_BASE = "mgtriton_"
+LOOPBACK = "127.0.0.1"
+
+# Log lines that look like errors but are expected on a CPU-only host.
+_HARMLESS = re.compile(
+    r"CudaDriverHelper has not been initialized|pinned memory|Unable to allocate pinned|"
+    r"cudaGetDeviceCount|CUDA driver|GPU metrics",
+    re.IGNORECASE,
+)
+_ERROR_LINE = re.compile(r"^(E\d{4} |error: )")
+
+
+class ServerError(RuntimeError):
+    """Something went wrong while preparing, starting or stopping a server."""
+
+
+class TritonNotFoundError(ServerError):
+    """The nvidia-pytriton wheel (and so the tritonserver binary) is not installed."""
+
+
+class ServerStartError(ServerError):
+    """The server exited or did not become ready in time. The message contains the log excerpt."""
+
+    def __init__(self, message: str, log_path: Path | None = None, returncode: int | None = None):
+        super().__init__(message)
+        self.log_path = log_path
+        self.returncode = returncode
+
+
+# --------------------------------------------------------------------------------------------
+# Locating the wheel and preparing the work dir
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonInstall:
+    """Where the nvidia-pytriton wheel put the server."""
+
+    root: Path  # site-packages/pytriton/tritonserver
+    binary: Path  # .../bin/tritonserver
+    libs_dir: Path  # site-packages/nvidia_pytriton.libs
+    version: str  # nvidia-pytriton distribution version
+
+    @property
+    def backends_src(self) -> Path:
+        return self.root / "backends"
+
+    @property
+    def caches_src(self) -> Path:
+        return self.root / "caches"
+
+    def stub_src(self, python_version: str | None = None) -> Path:
+        return self.root / "python_backend_stubs" / (python_version or _python_xy()) / "triton_python_backend_stub"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkDir:
+    """A prepared work dir: what ``--backend-directory`` / ``--cache-directory`` point to."""
+
+    path: Path
+    install: TritonInstall
+
+    @property
+    def backend_dir(self) -> Path:
+        return self.path / "backends"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.path / "caches"
+
+    @property
+    def stub(self) -> Path:
+        return self.backend_dir / "python" / "triton_python_backend_stub"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / "logs"
+
+
+def _python_xy() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def default_work_dir() -> Path:
+    """``$MUSICGEN_TRITON_WORK_DIR`` if set, else ``<project>/.work/triton``."""
+    env = os.environ.get(WORK_DIR_ENV)
+    return Path(env).expanduser().resolve() if env else DEFAULT_WORK_DIR
+
+
+def find_triton_install() -> TritonInstall:
+    """Locate the tritonserver binary bundled in the nvidia-pytriton wheel of this interpreter."""
+    spec = importlib.util.find_spec("pytriton")  # does not import pytriton
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonNotFoundError(
+            "nvidia-pytriton is not installed in this Python environment "
+            f"({sys.executable}); run `make setup` (extra 'serve': nvidia-pytriton==0.7.0)"
+        )
+    pkg_dir = Path(next(iter(spec.submodule_search_locations)))
+    root = pkg_dir / "tritonserver"
+    binary = root / "bin" / "tritonserver"
+    if not binary.is_file():
+        raise TritonNotFoundError(f"the nvidia-pytriton wheel has no tritonserver binary at {binary}")
+    if not os.access(binary, os.X_OK):
+        raise TritonNotFoundError(f"{binary} is not executable")
+    try:
+        version = importlib.metadata.version("nvidia-pytriton")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - odd installs
+        version = "unknown"
+    return TritonInstall(root=root, binary=binary, libs_dir=pkg_dir.parent / "nvidia_pytriton.libs", version=version)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def prepare_work_dir(work_dir: str | os.PathLike | None = None, install: TritonInstall | None = None) -> WorkDir:
+    """Copy ``backends/`` and ``caches/`` from the wheel and put the python stub in place.
+
+    Idempotent and safe to call concurrently: a stamp file records what was copied (wheel version,
+    Python X.Y, source dir); nothing is copied again while it matches and the files are present.
+    """
+    install = install or find_triton_install()
+    wd = WorkDir(Path(work_dir).expanduser().resolve() if work_dir else default_work_dir(), install)
+    stub_src = install.stub_src()
+    if not stub_src.is_file():
+        available = sorted(p.name for p in (install.root / "python_backend_stubs").glob("*"))
+        raise TritonNotFoundError(
+            f"nvidia-pytriton {install.version} has no python backend stub for Python {_python_xy()} "
+            f"(available: {', '.join(available) or 'none'})"
+        )
+    wanted = {"nvidia-pytriton": install.version, "python": _python_xy(), "source": str(install.root)}
+    stamp = wd.path / ".prepared.json"
+    required = [
+        wd.backend_dir / "python" / "libtriton_python.so",
+        wd.backend_dir / "python" / "triton_python_backend_utils.py",
+        wd.stub,
+        wd.cache_dir,
+    ]
+
+    def up_to_date() -> bool:
+        try:
+            return json.loads(stamp.read_text()) == wanted and all(p.exists() for p in required)
+        except (OSError, ValueError):
+            return False
+
+    if up_to_date():
+        return wd
+    with _file_lock(wd.path / ".prepare.lock"):
+        if up_to_date():
+            return wd
+        stamp.unlink(missing_ok=True)
+        for dst, src in ((wd.backend_dir, install.backends_src), (wd.cache_dir, install.caches_src)):
+            if dst.exists():
+                shutil.rmtree(dst)
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(stub_src, wd.stub)
+        wd.stub.chmod(0o755)
+        tmp = stamp.with_suffix(".tmp")
+        tmp.write_text(json.dumps(wanted, indent=2) + "\n")
+        tmp.replace(stamp)
+    return wd
+
+
+def build_environment(
+    install: TritonInstall,
+    base: Mapping[str, str] | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment tritonserver (and the python stubs it spawns) must run with.
+
+    * ``LD_LIBRARY_PATH``: the wheel's vendored libs (libcudart for the stub) and the LIBDIR of
+      this interpreter (the stub needs a shared libpython of the same version).
+    * ``PATH``: this venv's bin first, so the embedded interpreter finds the venv's packages.
+    """
+    env = dict(os.environ if base is None else base)
+    libdir = sysconfig.get_config_var("LIBDIR")
+    ld = [str(install.libs_dir)] + ([libdir] if libdir else [])
+    if env.get("LD_LIBRARY_PATH"):
+        ld.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(ld)
+    scripts = sysconfig.get_path("scripts") or str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([scripts] + ([env["PATH"]] if env.get("PATH") else []))
+    env.setdefault("PYTHONUNBUFFERED", "1")  # model prints reach the log promptly
+    if extra:
+        env.update(extra)
+    return env
+
+
+def build_command(
+    work: WorkDir,
+    model_repository: str | os.PathLike,
+    *,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    shm_prefix: str,
+    address: str = LOOPBACK,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The tritonserver command line (list form, no shell)."""
+    return [
+        str(work.install.binary),
+        f"--model-repository={Path(model_repository).resolve()}",
+        f"--backend-directory={work.backend_dir}",
+        f"--cache-directory={work.cache_dir}",
+        f"--http-address={address}",
+        f"--http-port={http_port}",
+        f"--grpc-address={address}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-address={address}",
+        f"--metrics-port={metrics_port}",
+        "--allow-gpu-metrics=false",
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+        *extra_args,
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Ports, shared memory, processes
+# --------------------------------------------------------------------------------------------
+
+
+def find_free_ports(count: int = 3, host: str = LOOPBACK) -> list[int]:
+    """``count`` distinct TCP ports free on ``host`` right now (all held open while choosing)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def find_free_port(host: str = LOOPBACK) -> int:
+    return find_free_ports(1, host)[0]
+
+
+def port_in_use(port: int, host: str = LOOPBACK) -> bool:
+    """True if something is listening on (or otherwise holds) ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # like a server; ignores TIME_WAIT
+        try:
+            s.bind((host if host not in ("", "0.0.0.0") else "", port))
+        except OSError as exc:
+            return exc.errno in (errno.EADDRINUSE, errno.EACCES)
+    return False
+
+
+def new_shm_prefix() -> str:
+    """A unique shm-region prefix. Fixed length + trailing ``_``: no prefix is a prefix of another."""
+    return f"{SHM_PREFIX_BASE}{secrets.token_hex(6)}_"
+
+
+def cleanup_shm(prefix: str, shm_dir: Path = SHM_DIR) -> list[Path]:
+    """Remove ``/dev/shm/<prefix>*`` (leftovers of a killed server). Returns what was removed."""
+    if not prefix or "/" in prefix:
+        raise ValueError(f"refusing to clean shm with prefix {prefix!r}")
+    removed = []
+    for p in shm_dir.glob(glob_escape(prefix) + "*"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, pgrp) from /proc/<pid>/stat, or None if there is no such process."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = data[data.rindex(")") + 2 :].split()
+    return fields[0], int(fields[2])
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` is a live process (zombies count as dead: nothing may reap them here)."""
+    if pid <= 0:
+        return False
+    st = _proc_stat(pid)
+    if st is None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return not Path("/proc").is_dir()  # no procfs: trust kill(0)
+    return st[0] not in ("Z", "X")
+
+
+def process_cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid`` (the server and its python stubs)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        st = _proc_stat(int(entry.name))
+        if st and st[1] == pgid and st[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def terminate_process(
+    pid: int,
+    *,
+    timeout: float = 30.0,
+    process_group: bool = True,
+    poll: "callable | None" = None,
+) -> str:
+    """SIGTERM ``pid``, wait up to ``timeout`` s, then SIGKILL (its whole group if ``process_group``).
+
+    ``poll()`` -> bool "still alive" may be given for a child of ours (so it gets reaped); other
+    processes are watched through /proc. After the leader is gone, leftover members of its process
+    group (python stubs) are killed too. Returns ``"terminated"``, ``"killed"`` or ``"not running"``.
+    """
+    alive = poll or (lambda: pid_alive(pid))
+    if not alive():
+        result = "not running"
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        result = "terminated"
+        if not _wait_until(lambda: not alive(), timeout):
+            result = "killed"
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if process_group:
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+            _wait_until(lambda: not alive(), 10.0)
+    if process_group:
+        stragglers = [p for p in _group_members(pid) if p != pid]
+        for p in stragglers:
+            if "triton" in " ".join(process_cmdline(p)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(p, signal.SIGKILL)
+        _wait_until(lambda: not [p for p in _group_members(pid) if p != pid], 5.0)
+    return result
+
+
+def _wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------------------------
+# Logs and HTTP probes
+# --------------------------------------------------------------------------------------------
+
+
+def _read_tail(path: Path, lines: int, max_bytes: int = 256 * 1024) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read().decode(errors="replace")
+    except OSError:
+        return []
+    return data.splitlines()[-lines:] if lines > 0 else []
+
+
+def log_excerpt(path: str | os.PathLike, tail_lines: int = 40, max_errors: int = 20) -> str:
+    """Error lines of a tritonserver log (minus harmless CUDA noise) followed by its last lines."""
+    path = Path(path)
+    all_lines = _read_tail(path, 5000, max_bytes=4 * 1024 * 1024)
+    errors = [ln for ln in all_lines if _ERROR_LINE.match(ln) and not _HARMLESS.search(ln)]
+    parts = []
+    if errors:
+        parts.append("errors in the log:\n" + "\n".join("  " + e for e in errors[-max_errors:]))
+    tail = all_lines[-tail_lines:]
+    parts.append(f"last {len(tail)} lines of {path}:\n" + ("\n".join(tail) if tail else "  (log is empty)"))
+    return "\n".join(parts)
+
+
+_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_status(url: str, timeout: float = 1.0) -> int | None:
+    """HTTP status of a GET (proxies ignored: the server is local), or None if unreachable."""
+    try:
+        with _NO_PROXY_OPENER.open(url, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def client_host(address: str) -> str:
+    """The host a client on this machine uses to reach a server bound to ``address``."""
+    return LOOPBACK if address in ("", "0.0.0.0", "::", "[::]") else address
+
+
+# --------------------------------------------------------------------------------------------
+# The server
+# --------------------------------------------------------------------------------------------
+
+_LIVE_SERVERS: "weakref.WeakSet[TritonServer]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_forgotten_servers() -> None:  # pragma: no cover - exercised only at interpreter exit
+    for server in list(_LIVE_SERVERS):
+        with contextlib.suppress(Exception):
+            server.stop(timeout=10)
+
+
+def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # pragma: no cover - non-Linux
+        pass
+
+
+class TritonServer:
+    """One tritonserver process on a model repository.
+
+    >>> with TritonServer("model_repository") as server:     # free ports, waits until ready
+    ...     client = tritonclient.http.InferenceServerClient(server.http_endpoint)
+
+    Ports left as ``None`` are picked free (and re-picked if another process grabs one before the
+    server binds it). The server runs in its own process group (its python stubs with it); unless
+    ``detach`` it also gets SIGTERM if the process that started it dies (PR_SET_PDEATHSIG of the
+    starting *thread*: start it from a thread that outlives it) and is stopped at interpreter exit.
+    """
+
+    def __init__(
+        self,
+        model_repository: str | os.PathLike,
+        *,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        address: str = LOOPBACK,
+        work_dir: str | os.PathLike | None = None,
+        log_path: str | os.PathLike | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        shm_prefix: str | None = None,
+        ready_timeout: float = 120.0,
+        stop_timeout: float = 30.0,
+        detach: bool = False,
+    ):
+        self.model_repository = Path(model_repository).expanduser().resolve()
+        self.address = address
+        self._requested_ports = (http_port, grpc_port, metrics_port)
+        self.http_port, self.grpc_port, self.metrics_port = self._pick_ports()
+        self.work_dir = Path(work_dir).expanduser().resolve() if work_dir else default_work_dir()
+        self.shm_prefix = shm_prefix or new_shm_prefix()
+        if "," in self.shm_prefix or "/" in self.shm_prefix:
+            raise ValueError("shm_prefix must not contain ',' or '/'")
+        self.log_path = (
+            Path(log_path).expanduser().resolve()
+            if log_path
+            else self.work_dir / "logs" / f"tritonserver-{self.shm_prefix.rstrip('_')}.log"
+        )
+        self.extra_args = list(extra_args)
+        self.extra_env = dict(env or {})
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.detach = detach
+        self.process: subprocess.Popen | None = None
+        self.returncode: int | None = None
+        self._work: WorkDir | None = None
+
+    # ---- endpoints -------------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return client_host(self.address)
+
+    @property
+    def http_endpoint(self) -> str:
+        """``host:port`` for ``tritonclient.http.InferenceServerClient(url=...)``."""
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_endpoint(self) -> str:
+        """``host:port`` for ``tritonclient.grpc.InferenceServerClient(url=...)``."""
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.http_endpoint}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://{self.grpc_endpoint}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def command(self) -> list[str]:
+        return build_command(
+            self._work or prepare_work_dir(self.work_dir),
+            self.model_repository,
+            http_port=self.http_port,
+            grpc_port=self.grpc_port,
+            metrics_port=self.metrics_port,
+            shm_prefix=self.shm_prefix,
+            address=self.address,
+            extra_args=self.extra_args,
+        )
+
+    def endpoints(self) -> dict[str, str]:
+        return {
+            "http": self.http_url,
+            "grpc": self.grpc_endpoint,
+            "metrics": self.metrics_url,
+        }
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def _pick_ports(self) -> tuple[int, int, int]:
+        wanted = list(self._requested_ports)
+        free = iter(find_free_ports(sum(p is None for p in wanted), client_host(self.address)))
+        return tuple(p if p is not None else next(free) for p in wanted)  # type: ignore[return-value]
+
+    def start(self, wait: bool = True, timeout: float | None = None) -> "TritonServer":
+        """Launch the process; with ``wait`` block until ready (raises :class:`ServerStartError`)."""
+        if self.is_running():
+            raise ServerError(f"server already running (pid {self.pid})")
+        if not self.model_repository.is_dir():
+            raise ServerStartError(f"model repository {self.model_repository} is not a directory")
+        self._work = prepare_work_dir(self.work_dir)
+        attempts = 3 if None in self._requested_ports else 1
+        for attempt in range(attempts):
+            self._check_ports()
+            self._launch()
+            if not wait:
+                return self
+            try:
+                self.wait_until_ready(timeout)
+                return self
+            except ServerStartError as exc:
+                if attempt + 1 < attempts and exc.returncode is not None and self._lost_port_race():
+                    self.http_port, self.grpc_port, self.metrics_port = self._pick_ports()
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_ports(self) -> None:
+        if len({self.http_port, self.grpc_port, self.metrics_port}) < 3:
+            raise ServerStartError(
+                f"HTTP, gRPC and metrics ports must differ (got {self.http_port}, {self.grpc_port}, {self.metrics_port})"
+            )
+        busy = [
+            f"{name} port {port}"
+            for name, port in (("HTTP", self.http_port), ("gRPC", self.grpc_port), ("metrics", self.metrics_port))
+            if port_in_use(port, self.address)
+        ]
+        if busy:
+            raise ServerStartError(f"cannot start tritonserver: {', '.join(busy)} already in use on {self.address}")
+
+    def _lost_port_race(self) -> bool:
+        return any("already in use" in ln for ln in _read_tail(self.log_path, 200))
+
+    def _launch(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = self.command
+        env = build_environment(self._work.install, extra=self.extra_env)
+        with open(self.log_path, "wb") as log:
+            log.write(("# " + " ".join(cmd) + "\n").encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=str(self.work_dir),
+                start_new_session=True,
+                close_fds=True,
+                preexec_fn=None if self.detach else _set_parent_death_signal,
+            )
+        self.returncode = None
+        if not self.detach:
+            _LIVE_SERVERS.add(self)
+
+    def wait_until_ready(self, timeout: float | None = None) -> None:
+        """Poll ``/v2/health/ready``; fail fast if the process exits. Raises :class:`ServerStartError`."""
+        if self.process is None:
+            raise ServerError("server was not started")
+        timeout = self.ready_timeout if timeout is None else timeout
+        ready_url = f"{self.http_url}/v2/health/ready"
+        deadline = time.monotonic() + timeout
+        while True:
+            rc = self.process.poll()
+            if rc is not None:
+                self.returncode = rc
+                self._after_exit()
+                raise ServerStartError(
+                    f"tritonserver exited with code {rc} before becoming ready "
+                    f"(repository {self.model_repository})\n{log_excerpt(self.log_path)}",
+                    self.log_path,
+                    rc,
+                )
+            if http_status(ready_url, timeout=1.0) == 200:
+                return
+            if time.monotonic() >= deadline:
+                self.stop(timeout=5)
+                raise ServerStartError(
+                    f"tritonserver was not ready after {timeout:.0f} s (stopped it; repository "
+                    f"{self.model_repository})\n{log_excerpt(self.log_path)}",
+                    self.log_path,
+                    None,
+                )
+            time.sleep(0.1)
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def is_live(self) -> bool:
+        return http_status(f"{self.http_url}/v2/health/live") == 200
+
+    def is_ready(self) -> bool:
+        return http_status(f"{self.http_url}/v2/health/ready") == 200
+
+    def is_model_ready(self, name: str, version: str | int = "") -> bool:
+        path = f"/v2/models/{name}" + (f"/versions/{version}" if str(version) else "") + "/ready"
+        return http_status(self.http_url + path) == 200
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(_read_tail(self.log_path, lines))
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM, wait ``timeout`` s (default ``stop_timeout``), SIGKILL; clean shm. Returns the exit code."""
+        proc = self.process
+        if proc is not None:
+            terminate_process(
+                proc.pid,
+                timeout=self.stop_timeout if timeout is None else timeout,
+                poll=lambda: proc.poll() is None,
+            )
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.returncode = proc.wait(timeout=5)
+        self._after_exit()
+        return self.returncode
+
+    def _after_exit(self) -> None:
+        _LIVE_SERVERS.discard(self)
+        if self.process is not None and self.process.poll() is not None:
+            # the server's stubs may outlive a crashed server for a moment
+            terminate_process(self.process.pid, timeout=5, poll=lambda: False)
+        cleanup_shm(self.shm_prefix)
+
+    def __enter__(self) -> "TritonServer":
+        if not self.is_running():
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else "stopped"
+        return f"<TritonServer {state} pid={self.pid} http={self.http_port} grpc={self.grpc_port} repo={self.model_repository}>"

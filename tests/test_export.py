@@ -1,0 +1,123 @@
+"""Export stage: checkpoint sources, graphs, manifest, parity with PyTorch (tiny-random)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from export import checkpoints
+from export.__main__ import main as export_main
+from export.onnx_export import build
+from export.verify import verify
+from musicgen_runtime import manifest, names
+
+
+def test_verify_fp32_parity_and_greedy_oracle(tiny_repo):
+    report = verify(tiny_repo, steps=40)
+    assert report["passed"], report
+    for name, g in report["graphs"].items():
+        assert g["max_abs"] < 1e-4, (name, g)
+    assert report["checks"]["causal"]
+    assert all(r["identical"] for r in report["greedy_oracle"]["runs"])
+    assert all(r["audio"]["max_abs"] < 1e-4 for r in report["greedy_oracle"]["runs"])
+
+
+def test_manifest_records_source_dims_and_hashes(tiny_repo):
+    m = manifest.read(tiny_repo / "musicgen_lm" / "1")
+    assert m["random_weights"] is True and m["source"] == "tiny-random"
+    assert m["precision"] == "fp32" and m["opset"] == 18
+    d = manifest.dims(m)
+    assert (d.num_codebooks, d.sample_rate, d.frame_rate, d.hop_length) == (4, 32000, 50.0, 640)
+    for model_name, files in {"musicgen_lm": ["decoder_step.onnx", "cross_kv.onnx"],
+                              "audio_decoder": ["audio_decoder.onnx"], "tokenizer": ["tokenizer.json"]}.items():
+        for f in files:
+            path = tiny_repo / model_name / "1" / f
+            assert m["files"][f]["sha256"] == manifest.sha256(path)
+    assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(m["versions"])
+
+
+def test_graph_names_are_explicit(tiny_repo):
+    import onnx
+
+    g = onnx.load(str(tiny_repo / "musicgen_lm" / "1" / names.DECODER_STEP_FILE), load_external_data=False).graph
+    inputs = [i.name for i in g.input]
+    assert inputs[:4] == [names.INPUT_IDS, names.POSITION_IDS, names.ATTENTION_MASK, names.ENCODER_ATTENTION_MASK]
+    assert names.past(1, "encoder", "value") in inputs
+    assert [o.name for o in g.output][:2] == [names.LOGITS, names.present(0, "key")]
+
+
+def test_export_from_save_pretrained_directory(tmp_path, tiny_checkpoint):
+    """The path a real download takes: a plain HF directory written by save_pretrained."""
+    model, tok = checkpoints.load(tiny_checkpoint)
+    ckpt = tmp_path / "my-musicgen"
+    model.save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    m = build(str(ckpt), repo)
+    assert m["source_kind"] == "directory" and m["random_weights"] is False
+    report = verify(repo, steps=12)
+    assert report["passed"], report
+
+
+def test_fp16_export_loads_and_reports_error(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    m = build("tiny-random", repo, precision="fp16")
+    assert m["graphs"]["decoder_step.onnx"]["precision"] == "fp16"
+    assert m["graphs"]["text_encoder.onnx"]["precision"] == "fp32"
+    report = verify(repo, steps=12)
+    assert report["graphs"]["decoder_step"]["max_rel"] < 0.05
+    assert all(0.0 <= r["token_agreement"] <= 1.0 for r in report["greedy_oracle"]["runs"])
+
+
+def test_non_musicgen_directory_is_refused(tmp_path, capsys):
+    d = tmp_path / "bert"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (d / "model.safetensors").write_bytes(b"")
+    with pytest.raises(checkpoints.CheckpointError, match="not a MusicGen checkpoint"):
+        checkpoints.resolve(str(d))
+    assert export_main(["build", "--checkpoint", str(d), "--repository", str(tmp_path / "r")]) == 2
+    assert "not a MusicGen checkpoint" in capsys.readouterr().err
+
+
+def test_unknown_hub_id_offline_fails_fast_with_advice(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUSICGEN_CHECKPOINT_CACHE", str(tmp_path))
+    with pytest.raises(checkpoints.CheckpointError) as err:
+        checkpoints.resolve("nobody-here/no-such-musicgen", hub_timeout=5)
+    msg = str(err.value)
+    assert "local directory" in msg and "tiny-random" in msg
+
+
+def test_fallback_to_preset_is_loud(tmp_path, caplog):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    m = build("nobody-here/no-such-musicgen", repo, fallback="tiny-random")
+    assert m["source"] == "tiny-random" and m["requested_source"] == "nobody-here/no-such-musicgen"
+    assert "RANDOM" in caplog.text
+
+
+def test_presets_are_deterministic(tmp_path):
+    from export import presets
+
+    a = presets.build("tiny-random", tmp_path / "a")
+    b = presets.build("tiny-random", tmp_path / "b")
+    assert manifest.sha256(a / "model.safetensors") == manifest.sha256(b / "model.safetensors")
+    assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
+
+
+def test_small_random_preset_has_musicgen_small_shapes():
+    from transformers import EncodecConfig, MusicgenDecoderConfig, T5Config
+
+    from export import presets
+
+    p = presets.PRESETS["small-random"]
+    t5, dec, codec = T5Config(**p.t5), MusicgenDecoderConfig(**p.decoder), EncodecConfig(**p.encodec)
+    assert (t5.d_model, t5.num_layers, t5.num_heads, t5.vocab_size) == (768, 12, 12, 32128)
+    assert (dec.hidden_size, dec.num_hidden_layers, dec.num_attention_heads, dec.ffn_dim) == (1024, 24, 16, 4096)
+    assert (dec.num_codebooks, dec.vocab_size, dec.max_position_embeddings) == (4, 2048, 2048)
+    assert (codec.sampling_rate, codec.frame_rate, codec.num_quantizers, codec.codebook_size) == (32000, 50, 4, 2048)

@@ -1,0 +1,97 @@
+"""Unit tests of the shared runtime: delay pattern, sampling, validation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from musicgen_runtime import delay, sampling
+from musicgen_runtime.validation import ValidationError, validate_params, validate_prompt
+
+
+def test_delay_pattern_matches_reference_rule():
+    # REFERENCE rule: [k, t] is pad if t <= k or t >= max_len - K + 1 + k, max_len = steps + 1
+    k, frames = 4, 6
+    m = delay.valid_mask(frames, k)
+    max_len = delay.num_steps(frames, k) + 1
+    for cb in range(k):
+        for t in range(max_len):
+            assert m[cb, t] == (not (t <= cb or t >= max_len - k + 1 + cb))
+    assert m.sum(axis=1).tolist() == [frames] * k
+
+
+def test_undelay_inverts_the_shift():
+    k, frames = 4, 5
+    codes = np.arange(k * frames).reshape(k, frames)
+    seq = np.full((k, delay.num_steps(frames, k) + 1), -1)
+    for cb in range(k):
+        seq[cb, 1 + cb: 1 + cb + frames] = codes[cb]
+    assert np.array_equal(delay.undelay(seq, frames), codes)
+
+
+def test_stereo_delays_interleave():
+    assert delay.delays(8, audio_channels=2).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert delay.num_steps(10, 8, audio_channels=2) == 13
+
+
+def test_guidance_formula():
+    cond, uncond = np.array([[1.0, 2.0]]), np.array([[0.5, 0.0]])
+    assert np.allclose(sampling.guide(cond, uncond, 3.0), [[2.0, 6.0]])
+    assert sampling.guide(cond, None, 3.0) is cond
+
+
+def test_top_k_keeps_k_best():
+    x = np.array([[0.1, 3.0, 2.0, -1.0, 2.5]])
+    out = sampling.filter_logits(x, top_k=2, top_p=0.0, temperature=1.0)
+    assert np.isfinite(out).sum() == 2 and np.isfinite(out[0, [1, 4]]).all()
+
+
+def test_top_p_keeps_smallest_set_reaching_p():
+    probs = np.array([[0.5, 0.3, 0.15, 0.05]])
+    out = sampling.filter_logits(np.log(probs), top_k=0, top_p=0.7, temperature=1.0)
+    assert np.isfinite(out[0]).tolist() == [True, True, False, False]
+
+
+def test_sampling_is_seeded_and_follows_the_distribution():
+    logits = np.log(np.array([[0.7, 0.2, 0.1, 1e-9]] * 2000))
+    a = sampling.sample(logits, 0, 0.0, 1.0, np.random.default_rng(7))
+    b = sampling.sample(logits, 0, 0.0, 1.0, np.random.default_rng(7))
+    assert np.array_equal(a, b)
+    freq = np.bincount(a, minlength=4) / len(a)
+    assert abs(freq[0] - 0.7) < 0.05 and freq[3] == 0
+
+
+def test_top_k_one_is_greedy():
+    x = np.random.default_rng(0).standard_normal((4, 50))
+    assert np.array_equal(sampling.sample(x, 1, 0.0, 1.0, np.random.default_rng(0)), x.argmax(-1))
+
+
+def test_defaults_follow_reference():
+    p = validate_params(10)
+    assert (p.top_k, p.top_p, p.temperature, p.guidance_scale, p.seed) == (250, 0.0, 1.0, 3.0, None)
+    assert p.with_seed().seed is not None
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    ({"duration": 0}, "duration"), ({"duration": 31}, "duration"), ({"duration": math.nan}, "finite"),
+    ({"duration": math.inf}, "finite"), ({"duration": 5, "top_k": -1}, "top_k"),
+    ({"duration": 5, "top_p": 1.5}, "top_p"), ({"duration": 5, "temperature": 0}, "temperature"),
+    ({"duration": 5, "guidance_scale": 0.5}, "guidance_scale"), ({"duration": 5, "seed": -3}, "seed"),
+    ({"duration": 5, "top_k": 2.5}, "integer"), ({"duration": "abc"}, "number"),
+])
+def test_bad_parameters_are_refused_clearly(kwargs, msg):
+    with pytest.raises(ValidationError, match=msg):
+        validate_params(**kwargs)
+
+
+def test_duration_limit_is_configurable():
+    assert validate_params(35, max_duration=40).duration == 35
+
+
+def test_prompt_validation():
+    assert validate_prompt(b"  lofi beat ") == "lofi beat"
+    for bad in ["", "   ", b"\xff\xfe", "x" * 3000, 5]:
+        with pytest.raises(ValidationError):
+            validate_prompt(bad)
