@@ -19,7 +19,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[export,serve,client,test]'
+	$(BIN)/pip install -q -e '.[export,serve,client,test,deploy]'
 	touch $(STAMP)
 
 # Export a checkpoint (HF dir, hub id or preset) into the model repository.
@@ -42,6 +42,11 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# Offline checks of deploy/ (shellcheck, ROS/Terraform/compose/cloud-init, bootstrap dry run).
+# Also part of `make test`; no cloud account or docker engine is needed.
+deploy-check: setup
+	$(BIN)/python -m pytest -q tests/deploy
 
 clean:
 	rm -rf build .pytest_cache

@@ -21,8 +21,10 @@ PRECISIONS = ("fp32", "fp16")
 MODEL_FILES = {
     "tokenizer": [names.TOKENIZER_FILE],
     "text_encoder": [names.TEXT_ENCODER_FILE],
-    "musicgen_lm": [names.CROSS_KV_FILE, names.DECODER_STEP_FILE],
+    "lm_engine": [names.CROSS_KV_FILE, names.DECODER_STEP_FILE],
     "audio_decoder": [names.AUDIO_DECODER_FILE],
+    "musicgen_info": [],  # manifest only
+    "musicgen_stream": [],
 }
 
 
@@ -238,7 +240,7 @@ def build(source: str, repository: Path, precision: str = "fp32", fallback: str 
 def current_manifest(repository: Path) -> dict | None:
     """The manifest of the export staged in `repository`, if complete and its files intact (by size)."""
     try:
-        m = manifest_mod.read(Path(repository) / "musicgen_lm" / "1")
+        m = manifest_mod.read(Path(repository) / "lm_engine" / "1")
     except manifest_mod.ManifestError:
         return None
     for model_name, fnames in MODEL_FILES.items():

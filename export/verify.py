@@ -54,7 +54,7 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
     import torch
 
     repository = Path(repository)
-    lm_dir = repository / "musicgen_lm" / "1"
+    lm_dir = repository / "lm_engine" / "1"
     man = manifest_mod.read(lm_dir)
     dims = manifest_mod.dims(man)
     source = checkpoint or man["checkpoint_path"]

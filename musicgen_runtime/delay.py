@@ -40,5 +40,6 @@ def undelay(sequence: np.ndarray, frames: int, audio_channels: int = 1) -> np.nd
 
 
 def frames_for_duration(seconds: float, frame_rate: float) -> int:
-    """Frames for a duration, as the reference implementation rounds (int(duration * frame_rate))."""
-    return max(1, int(seconds * frame_rate))
+    """Frames for a duration: int(duration * frame_rate) as the reference, tolerant of float32 inputs
+    (0.9 s arrives as 0.89999998 and must still give 45 frames at 50 Hz)."""
+    return max(1, int(seconds * frame_rate + 1e-3))

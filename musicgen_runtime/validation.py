@@ -15,6 +15,7 @@ DEFAULT_TEMPERATURE = 1.0
 DEFAULT_GUIDANCE = 3.0
 DEFAULT_MAX_DURATION = 30.0
 MAX_PROMPT_CHARS = 2000
+MAX_TOP_K = 1_000_000
 MAX_TEMPERATURE = 100.0
 MAX_GUIDANCE = 100.0
 
@@ -83,9 +84,10 @@ def validate_params(duration, top_k=None, top_p=None, temperature=None, guidance
     if not 0 < d <= max_duration:
         raise ValidationError(f"duration must be in (0, {max_duration:g}] seconds, got {d:g}")
     k = DEFAULT_TOP_K if top_k is None else _integer("top_k", top_k)
-    if k < 0 or (vocab_size is not None and k > vocab_size):
-        limit = vocab_size if vocab_size is not None else "the vocabulary size"
-        raise ValidationError(f"top_k must be in [0, {limit}] (0 = off), got {k}")
+    if not 0 <= k <= MAX_TOP_K:
+        raise ValidationError(f"top_k must be in [0, {MAX_TOP_K}] (0 = off), got {k}")
+    if vocab_size is not None:
+        k = min(k, vocab_size)  # as the reference: top-k over a smaller vocabulary keeps it all
     p = DEFAULT_TOP_P if top_p is None else _finite("top_p", top_p)
     if not 0.0 <= p <= 1.0:
         raise ValidationError(f"top_p must be in [0, 1] (0 = off), got {p:g}")

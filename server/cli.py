@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,6 @@ from .triton import (
     client_host,
     default_work_dir,
     http_status,
-    log_excerpt,
     pid_alive,
     process_cmdline,
     terminate_process,
@@ -160,6 +158,7 @@ def cmd_start(args: argparse.Namespace, work_dir: Path) -> int:
             log_path=log_path,
             extra_args=_extra_args(args),
             ready_timeout=args.timeout,
+            exit_timeout=args.exit_timeout,
             detach=True,
         )
         t0 = time.monotonic()
@@ -176,6 +175,7 @@ def cmd_start(args: argparse.Namespace, work_dir: Path) -> int:
             "ports": {"http": server.http_port, "grpc": server.grpc_port, "metrics": server.metrics_port},
             "endpoints": server.endpoints(),
             "log": str(log_path),
+            "exit_timeout": server.exit_timeout,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": server.command,
         }
@@ -228,14 +228,17 @@ def cmd_stop(args: argparse.Namespace, work_dir: Path) -> int:
             _cleanup_stale(work_dir, state, quiet=True)
             print(f"tritonserver (pid {pid}) was not running; removed its stale pid file")
             return EXIT_OK
+        timeout = args.timeout
+        if timeout is None:
+            timeout = (state.get("exit_timeout") or 30) + 10.0
         print(f"stopping tritonserver (pid {pid}) ...", flush=True)
-        result = terminate_process(pid, timeout=args.timeout)
+        result = terminate_process(pid, timeout=timeout)
         if pid_alive(pid):
             _err(f"error: could not stop tritonserver (pid {pid})")
             return EXIT_FAIL
         removed = cleanup_shm(state["shm_prefix"]) if state.get("shm_prefix") else []
         clear_state(work_dir)
-    how = "stopped" if result != "killed" else f"killed (did not exit within {args.timeout:g} s of SIGTERM)"
+    how = "stopped" if result != "killed" else f"killed (did not exit within {timeout:g} s of SIGTERM)"
     print(f"tritonserver (pid {pid}) {how}" + (f"; removed {len(removed)} leftover shm file(s)" if removed else ""))
     return EXIT_OK
 
@@ -292,10 +295,23 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--metrics-port", type=int, default=8002)
     start.add_argument("--address", default=LOOPBACK, help="address to bind (default: %(default)s)")
     start.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness (default: %(default)s)")
+    start.add_argument(
+        "--exit-timeout",
+        type=int,
+        default=15,
+        metavar="S",
+        help="tritonserver --exit-timeout-secs: on stop, how long in-flight requests and open HTTP "
+        "connections may delay the exit (default: %(default)s)",
+    )
     start.add_argument("--log-verbose", type=int, default=None, metavar="N", help="tritonserver --log-verbose level")
 
     stop = sub.add_parser("stop", parents=[common], help="stop the server recorded in the pid file")
-    stop.add_argument("--timeout", type=float, default=30.0, help="seconds between SIGTERM and SIGKILL (default: %(default)s)")
+    stop.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds between SIGTERM and SIGKILL (default: the server's exit timeout + 10)",
+    )
 
     status = sub.add_parser("status", parents=[common], help="tell whether the server runs (exit 3 if not)")
     status.add_argument("--json", action="store_true", help="machine-readable output")

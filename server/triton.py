@@ -39,7 +39,7 @@ import urllib.error
 import urllib.request
 import weakref
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 __all__ = [
     "DEFAULT_WORK_DIR",
@@ -399,7 +399,7 @@ def terminate_process(
     *,
     timeout: float = 30.0,
     process_group: bool = True,
-    poll: "callable | None" = None,
+    poll: Callable[[], bool] | None = None,
 ) -> str:
     """SIGTERM ``pid``, wait up to ``timeout`` s, then SIGKILL (its whole group if ``process_group``).
 
@@ -423,12 +423,12 @@ def terminate_process(
                     os.kill(pid, signal.SIGKILL)
             _wait_until(lambda: not alive(), 10.0)
     if process_group:
-        stragglers = [p for p in _group_members(pid) if p != pid]
+        # only processes of ours: the group id may outlive the leader, check the command line too
+        stragglers = [p for p in _group_members(pid) if p != pid and "triton" in " ".join(process_cmdline(p))]
         for p in stragglers:
-            if "triton" in " ".join(process_cmdline(p)):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(p, signal.SIGKILL)
-        _wait_until(lambda: not [p for p in _group_members(pid) if p != pid], 5.0)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGKILL)
+        _wait_until(lambda: not any(pid_alive(p) for p in stragglers), 5.0)
     return result
 
 
@@ -524,6 +524,10 @@ class TritonServer:
     server binds it). The server runs in its own process group (its python stubs with it); unless
     ``detach`` it also gets SIGTERM if the process that started it dies (PR_SET_PDEATHSIG of the
     starting *thread*: start it from a thread that outlives it) and is stopped at interpreter exit.
+
+    ``exit_timeout`` is passed as ``--exit-timeout-secs`` (grace period for in-flight requests and
+    open HTTP connections on SIGTERM; ``None`` keeps Triton's 30 s). ``stop()`` sends SIGKILL
+    ``stop_timeout`` s after SIGTERM (default: exit timeout + 10 s).
     """
 
     def __init__(
@@ -540,7 +544,8 @@ class TritonServer:
         env: Mapping[str, str] | None = None,
         shm_prefix: str | None = None,
         ready_timeout: float = 120.0,
-        stop_timeout: float = 30.0,
+        exit_timeout: int | None = 5,
+        stop_timeout: float | None = None,
         detach: bool = False,
     ):
         self.model_repository = Path(model_repository).expanduser().resolve()
@@ -559,6 +564,17 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
         self.ready_timeout = ready_timeout
+        # Triton waits up to --exit-timeout-secs (its default: 30) on SIGTERM for in-flight requests
+        # AND for open HTTP keep-alive connections; an explicit value in extra_args wins.
+        given = [a for a in self.extra_args if a.startswith("--exit-timeout-secs")]
+        if given:
+            self.exit_timeout = int(given[-1].split("=", 1)[1]) if "=" in given[-1] else None
+        else:
+            self.exit_timeout = exit_timeout
+            if exit_timeout is not None:
+                self.extra_args.insert(0, f"--exit-timeout-secs={int(exit_timeout)}")
+        if stop_timeout is None:
+            stop_timeout = (30 if self.exit_timeout is None else self.exit_timeout) + 10.0
         self.stop_timeout = stop_timeout
         self.detach = detach
         self.process: subprocess.Popen | None = None

@@ -31,3 +31,12 @@ def tiny_checkpoint(tiny_repo) -> Path:
     from export import checkpoints
 
     return checkpoints.resolve("tiny-random").path
+
+
+@pytest.fixture(scope="session")
+def triton(tiny_repo):
+    """A real tritonserver serving the tiny-random repository (free loopback ports)."""
+    from server import TritonServer
+
+    with TritonServer(tiny_repo) as srv:
+        yield srv

@@ -26,12 +26,12 @@ def test_verify_fp32_parity_and_greedy_oracle(tiny_repo):
 
 
 def test_manifest_records_source_dims_and_hashes(tiny_repo):
-    m = manifest.read(tiny_repo / "musicgen_lm" / "1")
+    m = manifest.read(tiny_repo / "lm_engine" / "1")
     assert m["random_weights"] is True and m["source"] == "tiny-random"
     assert m["precision"] == "fp32" and m["opset"] == 18
     d = manifest.dims(m)
     assert (d.num_codebooks, d.sample_rate, d.frame_rate, d.hop_length) == (4, 32000, 50.0, 640)
-    for model_name, files in {"musicgen_lm": ["decoder_step.onnx", "cross_kv.onnx"],
+    for model_name, files in {"lm_engine": ["decoder_step.onnx", "cross_kv.onnx"],
                               "audio_decoder": ["audio_decoder.onnx"], "tokenizer": ["tokenizer.json"]}.items():
         for f in files:
             path = tiny_repo / model_name / "1" / f
@@ -42,7 +42,7 @@ def test_manifest_records_source_dims_and_hashes(tiny_repo):
 def test_graph_names_are_explicit(tiny_repo):
     import onnx
 
-    g = onnx.load(str(tiny_repo / "musicgen_lm" / "1" / names.DECODER_STEP_FILE), load_external_data=False).graph
+    g = onnx.load(str(tiny_repo / "lm_engine" / "1" / names.DECODER_STEP_FILE), load_external_data=False).graph
     inputs = [i.name for i in g.input]
     assert inputs[:4] == [names.INPUT_IDS, names.POSITION_IDS, names.ATTENTION_MASK, names.ENCODER_ATTENTION_MASK]
     assert names.past(1, "encoder", "value") in inputs

@@ -182,7 +182,8 @@ def test_infer_http_bytes_and_fp32(echo_server):
     for binary in (True, False):  # binary tensor data and JSON
         outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("TEXT_OUT", "VALUE_OUT")]
         result = client.infer("echo", inputs, outputs=outputs)
-        assert [t.decode() for t in result.as_numpy("TEXT_OUT")] == TEXTS
+        # binary data comes back as bytes, JSON as str
+        assert [t.decode() if binary else t for t in result.as_numpy("TEXT_OUT")] == TEXTS
         np.testing.assert_array_equal(result.as_numpy("VALUE_OUT"), value)
     client.close()
 
@@ -242,6 +243,32 @@ def test_crashed_server_is_cleaned_up(echo_repo, work_dir, tmp_path):
     server.stop()
     assert server.returncode == -signal.SIGKILL
     assert not _stub_pids(prefix)
+    assert not _shm_files(prefix)
+
+
+def test_server_exits_when_its_parent_is_killed(echo_repo, work_dir, tmp_path):
+    """No orphan servers when a test session is SIGKILLed (PR_SET_PDEATHSIG -> graceful SIGTERM)."""
+    script = (
+        "import sys, time\n"
+        "from server import TritonServer\n"
+        f"s = TritonServer({str(echo_repo)!r}, work_dir={str(work_dir)!r}, log_path={str(tmp_path / 'p.log')!r})\n"
+        "s.start(timeout=60)\n"
+        "print(s.pid, s.shm_prefix, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        line = parent.stdout.readline().split()
+        assert len(line) == 2, "the parent did not start a server"
+        pid, prefix = int(line[0]), line[1]
+        assert pid_alive(pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 20
+    while (pid_alive(pid) or _stub_pids(prefix)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(pid) and not _stub_pids(prefix)
     assert not _shm_files(prefix)
 
 

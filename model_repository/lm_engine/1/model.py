@@ -1,0 +1,66 @@
+"""Continuous-batching LM engine: text states + sampling parameters -> audio codes (streamed progress)."""
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from musicgen_runtime import delay, manifest, triton_io
+from musicgen_runtime.lm import LanguageModel
+from musicgen_runtime.scheduler import Job, Scheduler
+from musicgen_runtime.validation import ValidationError, validate_params
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        d = triton_io.model_dir(args)
+        params = triton_io.parameters(args)
+        self.lm = LanguageModel(d, device=triton_io.device(args))
+        self.dims = self.lm.dims
+        limit = (self.dims.max_positions - 1 - self.dims.num_codebooks) / self.dims.frame_rate
+        self.max_duration = min(float(params.get("max_duration") or 30), limit)
+        self.scheduler = Scheduler(self.lm, max_active=int(params.get("max_active") or 16))
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                job = self._job(request, sender)
+            except Exception as exc:
+                sender.send(triton_io.error_response(pb_utils, exc), flags=FINAL)
+                continue
+            self.scheduler.submit(job)
+        return None
+
+    def _job(self, request, sender):
+        get = lambda n: triton_io.scalar(pb_utils, request, n)  # noqa: E731
+        p = validate_params(get("duration"), *(get(n) for n in triton_io.PARAM_NAMES),
+                            max_duration=self.max_duration, vocab_size=self.dims.vocab_size)
+        states = triton_io.array(pb_utils, request, "encoder_hidden_states")
+        mask = triton_io.array(pb_utils, request, "attention_mask")
+        if states.ndim != 2 or states.shape[1] != self.dims.hidden_size or mask.shape != states.shape[:1]:
+            raise ValidationError(f"encoder_hidden_states must be [T, {self.dims.hidden_size}] with a [T] mask")
+        frames = delay.frames_for_duration(p.duration, self.dims.frame_rate)
+        seq = self.lm.prepare(states, mask, p, frames)
+        every = int(get("progress_every") or 0)
+
+        def respond(event, s, codes=None):
+            outs = [pb_utils.Tensor("event", np.array([event.encode()], dtype=object)),
+                    pb_utils.Tensor("frames_done", np.array([s.frames_ready], np.int32)),
+                    pb_utils.Tensor("frames_total", np.array([s.frames], np.int32)),
+                    pb_utils.Tensor("seed_used", np.array([s.params.seed], np.int64))]
+            if codes is not None:
+                outs.append(pb_utils.Tensor("audio_codes", codes))
+            return pb_utils.InferenceResponse(outs)
+
+        return Job(
+            seq=seq,
+            on_done=lambda s: sender.send(respond("final", s, s.codes()), flags=FINAL),
+            on_error=lambda s, e: sender.send(triton_io.error_response(pb_utils, e), flags=FINAL),
+            on_progress=lambda s: sender.send(respond("progress", s, s.codes(s.frames_ready))),
+            progress_every=every,
+            is_cancelled=getattr(request, "is_cancelled", None),
+        )
+
+    def finalize(self):
+        self.scheduler.close()

@@ -1,0 +1,31 @@
+"""Unary front of lm_engine: one request in, its final codes out (BLS, decoupled call)."""
+
+import triton_python_backend_utils as pb_utils
+
+from musicgen_runtime import triton_io
+
+INPUTS = ("encoder_hidden_states", "attention_mask", "duration") + triton_io.PARAM_NAMES
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                inputs = [t for t in (pb_utils.get_input_tensor_by_name(request, n) for n in INPUTS) if t is not None]
+                bls = pb_utils.InferenceRequest(model_name="lm_engine", inputs=inputs,
+                                                requested_output_names=["audio_codes", "seed_used"])
+                final = None
+                for resp in bls.exec(decoupled=True):
+                    if resp.has_error():
+                        raise triton_io.BlsError(resp.error().message())
+                    if pb_utils.get_output_tensor_by_name(resp, "audio_codes") is not None:
+                        final = resp
+                if final is None:
+                    raise RuntimeError("lm_engine ended without codes")
+                responses.append(pb_utils.InferenceResponse(
+                    [pb_utils.get_output_tensor_by_name(final, "audio_codes"),
+                     pb_utils.get_output_tensor_by_name(final, "seed_used")]))
+            except Exception as exc:
+                responses.append(triton_io.error_response(pb_utils, exc))
+        return responses

@@ -1,0 +1,100 @@
+"""Streaming generation (decoupled, BLS): tokenizer -> text_encoder -> lm_engine (progress) -> audio_decoder.
+
+Each request runs on its own worker thread, so streams proceed concurrently and the engine
+batches them together.
+"""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from musicgen_runtime import manifest, triton_io
+from musicgen_runtime.streaming import ChunkPlan
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def _call(model, inputs, outputs):
+    resp = pb_utils.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=outputs).exec()
+    if resp.has_error():
+        raise triton_io.BlsError(resp.error().message())
+    return [triton_io.output(pb_utils, resp, n) for n in outputs]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        p = triton_io.parameters(args)
+        self.dims = manifest.dims(manifest.read(triton_io.model_dir(args)))
+        rate = self.dims.frame_rate
+        self.plan = ChunkPlan(chunk=max(1, round(float(p.get("chunk_seconds") or 1.0) * rate)),
+                              left=round(float(p.get("left_context_seconds") or 1.0) * rate),
+                              right=int(p.get("right_context_frames") or 4))
+        self.progress_every = int(p.get("progress_every_frames") or 5)
+        self.pool = ThreadPoolExecutor(max_workers=int(p.get("max_streams") or 16), thread_name_prefix="stream")
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            inputs = {n: pb_utils.get_input_tensor_by_name(request, n)
+                      for n in ("prompt", "duration") + triton_io.PARAM_NAMES}
+            self.pool.submit(self._stream, {k: v for k, v in inputs.items() if v is not None}, sender)
+        return None
+
+    def _stream(self, inputs, sender):
+        try:
+            self._generate(inputs, sender)
+        except Exception as exc:
+            try:
+                sender.send(triton_io.error_response(pb_utils, exc), flags=FINAL)
+            except Exception:
+                pass
+
+    def _generate(self, inputs, sender):
+        ids, mask = _call("tokenizer", [inputs["prompt"]], ["input_ids", "attention_mask"])
+        (states,) = _call("text_encoder", [pb_utils.Tensor("input_ids", ids), pb_utils.Tensor("attention_mask", mask)],
+                          ["encoder_hidden_states"])
+        lm_inputs = [pb_utils.Tensor("encoder_hidden_states", states), pb_utils.Tensor("attention_mask", mask),
+                     pb_utils.Tensor("progress_every", np.array([self.progress_every], np.int32))]
+        lm_inputs += [t for n, t in inputs.items() if n != "prompt"]
+        bls = pb_utils.InferenceRequest(model_name="lm_engine", inputs=lm_inputs,
+                                        requested_output_names=["event", "frames_done", "frames_total",
+                                                                "audio_codes", "seed_used"])
+        next_frame, hop = 0, self.dims.hop_length
+        for resp in bls.exec(decoupled=True):
+            if resp.has_error():
+                raise triton_io.BlsError(resp.error().message())
+            if pb_utils.get_output_tensor_by_name(resp, "event") is None:
+                continue  # an empty closing response
+            event = triton_io.output(pb_utils, resp, "event")[0].decode()
+            done = int(triton_io.output(pb_utils, resp, "frames_done")[0])
+            total = int(triton_io.output(pb_utils, resp, "frames_total")[0])
+            codes = triton_io.output(pb_utils, resp, "audio_codes")
+            seed = triton_io.output(pb_utils, resp, "seed_used")
+            sender.send(self._status("progress", done, total))
+            ready = total if event == "final" else done
+            for a, b, w0, w1 in self.plan.ready_chunks(next_frame, ready, total):
+                audio, _ = _call("audio_decoder", [pb_utils.Tensor("audio_codes", np.ascontiguousarray(codes[:, w0:w1]))],
+                                 ["audio", "sample_rate"])
+                chunk = np.ascontiguousarray(audio[:, (a - w0) * hop:(b - w0) * hop])
+                sender.send(self._status("audio_chunk", done, total, [
+                    pb_utils.Tensor("audio_chunk", chunk), pb_utils.Tensor("chunk_start", np.array([a * hop], np.int64))]))
+                next_frame = b
+            if event == "final":
+                audio, rate = _call("audio_decoder", [pb_utils.Tensor("audio_codes", codes)], ["audio", "sample_rate"])
+                sender.send(self._status("final", total, total, [
+                    pb_utils.Tensor("audio", audio), pb_utils.Tensor("sample_rate", rate),
+                    pb_utils.Tensor("audio_codes", codes), pb_utils.Tensor("seed_used", seed)]), flags=FINAL)
+                return
+        raise RuntimeError("lm_engine ended without a final response")
+
+    @staticmethod
+    def _status(event, done, total, extra=()):
+        return pb_utils.InferenceResponse([
+            pb_utils.Tensor("event", np.array([event.encode()], dtype=object)),
+            pb_utils.Tensor("frames_done", np.array([done], np.int32)),
+            pb_utils.Tensor("frames_total", np.array([total], np.int32)), *extra])
+
+    def finalize(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,102 @@
+"""Continuous batching: one thread runs the LM's batched step; requests join and leave at any step.
+
+Used by the `lm_engine` Triton model and by in-process benchmarks. Callbacks run on the engine
+thread: `on_progress(seq)` every `progress_every` new frames, then exactly one of `on_done(seq)`
+or `on_error(seq, exc)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from .lm import LanguageModel, Sequence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Job:
+    seq: Sequence
+    on_done: Callable[[Sequence], None]
+    on_error: Callable[[Sequence, BaseException], None]
+    on_progress: Callable[[Sequence], None] | None = None
+    progress_every: int = 0
+    is_cancelled: Callable[[], bool] | None = None
+    _last_reported: int = 0
+
+
+class Scheduler:
+    def __init__(self, lm: LanguageModel, max_active: int = 16):
+        self.lm = lm
+        self.max_active = max_active  # requests beyond this wait in the queue
+        self._queue: "queue.Queue[Job]" = queue.Queue()
+        self._jobs: dict[int, Job] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lm-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        job.seq.on_step = lambda seq, job=job: self._on_step(job)
+        self._queue.put(job)
+
+    @property
+    def active(self) -> int:
+        return len(self._jobs)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _on_step(self, job: Job) -> None:
+        if job.is_cancelled is not None and job.is_cancelled():
+            job.seq.cancelled = True
+            return
+        if job.on_progress and job.progress_every > 0:
+            ready = job.seq.frames_ready
+            if ready - job._last_reported >= job.progress_every and ready < job.seq.frames:
+                job._last_reported = ready
+                job.on_progress(job.seq)
+
+    def _admit(self, block: bool) -> None:
+        while len(self._jobs) < self.max_active:
+            try:
+                job = self._queue.get(block=block and not self._jobs, timeout=0.2)
+            except queue.Empty:
+                return
+            self._jobs[job.seq.id] = job
+            self.lm.add(job.seq)
+            block = False
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._admit(block=True)
+                if not self._jobs:
+                    continue
+                for seq in self.lm.step():
+                    self._finish(self._jobs.pop(seq.id), seq)
+            except Exception as exc:  # never let the engine thread die: fail what is in flight, go on
+                log.exception("engine step failed")
+                for job in list(self._jobs.values()):
+                    self._safe(job.on_error, job.seq, exc)
+                self._jobs.clear()
+                self.lm._reset()
+
+    def _finish(self, job: Job, seq: Sequence) -> None:
+        if seq.error is not None:
+            self._safe(job.on_error, seq, seq.error)
+        elif seq.cancelled:
+            self._safe(job.on_error, seq, RuntimeError("request cancelled"))
+        else:
+            self._safe(job.on_done, seq)
+
+    @staticmethod
+    def _safe(fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("response callback failed")
