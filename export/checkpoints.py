@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import presets
 
-SUPPORTED_MODEL_TYPES = {"musicgen"}
+SUPPORTED_MODEL_TYPES = {"musicgen", "musicgen_melody"}
 DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "checkpoints"
 
 
@@ -91,6 +91,9 @@ def load(path: Path):
     """
     from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
-    model = MusicgenForConditionalGeneration.from_pretrained(path, attn_implementation="eager").eval()
+    cls = MusicgenForConditionalGeneration
+    if json.loads((Path(path) / "config.json").read_text()).get("model_type") == "musicgen_melody":
+        from transformers import MusicgenMelodyForConditionalGeneration as cls  # export/melody.py exports it
+    model = cls.from_pretrained(path, attn_implementation="eager").eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer

@@ -49,13 +49,42 @@ class CrossKV(nn.Module):
         return tuple(out)
 
 
-class DecoderStep(nn.Module):
-    """One decoder step for S new tokens per row, given the past self-attention K/V.
+class _InPlaceAttention(torch.autograd.Function):
+    """Self-attention over a preallocated KV cache, exported as ORT's GroupQueryAttention.
 
-    input_ids [B,K,S] · position_ids [B,S] · attention_mask [B,P+S] (1 = attend; causal order inside
-    the S new tokens is added here) · encoder_attention_mask [B,T] · past self K/V [B,H,P,D] and cross
-    K/V [B,H,T,D] per layer → logits [B,K,S,V] and present self K/V [B,H,P+S,D].
-    With P = 0 this is the prefill.
+    Row b's S new tokens are written at cache positions seqlens_k[b]-S+1 .. seqlens_k[b]; queries
+    attend causally to positions <= their own. At run time the cache input and output are bound
+    to the same buffer, so ORT writes the new K/V in place (no Concat of the whole past per step).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, past_k, past_v, seqlens_k, total_len, heads: int, head_dim: int):
+        b, s, hidden = q.shape
+        d = head_dim
+        cap = past_k.shape[2]
+        start = (seqlens_k.long() - s + 1)[:, None] + torch.arange(s)[None, :]  # [B, S] write positions
+        idx = start[:, None, :, None].expand(b, heads, s, d)
+        present_k = past_k.clone().scatter(2, idx, k.view(b, s, heads, d).transpose(1, 2))
+        present_v = past_v.clone().scatter(2, idx, v.view(b, s, heads, d).transpose(1, 2))
+        allowed = torch.arange(cap)[None, None, None, :] <= start[:, None, :, None]
+        w = torch.matmul(q.view(b, s, heads, d).transpose(1, 2), present_k.transpose(2, 3)) * d ** -0.5
+        w = torch.softmax(w.masked_fill(~allowed, torch.finfo(w.dtype).min), dim=-1)
+        out = torch.matmul(w, present_v).transpose(1, 2).reshape(b, s, hidden)
+        return out, present_k, present_v
+
+    @staticmethod
+    def symbolic(g, q, k, v, past_k, past_v, seqlens_k, total_len, heads: int, head_dim: int):
+        return g.op("com.microsoft::GroupQueryAttention", q, k, v, past_k, past_v, seqlens_k, total_len,
+                    num_heads_i=heads, kv_num_heads_i=heads, scale_f=float(head_dim) ** -0.5, outputs=3)
+
+
+class DecoderStep(nn.Module):
+    """One decoder step for S new tokens per row, on a preallocated (in-place) self-attention cache.
+
+    input_ids [B,K,S] · position_ids [B,S] · seqlens_k int32 [B] (cache index of each row's last new
+    token) · total_sequence_length int32 [] · encoder_attention_mask [B,T] · per layer: self K/V cache
+    [B,H,capacity,D] and cross K/V [B,H,T,D] → logits [B,K,S,V] and the updated caches (same shape;
+    bind them to the input buffers). With an empty cache (seqlens_k = S-1) this is the prefill.
     """
 
     def __init__(self, model):
@@ -72,7 +101,7 @@ class DecoderStep(nn.Module):
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.scaling = self.head_dim ** -0.5
 
-    def _attend(self, att, x, k, v, mask):
+    def _cross(self, att, x, k, v, mask):
         b, s, _ = x.shape
         q = att.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
         w = torch.matmul(q, k.transpose(2, 3)) * self.scaling + mask
@@ -80,37 +109,26 @@ class DecoderStep(nn.Module):
         o = torch.matmul(w, v).transpose(1, 2).reshape(b, s, -1)
         return att.out_proj(o)
 
-    def forward(self, input_ids, position_ids, attention_mask, encoder_attention_mask, *past):
+    def forward(self, input_ids, position_ids, seqlens_k, total_len, encoder_attention_mask, *past):
         b, n_cb, s = input_ids.shape
         x = self.embed_tokens[0](input_ids[:, 0])
         for k in range(1, n_cb):
             x = x + self.embed_tokens[k](input_ids[:, k])
         x = x + self.positions[position_ids]
-        dtype = x.dtype
-        neg = torch.finfo(dtype).min
-
-        total = attention_mask.shape[1]
-        past_len = total - s
-        # causal inside the new tokens: query i may see key j when j <= past_len + i
-        key_idx = torch.arange(total, device=x.device)[None, :]
-        query_idx = torch.arange(s, device=x.device)[:, None] + past_len
-        allowed = (key_idx <= query_idx)[None, None] & (attention_mask[:, None, None, :] > 0)
-        self_mask = torch.where(allowed, torch.zeros((), dtype=dtype), torch.full((), neg, dtype=dtype))
-        cross_mask = ((1 - encoder_attention_mask[:, None, None, :].to(dtype)) * neg)
+        neg = torch.finfo(x.dtype).min
+        cross_mask = (1 - encoder_attention_mask[:, None, None, :].to(x.dtype)) * neg
 
         presents = []
         for i, layer in enumerate(self.layers):
             pk, pv, ck, cv = past[4 * i: 4 * i + 4]
             h = layer.self_attn_layer_norm(x)
             att = layer.self_attn
-            nk = att.k_proj(h).view(b, s, self.heads, self.head_dim).transpose(1, 2)
-            nv = att.v_proj(h).view(b, s, self.heads, self.head_dim).transpose(1, 2)
-            k_all = torch.cat([pk, nk], dim=2)
-            v_all = torch.cat([pv, nv], dim=2)
-            presents += [k_all, v_all]
-            x = x + self._attend(att, h, k_all, v_all, self_mask)
+            o, nk, nv = _InPlaceAttention.apply(att.q_proj(h), att.k_proj(h), att.v_proj(h), pk, pv, seqlens_k,
+                                                total_len, self.heads, self.head_dim)
+            presents += [nk, nv]
+            x = x + att.out_proj(o)
             h = layer.encoder_attn_layer_norm(x)
-            x = x + self._attend(layer.encoder_attn, h, ck, cv, cross_mask)
+            x = x + self._cross(layer.encoder_attn, h, ck, cv, cross_mask)
             h = layer.final_layer_norm(x)
             x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
         x = self.layer_norm(x)
@@ -131,7 +149,8 @@ class AudioDecoder(nn.Module):
 
 def step_io_names(num_layers: int):
     """Input and output names of the decoder step graph, in argument order."""
-    inputs = [names.INPUT_IDS, names.POSITION_IDS, names.ATTENTION_MASK, names.ENCODER_ATTENTION_MASK]
+    inputs = [names.INPUT_IDS, names.POSITION_IDS, names.SEQLENS_K, names.TOTAL_SEQUENCE_LENGTH,
+              names.ENCODER_ATTENTION_MASK]
     outputs = [names.LOGITS]
     for i in range(num_layers):
         inputs += [names.past(i, "decoder", "key"), names.past(i, "decoder", "value"),

@@ -16,7 +16,7 @@ from . import checkpoints, graphs
 
 log = logging.getLogger(__name__)
 OPSET = 18
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 # which files each Triton model directory receives
 MODEL_FILES = {
     "tokenizer": [names.TOKENIZER_FILE],
@@ -46,7 +46,8 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_axes):
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, str(path), dynamo=False, opset_version=OPSET, input_names=input_names,
-                          output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True)
+                          output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True,
+                          custom_opsets={"com.microsoft": 1})
 
 
 def _save(model_proto, path: Path) -> None:
@@ -91,25 +92,26 @@ def export_graphs(model, out: Path, precision: str = "fp32") -> dict:
             cross_names, {names.ENCODER_HIDDEN_STATES: {0: "batch", 1: "text_len"},
                           **{n: {0: "batch", 2: "text_len"} for n in cross_names}})
 
-    # decoder step with KV cache (doubles as prefill with an empty past)
+    # decoder step on a preallocated KV cache (doubles as prefill with an empty cache)
     in_names, out_names = graphs.step_io_names(n_layers)
+    capacity = past_len + s + 3
     step_args = [torch.randint(0, dec.vocab_size, (b, dec.num_codebooks, s)),
-                 torch.arange(past_len, past_len + s).repeat(b, 1),
-                 torch.ones(b, past_len + s, dtype=torch.long),
+                 torch.tensor([[past_len, past_len + 1], [2, 3], [0, 1]]),
+                 torch.tensor([past_len + 1, 3, 1], dtype=torch.int32),
+                 torch.tensor(past_len + s, dtype=torch.int32),
                  torch.ones(b, t_text, dtype=torch.long)]
-    step_args[2][0, 0] = 0
-    step_args[3][1, 5:] = 0
+    step_args[4][1, 5:] = 0
     for _ in range(n_layers):
-        step_args += [torch.randn(b, heads, past_len, hd), torch.randn(b, heads, past_len, hd),
+        step_args += [torch.randn(b, heads, capacity, hd), torch.randn(b, heads, capacity, hd),
                       torch.randn(b, heads, t_text, hd), torch.randn(b, heads, t_text, hd)]
     axes = {names.INPUT_IDS: {0: "batch", 2: "seq"}, names.POSITION_IDS: {0: "batch", 1: "seq"},
-            names.ATTENTION_MASK: {0: "batch", 1: "total_len"},
-            names.ENCODER_ATTENTION_MASK: {0: "batch", 1: "text_len"}, names.LOGITS: {0: "batch", 2: "seq"}}
+            names.SEQLENS_K: {0: "batch"}, names.ENCODER_ATTENTION_MASK: {0: "batch", 1: "text_len"},
+            names.LOGITS: {0: "batch", 2: "seq"}}
     for i in range(n_layers):
         for kv in ("key", "value"):
-            axes[names.past(i, "decoder", kv)] = {0: "batch", 2: "past_len"}
+            axes[names.past(i, "decoder", kv)] = {0: "batch", 2: "capacity"}
             axes[names.past(i, "encoder", kv)] = {0: "batch", 2: "text_len"}
-            axes[names.present(i, kv)] = {0: "batch", 2: "total_len"}
+            axes[names.present(i, kv)] = {0: "batch", 2: "capacity"}
     _export(graphs.DecoderStep(model), tuple(step_args), raw / names.DECODER_STEP_FILE, in_names, out_names, axes)
 
     # EnCodec decoder
@@ -126,6 +128,9 @@ def export_graphs(model, out: Path, precision: str = "fp32") -> dict:
             proto = to_fp16(proto, fname)
             graph_precision = "fp16"
         _save(proto, out / fname)
+        if precision == "int8" and fname == names.DECODER_STEP_FILE:
+            to_int8(out / fname)
+            graph_precision = "int8"
         onnx.checker.check_model(str(out / fname), full_check=True)
         info[fname] = {"precision": graph_precision}
     shutil.rmtree(raw)
@@ -141,6 +146,27 @@ def to_fp16(proto, fname: str):
     proto = convert_float_to_float16(proto, keep_io_types=keep)
     _toposort(proto.graph)  # the converter appends its input casts at the end
     return proto
+
+
+def to_int8(path: Path) -> None:
+    """Dynamic int8 (CPU): S8 per-channel weights on every MatMul, activations quantized per step.
+
+    The KV cache, layer norms, softmax and logits stay fp32.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = path.with_name("int8-" + path.name)
+    quantize_dynamic(str(path), str(tmp), op_types_to_quantize=["MatMul"], per_channel=True,
+                     weight_type=QuantType.QInt8, use_external_data_format=True)
+    data = path.with_name(path.name + ".data")
+    path.unlink()
+    data.unlink()
+    import onnx
+
+    _save(onnx.load(str(tmp)), path)  # re-save under the canonical name (external data named after it)
+    tmp.unlink()
+    for f in tmp.parent.glob(tmp.name + "*"):  # the quantizer's own external-data file
+        f.unlink()
 
 
 def _toposort(graph) -> None:
@@ -184,6 +210,7 @@ def build(source: str, repository: Path, precision: str = "fp32", fallback: str 
           skip_if_current: bool = False) -> dict:
     """Export `source` into `repository` (model dirs must exist: they hold config.pbtxt). Returns the manifest."""
     repository = Path(repository)
+    repository.mkdir(parents=True, exist_ok=True)
     if skip_if_current:
         current = current_manifest(repository)
         if current and current.get("requested_source") == source and current.get("precision") == precision:
@@ -199,6 +226,10 @@ def build(source: str, repository: Path, precision: str = "fp32", fallback: str 
         resolved = checkpoints.resolve(fallback)
     t0 = time.time()
     model, tokenizer = checkpoints.load(resolved.path)
+    if model.config.model_type == "musicgen_melody":  # conditioning prepended, no cross-attention
+        from . import melody
+
+        return melody.stage(source, resolved, model, tokenizer, repository, precision, t0)
     dims = model_dims(model, tokenizer)
     with tempfile.TemporaryDirectory(dir=repository, prefix=".export-") as tmp:
         tmp = Path(tmp)

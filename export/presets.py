@@ -65,6 +65,8 @@ class Preset:
     decoder: dict
     seed: int = 1234
     tokenizer_vocab: int = 400
+    model_type: str = "musicgen"  # or "musicgen_melody" (conditioning prepended, no cross-attention)
+    melody: dict | None = None  # MusicgenMelodyConfig extras (num_chroma, chroma_length)
 
 
 _TINY = Preset(
@@ -93,7 +95,19 @@ _SMALL = Preset(
     tokenizer_vocab=400,
 )
 
-PRESETS = {p.name: p for p in (_TINY, _SMALL)}
+# tiny-random's shapes as a MusicGen-Melody (text + 12-bin chroma prepended to the decoder input);
+# a short chroma window (40 frames, 5 s) so tests see both the tiling and the truncation of melodies.
+# Decoder weights drawn 10x wider than the default (std 0.2): at 0.02 the sinusoidal positions drown
+# the conditioning and every melody gives the same greedy codes, so a test could not see the melody.
+_TINY_MELODY = Preset(
+    name="tiny-random-melody",
+    description="tiny random-weight MusicGen-Melody for tests and CI",
+    t5=dict(_TINY.t5, d_model=48),  # != decoder width, so the text projection (enc_to_dec_proj) exists
+    encodec=_TINY.encodec, decoder=dict(_TINY.decoder, initializer_factor=0.2),
+    model_type="musicgen_melody", melody=dict(num_chroma=12, chroma_length=40),
+)
+
+PRESETS = {p.name: p for p in (_TINY, _SMALL, _TINY_MELODY)}
 RANDOM_MARKER = "musicgen_triton_preset.json"  # written into a preset dir: records it is random
 
 
@@ -144,10 +158,18 @@ def build(name: str, out_dir: Path) -> Path:
     t5 = T5Config(**p.t5, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     if tok.get_vocab_size() > t5.vocab_size:
         raise RuntimeError("preset tokenizer is larger than the text encoder's vocabulary")
-    config = MusicgenConfig(text_encoder=t5, audio_encoder=EncodecConfig(**p.encodec),
-                            decoder=MusicgenDecoderConfig(**p.decoder))
-    # Building from config (not from sub-model instances) keeps the decoder's causal mask.
-    model = MusicgenForConditionalGeneration(config).eval()
+    if p.model_type == "musicgen_melody":
+        from transformers import (MusicgenMelodyConfig, MusicgenMelodyDecoderConfig,
+                                  MusicgenMelodyForConditionalGeneration)
+
+        config = MusicgenMelodyConfig(text_encoder=t5, audio_encoder=EncodecConfig(**p.encodec),
+                                      decoder=MusicgenMelodyDecoderConfig(**p.decoder), **(p.melody or {}))
+        model = MusicgenMelodyForConditionalGeneration(config).eval()
+    else:
+        config = MusicgenConfig(text_encoder=t5, audio_encoder=EncodecConfig(**p.encodec),
+                                decoder=MusicgenDecoderConfig(**p.decoder))
+        # Building from config (not from sub-model instances) keeps the decoder's causal mask.
+        model = MusicgenForConditionalGeneration(config).eval()
     _fill_codebooks(model, torch)
     gen = model.generation_config
     gen.decoder_start_token_id = p.decoder["bos_token_id"]

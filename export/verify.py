@@ -20,13 +20,23 @@ from . import checkpoints
 
 PROMPTS = ["lofi hip hop beat with mellow piano", "90s rock song with loud guitars and heavy drums, energetic"]
 FP32_TOL = 1e-3  # max abs error allowed for fp32 graphs (seen: ~1e-6)
+REDUCED_TOL = {"fp16": 0.01, "int8": 0.10}  # logits rel-L2 vs fp32 PyTorch (measured on random weights)
 
 
 def _err(a: np.ndarray, b: np.ndarray) -> dict:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     diff = np.abs(a - b)
     return {"max_abs": float(diff.max()), "max_rel": float(diff.max() / max(np.abs(b).max(), 1e-12)),
-            "shape": list(a.shape)}
+            "rel_l2": float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)), "shape": list(a.shape)}
+
+
+def topk_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Mean fraction of the top-k ids of `b` (reference logits) also in the top-k of `a`, over all rows."""
+    a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    k = min(k, a2.shape[-1])
+    ta = np.argpartition(-a2, k - 1, axis=-1)[:, :k]
+    tb = np.argpartition(-b2, k - 1, axis=-1)[:, :k]
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(ta, tb)]))
 
 
 def hf_greedy_codes(model, tokenizer, prompt: str, steps: int, guidance: float = 3.0):
@@ -56,6 +66,10 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
     repository = Path(repository)
     lm_dir = repository / "lm_engine" / "1"
     man = manifest_mod.read(lm_dir)
+    if man.get("model_type") == "musicgen_melody":  # its own graphs and oracle
+        from .melody import verify as verify_melody
+
+        return verify_melody(repository, checkpoint, steps)
     dims = manifest_mod.dims(man)
     source = checkpoint or man["checkpoint_path"]
     resolved = checkpoints.resolve(source)
@@ -93,13 +107,20 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
     cross = lm.cross_sess.run(lm.cross_out, {names.ENCODER_HIDDEN_STATES: states.astype(lm.hidden_dtype)})
     ours = _run_steps(lm, tokens, cross, enc_mask)
     report["graphs"]["decoder_step"] = _err(ours, ref)
+    report["checks"]["top250_overlap"] = topk_overlap(ours, ref, 250)
+    report["checks"]["argmax_agreement"] = float((ours.argmax(-1) == ref.argmax(-1)).mean())
 
     # causality: all tokens at once (S = n_tok, empty past); changing the last token changes no earlier logit
     full = _run_block(lm, tokens, cross, enc_mask)
     changed = tokens.copy()
     changed[:, :, -1] = (changed[:, :, -1] + 1) % v
     full2 = _run_block(lm, changed, cross, enc_mask)
-    report["checks"]["causal"] = bool(np.array_equal(full[:, :, :-1], full2[:, :, :-1]))
+    # dynamic int8 quantizes activations with one scale per tensor, so other positions move by
+    # quantization noise; a causality bug would move them by the size of the logits themselves
+    earlier_change = float(np.abs(full[:, :, :-1] - full2[:, :, :-1]).max())
+    report["checks"]["causal_max_change"] = earlier_change
+    allowed = 0.0 if precision in ("fp32", "fp16") else 0.02 * float(np.abs(full).max())
+    report["checks"]["causal"] = bool(earlier_change <= allowed)
     report["graphs"]["decoder_step_block"] = _err(full, ref)
 
     # codec at batch 1, 13 frames (export example: batch 2, 10 frames)
@@ -139,42 +160,28 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
     if precision == "fp32":
         graph_ok = all(g["max_abs"] < FP32_TOL for g in report["graphs"].values())
         oracle_ok = all(o["identical"] for o in oracle)
-    else:  # fp16 and other reduced precisions: bounded logits error, tokens reported, not required equal
-        graph_ok = report["graphs"]["decoder_step"]["max_rel"] < 0.05
+    else:  # reduced precision: bounded logits error; tokens reported, not required equal
+        bound = REDUCED_TOL[precision]
+        graph_ok = report["graphs"]["decoder_step"]["rel_l2"] < bound
         oracle_ok = True
+    report["tolerance"] = FP32_TOL if precision == "fp32" else REDUCED_TOL[precision]
     report["passed"] = bool(graph_ok and oracle_ok and report["checks"]["causal"])
     return report
 
 
-def _feed(lm, ids, pos, mask, enc_mask, past, cross):
-    feed = {names.INPUT_IDS: ids, names.POSITION_IDS: pos, names.ATTENTION_MASK: mask,
-            names.ENCODER_ATTENTION_MASK: enc_mask}
-    for i in range(lm.num_layers):
-        feed[names.past(i, "decoder", "key")] = past[2 * i]
-        feed[names.past(i, "decoder", "value")] = past[2 * i + 1]
-        feed[names.past(i, "encoder", "key")] = cross[2 * i]
-        feed[names.past(i, "encoder", "value")] = cross[2 * i + 1]
-    return feed
-
-
-def _empty_past(lm, rows):
-    d = lm.dims
-    return [np.zeros((rows, d.num_heads, 0, d.head_dim), lm.cache_dtype) for _ in range(2 * lm.num_layers)]
-
-
 def _run_steps(lm, tokens, cross, enc_mask):
+    """Feed the tokens one step at a time through the in-place cache; logits [rows, K, n, V]."""
     rows, _, n = tokens.shape
-    past, out = _empty_past(lm, rows), []
-    for t in range(n):
-        res = lm.step_sess.run(None, _feed(lm, tokens[:, :, t:t + 1], np.full((rows, 1), t, np.int64),
-                                           np.ones((rows, t + 1), np.int64), enc_mask, past, cross))
-        out.append(res[0].astype(np.float32))
-        past = res[1:]
-    return np.concatenate(out, axis=2)
+    cache, _host = lm.new_cache(rows, n + 2)
+    cross_v = [lm._value(np.ascontiguousarray(c)) for c in cross]
+    out = [lm.run_step(tokens[:, :, t:t + 1], np.full((rows, 1), t, np.int64), enc_mask, cache, cross_v)
+           for t in range(n)]
+    return np.concatenate(out, axis=2).astype(np.float32)
 
 
 def _run_block(lm, tokens, cross, enc_mask):
+    """All tokens in one call (S = n) on an empty cache: the prefill path."""
     rows, _, n = tokens.shape
-    res = lm.step_sess.run(None, _feed(lm, tokens, np.tile(np.arange(n), (rows, 1)), np.ones((rows, n), np.int64),
-                                       enc_mask, _empty_past(lm, rows), cross))
-    return res[0].astype(np.float32)
+    cache, _host = lm.new_cache(rows, n + 2)
+    cross_v = [lm._value(np.ascontiguousarray(c)) for c in cross]
+    return lm.run_step(tokens, np.tile(np.arange(n), (rows, 1)), enc_mask, cache, cross_v).astype(np.float32)

@@ -60,16 +60,25 @@ class Sequence:
 
 
 class LanguageModel:
-    """cross_kv + decoder_step graphs of one exported checkpoint."""
+    """cross_kv + decoder_step graphs of one exported checkpoint.
+
+    The self-attention cache is one preallocated buffer per layer, [rows, heads, capacity, head_dim],
+    bound as both input and output of the step (ORT's GroupQueryAttention writes each row's new
+    K/V in place at its own position). Rows are repacked only when requests join or leave.
+    """
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        self._ort = ort
         model_dir = Path(model_dir)
         self.manifest = manifest_mod.read(model_dir)
         self.dims = manifest_mod.dims(self.manifest)
+        self.device = device
         d = self.dims
         self.step_sess = open_graph(model_dir / names.DECODER_STEP_FILE, device, threads,
-                                    expect_inputs=[names.INPUT_IDS, names.POSITION_IDS, names.ATTENTION_MASK,
-                                                   names.ENCODER_ATTENTION_MASK],
+                                    expect_inputs=[names.INPUT_IDS, names.POSITION_IDS, names.SEQLENS_K,
+                                                   names.TOTAL_SEQUENCE_LENGTH, names.ENCODER_ATTENTION_MASK],
                                     expect_outputs=[names.LOGITS])
         self.cross_sess = open_graph(model_dir / names.CROSS_KV_FILE, device, threads,
                                      expect_inputs=[names.ENCODER_HIDDEN_STATES])
@@ -88,14 +97,39 @@ class LanguageModel:
         self._reset()
 
     # -- batch state ---------------------------------------------------------------------------
+    def _value(self, arr: np.ndarray):
+        """An OrtValue on this model's device (on CPU it shares the numpy buffer)."""
+        if self.device == "cuda":
+            return self._ort.OrtValue.ortvalue_from_numpy(arr, "cuda", 0)
+        return self._ort.OrtValue.ortvalue_from_numpy(arr)
+
+    def _host(self, value) -> np.ndarray:
+        return value.numpy()
+
     def _reset(self):
-        d = self.dims
         self.active: list[Sequence] = []
-        shape = (0, d.num_heads, 0, d.head_dim)
-        self.cache = [np.zeros(shape, self.cache_dtype) for _ in range(2 * self.num_layers)]
-        self.row_mask = np.zeros((0, 0), np.int64)
+        self.capacity = 0
+        self.cache = []  # OrtValues, 2 per layer
+        self._host_cache = []  # keeps CPU buffers alive under their OrtValues
         self.cross = None
         self.enc_mask = None
+
+    def _repack(self, keep_rows: np.ndarray, new_rows: int, capacity: int) -> None:
+        """Rebuild the cache buffers with rows `keep_rows` of the old ones plus `new_rows` empty rows."""
+        old = [self._host(v) for v in self.cache] if self.cache else None
+        if old is not None and len(keep_rows):
+            n = min(capacity, old[0].shape[2])
+            host = []
+            for j in range(2 * self.num_layers):
+                buf = np.zeros((len(keep_rows) + new_rows,) + old[j].shape[1:2] + (capacity,) + old[j].shape[3:],
+                               self.cache_dtype)
+                buf[:len(keep_rows), :, :n] = old[j][keep_rows, :, :n]
+                host.append(buf)
+            values = [self._value(h) for h in host]
+        else:
+            values, host = self.new_cache(len(keep_rows) + new_rows, capacity)
+        self._host_cache, self.cache, self.capacity = host, values, capacity
+        self.cross = None  # rebuilt at the next step
 
     def prepare(self, hidden: np.ndarray, mask: np.ndarray, params: GenerationParams, frames: int,
                 on_step=None) -> Sequence:
@@ -122,13 +156,10 @@ class LanguageModel:
     def add(self, seq: Sequence) -> None:
         """Join the running batch at the next step."""
         with self._lock:
-            n, length = seq.rows, self.row_mask.shape[1]
-            d = self.dims
-            pad = np.zeros((n, d.num_heads, length, d.head_dim), self.cache_dtype)
-            self.cache = [np.concatenate([c, pad]) for c in self.cache]
-            self.row_mask = np.concatenate([self.row_mask, np.zeros((n, length), np.int64)])
+            rows = sum(s.rows for s in self.active)
+            capacity = max([self.capacity, seq.steps + 1])
+            self._repack(np.arange(rows), seq.rows, capacity)
             self.active.append(seq)
-            self.cross = None  # rebuilt at the next step
 
     def _rows(self):
         start = 0
@@ -146,7 +177,7 @@ class LanguageModel:
                 if c.shape[2] < t_max:
                     c = np.pad(c, ((0, 0), (0, 0), (0, t_max - c.shape[2]), (0, 0)))
                 parts.append(c)
-            cross.append(np.concatenate(parts))
+            cross.append(self._value(np.ascontiguousarray(np.concatenate(parts))))
         self.cross = cross
         self.enc_mask = np.concatenate([np.pad(s.enc_mask, ((0, 0), (0, t_max - s.enc_mask.shape[1])))
                                         for s in self.active])
@@ -158,31 +189,20 @@ class LanguageModel:
                 return []
             if self.cross is None:
                 self._build_cross()
-            rows = self.row_mask.shape[0]
+            rows = sum(s.rows for s in self.active)
             d = self.dims
             ids = np.empty((rows, d.num_codebooks, 1), np.int64)
             pos = np.empty((rows, 1), np.int64)
             for seq, r in self._rows():
                 ids[r:r + seq.rows, :, 0] = seq.tokens[:, seq.t]
                 pos[r:r + seq.rows] = seq.t
-            mask = np.concatenate([self.row_mask, np.ones((rows, 1), np.int64)], axis=1)
-            feed = {names.INPUT_IDS: ids, names.POSITION_IDS: pos, names.ATTENTION_MASK: mask,
-                    names.ENCODER_ATTENTION_MASK: self.enc_mask}
-            for i in range(self.num_layers):
-                feed[names.past(i, "decoder", "key")] = self.cache[2 * i]
-                feed[names.past(i, "decoder", "value")] = self.cache[2 * i + 1]
-                feed[names.past(i, "encoder", "key")] = self.cross[2 * i]
-                feed[names.past(i, "encoder", "value")] = self.cross[2 * i + 1]
             try:
-                out = self.step_sess.run(None, feed)
+                logits = self.run_step(ids, pos, self.enc_mask, self.cache, self.cross)
             except Exception as exc:  # a failed batched step fails the sequences in it, clearly
                 err = RuntimeError(f"decoder step failed: {exc}")
                 for seq in self.active:
                     seq.error = err
                 return self._retire()
-            logits = out[0]
-            self.cache = out[1:]
-            self.row_mask = mask
             for seq, r in self._rows():
                 try:
                     cond = logits[r, :, -1, :].astype(np.float32)
@@ -199,6 +219,33 @@ class LanguageModel:
                     seq.error = exc
             return self._retire()
 
+    def run_step(self, ids: np.ndarray, pos: np.ndarray, enc_mask: np.ndarray, cache: list, cross: list) -> np.ndarray:
+        """Run the step graph: `cache` (OrtValues [rows, H, capacity, D]) is updated in place.
+
+        ids [rows, K, S]; pos [rows, S] positions of the new tokens, which are also their cache indices.
+        """
+        io = self.step_sess.io_binding()
+        io.bind_cpu_input(names.INPUT_IDS, np.ascontiguousarray(ids, np.int64))
+        io.bind_cpu_input(names.POSITION_IDS, np.ascontiguousarray(pos, np.int64))
+        io.bind_cpu_input(names.SEQLENS_K, np.ascontiguousarray(pos[:, -1], np.int32))
+        io.bind_cpu_input(names.TOTAL_SEQUENCE_LENGTH, np.array(int(pos.max()) + 1, np.int32))
+        io.bind_cpu_input(names.ENCODER_ATTENTION_MASK, np.ascontiguousarray(enc_mask, np.int64))
+        io.bind_output(names.LOGITS, "cpu")  # bound first: get_outputs() follows binding order
+        for i in range(self.num_layers):
+            for j, kv in ((2 * i, "key"), (2 * i + 1, "value")):
+                io.bind_ortvalue_input(names.past(i, "decoder", kv), cache[j])
+                io.bind_ortvalue_output(names.present(i, kv), cache[j])  # same buffer: written in place
+                io.bind_ortvalue_input(names.past(i, "encoder", kv), cross[j])
+        self.step_sess.run_with_iobinding(io)
+        return io.get_outputs()[0].numpy()
+
+    def new_cache(self, rows: int, capacity: int) -> tuple[list, list]:
+        """Fresh zeroed cache buffers: (OrtValues, host arrays that must stay alive with them)."""
+        d = self.dims
+        host = [np.zeros((rows, d.num_heads, capacity, d.head_dim), self.cache_dtype)
+                for _ in range(2 * self.num_layers)]
+        return [self._value(h) for h in host], host
+
     def cancel(self, seq: Sequence) -> None:
         seq.cancelled = True
 
@@ -206,18 +253,12 @@ class LanguageModel:
         done = [s for s in self.active if s.done]
         if not done:
             return []
-        keep_rows = np.concatenate([np.arange(r, r + s.rows) for s, r in self._rows() if not s.done] or
-                                   [np.zeros(0, np.int64)]).astype(np.int64)
+        keep = [np.arange(r, r + s.rows) for s, r in self._rows() if not s.done]
         self.active = [s for s in self.active if not s.done]
         if not self.active:
             self._reset()
             return done
-        self.row_mask = self.row_mask[keep_rows]
-        used = np.flatnonzero(self.row_mask.any(axis=0))
-        first = int(used[0]) if used.size else self.row_mask.shape[1]
-        self.row_mask = self.row_mask[:, first:]
-        self.cache = [np.ascontiguousarray(c[keep_rows][:, :, first:]) for c in self.cache]
-        self.cross = None
+        self._repack(np.concatenate(keep), 0, max(s.steps + 1 for s in self.active))
         return done
 
     # -- one request, start to end ---------------------------------------------------------------

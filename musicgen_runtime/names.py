@@ -3,6 +3,8 @@
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 POSITION_IDS = "position_ids"
+SEQLENS_K = "seqlens_k"  # int32 [B]: cache index of each row's last new token
+TOTAL_SEQUENCE_LENGTH = "total_sequence_length"  # int32 scalar
 ENCODER_ATTENTION_MASK = "encoder_attention_mask"
 ENCODER_HIDDEN_STATES = "encoder_hidden_states"
 LOGITS = "logits"

@@ -44,7 +44,10 @@ def test_graph_names_are_explicit(tiny_repo):
 
     g = onnx.load(str(tiny_repo / "lm_engine" / "1" / names.DECODER_STEP_FILE), load_external_data=False).graph
     inputs = [i.name for i in g.input]
-    assert inputs[:4] == [names.INPUT_IDS, names.POSITION_IDS, names.ATTENTION_MASK, names.ENCODER_ATTENTION_MASK]
+    assert inputs[:5] == [names.INPUT_IDS, names.POSITION_IDS, names.SEQLENS_K, names.TOTAL_SEQUENCE_LENGTH,
+                          names.ENCODER_ATTENTION_MASK]
+    # self-attention runs on the preallocated cache, in place (no Concat of the past per step)
+    assert sum(n.op_type == "GroupQueryAttention" for n in g.node) == 2
     assert names.past(1, "encoder", "value") in inputs
     assert [o.name for o in g.output][:2] == [names.LOGITS, names.present(0, "key")]
 
@@ -61,6 +64,15 @@ def test_export_from_save_pretrained_directory(tmp_path, tiny_checkpoint):
     assert m["source_kind"] == "directory" and m["random_weights"] is False
     report = verify(repo, steps=12)
     assert report["passed"], report
+
+
+def test_int8_export_is_quantized_and_close(tmp_path):
+    repo = tmp_path / "repo"
+    m = build("tiny-random", repo, precision="int8")
+    assert m["precision"] == "int8" and m["graphs"]["decoder_step.onnx"]["precision"] == "int8"
+    report = verify(repo, steps=12)
+    assert report["passed"], report
+    assert report["graphs"]["decoder_step"]["rel_l2"] < 0.1 and report["checks"]["top250_overlap"] > 0.9
 
 
 def test_fp16_export_loads_and_reports_error(tmp_path):

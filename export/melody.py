@@ -1,0 +1,583 @@
+"""MusicGen-Melody (`MusicgenMelodyForConditionalGeneration`) -> ONNX graphs, manifest, and parity proof.
+
+The melody model has no cross-attention: transformers' `generate` builds the decoder input as
+
+    [ audio_enc_to_dec_proj(chroma) looped/truncated to config.chroma_length | enc_to_dec_proj(T5(text)) * mask ]
+    followed by the audio-token embeddings (BOS first), positions 0, 1, ... and a plain causal mask
+
+and for classifier-free guidance a null row [ projection of the null chroma (one-hot bin 0: the bias is
+in it) | zeros ]; text-only generation uses the null chroma in the conditional row too. No padding mask
+reaches the decoder (one prompt alone has no padding). See musicgen_runtime/melody_lm.py for the loop.
+
+Graphs (opset 18, legacy exporter, names set here, weights as external data):
+  text_encoder.onnx          input_ids, attention_mask [B,T] -> encoder_hidden_states [B,T,H] (same as text-only)
+  melody_condition.onnx      chroma [B,Tc,C], encoder_hidden_states [B,T,H] -> inputs_embeds [B,L+T,H]
+  melody_decoder_step.onnx   inputs_embeds [B,E,H], input_ids [B,K,S], position_ids [B,E+S],
+                             attention_mask [B,past+E+S], past_key_values.{i}.decoder.{key,value}
+                             -> logits [B,K,S,V] (for the S token positions), present.{i}.decoder.{key,value}
+  audio_decoder.onnx         audio_codes [1,B,K,frames] -> audio_values [B,channels,frames*hop]
+
+This module is self-contained on purpose (its own small TextEncoder/AudioDecoder wrappers), so the
+text-only graphs in export/graphs.py can change without touching melody.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from musicgen_runtime import manifest as manifest_mod, names
+from musicgen_runtime.melody_lm import CHROMA, CONDITION_FILE, DECODER_STEP_FILE, INPUTS_EMBEDS, MODEL_TYPE
+
+log = logging.getLogger(__name__)
+
+# which files each Triton model directory receives (lm_engine runs the melody loop)
+MODEL_FILES = {
+    "tokenizer": [names.TOKENIZER_FILE],
+    "text_encoder": [names.TEXT_ENCODER_FILE],
+    "lm_engine": [CONDITION_FILE, DECODER_STEP_FILE],
+    "audio_decoder": [names.AUDIO_DECODER_FILE],
+    "musicgen_info": [],
+    "musicgen_stream": [],
+}
+PRECISIONS = ("fp32", "fp16", "int8")
+FE_DEFAULTS = {"n_fft": 16384, "hop_length": 4096, "chunk_length": 30}  # MusicgenMelodyFeatureExtractor
+
+
+# ------------------------------------------------------------------------------------------------
+# modules exported to ONNX (they read the HF model's own parameters)
+# ------------------------------------------------------------------------------------------------
+
+
+def _modules():
+    import torch
+    from torch import nn
+
+    class TextEncoder(nn.Module):
+        """T5 encoder + enc_to_dec_proj, padded positions zeroed (as generate does before prepending)."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.t5 = model.text_encoder
+            self.proj = getattr(model, "enc_to_dec_proj", None)
+
+        def forward(self, input_ids, attention_mask):
+            h = self.t5(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            if self.proj is not None:
+                h = self.proj(h)
+            return h * attention_mask[..., None].to(h.dtype)
+
+    class Condition(nn.Module):
+        """Projected chroma looped/truncated to chroma_length (index = arange(L) % Tc), then the text states."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.proj = getattr(model, "audio_enc_to_dec_proj", None)
+            self.length = int(model.config.chroma_length)
+
+        def forward(self, chroma, encoder_hidden_states):
+            a = self.proj(chroma) if self.proj is not None else chroma
+            idx = torch.remainder(torch.arange(self.length), torch._shape_as_tensor(a)[1])
+            a = torch.index_select(a, 1, idx)
+            return torch.cat([a, encoder_hidden_states.to(a.dtype)], dim=1)
+
+    class DecoderStep(nn.Module):
+        """E prefix embeddings + S tokens per row, on a past self-attention K/V cache; logits of the S tokens."""
+
+        def __init__(self, model, position_table: int):
+            super().__init__()
+            lm = model.decoder
+            dec = lm.model.decoder
+            self.embed_tokens = dec.embed_tokens
+            pos = dec.embed_positions.weights.detach()
+            if pos.shape[0] < position_table:  # the same sinusoids HF computes when it extends its table
+                pos = type(dec.embed_positions).get_embedding(position_table, pos.shape[1]).to(pos.dtype)
+            self.register_buffer("positions", pos[:position_table].clone(), persistent=False)
+            self.layers = dec.layers
+            self.layer_norm = dec.layer_norm
+            self.lm_heads = lm.lm_heads
+            cfg = model.config.decoder
+            self.heads = cfg.num_attention_heads
+            self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+            self.scaling = self.head_dim ** -0.5
+
+        def forward(self, inputs_embeds, input_ids, position_ids, attention_mask, *past):
+            b, n_cb, s = input_ids.shape
+            tok = self.embed_tokens[0](input_ids[:, 0])
+            for k in range(1, n_cb):
+                tok = tok + self.embed_tokens[k](input_ids[:, k])
+            x = torch.cat([inputs_embeds.to(tok.dtype), tok], dim=1)
+            x = x + self.positions[position_ids]
+            dtype = x.dtype
+            n = x.shape[1]
+            total = attention_mask.shape[1]
+            past_len = total - n
+            key_idx = torch.arange(total)[None, :]
+            query_idx = torch.arange(n)[:, None] + past_len
+            allowed = (key_idx <= query_idx)[None, None] & (attention_mask[:, None, None, :] > 0)
+            mask = torch.where(allowed, torch.zeros((), dtype=dtype), torch.full((), torch.finfo(dtype).min, dtype=dtype))
+            presents = []
+            for i, layer in enumerate(self.layers):
+                pk, pv = past[2 * i], past[2 * i + 1]
+                h = layer.self_attn_layer_norm(x)
+                att = layer.self_attn
+                q = att.q_proj(h).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+                k_all = torch.cat([pk, att.k_proj(h).view(b, n, self.heads, self.head_dim).transpose(1, 2)], dim=2)
+                v_all = torch.cat([pv, att.v_proj(h).view(b, n, self.heads, self.head_dim).transpose(1, 2)], dim=2)
+                presents += [k_all, v_all]
+                w = torch.softmax(torch.matmul(q, k_all.transpose(2, 3)) * self.scaling + mask, dim=-1)
+                x = x + att.out_proj(torch.matmul(w, v_all).transpose(1, 2).reshape(b, n, -1))
+                h = layer.final_layer_norm(x)
+                x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
+            x = self.layer_norm(x)[:, inputs_embeds.shape[1]:]
+            logits = torch.stack([head(x) for head in self.lm_heads], dim=1)  # [B, K, S, V]
+            return (logits, *presents)
+
+    class AudioDecoder(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.codec = model.audio_encoder
+
+        def forward(self, audio_codes):
+            return self.codec.decode(audio_codes, [None]).audio_values
+
+    return TextEncoder, Condition, DecoderStep, AudioDecoder
+
+
+def step_io_names(num_layers: int):
+    inputs = [INPUTS_EMBEDS, names.INPUT_IDS, names.POSITION_IDS, names.ATTENTION_MASK]
+    outputs = [names.LOGITS]
+    for i in range(num_layers):
+        inputs += [names.past(i, "decoder", "key"), names.past(i, "decoder", "value")]
+        outputs += [names.present(i, "key"), names.present(i, "value")]
+    return inputs, outputs
+
+
+def melody_info(model, checkpoint_path: Path | None, max_text_tokens: int) -> dict:
+    """The manifest's "melody" section: chroma window, position table, the feature extractor's settings."""
+    c = model.config
+    fe = dict(FE_DEFAULTS, sample_rate=int(c.audio_encoder.sampling_rate), num_chroma=int(c.num_chroma))
+    pre = Path(checkpoint_path) / "preprocessor_config.json" if checkpoint_path else None
+    if pre is not None and pre.exists():
+        cfg = json.loads(pre.read_text())
+        fe.update({k: cfg[k] for k in ("n_fft", "hop_length", "chunk_length") if k in cfg})
+        fe["sample_rate"] = int(cfg.get("sampling_rate", fe["sample_rate"]))
+        fe["num_chroma"] = int(cfg.get("num_chroma", cfg.get("feature_size", fe["num_chroma"])))
+    if fe["sample_rate"] != int(c.audio_encoder.sampling_rate) or fe["num_chroma"] != int(c.num_chroma):
+        raise ValueError(f"feature extractor ({fe}) does not match the model (codec rate "
+                         f"{c.audio_encoder.sampling_rate}, num_chroma {c.num_chroma})")
+    return {
+        "num_chroma": int(c.num_chroma),
+        "chroma_length": int(c.chroma_length),
+        # the decoder's positions cover the longest prefix plus the model's own position limit
+        "position_table": int(c.decoder.max_position_embeddings) + int(c.chroma_length) + int(max_text_tokens),
+        "feature_extractor": fe,
+        "source_separation": False,  # chroma of the full mix (the reference removes drums/bass first)
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# export
+# ------------------------------------------------------------------------------------------------
+
+
+def export_graphs(model, out: Path, precision: str = "fp32", position_table: int | None = None) -> dict:
+    """Write the four melody graphs into `out`; returns {file: {"precision": ...}}. Example sizes are >= 2."""
+    import onnx
+    import torch
+
+    from .onnx_export import _export, _save
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    TextEncoder, Condition, DecoderStep, AudioDecoder = _modules()
+    model = model.eval().float()
+    c = model.config
+    dec = c.decoder
+    n_layers, heads = dec.num_hidden_layers, dec.num_attention_heads
+    hd = dec.hidden_size // heads
+    position_table = position_table or dec.max_position_embeddings
+    raw = out / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+
+    ids = torch.randint(2, 50, (2, 7), generator=g)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 4:] = 0  # a padded mask keeps the masking branch in the trace
+    _export(TextEncoder(model), (ids, mask), raw / names.TEXT_ENCODER_FILE,
+            [names.INPUT_IDS, names.ATTENTION_MASK], [names.ENCODER_HIDDEN_STATES],
+            {names.INPUT_IDS: {0: "batch", 1: "text_len"}, names.ATTENTION_MASK: {0: "batch", 1: "text_len"},
+             names.ENCODER_HIDDEN_STATES: {0: "batch", 1: "text_len"}})
+
+    chroma = torch.zeros(2, 5, c.num_chroma)
+    chroma[:, :, 3] = 1
+    _export(Condition(model), (chroma, torch.randn(2, 7, dec.hidden_size, generator=g)), raw / CONDITION_FILE,
+            [CHROMA, names.ENCODER_HIDDEN_STATES], [INPUTS_EMBEDS],
+            {CHROMA: {0: "batch", 1: "chroma_frames"}, names.ENCODER_HIDDEN_STATES: {0: "batch", 1: "text_len"},
+             INPUTS_EMBEDS: {0: "batch", 1: "prefix_len"}})
+
+    b, e, s, past_len = 3, 4, 2, 5
+    in_names, out_names = step_io_names(n_layers)
+    args = [torch.randn(b, e, dec.hidden_size, generator=g),
+            torch.randint(0, dec.vocab_size, (b, dec.num_codebooks, s), generator=g),
+            torch.arange(past_len, past_len + e + s).repeat(b, 1),
+            torch.ones(b, past_len + e + s, dtype=torch.long)]
+    args[3][0, :2] = 0
+    for _ in range(n_layers):
+        args += [torch.randn(b, heads, past_len, hd, generator=g), torch.randn(b, heads, past_len, hd, generator=g)]
+    axes = {INPUTS_EMBEDS: {0: "batch", 1: "embeds_len"}, names.INPUT_IDS: {0: "batch", 2: "seq"},
+            names.POSITION_IDS: {0: "batch", 1: "new_len"}, names.ATTENTION_MASK: {0: "batch", 1: "total_len"},
+            names.LOGITS: {0: "batch", 2: "seq"}}
+    for i in range(n_layers):
+        for kv in ("key", "value"):
+            axes[names.past(i, "decoder", kv)] = {0: "batch", 2: "past_len"}
+            axes[names.present(i, kv)] = {0: "batch", 2: "total_len"}
+    _export(DecoderStep(model, position_table), tuple(args), raw / DECODER_STEP_FILE, in_names, out_names, axes)
+
+    codes = torch.randint(0, c.audio_encoder.codebook_size, (1, 2, dec.num_codebooks, 10), generator=g)
+    _export(AudioDecoder(model), (codes,), raw / names.AUDIO_DECODER_FILE, [names.AUDIO_CODES],
+            [names.AUDIO_VALUES], {names.AUDIO_CODES: {1: "batch", 3: "frames"},
+                                   names.AUDIO_VALUES: {0: "batch", 2: "samples"}})
+
+    info = {}
+    for fname in (names.TEXT_ENCODER_FILE, CONDITION_FILE, DECODER_STEP_FILE, names.AUDIO_DECODER_FILE):
+        proto = onnx.load(str(raw / fname))
+        graph_precision = "fp32"
+        if precision == "fp16" and fname == DECODER_STEP_FILE:
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            from .onnx_export import _toposort
+
+            proto = convert_float_to_float16(proto, keep_io_types=[INPUTS_EMBEDS, names.LOGITS])
+            _toposort(proto.graph)
+            graph_precision = "fp16"
+        _save(proto, out / fname)
+        if precision == "int8" and fname == DECODER_STEP_FILE:
+            from .onnx_export import to_int8
+
+            to_int8(out / fname)
+            graph_precision = "int8"
+        onnx.checker.check_model(str(out / fname), full_check=True)
+        info[fname] = {"precision": graph_precision}
+    shutil.rmtree(raw)
+    return info
+
+
+def stage(source: str, resolved, model, tokenizer, repository: Path, precision: str, t0: float) -> dict:
+    """Export a loaded melody checkpoint into `repository` (the melody branch of onnx_export.build)."""
+    from . import onnx_export as ox
+
+    repository = Path(repository)
+    dims = ox.model_dims(model, tokenizer)
+    mel = melody_info(model, resolved.path, dims.max_text_tokens)
+    with tempfile.TemporaryDirectory(dir=repository, prefix=".export-") as tmp:
+        tmp = Path(tmp)
+        info = export_graphs(model, tmp, precision, mel["position_table"])
+        ox.save_tokenizer(tokenizer, tmp / names.TOKENIZER_FILE)
+        files = {}
+        for fname in [names.TOKENIZER_FILE, *info]:
+            for f in sorted(tmp.glob(fname + "*")):
+                files[f.name] = {"sha256": manifest_mod.sha256(f), "bytes": f.stat().st_size}
+        manifest = {
+            "format": 1,
+            "requested_source": source,
+            "source": resolved.source,
+            "source_kind": resolved.kind,
+            "checkpoint_path": str(resolved.path),
+            "random_weights": resolved.random_weights,
+            "model_type": MODEL_TYPE,
+            "precision": precision,
+            "graphs": info,
+            "opset": ox.OPSET,
+            "dims": dims.__dict__,
+            "melody": mel,
+            "generation_defaults": {"top_k": 250, "top_p": 0.0, "temperature": 1.0, "guidance_scale": 3.0},
+            "files": files,
+            "versions": ox._versions(),
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "export_seconds": round(time.time() - t0, 1),
+        }
+        for model_name, fnames in MODEL_FILES.items():
+            dst = repository / model_name / "1"
+            dst.mkdir(parents=True, exist_ok=True)
+            for stale in [names.CROSS_KV_FILE, names.DECODER_STEP_FILE] if model_name == "lm_engine" else []:
+                for f in dst.glob(stale + "*"):  # a previous text-only export's graphs
+                    f.unlink()
+            for fname in fnames:
+                for f in tmp.glob(fname + "*"):
+                    shutil.move(str(f), dst / f.name)
+            (dst / names.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    log.info("exported melody checkpoint %s (%s) into %s in %.1fs", resolved.source, precision, repository,
+             time.time() - t0)
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------------
+# verification
+# ------------------------------------------------------------------------------------------------
+
+PROMPTS = ["lofi hip hop beat with mellow piano", "90s rock song with loud guitars and heavy drums, energetic"]
+FP32_TOL = 1e-3  # max abs error allowed for fp32 graphs
+REDUCED_TOL = {"fp16": 0.01, "int8": 0.10}  # decoder logits rel-L2 vs fp32 PyTorch
+
+
+def synth_melody(seconds: float, sample_rate: int, channels: int, seed: int) -> np.ndarray:
+    """A deterministic test melody: a random walk of pure tones (3 per second) plus a little noise."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sample_rate)
+    notes = 220.0 * 2 ** (rng.integers(0, 24, max(1, int(seconds * 3))) / 12)
+    freq = np.repeat(notes, -(-n // len(notes)))[:n]
+    tone = 0.4 * np.sin(2 * np.pi * np.cumsum(freq) / sample_rate)
+    wave = np.stack([tone * (1.0 - 0.2 * c) for c in range(channels)]) + 0.01 * rng.standard_normal((channels, n))
+    return wave.astype(np.float32)
+
+
+def _err(a, b) -> dict:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    diff = np.abs(a - b)
+    return {"max_abs": float(diff.max()), "max_rel": float(diff.max() / max(np.abs(b).max(), 1e-12)),
+            "rel_l2": float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)), "shape": list(a.shape)}
+
+
+def hf_greedy_codes(model, tokenizer, prompt: str, chroma: np.ndarray | None, steps: int, guidance: float = 3.0):
+    """Codes [K, frames] and audio that transformers' generate decodes (recorded at audio_encoder.decode)."""
+    import torch
+
+    rec = {}
+    orig = model.audio_encoder.decode
+
+    def recording(codes, *a, **k):
+        rec.setdefault("codes", []).append(codes.detach().clone())
+        return orig(codes, *a, **k)
+
+    model.audio_encoder.decode = recording
+    try:
+        inp = dict(tokenizer([prompt], return_tensors="pt"))
+        if chroma is not None:
+            inp["input_features"] = torch.tensor(chroma, dtype=torch.float32)[None]
+        with torch.no_grad():
+            audio = model.generate(**inp, do_sample=False, guidance_scale=guidance, max_new_tokens=steps)
+    finally:
+        del model.audio_encoder.decode
+    codes = rec["codes"]
+    if len(codes) == 2:  # stereo: even codebooks decoded first, then the odd ones
+        k = codes[0].shape[2] * 2
+        full = torch.empty(codes[0].shape[:2] + (k,) + codes[0].shape[3:], dtype=codes[0].dtype)
+        full[:, :, 0::2], full[:, :, 1::2] = codes[0], codes[1]
+        codes = [full]
+    return codes[0][0, 0].numpy(), audio[0].numpy()
+
+
+def _ref_prefix(model, text_states, text_mask, chroma):
+    """transformers' conditioning for one row: [proj(chroma) looped/cut to chroma_length | text * mask]."""
+    import torch
+
+    a = torch.tensor(chroma, dtype=torch.float32)[None]
+    if getattr(model, "audio_enc_to_dec_proj", None) is not None:
+        a = model.audio_enc_to_dec_proj(a)
+    L = model.config.chroma_length
+    if a.shape[1] < L:
+        a = a.repeat(1, int(math.ceil(L / a.shape[1])), 1)
+    a = a[:, :L]
+    t = torch.tensor(text_states)[None] * torch.tensor(text_mask, dtype=torch.float32)[None, :, None]
+    return torch.cat([a, t], dim=1)
+
+
+def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> dict:
+    """Per-graph parity vs PyTorch at shapes unlike the export example, causality, and a greedy oracle
+    (with and without melody, all requests batched together in our loop, each alone in transformers)."""
+    import torch
+
+    from musicgen_runtime import chroma as chroma_mod, codec, delay, text
+    from musicgen_runtime.melody_lm import MelodyLanguageModel
+    from musicgen_runtime.validation import GenerationParams
+
+    from . import checkpoints
+
+    repository = Path(repository)
+    lm_dir = repository / "lm_engine" / "1"
+    lm = MelodyLanguageModel(lm_dir)
+    man, dims = lm.manifest, lm.dims
+    resolved = checkpoints.resolve(checkpoint or man["checkpoint_path"])
+    model, tokenizer = checkpoints.load(resolved.path)
+    if model.config.model_type != MODEL_TYPE:
+        raise checkpoints.CheckpointError(f"{resolved.source} is not a MusicGen-Melody checkpoint")
+    precision = man["precision"]
+    report = {"checkpoint": resolved.source, "model_type": MODEL_TYPE, "precision": precision,
+              "graphs": {}, "checks": {}}
+    rng = np.random.default_rng(0)
+    k, v, hsz = dims.num_codebooks, dims.vocab_size, dims.hidden_size
+    C, L = lm.num_chroma, lm.chroma_length
+
+    # text encoder: batch 3, 11 tokens, one row padded (export example: batch 2, 7 tokens)
+    enc = text.TextEncoder(repository / "text_encoder" / "1" / names.TEXT_ENCODER_FILE)
+    ids = rng.integers(3, 100, (3, 11))
+    mask = np.ones((3, 11), np.int64)
+    mask[2, 6:] = 0
+    with torch.no_grad():
+        out = model.text_encoder(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
+        if getattr(model, "enc_to_dec_proj", None) is not None:
+            out = model.enc_to_dec_proj(out)
+        ref_states = (out * torch.tensor(mask)[..., None]).numpy()
+    report["graphs"]["text_encoder"] = _err(enc(ids, mask), ref_states)
+
+    # condition: chroma shorter than, and longer than, the window (export example: 5 frames)
+    worst = None
+    for frames in (3, L + 9):
+        ch = np.zeros((2, frames, C), np.float32)
+        ch[np.arange(2)[:, None], np.arange(frames)[None], rng.integers(0, C, (2, frames))] = 1
+        st = rng.standard_normal((2, 6, hsz)).astype(np.float32)
+        with torch.no_grad():
+            ref = torch.cat([_ref_prefix(model, st[i], np.ones(6), ch[i]) for i in range(2)]).numpy()
+        e = _err(lm.condition(ch, st), ref)
+        worst = e if worst is None or e["max_abs"] > worst["max_abs"] else worst
+    report["graphs"]["melody_condition"] = worst
+
+    # decoder: HF's full forward (prefix + tokens, no cache) vs ours stepping token by token after a prefill
+    n_tok, plen = 9, L + 4
+    prefix = rng.standard_normal((2, plen, hsz)).astype(np.float32)
+    tokens = rng.integers(0, v, (2, k, n_tok))
+    tokens[:, :, 0] = dims.pad_token_id
+    with torch.no_grad():
+        ref = model.decoder(input_ids=torch.tensor(tokens).reshape(2 * k, n_tok),
+                            encoder_hidden_states=torch.tensor(prefix)).logits
+    ref = ref.reshape(2, k, plen + n_tok, v)[:, :, plen:].numpy()
+    ours = _run_steps(lm, prefix, tokens)
+    report["graphs"]["decoder_step"] = _err(ours, ref)
+    report["checks"]["argmax_agreement"] = float((ours.argmax(-1) == ref.argmax(-1)).mean())
+
+    # all at once (prefix + every token in one call) and causality within it
+    full = _run_block(lm, prefix, tokens)
+    report["graphs"]["decoder_step_block"] = _err(full, ref)
+    changed = tokens.copy()
+    changed[:, :, -1] = (changed[:, :, -1] + 1) % v
+    full2 = _run_block(lm, prefix, changed)
+    change = float(np.abs(full[:, :, :-1] - full2[:, :, :-1]).max())
+    report["checks"]["causal_max_change"] = change
+    report["checks"]["causal"] = bool(change <= (0.0 if precision in ("fp32", "fp16") else 0.02 * np.abs(full).max()))
+
+    # rows with prefixes of different lengths in one batch: left-padded, masked, own positions
+    short = prefix[1:, 5:]  # row 1 with a shorter prefix
+    with torch.no_grad():
+        ref_short = model.decoder(input_ids=torch.tensor(tokens[1:]).reshape(k, n_tok),
+                                  encoder_hidden_states=torch.tensor(short)).logits
+    ref_short = ref_short.reshape(1, k, plen - 5 + n_tok, v)[:, :, plen - 5:].numpy()
+    padded = _run_padded(lm, [prefix[0], short[0]], tokens)
+    report["graphs"]["decoder_step_mixed_prefix"] = _err(padded, np.concatenate([ref[:1], ref_short]))
+
+    # codec at batch 1, 13 frames (export example: batch 2, 10 frames)
+    dec = codec.AudioDecoder(repository / "audio_decoder" / "1" / names.AUDIO_DECODER_FILE, dims.hop_length)
+    codes = rng.integers(0, v, (1, k, 13))
+    with torch.no_grad():
+        ref_audio = model.audio_encoder.decode(torch.tensor(codes)[None], [None]).audio_values.numpy()
+    report["graphs"]["audio_decoder"] = _err(dec(codes), ref_audio)
+
+    # greedy oracle: melodies (looped: shorter than the window; cut: longer) and text only, with and
+    # without guidance; every run batched together in our loop, each alone in transformers
+    cfg = lm.chroma_config
+    hop_s = cfg.hop_length / cfg.sample_rate
+    melodies = {
+        "stereo 44.1 kHz, shorter than the chroma window (looped)":
+            (synth_melody(max(1.0, 0.5 * L * hop_s), 44100, 2, seed=1), 44100),
+        "mono 22.05 kHz, longer than the chroma window (truncated)":
+            (synth_melody(min(cfg.chunk_length, 1.5 * L * hop_s + 1), 22050, 1, seed=2)[0], 22050),
+    }
+    chromas = {name: chroma_mod.chroma(w, sr, cfg) for name, (w, sr) in melodies.items()}
+    names_ = list(chromas)
+    runs = [(PROMPTS[0], names_[0], 3.0), (PROMPTS[1], names_[1], 3.0), (PROMPTS[1], None, 3.0),
+            (PROMPTS[0], None, 3.0), (PROMPTS[0], names_[1], 1.0)]
+    frames = steps - int(delay.delays(k, dims.audio_channels).max())
+    tok = text.PromptTokenizer(repository / "tokenizer" / "1" / names.TOKENIZER_FILE, dims.max_text_tokens)
+    seqs, t0 = [], time.time()
+    for prompt, mel, g in runs:
+        pid, pmask = tok.encode([prompt])
+        seq = lm.prepare(enc(pid, pmask)[0], pmask[0], chromas[mel] if mel else None,
+                         GenerationParams(duration=1, top_k=1, seed=0, guidance_scale=g), frames)
+        lm.add(seq)
+        seqs.append(seq)
+    while any(not s.done for s in seqs):
+        lm.step()
+    ours_s = time.time() - t0
+    oracle = []
+    for (prompt, mel, g), seq in zip(runs, seqs):
+        t1 = time.time()
+        ref_codes, ref_wave = hf_greedy_codes(model, tokenizer, prompt, chromas[mel] if mel else None, steps, g)
+        our_codes = seq.codes()
+        agree = float((our_codes == ref_codes).mean()) if our_codes.shape == ref_codes.shape else 0.0
+        entry = {"prompt": prompt, "melody": mel or "none (text only)", "guidance_scale": g,
+                 "chroma_frames": int(chromas[mel].shape[0]) if mel else 0, "prefix_len": seq.prefix_len,
+                 "frames": frames, "token_agreement": agree, "identical": bool(agree == 1.0),
+                 "hf_seconds": round(time.time() - t1, 2)}
+        if seq.error is not None:
+            entry["error"] = str(seq.error)
+        wave = dec(our_codes[None])[0]
+        if wave.shape == ref_wave.shape:
+            entry["audio"] = _err(wave, ref_wave)
+        oracle.append(entry)
+    report["greedy_oracle"] = {"runs": oracle, "ours_seconds_all": round(ours_s, 2)}
+    # informative: the conditioning reaches the tokens (same prompt, melody vs text only)
+    report["checks"]["melody_changes_codes"] = bool(not np.array_equal(seqs[0].codes(), seqs[3].codes()))
+
+    if precision == "fp32":
+        graph_ok = all(gr["max_abs"] < FP32_TOL for gr in report["graphs"].values())
+        oracle_ok = all(o["identical"] for o in oracle)
+    else:
+        graph_ok = report["graphs"]["decoder_step"]["rel_l2"] < REDUCED_TOL[precision]
+        oracle_ok = True
+    report["tolerance"] = FP32_TOL if precision == "fp32" else REDUCED_TOL[precision]
+    report["passed"] = bool(graph_ok and oracle_ok and report["checks"]["causal"])
+    return report
+
+
+def _empty(lm, rows):
+    d = lm.dims
+    return [np.zeros((rows, d.num_heads, 0, d.head_dim), lm.cache_dtype) for _ in range(2 * lm.num_layers)]
+
+
+def _run_steps(lm, prefix, tokens):
+    """Prefill (prefix + first token), then one token per call; logits [B, K, n, V]."""
+    rows, _, n = tokens.shape
+    plen = prefix.shape[1]
+    res = lm.step_sess.run(None, lm._feed(prefix.astype(lm.embeds_dtype), tokens[:, :, :1],
+                                          np.tile(np.arange(plen + 1), (rows, 1)),
+                                          np.ones((rows, plen + 1), np.int64), _empty(lm, rows)))
+    out, past = [res[0].astype(np.float32)], res[1:]
+    none = np.zeros((rows, 0, lm.dims.hidden_size), lm.embeds_dtype)
+    for t in range(1, n):
+        res = lm.step_sess.run(None, lm._feed(none, tokens[:, :, t:t + 1], np.full((rows, 1), plen + t),
+                                              np.ones((rows, plen + t + 1), np.int64), past))
+        out.append(res[0].astype(np.float32))
+        past = res[1:]
+    return np.concatenate(out, axis=2)
+
+
+def _run_block(lm, prefix, tokens):
+    rows, _, n = tokens.shape
+    plen = prefix.shape[1]
+    res = lm.step_sess.run(None, lm._feed(prefix.astype(lm.embeds_dtype), tokens,
+                                          np.tile(np.arange(plen + n), (rows, 1)),
+                                          np.ones((rows, plen + n), np.int64), _empty(lm, rows)))
+    return res[0].astype(np.float32)
+
+
+def _run_padded(lm, prefixes, tokens):
+    """Rows whose prefixes differ in length, left-padded into one block (masked, own positions)."""
+    rows, _, n = tokens.shape
+    width = max(p.shape[0] for p in prefixes)
+    emb = np.zeros((rows, width, lm.dims.hidden_size), np.float32)
+    pos = np.zeros((rows, width + n), np.int64)
+    mask = np.zeros((rows, width + n), np.int64)
+    for r, p in enumerate(prefixes):
+        pad = width - p.shape[0]
+        emb[r, pad:] = p
+        pos[r, pad:] = np.arange(p.shape[0] + n)
+        mask[r, pad:] = 1
+    res = lm.step_sess.run(None, lm._feed(emb.astype(lm.embeds_dtype), tokens, pos, mask, _empty(lm, rows)))
+    return res[0].astype(np.float32)
