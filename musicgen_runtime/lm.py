@@ -88,6 +88,9 @@ class LanguageModel:
         if self.num_layers != d.num_layers:
             raise GraphError(f"decoder_step has {self.num_layers} layers, manifest says {d.num_layers}")
         self.cache_dtype = np.float16 if past[0].type == "tensor(float16)" else np.float32
+        if device == "cuda" and self.cache_dtype != np.float16:
+            raise GraphError("GPU serving needs the fp16 LM (GroupQueryAttention on CUDA is fp16/bf16 only): "
+                             "export with --precision fp16")
         self.hidden_dtype = (np.float16 if self.cross_sess.get_inputs()[0].type == "tensor(float16)"
                              else np.float32)
         self.cross_out = [o.name for o in self.cross_sess.get_outputs()]

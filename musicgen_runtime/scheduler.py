@@ -16,6 +16,7 @@ from typing import Callable
 from .lm import LanguageModel, Sequence
 
 log = logging.getLogger(__name__)
+CANCEL_CHECK_EVERY = 10  # steps
 
 
 @dataclass(eq=False)
@@ -52,7 +53,8 @@ class Scheduler:
         self._thread.join(timeout)
 
     def _on_step(self, job: Job) -> None:
-        if job.is_cancelled is not None and job.is_cancelled():
+        # asking Triton costs a round trip to the server process: every few steps is enough
+        if job.is_cancelled is not None and job.seq.t % CANCEL_CHECK_EVERY == 0 and job.is_cancelled():
             job.seq.cancelled = True
             return
         if job.on_progress and job.progress_every > 0:

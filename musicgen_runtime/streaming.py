@@ -15,13 +15,15 @@ class ChunkPlan:
     chunk: int  # frames per chunk
     left: int  # context frames decoded before a chunk
     right: int  # context frames decoded after a chunk (when available)
+    first: int = 0  # frames of the first chunk (shorter: the first sound arrives sooner); 0 = chunk
 
     def ready_chunks(self, start: int, frames_ready: int, frames_total: int):
         """Chunks [a, b) that can be emitted now, starting at frame `start`, with their decode windows."""
         out = []
         a = start
         while a < frames_total:
-            b = min(a + self.chunk, frames_total)
+            size = self.first if (a == 0 and self.first > 0) else self.chunk
+            b = min(a + size, frames_total)
             need = min(b + self.right, frames_total)
             if frames_ready < need:
                 break

@@ -95,3 +95,20 @@ def test_prompt_validation():
     for bad in ["", "   ", b"\xff\xfe", "x" * 3000, 5]:
         with pytest.raises(ValidationError):
             validate_prompt(bad)
+
+
+def test_chunk_plan_tiles_the_clip_and_waits_for_right_context():
+    from musicgen_runtime.streaming import ChunkPlan
+
+    plan = ChunkPlan(chunk=50, left=50, right=4, first=25)
+    assert plan.ready_chunks(0, 28, 200) == []  # first chunk [0, 25) needs frames up to 29
+    assert plan.ready_chunks(0, 29, 200) == [(0, 25, 0, 29)]
+    got, start = [], 0
+    for ready in range(0, 201, 7):
+        for a, b, w0, w1 in plan.ready_chunks(start, min(ready, 200), 200):
+            assert w0 == max(0, a - 50) and w1 == min(b + 4, 200)
+            got.append((a, b))
+            start = b
+    got += [(a, b) for a, b, _, _ in plan.ready_chunks(start, 200, 200)]
+    assert got[0] == (0, 25) and got[-1][1] == 200
+    assert all(x[1] == y[0] for x, y in zip(got, got[1:]))

@@ -30,7 +30,8 @@ class TritonPythonModel:
         rate = self.dims.frame_rate
         self.plan = ChunkPlan(chunk=max(1, round(float(p.get("chunk_seconds") or 1.0) * rate)),
                               left=round(float(p.get("left_context_seconds") or 1.0) * rate),
-                              right=int(p.get("right_context_frames") or 4))
+                              right=int(p.get("right_context_frames") or 4),
+                              first=max(1, round(float(p.get("first_chunk_seconds") or 0.5) * rate)))
         self.progress_every = int(p.get("progress_every_frames") or 5)
         self.pool = ThreadPoolExecutor(max_workers=int(p.get("max_streams") or 16), thread_name_prefix="stream")
 
