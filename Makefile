@@ -19,7 +19,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[export,serve,client,test,deploy]'
+	$(BIN)/pip install -q -e '.[export,serve,client,test,deploy,bench,ui]'
 	touch $(STAMP)
 
 # Export a checkpoint (HF dir, hub id or preset) into the model repository.
@@ -35,10 +35,21 @@ serve: setup
 stop:
 	$(BIN)/python -m server stop
 
-# The product: setup, export (falls back to tiny-random, loudly, when the hub is unreachable), serve.
+# The product: setup, export (falls back to tiny-random, loudly, when the hub is unreachable),
+# Triton in the background, then the web page in the foreground (Ctrl-C stops the page,
+# `make stop` stops Triton).
 run: setup
 	$(BIN)/python -m export build --checkpoint $(CHECKPOINT) --precision $(PRECISION) --repository $(REPO) --fallback tiny-random --skip-if-current
 	$(MAKE) serve
+	@echo "Web page: http://127.0.0.1:$(UI_PORT)   (Ctrl-C stops the page; 'make stop' stops Triton)"
+	$(MAKE) ui
+
+# The web page on http://127.0.0.1:$(UI_PORT), talking to the server over gRPC ($MUSICGEN_TRITON_URL).
+MUSICGEN_TRITON_URL ?= 127.0.0.1:$(GRPC_PORT)
+ui: setup
+	MUSICGEN_TRITON_URL=$(MUSICGEN_TRITON_URL) $(BIN)/python -m streamlit run ui/app.py --server.headless true \
+		--server.address 127.0.0.1 --server.port $(UI_PORT) --browser.gatherUsageStats false \
+		--client.toolbarMode viewer
 
 test: setup
 	$(BIN)/python -m pytest -q tests
@@ -47,6 +58,16 @@ test: setup
 # Also part of `make test`; no cloud account or docker engine is needed.
 deploy-check: setup
 	$(BIN)/python -m pytest -q tests/deploy
+
+# Benchmarks (bench/README.md): our server vs transformers on the same checkpoint and machine.
+# `make bench` takes ~15-25 min on 2 cores (small-random); `make bench-quick` is the CI smoke run.
+BENCH_CHECKPOINT ?= small-random
+BENCH_ARGS ?=
+bench: setup
+	$(BIN)/python -m bench --checkpoint $(BENCH_CHECKPOINT) --precision $(PRECISION) $(BENCH_ARGS)
+
+bench-quick: setup
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf build .pytest_cache

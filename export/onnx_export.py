@@ -213,7 +213,7 @@ def build(source: str, repository: Path, precision: str = "fp32", fallback: str 
     repository.mkdir(parents=True, exist_ok=True)
     if skip_if_current:
         current = current_manifest(repository)
-        if current and current.get("requested_source") == source and current.get("precision") == precision:
+        if current and current.get("source") == source and current.get("precision") == precision:
             log.info("repository already holds an export of %s (%s); skipping", source, precision)
             return current
     try:
