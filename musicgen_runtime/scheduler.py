@@ -27,6 +27,7 @@ class Job:
     on_progress: Callable[[Sequence], None] | None = None
     progress_every: int = 0
     is_cancelled: Callable[[], bool] | None = None
+    key: str | None = None  # caller's id, for cancel(key)
     _last_reported: int = 0
 
 
@@ -36,13 +37,27 @@ class Scheduler:
         self.max_active = max_active  # requests beyond this wait in the queue
         self._queue: "queue.Queue[Job]" = queue.Queue()
         self._jobs: dict[int, Job] = {}
+        self._keys: dict[str, Job] = {}
+        self._keys_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lm-engine", daemon=True)
         self._thread.start()
 
     def submit(self, job: Job) -> None:
         job.seq.on_step = lambda seq, job=job: self._on_step(job)
+        if job.key:
+            with self._keys_lock:
+                self._keys[job.key] = job
         self._queue.put(job)
+
+    def cancel(self, key: str) -> bool:
+        """Cancel the queued or running job submitted with `key`; it ends at the next step."""
+        with self._keys_lock:
+            job = self._keys.get(key)
+        if job is None:
+            return False
+        job.seq.cancelled = True
+        return True
 
     @property
     def active(self) -> int:
@@ -69,9 +84,12 @@ class Scheduler:
                 job = self._queue.get(block=block and not self._jobs, timeout=0.2)
             except queue.Empty:
                 return
+            block = False
+            if job.seq.cancelled:  # cancelled while queued
+                self._finish(job, job.seq)
+                continue
             self._jobs[job.seq.id] = job
             self.lm.add(job.seq)
-            block = False
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -89,6 +107,9 @@ class Scheduler:
                 self.lm._reset()
 
     def _finish(self, job: Job, seq: Sequence) -> None:
+        if job.key:
+            with self._keys_lock:
+                self._keys.pop(job.key, None)
         if seq.error is not None:
             self._safe(job.on_error, seq, seq.error)
         elif seq.cancelled:

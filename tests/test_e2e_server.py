@@ -237,3 +237,37 @@ def test_metrics_count_inferences(triton):
     generate_grpc(triton, prompt=PROMPT, duration=0.2, seed=1)
     after = _metric(urllib.request.urlopen(url, timeout=10).read().decode(), "musicgen")
     assert after - before == 2
+
+
+def _gauge(srv, name, labels=""):
+    text = urllib.request.urlopen(srv.metrics_url, timeout=10).read().decode()
+    pattern = r"^%s\{%s\} ([0-9.e+]+)$" % (re.escape(name), labels) if labels else \
+        r"^%s(?:\{\})? ([0-9.e+]+)$" % re.escape(name)
+    m = re.search(pattern, text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def test_cancelled_stream_leaves_the_batch_and_others_finish(triton):
+    """A client that cancels mid-generation frees its place; a concurrent request is undisturbed."""
+    import time
+
+    cancelled_before = _gauge(triton, "musicgen_lm_requests_finished_total", 'outcome="cancelled"') or 0
+    c = grpcclient.InferenceServerClient(triton.grpc_endpoint)
+    q: queue.Queue = queue.Queue()
+    c.start_stream(callback=lambda result, error: q.put((result, error)))
+    c.async_stream_infer("musicgen_stream", _inputs(grpcclient, prompt=PROMPT, duration=30.0, seed=1))
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(generate_http, triton, prompt=PROMPT, duration=1.0, seed=9)
+        result, error = q.get(timeout=60)  # the stream is running
+        assert error is None
+        c.stop_stream(cancel_requests=True)
+        deadline = time.time() + 20
+        while time.time() < deadline and (_gauge(triton, "musicgen_lm_requests_finished_total",
+                                                  'outcome="cancelled"') or 0) <= cancelled_before:
+            time.sleep(0.1)
+        assert (_gauge(triton, "musicgen_lm_requests_finished_total", 'outcome="cancelled"') or 0) == \
+            cancelled_before + 1
+        out = other.result(timeout=60)
+    solo = generate_http(triton, prompt=PROMPT, duration=1.0, seed=9)
+    assert np.array_equal(out["audio_codes"], solo["audio_codes"])
+    assert _gauge(triton, "musicgen_lm_requests_in_flight") == 0

@@ -20,21 +20,54 @@ class TritonPythonModel:
         limit = (self.dims.max_positions - 1 - self.dims.num_codebooks) / self.dims.frame_rate
         self.max_duration = min(float(params.get("max_duration") or 30), limit)
         self.scheduler = Scheduler(self.lm, max_active=int(params.get("max_active") or 16))
+        # Prometheus metrics of the engine, next to Triton's own on the metrics endpoint
+        self._families = [
+            pb_utils.MetricFamily("musicgen_lm_requests_in_flight", "requests queued or generating",
+                                  pb_utils.MetricFamily.GAUGE),
+            pb_utils.MetricFamily("musicgen_lm_requests_finished_total", "requests ended, by outcome",
+                                  pb_utils.MetricFamily.COUNTER),
+            pb_utils.MetricFamily("musicgen_lm_frames_total", "audio frames generated", pb_utils.MetricFamily.COUNTER),
+        ]
+        self.in_flight = self._families[0].Metric(labels={})
+        self.outcome = {k: self._families[1].Metric(labels={"outcome": k}) for k in ("ok", "error", "cancelled")}
+        self.frames = self._families[2].Metric(labels={})
 
     def execute(self, requests):
         for request in requests:
             sender = request.get_response_sender()
+            cancel = pb_utils.get_input_tensor_by_name(request, "cancel_request_id")
+            if cancel is not None:
+                found = self.scheduler.cancel(cancel.as_numpy().reshape(-1)[0].decode())
+                sender.send(pb_utils.InferenceResponse([
+                    pb_utils.Tensor("event", np.array([b"cancel_sent" if found else b"cancel_unknown"], dtype=object))]),
+                    flags=FINAL)
+                continue
             try:
                 job = self._job(request, sender)
             except Exception as exc:
                 sender.send(triton_io.error_response(pb_utils, exc), flags=FINAL)
                 continue
+            self.in_flight.increment(1)
             self.scheduler.submit(job)
         return None
 
+    def _ended(self, outcome, frames=0):
+        self.in_flight.increment(-1)
+        self.outcome[outcome].increment(1)
+        if frames:
+            self.frames.increment(frames)
+
+    def _done(self, sender, respond, s):
+        self._ended("ok", s.frames)
+        sender.send(respond("final", s, s.codes()), flags=FINAL)
+
+    def _failed(self, sender, s, exc):
+        self._ended("cancelled" if s.cancelled else "error")
+        sender.send(triton_io.error_response(pb_utils, exc), flags=FINAL)
+
     def _job(self, request, sender):
         get = lambda n: triton_io.scalar(pb_utils, request, n)  # noqa: E731
-        p = validate_params(get("duration"), *(get(n) for n in triton_io.PARAM_NAMES),
+        p = validate_params(triton_io.scalar(pb_utils, request, "duration", required=True), *(get(n) for n in triton_io.PARAM_NAMES),
                             max_duration=self.max_duration, vocab_size=self.dims.vocab_size)
         states = triton_io.array(pb_utils, request, "encoder_hidden_states")
         mask = triton_io.array(pb_utils, request, "attention_mask")
@@ -55,12 +88,15 @@ class TritonPythonModel:
 
         return Job(
             seq=seq,
-            on_done=lambda s: sender.send(respond("final", s, s.codes()), flags=FINAL),
-            on_error=lambda s, e: sender.send(triton_io.error_response(pb_utils, e), flags=FINAL),
+            on_done=lambda s: self._done(sender, respond, s),
+            on_error=lambda s, e: self._failed(sender, s, e),
             on_progress=lambda s: sender.send(respond("progress", s, s.codes(s.frames_ready))),
             progress_every=every,
             is_cancelled=getattr(request, "is_cancelled", None),
+            key=request.request_id() or None,
         )
 
     def finalize(self):
         self.scheduler.close()
+        del self.in_flight, self.outcome, self.frames  # metrics before their families
+        self._families.clear()

@@ -4,7 +4,7 @@ Each request runs on its own worker thread, so streams proceed concurrently and 
 batches them together.
 """
 
-import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,6 +21,14 @@ def _call(model, inputs, outputs):
     if resp.has_error():
         raise triton_io.BlsError(resp.error().message())
     return [triton_io.output(pb_utils, resp, n) for n in outputs]
+
+
+def _cancel(key):
+    control = pb_utils.InferenceRequest(
+        model_name="lm_engine", requested_output_names=["event"],
+        inputs=[pb_utils.Tensor("cancel_request_id", np.array([key.encode()], dtype=object))])
+    for _ in control.exec(decoupled=True):
+        pass
 
 
 class TritonPythonModel:
@@ -40,30 +48,36 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             inputs = {n: pb_utils.get_input_tensor_by_name(request, n)
                       for n in ("prompt", "duration") + triton_io.PARAM_NAMES}
-            self.pool.submit(self._stream, {k: v for k, v in inputs.items() if v is not None}, sender)
+            self.pool.submit(self._stream, {k: v for k, v in inputs.items() if v is not None}, sender, request)
         return None
 
-    def _stream(self, inputs, sender):
+    def _stream(self, inputs, sender, request):
         try:
-            self._generate(inputs, sender)
+            self._generate(inputs, sender, request)
         except Exception as exc:
             try:
                 sender.send(triton_io.error_response(pb_utils, exc), flags=FINAL)
             except Exception:
                 pass
 
-    def _generate(self, inputs, sender):
+    def _generate(self, inputs, sender, request):
         ids, mask = _call("tokenizer", [inputs["prompt"]], ["input_ids", "attention_mask"])
         (states,) = _call("text_encoder", [pb_utils.Tensor("input_ids", ids), pb_utils.Tensor("attention_mask", mask)],
                           ["encoder_hidden_states"])
         lm_inputs = [pb_utils.Tensor("encoder_hidden_states", states), pb_utils.Tensor("attention_mask", mask),
                      pb_utils.Tensor("progress_every", np.array([self.progress_every], np.int32))]
         lm_inputs += [t for n, t in inputs.items() if n != "prompt"]
-        bls = pb_utils.InferenceRequest(model_name="lm_engine", inputs=lm_inputs,
+        key = uuid.uuid4().hex
+        bls = pb_utils.InferenceRequest(model_name="lm_engine", inputs=lm_inputs, request_id=key,
                                         requested_output_names=["event", "frames_done", "frames_total",
                                                                 "audio_codes", "seed_used"])
-        next_frame, hop = 0, self.dims.hop_length
+        next_frame, hop, cancelled = 0, self.dims.hop_length, False
         for resp in bls.exec(decoupled=True):
+            if not cancelled and request.is_cancelled():  # the client went away: stop the engine's work
+                cancelled = True
+                _cancel(key)
+            if cancelled:
+                continue  # drain until the engine's final response
             if resp.has_error():
                 raise triton_io.BlsError(resp.error().message())
             if pb_utils.get_output_tensor_by_name(resp, "event") is None:
@@ -88,7 +102,8 @@ class TritonPythonModel:
                     pb_utils.Tensor("audio", audio), pb_utils.Tensor("sample_rate", rate),
                     pb_utils.Tensor("audio_codes", codes), pb_utils.Tensor("seed_used", seed)]), flags=FINAL)
                 return
-        raise RuntimeError("lm_engine ended without a final response")
+        if not cancelled:
+            raise RuntimeError("lm_engine ended without a final response")
 
     @staticmethod
     def _status(event, done, total, extra=()):
