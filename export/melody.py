@@ -122,7 +122,8 @@ def _modules():
             key_idx = torch.arange(total)[None, :]
             query_idx = torch.arange(n)[:, None] + past_len
             allowed = (key_idx <= query_idx)[None, None] & (attention_mask[:, None, None, :] > 0)
-            mask = torch.where(allowed, torch.zeros((), dtype=dtype), torch.full((), torch.finfo(dtype).min, dtype=dtype))
+            neg = torch.full((), torch.finfo(dtype).min, dtype=dtype)
+            mask = torch.where(allowed, torch.zeros((), dtype=dtype), neg)
             presents = []
             for i, layer in enumerate(self.layers):
                 pk, pv = past[2 * i], past[2 * i + 1]
@@ -241,7 +242,8 @@ def export_graphs(model, out: Path, precision: str = "fp32", position_table: int
             axes[names.present(i, kv)] = {0: "batch", 2: "total_len"}
     _export(DecoderStep(model, position_table), tuple(args), raw / DECODER_STEP_FILE, in_names, out_names, axes)
 
-    codes = torch.randint(0, c.audio_encoder.codebook_size, (1, 2, dec.num_codebooks, 10), generator=g)
+    n_q = dec.num_codebooks // dec.audio_channels  # stereo: each channel's codebooks are decoded on their own
+    codes = torch.randint(0, c.audio_encoder.codebook_size, (1, 2, n_q, 10), generator=g)
     _export(AudioDecoder(model), (codes,), raw / names.AUDIO_DECODER_FILE, [names.AUDIO_CODES],
             [names.AUDIO_VALUES], {names.AUDIO_CODES: {1: "batch", 3: "frames"},
                                    names.AUDIO_VALUES: {0: "batch", 2: "samples"}})
@@ -474,7 +476,7 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
 
     # codec at batch 1, 13 frames (export example: batch 2, 10 frames)
     dec = codec.AudioDecoder(repository / "audio_decoder" / "1" / names.AUDIO_DECODER_FILE, dims.hop_length)
-    codes = rng.integers(0, v, (1, k, 13))
+    codes = rng.integers(0, v, (1, k // dims.audio_channels, 13))
     with torch.no_grad():
         ref_audio = model.audio_encoder.decode(torch.tensor(codes)[None], [None]).audio_values.numpy()
     report["graphs"]["audio_decoder"] = _err(dec(codes), ref_audio)
@@ -517,7 +519,7 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
                  "hf_seconds": round(time.time() - t1, 2)}
         if seq.error is not None:
             entry["error"] = str(seq.error)
-        wave = dec(our_codes[None])[0]
+        wave = np.concatenate([dec(our_codes[None, c::dims.audio_channels])[0] for c in range(dims.audio_channels)])
         if wave.shape == ref_wave.shape:
             entry["audio"] = _err(wave, ref_wave)
         oracle.append(entry)

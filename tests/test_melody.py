@@ -1,0 +1,185 @@
+"""MusicGen-Melody: tiny-random-melody export, parity + greedy oracle (with and without melody), runtime loop."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from musicgen_runtime import chroma as chroma_mod, names, text
+from musicgen_runtime.chroma import MelodyInputError
+from musicgen_runtime.melody_lm import CONDITION_FILE, DECODER_STEP_FILE, MelodyLanguageModel
+from musicgen_runtime.onnx_session import GraphError
+from musicgen_runtime.validation import GenerationParams
+
+from conftest import ROOT, stage_repository
+
+
+@pytest.fixture(scope="module")
+def melody_repo(tmp_path_factory):
+    return stage_repository(tmp_path_factory.mktemp("melody") / "model_repository", "tiny-random-melody")
+
+
+@pytest.fixture(scope="module")
+def parts(melody_repo):
+    lm = MelodyLanguageModel(melody_repo / "lm_engine" / "1")
+    enc = text.TextEncoder(melody_repo / "text_encoder" / "1" / names.TEXT_ENCODER_FILE)
+    tok = text.PromptTokenizer(melody_repo / "tokenizer" / "1" / names.TOKENIZER_FILE, lm.dims.max_text_tokens)
+
+    def states(prompt):
+        ids, mask = tok.encode([prompt])
+        return enc(ids, mask)[0], mask[0]
+
+    return lm, states
+
+
+def _melody(seconds, sr, seed, channels=1):
+    from export.melody import synth_melody
+
+    w = synth_melody(seconds, sr, channels, seed)
+    return chroma_mod.chroma(w if channels > 1 else w[0], sr)
+
+
+def test_verify_melody_fp32_parity_and_greedy_oracle(melody_repo):
+    from export.verify import verify  # dispatches on the manifest's model_type
+
+    report = verify(melody_repo, steps=24)
+    print(json.dumps({k: {"max_abs": g["max_abs"], "max_rel": g["max_rel"]} for k, g in report["graphs"].items()}))
+    assert report["passed"], report
+    assert set(report["graphs"]) >= {"text_encoder", "melody_condition", "decoder_step", "decoder_step_block",
+                                     "decoder_step_mixed_prefix", "audio_decoder"}
+    for name, g in report["graphs"].items():
+        assert g["max_abs"] < 1e-4, (name, g)
+    assert report["checks"]["causal"] and report["checks"]["melody_changes_codes"]
+    runs = report["greedy_oracle"]["runs"]
+    assert {r["melody"].startswith("none") for r in runs} == {True, False}  # text-only and melody runs
+    assert {r["guidance_scale"] for r in runs} == {1.0, 3.0}
+    assert len({r["prefix_len"] for r in runs}) == 2  # different prefix lengths shared one batch
+    assert all(r["identical"] for r in runs), runs
+    assert all(r["audio"]["max_abs"] < 1e-4 for r in runs)
+
+
+def test_manifest_files_and_graph_names(melody_repo):
+    import onnx
+
+    lm_dir = melody_repo / "lm_engine" / "1"
+    m = json.loads((lm_dir / names.MANIFEST_FILE).read_text())
+    assert m["model_type"] == "musicgen_melody" and m["random_weights"] is True
+    assert m["melody"]["chroma_length"] == 40 and m["melody"]["num_chroma"] == 12
+    assert m["melody"]["feature_extractor"] == {"n_fft": 16384, "hop_length": 4096, "chunk_length": 30,
+                                                "sample_rate": 32000, "num_chroma": 12}
+    assert m["melody"]["source_separation"] is False
+    assert not (lm_dir / names.CROSS_KV_FILE).exists() and not (lm_dir / names.DECODER_STEP_FILE).exists()
+    for f in (CONDITION_FILE, DECODER_STEP_FILE):
+        assert m["files"][f]["sha256"]
+    g = onnx.load(str(lm_dir / DECODER_STEP_FILE), load_external_data=False).graph
+    inputs = [i.name for i in g.input]
+    assert inputs[:4] == ["inputs_embeds", "input_ids", "position_ids", "attention_mask"]
+    assert inputs[4:6] == [names.past(0, "decoder", "key"), names.past(0, "decoder", "value")]
+    assert [o.name for o in g.output][:3] == [names.LOGITS, names.present(0, "key"), names.present(0, "value")]
+    c = onnx.load(str(lm_dir / CONDITION_FILE), load_external_data=False).graph
+    assert [i.name for i in c.input] == ["chroma", names.ENCODER_HIDDEN_STATES]
+    assert [o.name for o in c.output] == ["inputs_embeds"]
+
+
+def test_sequences_joining_midway_equal_alone(parts):
+    """Continuous batching: a request joining a running batch (other prefix length) gets its own result."""
+    lm, states = parts
+    a_in = (*states("lofi hip hop beat with mellow piano"), _melody(3.0, 44100, 1, channels=2))
+    b_in = (*states("epic metal riff with double bass drums and distorted guitars"), None)
+    c_in = (*states("jazz trio"), _melody(9.0, 16000, 2))
+    greedy = GenerationParams(duration=1, top_k=1, seed=0)
+    sampled = GenerationParams(duration=1, top_k=50, temperature=1.2, seed=42)
+    alone = [lm.generate(*a_in, greedy, 20), lm.generate(*b_in, sampled, 12), lm.generate(*c_in, greedy, 9)]
+    a, b, c = lm.prepare(*a_in, greedy, 20), lm.prepare(*b_in, sampled, 12), lm.prepare(*c_in, greedy, 9)
+    lm.add(a)
+    for _ in range(4):
+        lm.step()
+    lm.add(b)
+    lm.step()
+    lm.add(c)
+    finished = []
+    while not (a.done and b.done and c.done):
+        finished += lm.step()
+    assert set(map(id, finished)) == {id(a), id(b), id(c)}
+    for seq, ref in zip((a, b, c), alone):
+        assert seq.error is None
+        np.testing.assert_array_equal(seq.codes(), ref)
+    assert not lm.active and not lm.pending and lm.cache[0].shape[0] == 0
+
+
+def test_cancel_and_limits(parts):
+    lm, states = parts
+    h, m = states("reggae groove")
+    seq = lm.prepare(h, m, None, GenerationParams(duration=1, top_k=1, seed=0), 30)
+    lm.add(seq)
+    lm.step()
+    lm.cancel(seq)
+    assert seq in lm.step() and not lm.active
+    pending = lm.prepare(h, m, None, GenerationParams(duration=1, top_k=1, seed=0), 5)
+    lm.add(pending)
+    lm.cancel(pending)  # cancelled before its prefill
+    assert pending in lm.step() and not lm.pending
+    limit = lm.max_frames(int(m.sum()))
+    assert limit == lm.position_table - (lm.chroma_length + int(m.sum())) - 1 - 3
+    with pytest.raises(ValueError, match="positions"):
+        lm.prepare(h, m, None, GenerationParams(duration=1), limit + 1)
+    with pytest.raises(MelodyInputError, match="chroma must be"):
+        lm.prepare(h, m, np.zeros((10, 11), np.float32), GenerationParams(duration=1), 5)
+    with pytest.raises(MelodyInputError, match="NaN"):
+        lm.prepare(h, m, np.full((4, 12), np.nan, np.float32), GenerationParams(duration=1), 5)
+    with pytest.raises(ValueError, match="text states"):
+        lm.prepare(h[:, :5], m, None, GenerationParams(duration=1), 5)
+
+
+def test_padded_text_states_are_dropped(parts):
+    """A request's padded text positions (e.g. states from a batched text encoder) do not change its result."""
+    lm, states = parts
+    h, m = states("gospel choir with hammond organ and clapping")
+    hp = np.concatenate([h, np.random.default_rng(0).standard_normal((3, h.shape[1])).astype(np.float32)])
+    mp = np.concatenate([m, np.zeros(3, m.dtype)])
+    p = GenerationParams(duration=1, top_k=1, seed=0)
+    ch = _melody(2.0, 22050, 4)
+    np.testing.assert_array_equal(lm.generate(hp, mp, ch, p, 8), lm.generate(h, m, ch, p, 8))
+
+
+def test_export_from_save_pretrained_directory(tmp_path, melody_repo, parts):
+    """The path a downloaded facebook/musicgen-melody takes: a plain HF directory (with preprocessor_config.json)."""
+    from export import checkpoints
+    from export.onnx_export import build
+
+    model, tok = checkpoints.load(checkpoints.resolve("tiny-random-melody").path)
+    assert type(model).__name__ == "MusicgenMelodyForConditionalGeneration"
+    ckpt = tmp_path / "my-musicgen-melody"
+    model.save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    (ckpt / "preprocessor_config.json").write_text(json.dumps({
+        "feature_extractor_type": "MusicgenMelodyFeatureExtractor", "sampling_rate": 32000, "n_fft": 16384,
+        "hop_length": 4096, "chunk_length": 20, "feature_size": 12, "num_chroma": 12}))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    m = build(str(ckpt), repo)
+    assert m["source_kind"] == "directory" and m["random_weights"] is False and m["model_type"] == "musicgen_melody"
+    assert m["melody"]["feature_extractor"]["chunk_length"] == 20  # read from the checkpoint's extractor config
+    lm2 = MelodyLanguageModel(repo / "lm_engine" / "1")
+    lm, states = parts
+    h, mask = states("chill bossa nova")
+    ch = _melody(4.0, 48000, 6)
+    p = GenerationParams(duration=1, top_k=1, seed=0)
+    np.testing.assert_array_equal(lm2.generate(h, mask, ch, p, 10), lm.generate(h, mask, ch, p, 10))
+
+
+def test_melody_runtime_refuses_text_only_export(tmp_path):
+    (tmp_path / names.MANIFEST_FILE).write_text(json.dumps({"model_type": "musicgen", "dims": {}}))
+    with pytest.raises(GraphError, match="not 'musicgen_melody'"):
+        MelodyLanguageModel(tmp_path)
+
+
+def test_runtime_modules_do_not_import_torch():
+    code = ("import sys, musicgen_runtime.melody_lm, musicgen_runtime.chroma; "
+            "bad = [m for m in ('torch', 'transformers', 'torchaudio', 'scipy') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
