@@ -21,6 +21,7 @@ class BlsError(RuntimeError):
 
 
 PARAM_NAMES = ("top_k", "top_p", "temperature", "guidance_scale", "seed")
+MELODY_NAMES = ("melody", "melody_sample_rate")
 
 
 def scalar(pb_utils, request, name: str, required: bool = False):

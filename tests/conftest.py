@@ -40,3 +40,17 @@ def triton(tiny_repo):
 
     with TritonServer(tiny_repo) as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def melody_repo(tmp_path_factory) -> Path:
+    return stage_repository(tmp_path_factory.mktemp("melody") / "model_repository", "tiny-random-melody")
+
+
+@pytest.fixture(scope="session")
+def melody_triton(melody_repo):
+    """A real tritonserver serving the tiny-random-melody repository."""
+    from server import TritonServer
+
+    with TritonServer(melody_repo) as srv:
+        yield srv

@@ -3,8 +3,9 @@
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from musicgen_runtime import delay, manifest, triton_io
+from musicgen_runtime import chroma, delay, manifest, triton_io
 from musicgen_runtime.lm import LanguageModel
+from musicgen_runtime.melody_lm import MelodyLanguageModel, is_melody
 from musicgen_runtime.scheduler import Job, Scheduler
 from musicgen_runtime.validation import ValidationError, validate_params
 
@@ -15,10 +16,14 @@ class TritonPythonModel:
     def initialize(self, args):
         d = triton_io.model_dir(args)
         params = triton_io.parameters(args)
-        self.lm = LanguageModel(d, device=triton_io.device(args))
+        man = manifest.read(d)
+        self.melody = is_melody(man)
+        model = MelodyLanguageModel if self.melody else LanguageModel
+        self.lm = model(d, device=triton_io.device(args))
         self.dims = self.lm.dims
         limit = (self.dims.max_positions - 1 - self.dims.num_codebooks) / self.dims.frame_rate
         self.max_duration = min(float(params.get("max_duration") or 30), limit)
+        self.max_melody_samples = int(float(params.get("max_melody_seconds") or 60) * 48000 * 2)
         self.scheduler = Scheduler(self.lm, max_active=int(params.get("max_active") or 16))
         # Prometheus metrics of the engine, next to Triton's own on the metrics endpoint
         self._families = [
@@ -74,7 +79,14 @@ class TritonPythonModel:
         if states.ndim != 2 or states.shape[1] != self.dims.hidden_size or mask.shape != states.shape[:1]:
             raise ValidationError(f"encoder_hidden_states must be [T, {self.dims.hidden_size}] with a [T] mask")
         frames = delay.frames_for_duration(p.duration, self.dims.frame_rate)
-        seq = self.lm.prepare(states, mask, p, frames)
+        melody = self._melody(request)
+        if self.melody:
+            limit = self.lm.max_frames(int(mask.sum()))
+            if frames > limit:
+                raise ValidationError(f"duration too long for this prompt: at most {limit / self.dims.frame_rate:.1f} s")
+            seq = self.lm.prepare(states, mask, melody, p, frames)
+        else:
+            seq = self.lm.prepare(states, mask, p, frames)
         every = int(get("progress_every") or 0)
 
         def respond(event, s, codes=None):
@@ -95,6 +107,26 @@ class TritonPythonModel:
             is_cancelled=getattr(request, "is_cancelled", None),
             key=request.request_id() or None,
         )
+
+    def _melody(self, request):
+        """Chroma of the request's melody, or None. A text-only model refuses a melody clearly."""
+        t = pb_utils.get_input_tensor_by_name(request, "melody")
+        if t is None:
+            return None
+        if not self.melody:
+            raise ValidationError(f"this model ({self.lm.manifest.get('source')}, a text-only MusicGen) does not "
+                                  "take a melody: send the prompt alone, or serve a MusicGen-Melody checkpoint")
+        rate = triton_io.scalar(pb_utils, request, "melody_sample_rate")
+        if rate is None:
+            raise ValidationError("melody_sample_rate is required with a melody")
+        wave = t.as_numpy()
+        if wave.size > self.max_melody_samples:
+            raise ValidationError(f"melody is too large ({wave.size} samples); send at most "
+                                  f"{self.lm.chroma_config.chunk_length:g} s (only that much is used)")
+        try:
+            return chroma.chroma(wave, rate, self.lm.chroma_config)
+        except chroma.MelodyInputError as exc:
+            raise ValidationError(str(exc)) from None
 
     def finalize(self):
         self.scheduler.close()

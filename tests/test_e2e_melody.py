@@ -1,0 +1,97 @@
+"""Melody conditioning through a real tritonserver (tiny-random-melody), and its refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from export.melody import hf_greedy_codes, synth_melody
+
+PROMPT = "a sad violin solo over a soft piano accompaniment"
+
+
+def _request(mod, prompt, duration, melody=None, rate=None, **params):
+    arrays = {"prompt": np.array([prompt.encode()], dtype=object), "duration": np.array([duration], np.float32)}
+    types = {"prompt": "BYTES", "duration": "FP32", "top_k": "INT32", "seed": "INT64", "guidance_scale": "FP32",
+             "melody": "FP32", "melody_sample_rate": "INT32"}
+    if melody is not None:
+        arrays["melody"] = np.atleast_2d(melody).astype(np.float32)
+    if rate is not None:
+        arrays["melody_sample_rate"] = np.array([rate], np.int32)
+    for k, v in params.items():
+        arrays[k] = np.array([v], {"top_k": np.int32, "seed": np.int64, "guidance_scale": np.float32}[k])
+    inputs = []
+    for name, arr in arrays.items():
+        i = mod.InferInput(name, list(arr.shape), types[name])
+        i.set_data_from_numpy(arr)
+        inputs.append(i)
+    return inputs
+
+
+def generate(srv, prompt, duration, melody=None, rate=None, **params):
+    c = httpclient.InferenceServerClient(srv.http_endpoint, network_timeout=120)
+    r = c.infer("musicgen", _request(httpclient, prompt, duration, melody, rate, **params))
+    return r.as_numpy("audio_codes"), r.as_numpy("audio")
+
+
+def test_melody_oracle_through_triton(melody_triton, melody_repo):
+    """Greedy codes from Triton with a melody equal transformers' generate with the same chroma."""
+    from export import checkpoints
+    from musicgen_runtime import chroma, manifest
+
+    man = manifest.read(melody_repo / "lm_engine" / "1")
+    wave, rate = synth_melody(3.0, 22050, 2, seed=3), 22050
+    features = chroma.chroma(wave, rate, chroma.ChromaConfig.from_manifest(man))
+    model, tok = checkpoints.load(checkpoints.resolve("tiny-random-melody").path)
+    frames = 30
+    ref_codes, ref_audio = hf_greedy_codes(model, tok, PROMPT, features, steps=frames + 3)
+    codes, audio = generate(melody_triton, PROMPT, frames / 50, wave, rate, top_k=1)
+    assert np.array_equal(codes, ref_codes)
+    assert np.abs(audio - ref_audio).max() < 1e-4
+    # the melody matters, and a melody model without a melody generates from text alone
+    text_only, _ = generate(melody_triton, PROMPT, frames / 50, top_k=1)
+    ref_text, _ = hf_greedy_codes(model, tok, PROMPT, None, steps=frames + 3)
+    assert np.array_equal(text_only, ref_text) and not np.array_equal(text_only, codes)
+
+
+def test_melody_over_grpc_and_streaming(melody_triton):
+    wave = synth_melody(2.0, 44100, 1, seed=1)
+    c = grpcclient.InferenceServerClient(melody_triton.grpc_endpoint)
+    r = c.infer("musicgen", _request(grpcclient, PROMPT, 1.0, wave, 44100, seed=4))
+    assert r.as_numpy("audio_codes").shape == (4, 50)
+    import queue
+
+    q: queue.Queue = queue.Queue()
+    c.start_stream(callback=lambda result, error: q.put((result, error)))
+    try:
+        c.async_stream_infer("musicgen_stream", _request(grpcclient, PROMPT, 1.0, wave, 44100, seed=4))
+        while True:
+            result, error = q.get(timeout=60)
+            assert error is None
+            if result.as_numpy("event")[0] == b"final":
+                break
+    finally:
+        c.stop_stream()
+    assert np.array_equal(result.as_numpy("audio_codes"), r.as_numpy("audio_codes"))
+
+
+@pytest.mark.parametrize("melody, rate, message", [
+    (np.zeros((1, 44100), np.float32), 44100, "silent"),
+    (np.full((1, 1000), np.nan, np.float32), 16000, "NaN"),
+    (np.ones((1, 0), np.float32), 16000, "empty"),
+    (np.ones((1, 1000), np.float32) * 0.5, 10, "sample rate"),
+    (np.ones((1, 1000), np.float32) * 0.5, None, "melody_sample_rate is required"),
+])
+def test_bad_melody_is_refused_and_server_stays_healthy(melody_triton, melody, rate, message):
+    with pytest.raises(InferenceServerException, match=message):
+        generate(melody_triton, PROMPT, 0.5, melody, rate)
+    codes, _ = generate(melody_triton, PROMPT, 0.2, seed=1)
+    assert codes.shape == (4, 10)
+
+
+def test_text_only_model_refuses_a_melody(triton):
+    with pytest.raises(InferenceServerException, match="does not take a melody"):
+        generate(triton, PROMPT, 0.5, synth_melody(1.0, 16000, 1, seed=0), 16000)
