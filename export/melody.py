@@ -17,8 +17,7 @@ Graphs (opset 18, legacy exporter, names set here, weights as external data):
                              -> logits [B,K,S,V] (for the S token positions), present.{i}.decoder.{key,value}
   audio_decoder.onnx         audio_codes [1,B,K,frames] -> audio_values [B,channels,frames*hop]
 
-This module is self-contained on purpose (its own small TextEncoder/AudioDecoder wrappers), so the
-text-only graphs in export/graphs.py can change without touching melody.
+The text encoder and codec wrappers are the text-only model's (export/graphs.py).
 """
 
 from __future__ import annotations
@@ -27,13 +26,12 @@ import json
 import logging
 import math
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from musicgen_runtime import manifest as manifest_mod, names
+from musicgen_runtime import names
 from musicgen_runtime.melody_lm import CHROMA, CONDITION_FILE, DECODER_STEP_FILE, INPUTS_EMBEDS, MODEL_TYPE
 
 log = logging.getLogger(__name__)
@@ -59,20 +57,6 @@ FE_DEFAULTS = {"n_fft": 16384, "hop_length": 4096, "chunk_length": 30}  # Musicg
 def _modules():
     import torch
     from torch import nn
-
-    class TextEncoder(nn.Module):
-        """T5 encoder + enc_to_dec_proj, padded positions zeroed (as generate does before prepending)."""
-
-        def __init__(self, model):
-            super().__init__()
-            self.t5 = model.text_encoder
-            self.proj = getattr(model, "enc_to_dec_proj", None)
-
-        def forward(self, input_ids, attention_mask):
-            h = self.t5(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            if self.proj is not None:
-                h = self.proj(h)
-            return h * attention_mask[..., None].to(h.dtype)
 
     class Condition(nn.Module):
         """Projected chroma looped/truncated to chroma_length (index = arange(L) % Tc), then the text states."""
@@ -141,15 +125,7 @@ def _modules():
             logits = torch.stack([head(x) for head in self.lm_heads], dim=1)  # [B, K, S, V]
             return (logits, *presents)
 
-    class AudioDecoder(nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.codec = model.audio_encoder
-
-        def forward(self, audio_codes):
-            return self.codec.decode(audio_codes, [None]).audio_values
-
-    return TextEncoder, Condition, DecoderStep, AudioDecoder
+    return Condition, DecoderStep
 
 
 def step_io_names(num_layers: int):
@@ -198,7 +174,9 @@ def export_graphs(model, out: Path, precision: str = "fp32", position_table: int
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    TextEncoder, Condition, DecoderStep, AudioDecoder = _modules()
+    from .graphs import AudioDecoder, TextEncoder
+
+    Condition, DecoderStep = _modules()
     model = model.eval().float()
     c = model.config
     dec = c.decoder
@@ -276,49 +254,10 @@ def stage(source: str, resolved, model, tokenizer, repository: Path, precision: 
     """Export a loaded melody checkpoint into `repository` (the melody branch of onnx_export.build)."""
     from . import onnx_export as ox
 
-    repository = Path(repository)
-    dims = ox.model_dims(model, tokenizer)
-    mel = melody_info(model, resolved.path, dims.max_text_tokens)
-    with tempfile.TemporaryDirectory(dir=repository, prefix=".export-") as tmp:
-        tmp = Path(tmp)
-        info = export_graphs(model, tmp, precision, mel["position_table"])
-        ox.save_tokenizer(tokenizer, tmp / names.TOKENIZER_FILE)
-        files = {}
-        for fname in [names.TOKENIZER_FILE, *info]:
-            for f in sorted(tmp.glob(fname + "*")):
-                files[f.name] = {"sha256": manifest_mod.sha256(f), "bytes": f.stat().st_size}
-        manifest = {
-            "format": 1,
-            "requested_source": source,
-            "source": resolved.source,
-            "source_kind": resolved.kind,
-            "checkpoint_path": str(resolved.path),
-            "random_weights": resolved.random_weights,
-            "model_type": MODEL_TYPE,
-            "precision": precision,
-            "graphs": info,
-            "opset": ox.OPSET,
-            "dims": dims.__dict__,
-            "melody": mel,
-            "generation_defaults": {"top_k": 250, "top_p": 0.0, "temperature": 1.0, "guidance_scale": 3.0},
-            "files": files,
-            "versions": ox._versions(),
-            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "export_seconds": round(time.time() - t0, 1),
-        }
-        for model_name, fnames in MODEL_FILES.items():
-            dst = repository / model_name / "1"
-            dst.mkdir(parents=True, exist_ok=True)
-            for stale in [names.CROSS_KV_FILE, names.DECODER_STEP_FILE] if model_name == "lm_engine" else []:
-                for f in dst.glob(stale + "*"):  # a previous text-only export's graphs
-                    f.unlink()
-            for fname in fnames:
-                for f in tmp.glob(fname + "*"):
-                    shutil.move(str(f), dst / f.name)
-            (dst / names.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    log.info("exported melody checkpoint %s (%s) into %s in %.1fs", resolved.source, precision, repository,
-             time.time() - t0)
-    return manifest
+    mel = melody_info(model, resolved.path, ox.model_dims(model, tokenizer).max_text_tokens)
+    return ox.stage(source, resolved, model, tokenizer, Path(repository), precision, t0,
+                    export=lambda out: export_graphs(model, out, precision, mel["position_table"]),
+                    model_files=MODEL_FILES, extra={"melody": mel})
 
 
 # ------------------------------------------------------------------------------------------------

@@ -230,10 +230,17 @@ def build(source: str, repository: Path, precision: str = "fp32", fallback: str 
         from . import melody
 
         return melody.stage(source, resolved, model, tokenizer, repository, precision, t0)
+    return stage(source, resolved, model, tokenizer, repository, precision, t0,
+                 export=lambda out: export_graphs(model, out, precision), model_files=MODEL_FILES)
+
+
+def stage(source: str, resolved, model, tokenizer, repository: Path, precision: str, t0: float, *,
+          export, model_files: dict, extra: dict | None = None) -> dict:
+    """Run `export(tmp_dir) -> graph info`, then move the files and a manifest into the model dirs."""
     dims = model_dims(model, tokenizer)
     with tempfile.TemporaryDirectory(dir=repository, prefix=".export-") as tmp:
         tmp = Path(tmp)
-        info = export_graphs(model, tmp, precision)
+        info = export(tmp)
         save_tokenizer(tokenizer, tmp / names.TOKENIZER_FILE)
         files = {}
         for fname in [names.TOKENIZER_FILE, *info]:
@@ -251,20 +258,25 @@ def build(source: str, repository: Path, precision: str = "fp32", fallback: str 
             "graphs": info,
             "opset": OPSET,
             "dims": dims.__dict__,
+            **(extra or {}),
             "generation_defaults": {"top_k": 250, "top_p": 0.0, "temperature": 1.0, "guidance_scale": 3.0},
             "files": files,
             "versions": _versions(),
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "export_seconds": round(time.time() - t0, 1),
         }
-        for model_name, fnames in MODEL_FILES.items():
+        for model_name, fnames in model_files.items():
             dst = repository / model_name / "1"
             dst.mkdir(parents=True, exist_ok=True)
+            for f in list(dst.glob("*.onnx")) + list(dst.glob("*.onnx.data")):
+                if not any(f.name.startswith(n) for n in fnames):  # another architecture's earlier export
+                    f.unlink()
             for fname in fnames:
                 for f in tmp.glob(fname + "*"):
                     shutil.move(str(f), dst / f.name)
             (dst / names.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    log.info("exported %s (%s) into %s in %.1fs", resolved.source, precision, repository, time.time() - t0)
+    log.info("exported %s (%s, %s) into %s in %.1fs", resolved.source, model.config.model_type, precision,
+             repository, time.time() - t0)
     return manifest
 
 
