@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,8 +33,16 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, lm: LanguageModel, max_active: int = 16):
+    """`on_report(stats)` runs on the engine thread at most every `report_every` seconds: Triton's
+    python-backend metric calls crash the server when made from two threads at once, so every
+    metric update happens here, on one thread."""
+
+    def __init__(self, lm: LanguageModel, max_active: int = 16, on_report=None, report_every: float = 0.2):
         self.lm = lm
+        self.on_report = on_report
+        self.report_every = report_every
+        self.stats = {"in_flight": 0, "ok": 0, "error": 0, "cancelled": 0, "frames": 0}
+        self._last_report = 0.0
         self.max_active = max_active  # requests beyond this wait in the queue
         self._queue: "queue.Queue[Job]" = queue.Queue()
         self._jobs: dict[int, Job] = {}
@@ -91,8 +100,17 @@ class Scheduler:
             self._jobs[job.seq.id] = job
             self.lm.add(job.seq)
 
+    def _report(self) -> None:
+        now = time.monotonic()
+        if self.on_report is None or now - self._last_report < self.report_every:
+            return
+        self._last_report = now
+        self.stats["in_flight"] = self._queue.qsize() + len(self._jobs)
+        self._safe(self.on_report, dict(self.stats))
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._report()
             try:
                 self._admit(block=True)
                 if not self._jobs:
@@ -102,6 +120,7 @@ class Scheduler:
             except Exception as exc:  # never let the engine thread die: fail what is in flight, go on
                 log.exception("engine step failed")
                 for job in list(self._jobs.values()):
+                    self.stats["error"] += 1
                     self._safe(job.on_error, job.seq, exc)
                 self._jobs.clear()
                 self.lm._reset()
@@ -111,10 +130,14 @@ class Scheduler:
             with self._keys_lock:
                 self._keys.pop(job.key, None)
         if seq.error is not None:
+            self.stats["error"] += 1
             self._safe(job.on_error, seq, seq.error)
         elif seq.cancelled:
+            self.stats["cancelled"] += 1
             self._safe(job.on_error, seq, RuntimeError("request cancelled"))
         else:
+            self.stats["ok"] += 1
+            self.stats["frames"] += seq.frames
             self._safe(job.on_done, seq)
 
     @staticmethod

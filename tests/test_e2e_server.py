@@ -271,3 +271,16 @@ def test_cancelled_stream_leaves_the_batch_and_others_finish(triton):
     solo = generate_http(triton, prompt=PROMPT, duration=1.0, seed=9)
     assert np.array_equal(out["audio_codes"], solo["audio_codes"])
     assert _gauge(triton, "musicgen_lm_requests_in_flight") == 0
+
+
+def test_burst_of_concurrent_requests_keeps_the_server_up(triton):
+    """Regression: metric updates from two threads crashed the python backend under load."""
+    def one(i):
+        call = generate_http if i % 2 else generate_grpc
+        return call(triton, prompt=PROMPT, duration=0.2, seed=i)["audio_codes"].shape
+
+    with ThreadPoolExecutor(6) as pool:
+        shapes = list(pool.map(one, range(150)))
+    assert shapes == [(4, 10)] * 150
+    assert triton.is_running()
+    assert_healthy(triton)

@@ -24,7 +24,8 @@ class TritonPythonModel:
         limit = (self.dims.max_positions - 1 - self.dims.num_codebooks) / self.dims.frame_rate
         self.max_duration = min(float(params.get("max_duration") or 30), limit)
         self.max_melody_samples = int(float(params.get("max_melody_seconds") or 60) * 48000 * 2)
-        self.scheduler = Scheduler(self.lm, max_active=int(params.get("max_active") or 16))
+        self.scheduler = Scheduler(self.lm, max_active=int(params.get("max_active") or 16), on_report=self._report)
+        self._reported = {}
         # Prometheus metrics of the engine, next to Triton's own on the metrics endpoint
         self._families = [
             pb_utils.MetricFamily("musicgen_lm_requests_in_flight", "requests queued or generating",
@@ -52,23 +53,17 @@ class TritonPythonModel:
             except Exception as exc:
                 sender.send(triton_io.error_response(pb_utils, exc), flags=FINAL)
                 continue
-            self.in_flight.increment(1)
             self.scheduler.submit(job)
         return None
 
-    def _ended(self, outcome, frames=0):
-        self.in_flight.increment(-1)
-        self.outcome[outcome].increment(1)
-        if frames:
-            self.frames.increment(frames)
-
-    def _done(self, sender, respond, s):
-        self._ended("ok", s.frames)
-        sender.send(respond("final", s, s.codes()), flags=FINAL)
-
-    def _failed(self, sender, s, exc):
-        self._ended("cancelled" if s.cancelled else "error")
-        sender.send(triton_io.error_response(pb_utils, exc), flags=FINAL)
+    def _report(self, stats):
+        """Runs on the engine thread only (see Scheduler): gauge set, counters advanced by their deltas."""
+        self.in_flight.set(stats["in_flight"])
+        for key, metric in [*self.outcome.items(), ("frames", self.frames)]:
+            delta = stats[key] - self._reported.get(key, 0)
+            if delta:
+                metric.increment(delta)
+        self._reported = stats
 
     def _job(self, request, sender):
         get = lambda n: triton_io.scalar(pb_utils, request, n)  # noqa: E731
@@ -100,8 +95,8 @@ class TritonPythonModel:
 
         return Job(
             seq=seq,
-            on_done=lambda s: self._done(sender, respond, s),
-            on_error=lambda s, e: self._failed(sender, s, e),
+            on_done=lambda s: sender.send(respond("final", s, s.codes()), flags=FINAL),
+            on_error=lambda s, e: sender.send(triton_io.error_response(pb_utils, e), flags=FINAL),
             on_progress=lambda s: sender.send(respond("progress", s, s.codes(s.frames_ready))),
             progress_every=every,
             is_cancelled=getattr(request, "is_cancelled", None),
