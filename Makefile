@@ -60,7 +60,7 @@ deploy-check: setup
 	$(BIN)/python -m pytest -q tests/deploy
 
 # Benchmarks (bench/README.md): our server vs transformers on the same checkpoint and machine.
-# `make bench` takes ~15-25 min on 2 cores (small-random); `make bench-quick` is the CI smoke run.
+# `make bench` (small-random) runs for many minutes on 2 cores; `make bench-quick` is the CI smoke run.
 BENCH_CHECKPOINT ?= small-random
 BENCH_ARGS ?=
 bench: setup

@@ -1,0 +1,442 @@
+"""The benchmark: our Triton server (through the client) against PyTorch `transformers`, one run, one machine.
+
+    python -m bench                        # small-random (musicgen-small shapes), full
+    python -m bench --quick                # tiny-random smoke run (CI)
+    python -m bench --checkpoint /path/to/musicgen-small --precision fp16 --out bench/results/real
+
+Phases (never two at once, so they do not share the cores):
+  1. export into a bench repository (reused when it already holds this checkpoint/precision);
+  2. memory bandwidth (numpy) and the per-step decode time in-process (`LanguageModel.step()`),
+     with its floor = decoder weight bytes / measured read bandwidth;
+  3. the reference: `transformers` generate in a subprocess, same checkpoint and parameters;
+  4. our server (real tritonserver): client-seen wall time and real-time factor per duration, unary
+     and streamed (time to first audio chunk), latency p50/p95 and throughput at each concurrency,
+     peak RSS/PSS of the server's process tree, and perf_analyzer's Triton-level numbers.
+Writes results.json, rtf.csv, concurrency.csv, steps.csv, *.png into --out and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results"
+WORK = ROOT / ".work" / "bench"
+PROMPT = "lo-fi hip hop beat with warm piano chords"
+SEED = 1234
+
+
+@dataclass
+class Config:
+    checkpoint: str = "small-random"
+    precision: str = "fp32"
+    durations: list = field(default_factory=lambda: [5.0, 10.0, 30.0])
+    concurrency: list = field(default_factory=lambda: [1, 2, 4, 8])
+    concurrency_duration: float = 5.0
+    requests_per_level: int = 0  # 0: two waves (2 x concurrency), at least 2
+    step_duration: float = 5.0  # audio seconds for the in-process decode step timing
+    bandwidth_mb: int = 512
+    reference: bool = True
+    perf_analyzer: bool = True
+    perf_duration: float = 1.0
+    repository: Path | None = None
+    out: Path = DEFAULT_OUT
+    quick: bool = False
+    prompt: str = PROMPT
+    seed: int = SEED
+
+    @classmethod
+    def quick_defaults(cls, **kw) -> "Config":
+        base = dict(checkpoint="tiny-random", durations=[1.0, 2.0], concurrency=[1, 2, 4], concurrency_duration=1.0,
+                    step_duration=1.0, bandwidth_mb=128, perf_analyzer=False, perf_duration=0.5, quick=True)
+        base.update({k: v for k, v in kw.items() if v is not None})
+        return cls(**base)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# phases
+# ------------------------------------------------------------------------------------------------
+
+
+def stage_repository(dst: Path, checkpoint: str, precision: str) -> Path:
+    """The tests' procedure: model_repository/ configs and code (no weights) + `export.onnx_export.build`.
+
+    Configs are refreshed every time; the export is skipped when dst already holds this checkpoint
+    at this precision with intact files.
+    """
+    ignore = shutil.ignore_patterns("*.onnx", "*.onnx.data", "*.data", "manifest.json", "tokenizer.json",
+                                    "__pycache__", ".export-*")
+    shutil.copytree(ROOT / "model_repository", dst, ignore=ignore, dirs_exist_ok=True)
+    # `export.onnx_export.build` in its own process: torch and the checkpoint (GBs) leave with it
+    proc = subprocess.run([sys.executable, "-m", "export", "build", "--checkpoint", checkpoint, "--precision",
+                           precision, "--repository", str(dst), "--skip-if-current"], cwd=ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        raise RuntimeError(f"export of {checkpoint} ({precision}) failed: {tail}")
+    return dst
+
+
+def run_reference(cfg: Config, out: Path) -> dict:
+    path = out / "reference.json"
+    cmd = [sys.executable, "-m", "bench.reference", "--checkpoint", cfg.checkpoint, "--durations",
+           *[str(d) for d in cfg.durations], "--prompt", cfg.prompt, "--seed", str(cfg.seed), "--out", str(path)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        return {"error": "reference run failed: " + " | ".join(tail)}
+    res = json.loads(path.read_text())
+    res["process_s"] = time.perf_counter() - t0
+    return res
+
+
+def _pct(values, q):
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+def run_server_phase(cfg: Config, repo: Path, out: Path) -> dict:
+    res: dict = {}
+    try:
+        _server_phase(cfg, repo, out, res)
+    except Exception as exc:  # a crashed or failing server: keep what was measured, say what happened
+        res["error"] = f"{type(exc).__name__}: {exc}"
+        log_path = out / "tritonserver.log"
+        if log_path.exists():
+            lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if not ln.startswith("I")]
+            res["server_log_tail"] = lines[-40:]
+    return res
+
+
+def _server_phase(cfg: Config, repo: Path, out: Path, res: dict) -> None:
+    from client import MusicGenClient
+    from server import TritonServer
+
+    from . import perf_analyzer as pa
+    from .procmem import PeakSampler, tree_memory
+
+    t0 = time.perf_counter()
+    with TritonServer(repo, log_path=out / "tritonserver.log") as srv:
+        res["start_to_ready_s"] = time.perf_counter() - t0
+        res["idle_memory"] = tree_memory(srv.pid)
+        grpc = MusicGenClient(srv.grpc_endpoint, "grpc", timeout=1800)
+        http = MusicGenClient(srv.http_endpoint, "http", timeout=1800)
+        mem = PeakSampler(srv.pid)
+        res["memory"] = {"peak": mem.peak, "phases": mem.phases}  # filled in place while sampling
+        with mem, grpc, http:
+            manifest = grpc.info()
+            res["manifest"] = {k: manifest.get(k) for k in ("source", "precision", "random_weights", "dims")}
+            mem.mark("warmup")
+            grpc.generate("warm up", 0.5, seed=0)
+            list(grpc.stream("warm up", 0.5, seed=0))
+            http.generate("warm up", 0.5, seed=0)
+
+            # Triton + client overhead: the trivial musicgen_info model
+            overhead = {}
+            for name, c in (("grpc", grpc), ("http", http)):
+                lat = []
+                for _ in range(30):
+                    s = time.perf_counter()
+                    c.info()
+                    lat.append((time.perf_counter() - s) * 1000)
+                overhead[name] = {"p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95)}
+            res["info_call_ms"] = overhead
+
+            mem.mark("single")
+            rows = res["single"] = []
+            for d in cfg.durations:
+                log(f"server: {d:g} s unary (gRPC)")
+                r = grpc.generate(cfg.prompt, d, seed=cfg.seed)
+                log(f"server: {d:g} s streamed (gRPC)")
+                first_progress = []
+                sr = grpc.generate(cfg.prompt, d, seed=cfg.seed, stream=True,
+                                   on_event=lambda e: first_progress.append(e.elapsed) if not first_progress else None)
+                rows.append({"duration": d, "audio_s": r.duration, "frames": int(r.codes.shape[-1]),
+                             "wall_s": r.elapsed, "rtf": r.rtf, "stream_wall_s": sr.elapsed, "stream_rtf": sr.rtf,
+                             "time_to_first_chunk_s": sr.time_to_first_chunk,
+                             "time_to_first_event_s": first_progress[0] if first_progress else None,
+                             "stream_codes_equal_unary": bool(np.array_equal(r.codes, sr.codes))})
+
+            levels = res["concurrency"] = []
+            for c in cfg.concurrency:
+                n = cfg.requests_per_level or max(2, 2 * c)
+                log(f"server: concurrency {c}, {n} requests of {cfg.concurrency_duration:g} s")
+                mem.mark(f"concurrency_{c}")
+
+                def one(i):
+                    s = time.perf_counter()
+                    r = grpc.generate(cfg.prompt, cfg.concurrency_duration, seed=cfg.seed + i)
+                    return time.perf_counter() - s, r.duration
+
+                s = time.perf_counter()
+                with ThreadPoolExecutor(c) as pool:
+                    done = list(pool.map(one, range(n)))
+                wall = time.perf_counter() - s
+                lat = [x[0] for x in done]
+                audio = sum(x[1] for x in done)
+                levels.append({"concurrency": c, "requests": n, "clip_s": cfg.concurrency_duration, "wall_s": wall,
+                               "latency_p50_s": _pct(lat, 50), "latency_p95_s": _pct(lat, 95),
+                               "latency_max_s": max(lat), "throughput_audio_s_per_s": audio / wall,
+                               "requests_per_s": n / wall, "peak_rss_mb": mem.phases[f"concurrency_{c}"]["rss_mb"],
+                               "peak_pss_mb": mem.phases[f"concurrency_{c}"]["pss_mb"]})
+
+            if cfg.perf_analyzer:
+                mem.mark("perf_analyzer")
+                log("perf_analyzer: musicgen_info (Triton overhead) and musicgen")
+                try:
+                    data = pa.input_data(out / "perf_analyzer_input.json", cfg.prompt, cfg.perf_duration, cfg.seed)
+                    top = max(c for c in cfg.concurrency if c <= 4)
+                    res["perf_analyzer"] = {
+                        "musicgen_info": pa.run(srv.grpc_endpoint, "musicgen_info", out, request_count=50),
+                        "musicgen": pa.run(srv.grpc_endpoint, "musicgen", out, data=data, concurrency=f"1:{top}",
+                                           request_count=4 if not cfg.quick else 10),
+                        "musicgen_clip_s": cfg.perf_duration}
+                except pa.PerfAnalyzerUnavailable as exc:
+                    res["perf_analyzer"] = {"error": str(exc)}
+            else:
+                res["perf_analyzer"] = {"skipped": "quick mode (pass --perf-analyzer to run it)"}
+
+
+# ------------------------------------------------------------------------------------------------
+# outputs
+# ------------------------------------------------------------------------------------------------
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b not in (None, 0) else None
+
+
+def summarize(results: dict) -> dict:
+    """Our/reference ratios (lower is better for times)."""
+    ref = {r["duration"]: r for r in results.get("reference", {}).get("runs", [])}
+    srv = {r["duration"]: r for r in results.get("server", {}).get("single", [])}
+    out = {"rtf": []}
+    for d, r in srv.items():
+        rr = ref.get(d, {})
+        out["rtf"].append({"duration": d, "ours": r["rtf"], "ours_stream": r["stream_rtf"], "reference": rr.get("rtf"),
+                           "ours_over_reference": _ratio(r["rtf"], rr.get("rtf")),
+                           "speedup": _ratio(rr.get("rtf"), r["rtf"])})
+    steps = results.get("steps", {})
+    ref_runs = results.get("reference", {}).get("runs", [])
+    ref_step = ref_runs[-1].get("step_ms_median") if ref_runs else None
+    out["step_ms"] = {"ours": steps.get("step_ms_median"), "reference": ref_step,
+                      "floor": steps.get("floor_ms"), "ours_over_reference": _ratio(steps.get("step_ms_median"), ref_step),
+                      "ours_over_floor": _ratio(steps.get("step_ms_median"), steps.get("floor_ms"))}
+    return out
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _fmt(v, nd=3):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def table(results: dict) -> str:
+    s = results["summary"]
+    lines = [f"checkpoint {results['config']['checkpoint']} ({results['config']['precision']}), "
+             f"{results['machine']['cpus']} CPUs; times are wall seconds; RTF = wall s per audio s (lower is better)",
+             f"{'metric':<40}{'ours':>12}{'reference':>12}{'ours/ref':>10}"]
+    for r in s["rtf"]:
+        lines.append(f"{'RTF ' + _fmt(r['duration']) + ' s (unary; stream ' + _fmt(r['ours_stream']) + ')':<40}"
+                     f"{_fmt(r['ours']):>12}{_fmt(r['reference']):>12}{_fmt(r['ours_over_reference']):>10}")
+    st = s["step_ms"]
+    lines.append(f"{'decode step ms (median, 1 request)':<40}{_fmt(st['ours']):>12}{_fmt(st['reference']):>12}"
+                 f"{_fmt(st['ours_over_reference']):>10}")
+    lines.append(f"{'  floor ms (weights / read bandwidth)':<40}{_fmt(st['floor']):>12}")
+    srv = results.get("server", {})
+    ref_runs = {r["duration"]: r for r in results.get("reference", {}).get("runs", [])}
+    for r in srv.get("single", []):
+        ref_wall = ref_runs.get(r["duration"], {}).get("wall_s")  # generate returns all audio at the end
+        lines.append(f"{'first audio s, ' + _fmt(r['duration']) + ' s clip (ours: 1st chunk)':<40}"
+                     f"{_fmt(r['time_to_first_chunk_s']):>12}{_fmt(ref_wall):>12}"
+                     f"{_fmt(_ratio(r['time_to_first_chunk_s'], ref_wall)):>10}")
+    lines.append(f"{'concurrency c: latency p50/p95 s':<40}{'ours':>12}{'':>12}")
+    for c in srv.get("concurrency", []):
+        lines.append(f"{'  c=' + str(c['concurrency']) + ' (' + _fmt(c['clip_s']) + ' s clips)':<40}"
+                     f"{_fmt(c['latency_p50_s']) + '/' + _fmt(c['latency_p95_s']):>12}")
+    for c in srv.get("concurrency", []):
+        rr = ref_runs.get(c["clip_s"], {})
+        serial = 1.0 / rr["rtf"] if rr.get("rtf") else None  # generate serves one request at a time
+        lines.append(f"{'  c=' + str(c['concurrency']) + ' throughput, audio s per wall s':<40}"
+                     f"{_fmt(c['throughput_audio_s_per_s']):>12}{_fmt(serial):>12}"
+                     f"{_fmt(_ratio(c['throughput_audio_s_per_s'], serial)):>10}")
+    mem = srv.get("memory", {}).get("peak", {})
+    ref = results.get("reference", {})
+    lines.append(f"{'peak memory MB (server tree PSS / ref RSS)':<40}{_fmt(mem.get('pss_mb')):>12}"
+                 f"{_fmt(ref.get('peak_rss_mb')):>12}{_fmt(_ratio(mem.get('pss_mb'), ref.get('peak_rss_mb'))):>10}")
+    lines.append(f"{'  server tree RSS sum (double-counts shared)':<40}{_fmt(mem.get('rss_mb')):>12}")
+    pa = srv.get("perf_analyzer", {})
+    for model in ("musicgen_info", "musicgen"):
+        for r in (pa.get(model) or {}).get("rows", []) if isinstance(pa.get(model), dict) else []:
+            lines.append(f"{'perf_analyzer ' + model + ' c=' + str(r['concurrency']) + ' p50 ms, inf/s':<40}"
+                         f"{_fmt(r['p50_ms']):>12}{'':>12}{_fmt(r['infer_per_s']):>10}")
+    return "\n".join(lines)
+
+
+def write_outputs(results: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "results.json"]
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    srv = results.get("server", {})
+    ref = {r["duration"]: r for r in results.get("reference", {}).get("runs", [])}
+    rtf_rows = [{**r, "reference_wall_s": ref.get(r["duration"], {}).get("wall_s"),
+                 "reference_rtf": ref.get(r["duration"], {}).get("rtf")} for r in srv.get("single", [])]
+    write_csv(out / "rtf.csv", rtf_rows)
+    write_csv(out / "concurrency.csv", srv.get("concurrency", []))
+    steps = results.get("steps", {})
+    write_csv(out / "steps.csv", [{"implementation": "ours (LanguageModel.step)", **{k: v for k, v in steps.items()
+                                                                                   if not isinstance(v, dict)}}] +
+              [{"implementation": f"reference decoder forward, {r['duration']:g} s", **r} for r in ref.values()])
+    files += [out / n for n in ("rtf.csv", "concurrency.csv", "steps.csv")]
+    from .plots import plot_all
+
+    files += plot_all(results, out)
+    (out / "summary.txt").write_text(table(results) + "\n")
+    files.append(out / "summary.txt")
+    return files
+
+
+# ------------------------------------------------------------------------------------------------
+# main
+# ------------------------------------------------------------------------------------------------
+
+
+def run(cfg: Config) -> dict:
+    from . import measure
+
+    t_all = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()},
+                     "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                 "python": platform.python_version(), "processor": platform.processor()},
+                     "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    timings = results.setdefault("phase_seconds", {})
+
+    t = time.perf_counter()
+    if cfg.repository:
+        repo = Path(cfg.repository)
+        log(f"using the staged repository {repo}")
+    else:
+        repo = WORK / f"repo-{Path(cfg.checkpoint).name}-{cfg.precision}" / "model_repository"
+        log(f"export {cfg.checkpoint} ({cfg.precision}) into {repo}")
+        stage_repository(repo, cfg.checkpoint, cfg.precision)
+    timings["export"] = time.perf_counter() - t
+    results["repository"] = str(repo)
+
+    t = time.perf_counter()
+    log("memory bandwidth")
+    bw1 = measure.memory_bandwidth(cfg.bandwidth_mb, 5 if not cfg.quick else 3, threads=1)
+    bwn = measure.memory_bandwidth(cfg.bandwidth_mb, 5 if not cfg.quick else 3, threads=os.cpu_count() or 1)
+    results["bandwidth"] = {"single_thread": bw1, "all_threads": bwn}
+    log("decode step timing in-process")
+    lm_dir = measure.lm_model_dir(repo)
+    steps = measure.decode_steps(lm_dir, cfg.step_duration, seed=cfg.seed)
+    wbytes = measure.weight_bytes(lm_dir)
+    read = max(bw1["read_gbps"], bwn["read_gbps"])
+    steps.update({"weight_bytes": wbytes, "read_gbps_used": read, "floor_ms": wbytes / (read * 1e9) * 1000.0})
+    results["steps"] = steps
+    timings["bandwidth_and_steps"] = time.perf_counter() - t
+
+    if cfg.reference:
+        t = time.perf_counter()
+        log(f"reference: transformers generate on {cfg.checkpoint} for {cfg.durations} s")
+        results["reference"] = run_reference(cfg, out)
+        timings["reference"] = time.perf_counter() - t
+        if "error" in results["reference"]:
+            log(results["reference"]["error"])
+
+    t = time.perf_counter()
+    log("server: start tritonserver")
+    results["server"] = run_server_phase(cfg, repo, out)
+    timings["server"] = time.perf_counter() - t
+
+    results["summary"] = summarize(results)
+    timings["total"] = time.perf_counter() - t_all
+    results["files"] = [str(p) for p in write_outputs(results, out)]
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    return results
+
+
+def parse_args(argv=None) -> Config:
+    p = argparse.ArgumentParser(prog="python -m bench", description="MusicGen on Triton vs transformers, one run.")
+    p.add_argument("--quick", action="store_true", help="smoke run on tiny-random (well under 2 minutes)")
+    p.add_argument("--checkpoint", help="preset, HF directory or hub id (default small-random; quick: tiny-random)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="LM precision of the export (default fp32)")
+    p.add_argument("--repository", type=Path, help="an already staged model repository (skips the export)")
+    p.add_argument("--durations", type=float, nargs="+", help="clip seconds for RTF (default 5 10 30; quick 1 2)")
+    p.add_argument("--concurrency", type=int, nargs="+", help="levels (default 1 2 4 8; quick 1 2 4)")
+    p.add_argument("--concurrency-duration", type=float, help="clip seconds at each level (default 5; quick 1)")
+    p.add_argument("--requests-per-level", type=int, help="requests per level (default 2 x concurrency)")
+    p.add_argument("--no-reference", action="store_true", help="skip the transformers reference")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--perf-analyzer", action="store_true", default=None, help="run perf_analyzer (default: not in quick)")
+    g.add_argument("--no-perf-analyzer", action="store_true", help="skip perf_analyzer")
+    p.add_argument("--out", type=Path, help="output folder (default bench/results/<checkpoint>)")
+    a = p.parse_args(argv)
+    kw = dict(checkpoint=a.checkpoint, precision=a.precision, repository=a.repository, durations=a.durations,
+              concurrency=a.concurrency, concurrency_duration=a.concurrency_duration,
+              requests_per_level=a.requests_per_level)
+    if a.quick:
+        cfg = Config.quick_defaults(**kw)
+    else:
+        cfg = Config(**{k: v for k, v in kw.items() if v is not None})
+    if a.no_reference:
+        cfg.reference = False
+    if a.perf_analyzer:
+        cfg.perf_analyzer = True
+    if a.no_perf_analyzer:
+        cfg.perf_analyzer = False
+    cfg.out = a.out or DEFAULT_OUT / (Path(cfg.checkpoint).name + ("-quick" if cfg.quick else ""))
+    return cfg
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv)
+    try:
+        results = run(cfg)
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    except Exception as exc:
+        log(f"failed: {type(exc).__name__}: {exc}")
+        if os.environ.get("MUSICGEN_DEBUG"):
+            raise
+        return 1
+    print(table(results))
+    log(f"wrote {cfg.out} in {results['phase_seconds']['total']:.0f} s")
+    errors = [f"{k}: {v['error']}" for k, v in results.items() if isinstance(v, dict) and v.get("error")]
+    for e in errors:
+        log(f"FAILED {e}")
+    for line in results.get("server", {}).get("server_log_tail", [])[-15:]:
+        log(f"  tritonserver: {line}")
+    return 1 if errors else 0

@@ -1,0 +1,104 @@
+"""In-process measurements: memory bandwidth (numpy) and the LM decode step (musicgen_runtime.lm)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from musicgen_runtime import names
+
+
+def _best(fn, repeats: int) -> float:
+    fn()  # touch the pages
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def memory_bandwidth(mb: int = 512, repeats: int = 5, threads: int = 1) -> dict:
+    """GB/s (1e9 bytes/s) of reading (`sum`) and copying (`copyto`, read + write bytes counted) a
+    `mb` MiB float32 array, best of `repeats`, split across `threads` threads (numpy releases the GIL).
+
+    The array must be much larger than the last-level cache for this to be DRAM bandwidth.
+    """
+    n = (mb << 20) // 4
+    a = np.ones(n, np.float32)
+    b = np.empty_like(a)
+    parts = np.array_split(np.arange(n), threads)
+    bounds = [(int(p[0]), int(p[-1]) + 1) for p in parts if p.size]
+
+    def parallel(op):
+        def run():
+            ts = [threading.Thread(target=op, args=(lo, hi)) for lo, hi in bounds]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+        return run
+
+    read_s = _best(parallel(lambda lo, hi: a[lo:hi].sum()), repeats) if threads > 1 else \
+        _best(lambda: a.sum(), repeats)
+    copy_s = _best(parallel(lambda lo, hi: np.copyto(b[lo:hi], a[lo:hi])), repeats) if threads > 1 else \
+        _best(lambda: np.copyto(b, a), repeats)
+    nbytes = a.nbytes
+    return {"array_mb": mb, "threads": threads, "read_gbps": nbytes / read_s / 1e9,
+            "copy_gbps": 2 * nbytes / copy_s / 1e9, "repeats": repeats}
+
+
+def lm_model_dir(repository: Path) -> Path:
+    """The model dir holding decoder_step.onnx (lm_engine/1 in this repository layout)."""
+    for name in ("lm_engine", "musicgen_lm"):
+        d = Path(repository) / name / "1"
+        if (d / names.DECODER_STEP_FILE).exists():
+            return d
+    found = sorted(Path(repository).glob(f"*/1/{names.DECODER_STEP_FILE}"))
+    if not found:
+        raise FileNotFoundError(f"no {names.DECODER_STEP_FILE} under {repository}: export first")
+    return found[0].parent
+
+
+def weight_bytes(model_dir: Path) -> int:
+    """Bytes of the decoder step graph and its external weights: what every step reads at least once."""
+    return sum(f.stat().st_size for f in Path(model_dir).glob(names.DECODER_STEP_FILE + "*"))
+
+
+def decode_steps(model_dir: Path, duration: float, guidance_scale: float = 3.0, seed: int = 0,
+                 text_tokens: int = 12, threads: int | None = None) -> dict:
+    """Time every `LanguageModel.step()` of one request alone (CFG: 2 rows) for `duration` seconds of audio.
+
+    The step includes the ONNX decoder step and the numpy guidance + sampling (top-k 250).
+    """
+    from musicgen_runtime.lm import LanguageModel
+    from musicgen_runtime.validation import GenerationParams
+
+    t0 = time.perf_counter()
+    lm = LanguageModel(model_dir, threads=threads)
+    load_s = time.perf_counter() - t0
+    d = lm.dims
+    rng = np.random.default_rng(seed)
+    hidden = (rng.standard_normal((text_tokens, d.hidden_size)) * 0.1).astype(np.float32)
+    mask = np.ones(text_tokens, np.int64)
+    frames = max(1, int(duration * d.frame_rate))
+    seq = lm.prepare(hidden, mask, GenerationParams(duration=duration, guidance_scale=guidance_scale, seed=seed),
+                     frames)
+    lm.add(seq)
+    times = []
+    while not seq.done:
+        t = time.perf_counter()
+        lm.step()
+        times.append(time.perf_counter() - t)
+    if seq.error is not None:
+        raise seq.error
+    ms = np.array(times[1:] or times) * 1000.0  # the first step also builds the batch state
+    tail = ms[-max(1, ms.size // 10):]
+    return {"model_dir": str(model_dir), "load_s": load_s, "steps": len(times), "frames": frames,
+            "rows": seq.rows, "past_max": len(times), "step_ms_median": float(np.median(ms)),
+            "step_ms_p10": float(np.percentile(ms, 10)), "step_ms_p90": float(np.percentile(ms, 90)),
+            "step_ms_last10pct": float(np.median(tail)), "steps_per_s": 1000.0 / float(np.median(ms)),
+            "precision": lm.manifest.get("precision"), "cache_dtype": np.dtype(lm.cache_dtype).name}

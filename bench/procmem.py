@@ -1,0 +1,114 @@
+"""Memory of a process tree from /proc (Linux): RSS and PSS, sampled in the background for the peak.
+
+RSS summed over a tree counts shared pages (libraries, the model files mapped by several python
+stubs) once per process, so it overstates; PSS (/proc/PID/smaps_rollup) splits shared pages
+between the processes that map them, so the sum of PSS is the tree's real footprint. Both are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        kids.setdefault(ppid, []).append(int(d.name))
+    return kids
+
+
+def tree_pids(root: int) -> list[int]:
+    kids = _children_map()
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(kids.get(pid, []))
+    return out
+
+
+def _kb(path: Path, keys: tuple[str, ...]) -> dict[str, int]:
+    res = {}
+    try:
+        for line in path.read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name in keys:
+                res[name] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return res
+
+
+def tree_memory(root: int) -> dict:
+    """{'rss_mb', 'pss_mb', 'processes'} of `root` and all its descendants now."""
+    rss = pss = 0
+    pids = tree_pids(root)
+    n = 0
+    for pid in pids:
+        s = _kb(Path(f"/proc/{pid}/status"), ("VmRSS",))
+        if not s:
+            continue
+        n += 1
+        rss += s.get("VmRSS", 0)
+        p = _kb(Path(f"/proc/{pid}/smaps_rollup"), ("Pss",))
+        pss += p.get("Pss", s.get("VmRSS", 0))
+    return {"rss_mb": rss / 1024.0, "pss_mb": pss / 1024.0, "processes": n}
+
+
+class PeakSampler:
+    """Samples `tree_memory(pid)` every `interval` s in a thread; `peak` holds the maxima.
+
+    `mark(label)` starts a new phase whose own peak is kept in `phases[label]`.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.25):
+        self.pid, self.interval = pid, interval
+        self.peak = {"rss_mb": 0.0, "pss_mb": 0.0, "processes": 0}
+        self.phases: dict[str, dict] = {}
+        self._phase: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="mem-sampler")
+        self._lock = threading.Lock()
+
+    def _take(self) -> None:
+        m = tree_memory(self.pid)
+        with self._lock:
+            for k in self.peak:
+                self.peak[k] = max(self.peak[k], m[k])
+            if self._phase is not None:
+                ph = self.phases[self._phase]
+                for k in ph:
+                    ph[k] = max(ph[k], m[k])
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if not os.path.exists(f"/proc/{self.pid}"):
+                return
+            self._take()
+
+    def mark(self, label: str) -> None:
+        with self._lock:
+            self._phase = label
+            self.phases[label] = {"rss_mb": 0.0, "pss_mb": 0.0, "processes": 0}
+        self._take()
+
+    def __enter__(self):
+        self._take()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        time.sleep(0)

@@ -1,0 +1,534 @@
+"""The MusicGen client: generation (unary and streamed), health, model information.
+
+>>> from client import MusicGenClient
+>>> with MusicGenClient("localhost:8001") as mg:                 # gRPC; "http://localhost:8000" for HTTP
+...     result = mg.generate("lo-fi beat with warm piano", duration=10, seed=1)
+...     result.save("beat.wav", normalize="loudness")
+...     for event in mg.stream("calm ambient pad", duration=5):   # gRPC only
+...         print(event.kind, event.frames_done, event.frames_total)
+
+Parameters are validated here with :mod:`musicgen_runtime.validation` before anything is sent;
+every failure is raised as a :class:`client.errors.MusicGenError` subclass with a plain message.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from musicgen_runtime import audio_io
+from musicgen_runtime.validation import (
+    DEFAULT_MAX_DURATION,
+    GenerationParams,
+    ValidationError,
+    validate_params,
+    validate_prompt,
+)
+
+from .errors import (
+    GenerationError,
+    InvalidParameter,
+    ModelNotReady,
+    MusicGenError,
+    RequestTimeout,
+    ServerUnavailable,
+    classify,
+)
+
+DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+PROTOCOLS = ("grpc", "http")
+MODEL = "musicgen"
+STREAM_MODEL = "musicgen_stream"
+INFO_MODEL = "musicgen_info"
+ENGINE_MODEL = "lm_engine"  # holds the `max_duration` parameter
+OUTPUTS = ("audio", "sample_rate", "audio_codes", "seed_used")
+
+
+def parse_url(url: str | None, protocol: str | None = None) -> tuple[str, str]:
+    """('host:port', protocol) from 'host:port', 'grpc://host:port', 'http://host:port' or None.
+
+    A scheme decides the protocol; otherwise `protocol` (default gRPC). A missing port is the
+    protocol's default (gRPC 8001, HTTP 8000).
+    """
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise InvalidParameter(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+    url = (url or "").strip()
+    scheme = ""
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        scheme = scheme.lower()
+        if scheme in ("https", "grpcs"):
+            raise InvalidParameter(f"{scheme}:// is not supported; use grpc:// or http:// (TLS ends at a proxy)")
+        if scheme not in PROTOCOLS:
+            raise InvalidParameter(f"unknown URL scheme {scheme!r}: use grpc://host:port or http://host:port")
+        if protocol is not None and protocol != scheme:
+            raise InvalidParameter(f"URL says {scheme} but protocol {protocol} was asked for")
+        url = rest
+    proto = scheme or protocol or "grpc"
+    parts = urlsplit("//" + (url.rstrip("/") or "localhost"))
+    if parts.path not in ("", "/"):
+        raise InvalidParameter(f"the server URL takes no path: {url!r}")
+    try:
+        port = parts.port or DEFAULT_PORTS[proto]
+    except ValueError:
+        raise InvalidParameter(f"bad port in server URL {url!r}") from None
+    host = parts.hostname or "localhost"
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{host}:{port}", proto
+
+
+# ------------------------------------------------------------------------------------------------
+# results
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationResult:
+    """One generated clip."""
+
+    audio: np.ndarray  # float32 [channels, samples]
+    sample_rate: int
+    codes: np.ndarray  # int64 [codebooks, frames]
+    seed_used: int  # pass back as `seed` to reproduce the clip
+    prompt: str
+    params: GenerationParams
+    elapsed: float  # wall seconds, request sent -> result received
+    time_to_first_chunk: float | None = None  # streaming only: wall seconds to the first audio chunk
+
+    @property
+    def channels(self) -> int:
+        return int(self.audio.shape[0])
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio returned."""
+        return self.audio.shape[1] / float(self.sample_rate)
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: wall seconds per second of audio (lower is faster; < 1 is faster than real time)."""
+        return self.elapsed / self.duration if self.duration else math.inf
+
+    def save(self, path: str | Path, *, format: str | None = None, normalize: str | None = None,
+             subtype: str | None = None, **normalize_kw) -> Path:
+        """Write the audio (WAV/FLAC/OGG/MP3 by extension); see :mod:`musicgen_runtime.audio_io`."""
+        return audio_io.write_audio(path, self.audio, self.sample_rate, format=format, subtype=subtype,
+                                    normalize_strategy=normalize, **normalize_kw)
+
+    def to_bytes(self, format: str = "wav", normalize: str | None = None) -> bytes:
+        return audio_io.encode_audio(self.audio, self.sample_rate, format, normalize_strategy=normalize)
+
+
+@dataclass
+class StreamEvent:
+    """One message of a streamed generation.
+
+    kind: "progress" (frames_done of frames_total), "audio_chunk" (`audio` [channels, n] starting at
+    sample `chunk_start`), or "final" (`result` holds the whole clip; always the last event).
+    """
+
+    kind: str
+    frames_done: int
+    frames_total: int
+    elapsed: float  # wall seconds since the request was sent
+    audio: np.ndarray | None = None
+    chunk_start: int | None = None
+    result: GenerationResult | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.frames_done / self.frames_total if self.frames_total else 0.0
+
+
+@dataclass
+class HealthReport:
+    """What `MusicGenClient.health()` found. `ok` only when a real inference succeeded."""
+
+    url: str
+    protocol: str
+    live: bool = False
+    ready: bool = False
+    models: dict[str, str] = field(default_factory=dict)  # name -> state from the repository index
+    manifest: dict | None = None
+    info_seconds: float | None = None
+    generation_ok: bool | None = None  # None: not tried
+    generation_seconds: float | None = None
+    error: str | None = None
+    error_kind: str | None = None  # the MusicGenError class name of `error`
+
+    @property
+    def random_weights(self) -> bool | None:
+        return None if self.manifest is None else bool(self.manifest.get("random_weights"))
+
+    @property
+    def ok(self) -> bool:
+        return (self.live and self.ready and self.manifest is not None and self.error is None
+                and self.generation_ok is not False)
+
+    def as_dict(self) -> dict:
+        m = self.manifest or {}
+        return {"ok": self.ok, "url": self.url, "protocol": self.protocol, "live": self.live, "ready": self.ready,
+                "models": self.models, "checkpoint": m.get("source"), "precision": m.get("precision"),
+                "random_weights": self.random_weights, "info_seconds": self.info_seconds,
+                "generation_ok": self.generation_ok, "generation_seconds": self.generation_seconds,
+                "error": self.error, "error_kind": self.error_kind}
+
+
+# ------------------------------------------------------------------------------------------------
+# the client
+# ------------------------------------------------------------------------------------------------
+
+
+class MusicGenClient:
+    """A MusicGen server at `url` over gRPC (default) or HTTP.
+
+    timeout: seconds a generation may take before :class:`RequestTimeout` (also the stream's limit);
+    connect_timeout: seconds for connecting and for the small calls (health, index, info).
+    Safe to share between threads: each thread gets its own underlying tritonclient connection.
+    """
+
+    def __init__(self, url: str | None = None, protocol: str | None = None, *, timeout: float = 600.0,
+                 connect_timeout: float = 10.0, model: str = MODEL, stream_model: str = STREAM_MODEL,
+                 info_model: str = INFO_MODEL, max_duration: float | None = None):
+        self.endpoint, self.protocol = parse_url(url, protocol)
+        if not (timeout > 0 and connect_timeout > 0):
+            raise InvalidParameter("timeouts must be positive")
+        self.timeout = float(timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.model, self.stream_model, self.info_model = model, stream_model, info_model
+        self._max_duration = max_duration
+        self._local = threading.local()
+        self._all: list = []
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"{self.protocol}://{self.endpoint}"
+
+    def __repr__(self) -> str:
+        return f"MusicGenClient({self.url!r})"
+
+    # -- connections ------------------------------------------------------------------------------
+    def _module(self):
+        try:
+            if self.protocol == "grpc":
+                import tritonclient.grpc as mod
+            else:
+                import tritonclient.http as mod
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise MusicGenError(f"tritonclient is not installed ({exc}): pip install '.[client]'") from None
+        return mod
+
+    def _new_conn(self):
+        mod = self._module()
+        try:
+            if self.protocol == "grpc":
+                return mod.InferenceServerClient(self.endpoint)
+            return mod.InferenceServerClient(self.endpoint, connection_timeout=self.connect_timeout,
+                                             network_timeout=self.timeout)
+        except Exception as exc:
+            raise classify(exc, url=self.url) from None
+
+    def _conn(self):
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = self._new_conn()
+            self._local.conn = c
+            with self._lock:
+                self._all.append(c)
+        return c
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for c in conns:
+            try:
+                c.close()
+            except Exception:
+                pass
+        self._local = threading.local()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, fn: Callable, *args, model: str = "", timeout: float | None = None, **kw):
+        """Run a tritonclient call, turning every failure into a MusicGenError."""
+        try:
+            return fn(*args, **kw)
+        except MusicGenError:
+            raise
+        except Exception as exc:
+            raise classify(exc, url=self.url, model=model, timeout=timeout) from None
+
+    def _small_kw(self) -> dict:
+        return {"client_timeout": self.connect_timeout} if self.protocol == "grpc" else {}
+
+    # -- requests ---------------------------------------------------------------------------------
+    @property
+    def max_duration(self) -> float:
+        """The server's duration limit (lm_engine's `max_duration` parameter), read once; 30 s if unknown."""
+        if self._max_duration is None:
+            value = DEFAULT_MAX_DURATION
+            try:
+                cfg = self.model_config(ENGINE_MODEL)
+                raw = cfg.get("parameters", {}).get("max_duration", {}).get("string_value")
+                if raw:
+                    value = float(raw)
+            except MusicGenError:
+                return DEFAULT_MAX_DURATION  # not cached: the server may come up later
+            except (TypeError, ValueError, AttributeError):
+                pass
+            self._max_duration = value
+        return self._max_duration
+
+    def validate(self, prompt, duration, top_k=None, top_p=None, temperature=None, guidance_scale=None,
+                 seed=None) -> tuple[str, GenerationParams]:
+        """The cleaned prompt and parameters, or InvalidParameter naming the bad one."""
+        try:
+            text = validate_prompt(prompt)
+            params = validate_params(duration, top_k, top_p, temperature, guidance_scale, seed,
+                                     max_duration=self.max_duration)
+        except ValidationError as exc:
+            raise InvalidParameter(f"invalid parameter: {exc}") from None
+        return text, params
+
+    def _inputs(self, prompt: str, params: GenerationParams) -> list:
+        mod = self._module()
+
+        def tensor(name, value, dtype, triton_type):
+            t = mod.InferInput(name, [1], triton_type)
+            arr = np.array([value], dtype=dtype)
+            if self.protocol == "http":
+                t.set_data_from_numpy(arr, binary_data=True)
+            else:
+                t.set_data_from_numpy(arr)
+            return t
+
+        inputs = [tensor("prompt", prompt.encode("utf-8"), object, "BYTES"),
+                  tensor("duration", params.duration, np.float32, "FP32"),
+                  tensor("top_k", params.top_k, np.int32, "INT32"),
+                  tensor("top_p", params.top_p, np.float32, "FP32"),
+                  tensor("temperature", params.temperature, np.float32, "FP32"),
+                  tensor("guidance_scale", params.guidance_scale, np.float32, "FP32")]
+        if params.seed is not None:
+            inputs.append(tensor("seed", params.seed, np.int64, "INT64"))
+        return inputs
+
+    def _outputs(self, names):
+        mod = self._module()
+        if self.protocol == "http":
+            return [mod.InferRequestedOutput(n, binary_data=True) for n in names]
+        return [mod.InferRequestedOutput(n) for n in names]
+
+    @staticmethod
+    def _result(get, prompt, params, elapsed, ttfc=None) -> GenerationResult:
+        audio, rate, codes, seed = (get(n) for n in OUTPUTS)
+        if audio is None or rate is None or codes is None or seed is None:
+            raise GenerationError("the server's answer lacks audio, sample_rate, audio_codes or seed_used")
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim == 1:
+            audio = audio[None]
+        return GenerationResult(audio=audio, sample_rate=int(np.asarray(rate).reshape(-1)[0]),
+                                codes=np.asarray(codes, dtype=np.int64),
+                                seed_used=int(np.asarray(seed).reshape(-1)[0]), prompt=prompt, params=params,
+                                elapsed=elapsed, time_to_first_chunk=ttfc)
+
+    def generate(self, prompt: str, duration: float, *, top_k: int | None = None, top_p: float | None = None,
+                 temperature: float | None = None, guidance_scale: float | None = None, seed: int | None = None,
+                 stream: bool = False, on_event: Callable[[StreamEvent], None] | None = None) -> GenerationResult:
+        """Generate one clip. None means the server default (top_k 250, top_p 0, temperature 1,
+        guidance 3, random seed). With `stream` (gRPC only) the clip comes through `musicgen_stream`
+        and `on_event` sees every progress/audio event as it arrives."""
+        if stream:
+            result = None
+            for event in self.stream(prompt, duration, top_k=top_k, top_p=top_p, temperature=temperature,
+                                     guidance_scale=guidance_scale, seed=seed):
+                if on_event is not None:
+                    on_event(event)
+                if event.kind == "final":
+                    result = event.result
+            assert result is not None  # stream() raises when no final event arrives
+            return result
+        text, params = self.validate(prompt, duration, top_k, top_p, temperature, guidance_scale, seed)
+        conn = self._conn()
+        kw = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+        t0 = time.perf_counter()
+        resp = self._call(conn.infer, self.model, self._inputs(text, params), outputs=self._outputs(OUTPUTS),
+                          model=self.model, timeout=self.timeout, **kw)
+        elapsed = time.perf_counter() - t0
+        return self._result(resp.as_numpy, text, params, elapsed)
+
+    def stream(self, prompt: str, duration: float, *, top_k: int | None = None, top_p: float | None = None,
+               temperature: float | None = None, guidance_scale: float | None = None,
+               seed: int | None = None) -> Iterator[StreamEvent]:
+        """Yield progress and audio-chunk events, then one "final" event with the result (gRPC only).
+
+        Leaving the loop early cancels the request on the server.
+        """
+        if self.protocol != "grpc":
+            raise InvalidParameter("streaming needs gRPC (Triton's HTTP endpoint refuses decoupled models): "
+                                   "use a grpc:// URL, or generate without streaming")
+        text, params = self.validate(prompt, duration, top_k, top_p, temperature, guidance_scale, seed)
+        mod = self._module()
+        conn = self._new_conn()  # one stream per connection
+        q: queue.Queue = queue.Queue()
+        finished = False
+        t0 = time.perf_counter()
+        deadline = t0 + self.timeout
+        try:
+            self._call(conn.start_stream, lambda result, error: q.put((result, error)),
+                       stream_timeout=self.timeout, model=self.stream_model)
+            outputs = [mod.InferRequestedOutput(n) for n in
+                       ("event", "frames_done", "frames_total", "audio_chunk", "chunk_start", *OUTPUTS)]
+            try:
+                conn.async_stream_infer(self.stream_model, self._inputs(text, params), outputs=outputs,
+                                        enable_empty_final_response=True)
+            except Exception as exc:  # the real cause (e.g. connection refused) went to the callback
+                try:
+                    _, cause = q.get(timeout=1.0)
+                except queue.Empty:
+                    cause = None
+                raise classify(cause or exc, url=self.url, model=self.stream_model, timeout=self.timeout) from None
+            first_chunk = None
+            while True:
+                remaining = deadline - time.perf_counter()
+                try:
+                    result, error = q.get(timeout=max(remaining, 0.001))
+                except queue.Empty:
+                    raise RequestTimeout(f"no answer from the server at {self.url} within {self.timeout:g} s") from None
+                if error is not None:
+                    raise classify(error, url=self.url, model=self.stream_model, timeout=self.timeout)
+                elapsed = time.perf_counter() - t0
+                event = result.as_numpy("event")
+                if event is None:  # the empty closing response
+                    final_flag = result.get_response().parameters.get("triton_final_response")
+                    if final_flag is not None and final_flag.bool_param:
+                        raise GenerationError("the stream ended without a final result")
+                    continue
+                kind = event.reshape(-1)[0]
+                kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+                done = int(result.as_numpy("frames_done").reshape(-1)[0])
+                total = int(result.as_numpy("frames_total").reshape(-1)[0])
+                if kind == "audio_chunk":
+                    if first_chunk is None:
+                        first_chunk = elapsed
+                    yield StreamEvent(kind, done, total, elapsed, audio=np.asarray(result.as_numpy("audio_chunk"),
+                                                                                   dtype=np.float32),
+                                      chunk_start=int(result.as_numpy("chunk_start").reshape(-1)[0]))
+                elif kind == "final":
+                    res = self._result(result.as_numpy, text, params, elapsed, first_chunk)
+                    finished = True
+                    yield StreamEvent(kind, done, total, elapsed, result=res)
+                    return
+                else:
+                    yield StreamEvent(kind, done, total, elapsed)
+        finally:
+            try:
+                conn.stop_stream(cancel_requests=not finished)
+            except Exception:
+                pass
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    # -- information ------------------------------------------------------------------------------
+    def models(self) -> list[dict]:
+        """The repository index: [{'name', 'version', 'state', 'reason'}] for every model."""
+        conn = self._conn()
+        if self.protocol == "grpc":
+            raw = self._call(conn.get_model_repository_index, as_json=True, **self._small_kw())
+            raw = raw.get("models", [])
+        else:
+            raw = self._call(conn.get_model_repository_index)
+        return [{"name": m.get("name", ""), "version": str(m.get("version", "")), "state": m.get("state", ""),
+                 "reason": m.get("reason", "")} for m in raw]
+
+    def model_config(self, name: str) -> dict:
+        conn = self._conn()
+        if self.protocol == "grpc":
+            cfg = self._call(conn.get_model_config, name, as_json=True, model=name, **self._small_kw())
+            return cfg.get("config", cfg)
+        return self._call(conn.get_model_config, name, model=name)
+
+    def info(self) -> dict:
+        """The export manifest from `musicgen_info`: checkpoint source, dims, precision, random_weights, …"""
+        mod = self._module()
+        conn = self._conn()
+        q = mod.InferInput("query", [1], "BYTES")
+        if self.protocol == "http":
+            q.set_data_from_numpy(np.array([b"manifest"], dtype=object), binary_data=True)
+        else:
+            q.set_data_from_numpy(np.array([b"manifest"], dtype=object))
+        resp = self._call(conn.infer, self.info_model, [q], outputs=self._outputs(["manifest"]),
+                          model=self.info_model, timeout=self.connect_timeout, **self._small_kw())
+        raw = resp.as_numpy("manifest")
+        if raw is None:
+            raise GenerationError(f"{self.info_model} returned no manifest")
+        text = raw.reshape(-1)[0]
+        try:
+            return json.loads(text.decode() if isinstance(text, bytes) else text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise GenerationError(f"{self.info_model} returned an unreadable manifest ({exc})") from None
+
+    def is_random_weights(self) -> bool:
+        return bool(self.info().get("random_weights"))
+
+    def health(self, generate: bool = True, duration: float = 0.1) -> HealthReport:
+        """Liveness, readiness, the model index, the manifest and (unless `generate` is False) a real
+        `duration`-second generation. Never raises: the report says what failed.
+
+        /v2/health/ready stays 200 when a python model's process died, so only the inference counts.
+        """
+        rep = HealthReport(url=self.url, protocol=self.protocol)
+        try:
+            conn = self._conn()
+            kw = self._small_kw()
+            rep.live = bool(self._call(conn.is_server_live, **kw))
+            rep.ready = bool(self._call(conn.is_server_ready, **kw))
+            rep.models = {m["name"]: m["state"] for m in self.models()}
+            t0 = time.perf_counter()
+            rep.manifest = self.info()
+            rep.info_seconds = round(time.perf_counter() - t0, 4)
+            missing = [m for m in (self.model,) if rep.models.get(m) != "READY"]
+            if missing:
+                raise ModelNotReady(f"model '{missing[0]}' is {rep.models.get(missing[0], 'missing').lower()} "
+                                    f"on the server at {self.url}")
+            if generate:
+                rep.generation_ok = False
+                t0 = time.perf_counter()
+                self.generate("health check", duration, seed=0)
+                rep.generation_seconds = round(time.perf_counter() - t0, 4)
+                rep.generation_ok = True
+            if not rep.ready:
+                raise ModelNotReady(f"the server at {self.url} is live but not ready")
+        except MusicGenError as exc:
+            rep.error, rep.error_kind = exc.message, type(exc).__name__
+        return rep
+
+    def wait_until_ready(self, timeout: float = 120.0, interval: float = 0.5, generate: bool = False) -> HealthReport:
+        """Poll `health()` until it is ok; raises the last error after `timeout` seconds."""
+        end = time.monotonic() + timeout
+        while True:
+            rep = self.health(generate=generate)
+            if rep.ok:
+                return rep
+            if time.monotonic() >= end:
+                cls = {"ServerUnavailable": ServerUnavailable, "InvalidParameter": InvalidParameter,
+                       "RequestTimeout": RequestTimeout, "GenerationError": GenerationError}.get(
+                    rep.error_kind or "", ModelNotReady)
+                raise cls(rep.error or f"the server at {self.url} is not ready after {timeout:g} s")
+            time.sleep(interval)

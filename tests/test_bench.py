@@ -1,0 +1,96 @@
+"""The benchmark harness: its quick mode end to end (real tritonserver, real transformers reference),
+and its measuring pieces (process-tree memory, bandwidth, perf_analyzer)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import measure, perf_analyzer, procmem
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_process_tree_memory_counts_children():
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time; b = bytearray(80 << 20); b[::4096] = b'x' * len(b[::4096]); "
+                              "time.sleep(30)"])
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            m = procmem.tree_memory(os.getpid())
+            if child.pid in procmem.tree_pids(os.getpid()) and procmem.tree_memory(child.pid)["rss_mb"] > 80:
+                break
+            time.sleep(0.1)
+        assert procmem.tree_memory(child.pid)["rss_mb"] > 80
+        assert m["processes"] >= 2 and m["rss_mb"] > 80 and 0 < m["pss_mb"] <= m["rss_mb"] + 1
+        with procmem.PeakSampler(child.pid, interval=0.05) as s:
+            s.mark("phase")
+            time.sleep(0.2)
+        assert s.peak["rss_mb"] > 80 and s.phases["phase"]["rss_mb"] > 80
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_bandwidth_and_decode_step_measurements(tiny_repo):
+    bw = measure.memory_bandwidth(64, 2)
+    assert bw["read_gbps"] > 0.5 and bw["copy_gbps"] > 0.5
+    d = measure.lm_model_dir(tiny_repo)
+    assert d == tiny_repo / "lm_engine" / "1"
+    assert measure.weight_bytes(d) > 0
+    st = measure.decode_steps(d, 0.5)
+    assert st["steps"] == 25 + 3 and st["rows"] == 2 and st["step_ms_median"] > 0
+
+
+def test_perf_analyzer_against_the_server(triton, tmp_path):
+    try:
+        perf_analyzer.ensure_perf_analyzer()
+    except perf_analyzer.PerfAnalyzerUnavailable as exc:
+        if "pip download" in str(exc):
+            pytest.skip(f"perf_analyzer wheel not reachable: {exc}")
+        raise
+    res = perf_analyzer.run(triton.grpc_endpoint, "musicgen_info", tmp_path, request_count=30, timeout=120)
+    assert res["rows"], res
+    row = res["rows"][0]
+    assert row["concurrency"] == 1 and row["infer_per_s"] > 10 and 0 < row["p50_ms"] < 100
+
+
+def test_quick_mode_writes_json_csv_and_plots(tiny_repo, tmp_path):
+    """`python -m bench --quick` on the staged tiny repository (the export itself is the tests' procedure)."""
+    out = tmp_path / "bench"
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "-m", "bench", "--quick", "--repository", str(tiny_repo), "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    wall = time.time() - t0
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert wall < 110, f"quick mode took {wall:.0f} s"
+    for name in ("results.json", "rtf.csv", "concurrency.csv", "steps.csv", "summary.txt", "reference.json",
+                 "rtf_by_duration.png", "concurrency.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "rtf_by_duration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = json.loads((out / "results.json").read_text())
+    assert r["config"]["checkpoint"] == "tiny-random" and r["config"]["quick"] is True
+    assert [x["duration"] for x in r["server"]["single"]] == [1.0, 2.0]
+    for x in r["server"]["single"]:
+        assert x["rtf"] > 0 and 0 < x["time_to_first_chunk_s"] <= x["stream_wall_s"]
+        assert x["stream_codes_equal_unary"] is True
+    assert [x["concurrency"] for x in r["server"]["concurrency"]] == [1, 2, 4]
+    for x in r["server"]["concurrency"]:
+        assert x["throughput_audio_s_per_s"] > 0 and x["latency_p95_s"] >= x["latency_p50_s"] > 0
+    ref = r["reference"]
+    assert "error" not in ref, ref
+    assert [x["audio_s"] for x in ref["runs"]] == [1.0, 2.0] and all(x["rtf"] > 0 for x in ref["runs"])
+    assert r["steps"]["floor_ms"] > 0 and r["steps"]["step_ms_median"] > 0
+    assert r["server"]["memory"]["peak"]["pss_mb"] > 50 and r["server"]["memory"]["peak"]["processes"] > 3
+    assert all(row["ours_over_reference"] > 0 for row in r["summary"]["rtf"])
+    with (out / "concurrency.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 3
+    assert "ours/ref" in p.stdout and "RTF 1 s" in p.stdout

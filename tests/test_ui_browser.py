@@ -1,0 +1,177 @@
+"""The page in a real browser: headless Chromium (Debian's package) driven by selenium.
+
+`streamlit run ui/app.py` is started on a free loopback port against the real tritonserver of the
+`triton` fixture. The test types a prompt, sets 30 s, clicks Generate, watches the live progress bar,
+waits for the audio player and saves screenshots (progress and result) under
+build/test-output/ui/ (or $MUSICGEN_TEST_OUTPUT/ui/). It fails if the audio element never appears.
+Chromium is installed by tests/ui_browser_setup.sh (apt-get, as root) when missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+webdriver = pytest.importorskip("selenium.webdriver")
+
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+PROMPT = "lofi hip hop beat with mellow piano"
+
+
+def output_dir() -> Path:
+    base = Path(os.environ.get("MUSICGEN_TEST_OUTPUT") or ROOT / "build" / "test-output")
+    out = base / "ui"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        if os.geteuid() != 0:
+            pytest.skip("chromium/chromedriver missing and not root: run tests/ui_browser_setup.sh with sudo")
+        r = subprocess.run(["bash", str(ROOT / "tests" / "ui_browser_setup.sh")], capture_output=True, text=True,
+                           timeout=900)
+        assert r.returncode == 0, f"installing chromium failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return CHROMIUM, CHROMEDRIVER
+
+
+@pytest.fixture(scope="module")
+def page_url(triton, tmp_path_factory):
+    """`streamlit run ui/app.py` on a free port, talking to the test server."""
+    from server.triton import find_free_port
+
+    port = find_free_port()
+    log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
+    env = {**os.environ, "MUSICGEN_TRITON_URL": triton.grpc_endpoint, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"), "--server.headless", "true",
+           "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "viewer", "--server.fileWatcherType", "none"]
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def driver(chromium):
+    binary, driver_path = chromium
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1500", "--hide-scrollbars", "--mute-audio"):
+        opts.add_argument(arg)
+    d = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        yield d
+    finally:
+        d.quit()
+
+
+def _progress_text(d) -> str:
+    try:
+        bars = d.find_elements(By.CSS_SELECTOR, '[data-testid="stProgress"]')
+        return " ".join(b.text for b in bars)
+    except StaleElementReferenceException:
+        return ""
+
+
+def test_browser_generate_shows_progress_and_audio_player(driver, page_url):
+    out = output_dir()
+    d = driver
+    d.get(page_url)
+    wait = WebDriverWait(d, 60)
+    box = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, 'textarea[aria-label="Prompt"]')))
+    # the server status and the random-weights banner are on the page before anything is generated
+    wait.until(lambda drv: "Ready" in drv.find_element(By.CSS_SELECTOR, '[data-testid="stSidebar"]').text)
+    assert "RANDOM WEIGHTS" in d.find_element(By.TAG_NAME, "body").text
+    box.click()
+    box.send_keys(PROMPT)
+    slider = d.find_element(By.CSS_SELECTOR, 'input[aria-label="Duration (seconds)"]')
+    d.execute_script("arguments[0].focus()", slider)
+    slider.send_keys(Keys.END)  # 30 s: long enough to watch the progress bar
+    thumb = d.find_element(By.CSS_SELECTOR, '[data-testid="stSlider"] [data-testid="stSliderThumbValue"]')
+    wait.until(lambda drv: thumb.text.strip() == "30.00")
+    # the advanced settings open and hold the model choice, sampling settings and the seed
+    d.find_element(By.CSS_SELECTOR, '[data-testid="stExpander"] summary').click()
+    wait.until(lambda drv: drv.find_element(By.CSS_SELECTOR, 'input[aria-label="Fixed seed"]').is_displayed())
+    advanced = d.find_element(By.CSS_SELECTOR, '[data-testid="stExpander"]').text
+    for label in ("Model", "Top-k", "Top-p", "Temperature", "Guidance scale", "Seed"):
+        assert label in advanced, advanced
+    d.save_screenshot(str(out / "01-form.png"))
+
+    button = next(b for b in d.find_elements(By.CSS_SELECTOR, "button") if b.text.strip().endswith("Generate"))
+    t0 = time.monotonic()
+    button.click()
+
+    # live progress: elapsed time and frames while it runs (screenshot once seen)
+    seen_progress = ""
+    audio = None
+    deadline = t0 + 150
+    while time.monotonic() < deadline:
+        text = _progress_text(d)
+        if "elapsed" in text and "frames" in text and not seen_progress:
+            seen_progress = text
+            d.save_screenshot(str(out / "02-progress.png"))
+        found = d.find_elements(By.CSS_SELECTOR, "audio")
+        if found:
+            audio = found[0]
+            break
+        time.sleep(0.1)
+    assert audio is not None, f"no audio player {time.monotonic() - t0:.0f} s after Generate; " \
+                              f"page says: {d.find_element(By.TAG_NAME, 'body').text[-1500:]}"
+    # the browser loaded the WAV: its duration is the 30 s asked for
+    try:
+        WebDriverWait(d, 30).until(lambda drv: drv.execute_script("return arguments[0].readyState", audio) >= 1)
+    except TimeoutException:
+        pytest.fail("the audio element never loaded its source")
+    duration = d.execute_script("return arguments[0].duration", audio)
+    assert abs(duration - 30.0) < 0.1, duration
+    WebDriverWait(d, 30).until(lambda drv: len(drv.find_elements(By.CSS_SELECTOR, '[data-testid="stImage"] img')) >= 2)
+    WebDriverWait(d, 30).until(lambda drv: "Done in" in _progress_text(drv))
+    body = d.find_element(By.TAG_NAME, "body").text
+    assert "seed" in body and "top-k 250" in body and "WAV" in body
+    time.sleep(0.5)  # let the plots paint
+    d.save_screenshot(str(out / "03-result.png"))
+    shutil.copy(out / "03-result.png", out / "result.png")
+    print(f"\nscreenshots in {out}; progress seen: {seen_progress!r}; {_progress_text(d)!r}")
+    took = time.monotonic() - t0
+    if took > 3.0:  # a run this long is polled ~30 times: the live bar must have been seen
+        assert seen_progress, f"the progress bar never showed elapsed time and frames during {took:.1f} s"

@@ -1,0 +1,204 @@
+"""Unit tests of the page's pure logic (ui/logic.py) and media helpers (ui/media.py): no server, no browser."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+pytest.importorskip("streamlit")  # the `ui` extra; ui/ itself needs only numpy/soundfile/matplotlib here
+pytest.importorskip("matplotlib")
+
+from musicgen_runtime.validation import GenerationParams, ValidationError  # noqa: E402
+from ui import logic, media  # noqa: E402
+
+
+# ---- parameters ------------------------------------------------------------------------------------
+
+def test_parse_seed_random_and_fixed():
+    assert logic.parse_seed(logic.SEED_RANDOM, "whatever") is None
+    assert logic.parse_seed(logic.SEED_FIXED, " 42 ") == 42
+    assert logic.parse_seed(logic.SEED_FIXED, "1_000") == 1000
+    assert logic.parse_seed(logic.SEED_FIXED, str(2 ** 63 - 1)) == 2 ** 63 - 1
+    assert logic.parse_seed(logic.SEED_FIXED, 7) == 7
+
+
+@pytest.mark.parametrize("text,needle", [("", "seed is empty"), ("abc", "whole number"), ("1.5", "whole number"),
+                                         ("-1", "[0, 2^63)"), (str(2 ** 63), "[0, 2^63)")])
+def test_parse_seed_rejects(text, needle):
+    with pytest.raises(ValidationError) as err:
+        logic.parse_seed(logic.SEED_FIXED, text)
+    assert needle in str(err.value)
+
+
+def test_build_request_ok_and_messages_name_the_parameter():
+    prompt, params = logic.build_request("  lo-fi beat ", 8.0, 250, 0.0, 1.0, 3.0, logic.SEED_FIXED, "5")
+    assert prompt == "lo-fi beat"
+    assert params == GenerationParams(duration=8.0, top_k=250, top_p=0.0, temperature=1.0, guidance_scale=3.0,
+                                      seed=5)
+    with pytest.raises(ValidationError, match="prompt is empty"):
+        logic.build_request("   ", 8.0, 250, 0.0, 1.0, 3.0, logic.SEED_RANDOM, "")
+    with pytest.raises(ValidationError, match="duration"):
+        logic.build_request("x", 31.0, 250, 0.0, 1.0, 3.0, logic.SEED_RANDOM, "")
+    with pytest.raises(ValidationError, match="duration"):
+        logic.build_request("x", 12.0, 250, 0.0, 1.0, 3.0, logic.SEED_RANDOM, "", max_duration=10)
+    with pytest.raises(ValidationError, match="temperature"):
+        logic.build_request("x", 8.0, 250, 0.0, 0.0, 3.0, logic.SEED_RANDOM, "")
+    with pytest.raises(ValidationError, match="guidance_scale"):
+        logic.build_request("x", 8.0, 250, 0.0, 1.0, 0.5, logic.SEED_RANDOM, "")
+    with pytest.raises(ValidationError, match="top_p"):
+        logic.build_request("x", 8.0, 250, 1.5, 1.0, 3.0, logic.SEED_RANDOM, "")
+    with pytest.raises(ValidationError, match="too long"):
+        logic.build_request("x" * 2001, 8.0, 250, 0.0, 1.0, 3.0, logic.SEED_RANDOM, "")
+
+
+def test_examples_are_valid_prompts():
+    assert len(logic.EXAMPLE_PROMPTS) >= 4
+    for p in logic.EXAMPLE_PROMPTS:
+        logic.build_request(p, 5, 250, 0, 1, 3, logic.SEED_RANDOM, "")
+
+
+# ---- progress / ETA --------------------------------------------------------------------------------
+
+def test_progress_eta_from_measured_rate():
+    p = logic.Progress(started=100.0)
+    assert p.fraction == 0.0 and p.eta(100.5) is None
+    assert p.text(101.0).startswith("Starting…")
+    p.update(102.0, 0, 500)  # first event after 2 s of start-up: not counted in the rate
+    assert p.eta(102.0) is None and "estimating" in p.text(102.0)
+    p.update(104.0, 100, 500)  # 50 frames/s
+    assert p.rate() == pytest.approx(50.0)
+    assert p.eta(104.0) == pytest.approx(8.0)
+    assert p.eta(105.0) == pytest.approx(7.0)  # counts down between events
+    assert p.eta(200.0) == 0.0  # never negative
+    assert p.fraction == pytest.approx(0.2)
+    text = p.text(104.0)
+    assert "20%" in text and "0:04 elapsed" in text and "about 0:08 left" in text and "100/500 frames" in text
+    p.update(110.0, 500, 500)
+    assert p.eta(110.0) == 0.0 and "decoding" in p.text(110.0)
+
+
+def test_progress_prior_rate_and_monotonic():
+    p = logic.Progress(started=0.0, prior_rate=25.0)
+    p.update(1.0, 0, 250)
+    assert p.eta(1.0) == pytest.approx(10.0)  # from the earlier generation's speed
+    p.update(2.0, 50, 250)
+    p.update(2.5, 40, 250)  # out of order: ignored
+    assert p.frames_done == 50
+    p.audio_seconds = 1.0
+    assert "1.0 s of audio ready" in p.text(2.5)
+
+
+def test_format_helpers():
+    assert logic.format_clock(7.4) == "0:07"
+    assert logic.format_clock(65) == "1:05"
+    assert logic.format_clock(3723) == "1:02:03"
+    assert logic.format_clock(None) == "–"
+    assert logic.format_clock(float("inf")) == "–"
+    assert logic.format_seconds(3.21) == "3.2 s"
+    assert logic.format_seconds(125) == "2:05"
+    assert logic.format_bytes(512) == "512 B"
+    assert logic.format_bytes(25 * 1024 * 1024) == "25.0 MB"
+
+
+# ---- server facts ----------------------------------------------------------------------------------
+
+MANIFEST = {"source": "tiny-random", "model_type": "musicgen", "precision": "fp32", "random_weights": True,
+            "dims": {"sample_rate": 32000, "audio_channels": 1, "frame_rate": 50.0}}
+
+
+def test_generation_models_filters_internal_and_not_ready():
+    index = [{"name": "audio_decoder", "state": "READY"}, {"name": "musicgen", "state": "READY"},
+             {"name": "musicgen_info", "state": "READY"}, {"name": "musicgen_stream", "state": "READY"},
+             {"name": "lm_engine", "state": "READY"}, {"name": "musicgen_large_stream", "state": "UNAVAILABLE"},
+             {"name": "musicgen_lm", "state": "READY"}, {"name": "tokenizer"}, {"name": "text_encoder"}]
+    assert logic.generation_models(index) == ["musicgen_stream", "musicgen"]
+    assert logic.generation_models(["musicgen", "musicgen_stream"]) == ["musicgen_stream", "musicgen"]
+    assert logic.model_label("musicgen_stream").endswith("(live progress)")
+    assert logic.is_streaming("musicgen_stream") and not logic.is_streaming("musicgen")
+
+
+def test_melody_support_and_banner():
+    ok, why = logic.melody_support(MANIFEST)
+    assert not ok and "text-only" in why and "musicgen_melody" in why and "tiny-random" in why
+    ok, why = logic.melody_support({**MANIFEST, "model_type": "musicgen_melody"})
+    assert ok
+    ok, why = logic.melody_support(None)
+    assert not ok and "not reachable" in why
+    assert logic.random_weights(MANIFEST) and not logic.random_weights({**MANIFEST, "random_weights": False})
+    assert not logic.random_weights(None)
+    facts = dict(logic.manifest_facts(MANIFEST))
+    assert facts["Checkpoint"] == "tiny-random" and facts["Audio"] == "32 kHz, mono"
+    assert "noise, not music" in logic.RANDOM_WEIGHTS_BANNER
+
+
+def test_result_entry_reproduce_and_summaries():
+    params = GenerationParams(duration=2.0, top_k=50, top_p=0.9, temperature=0.8, guidance_scale=3.0, seed=None)
+    e = logic.make_entry(3, "Lo-fi: hip hop / beat!!", "musicgen_stream", params, 1234, 32000, 1, 64000, 4.0)
+    assert e.audio_seconds == 2.0 and e.realtime_factor == 0.5
+    assert e.reproduce_params()["seed"] == 1234 and e.params["seed"] is None
+    s = logic.params_summary(e)
+    assert "seed 1234 (random)" in s and "top-k 50" in s and "top-p 0.9" in s and "musicgen_stream" in s
+    assert "2.0 s of audio in 4.0 s" in logic.timing_summary(e)
+    assert logic.file_stem(e) == "musicgen-3-lo-fi-hip-hop-beat-seed1234"
+
+
+def test_md_escape_keeps_user_text_literal():
+    assert logic.md_escape("**bold** [x](y) $a$") == r"\*\*bold\*\* \[x\]\(y\) \$a\$"
+    assert logic.md_escape("two\n\nlines") == "two lines"
+
+
+# ---- media -----------------------------------------------------------------------------------------
+
+def _tone(seconds=0.5, rate=32000, channels=1):
+    t = np.arange(int(seconds * rate)) / rate
+    return np.stack([0.5 * np.sin(2 * np.pi * 440 * t)] * channels).astype(np.float32), rate
+
+
+def test_encode_wav_and_mp3_roundtrip():
+    import soundfile as sf
+
+    audio, rate = _tone()
+    wav = media.encode(audio, rate, "wav")
+    assert wav[:4] == b"RIFF"
+    back, r = sf.read(io.BytesIO(wav), dtype="float32", always_2d=True)
+    assert r == rate and back.shape == (audio.shape[1], 1)
+    assert np.max(np.abs(back[:, 0] - audio[0])) < 1e-3
+    nan = audio.copy()
+    nan[0, :10] = np.nan  # never crash on a bad sample
+    assert media.encode(nan, rate, "wav")[:4] == b"RIFF"
+    if media.mp3_supported():
+        mp3 = media.try_encode(audio, rate, "mp3")
+        assert mp3 and len(mp3) > 100
+    assert media.try_encode(audio, rate, "xyz") is None
+
+
+def test_plots_render_png():
+    audio, rate = _tone(channels=2)
+    for fig in (media.waveform_figure(audio, rate), media.spectrogram_figure(audio, rate)):
+        png = media.figure_png(fig)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+    db = media.spectrogram_db(audio[0], n_fft=1024, hop=256)
+    peak_bin = int(np.argmax(db.mean(axis=1)))
+    assert abs(peak_bin * rate / 1024 - 440) < rate / 1024 * 1.5  # the tone's frequency
+    # empty and very short clips still plot
+    media.figure_png(media.waveform_figure(np.zeros((1, 0), np.float32), rate))
+    media.figure_png(media.spectrogram_figure(np.zeros((1, 10), np.float32), rate))
+
+
+def test_decode_upload_ok_and_errors():
+    audio, rate = _tone(1.0, 16000, 2)
+    wav = media.encode(audio, rate, "wav")
+    got, r = media.decode_upload("tune.WAV", wav)
+    assert r == 16000 and got.shape == (2, 16000)
+    with pytest.raises(media.UploadError, match="not a supported audio file"):
+        media.decode_upload("notes.txt", b"hello")
+    with pytest.raises(media.UploadError, match="could not be read as audio"):
+        media.decode_upload("broken.wav", b"RIFF....WAVEfmt garbage" * 10)
+    with pytest.raises(media.UploadError, match="too large"):
+        media.decode_upload("big.wav", wav, max_bytes=1000)
+    with pytest.raises(media.UploadError, match="empty"):
+        media.decode_upload("empty.mp3", b"")
+    with pytest.raises(media.UploadError, match="at most 0.4 s"):
+        media.decode_upload("long.wav", wav, max_seconds=0.4)
