@@ -22,7 +22,6 @@ import csv
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -81,9 +80,9 @@ def stage_repository(dst: Path, checkpoint: str, precision: str) -> Path:
     Configs are refreshed every time; the export is skipped when dst already holds this checkpoint
     at this precision with intact files.
     """
-    ignore = shutil.ignore_patterns("*.onnx", "*.onnx.data", "*.data", "manifest.json", "tokenizer.json",
-                                    "__pycache__", ".export-*")
-    shutil.copytree(ROOT / "model_repository", dst, ignore=ignore, dirs_exist_ok=True)
+    from export.repository import copy_model_repository  # torch-free
+
+    copy_model_repository(dst)
     # `export.onnx_export.build` in its own process: torch and the checkpoint (GBs) leave with it
     proc = subprocess.run([sys.executable, "-m", "export", "build", "--checkpoint", checkpoint, "--precision",
                            precision, "--repository", str(dst), "--skip-if-current"], cwd=ROOT,

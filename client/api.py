@@ -92,6 +92,9 @@ def parse_url(url: str | None, protocol: str | None = None) -> tuple[str, str]:
 # ------------------------------------------------------------------------------------------------
 
 
+MELODY_SECONDS = 30.0  # the melody models condition on at most 30 s of melody
+
+
 @dataclass
 class GenerationResult:
     """One generated clip."""
@@ -305,7 +308,34 @@ class MusicGenClient:
             raise InvalidParameter(f"invalid parameter: {exc}") from None
         return text, params
 
-    def _inputs(self, prompt: str, params: GenerationParams) -> list:
+    @staticmethod
+    def prepare_melody(melody) -> tuple[np.ndarray, int] | None:
+        """A melody as the server takes it: float32 [channels, samples] and its sample rate.
+
+        `melody`: a file path, file bytes or file object (WAV/FLAC/OGG, MP3 where libsndfile reads it),
+        or a (waveform [samples] or [channels, samples], sample_rate) pair. Only the first
+        MELODY_SECONDS are sent (the model uses no more). Unusable audio -> InvalidParameter.
+        """
+        if melody is None:
+            return None
+        from musicgen_runtime import chroma
+
+        try:
+            if isinstance(melody, tuple):
+                wave, rate = melody
+                wave = np.asarray(wave, dtype=np.float32)
+            else:
+                wave, rate = chroma.read_audio(melody, max_seconds=MELODY_SECONDS)
+            wave = np.atleast_2d(wave)
+            if wave.ndim != 2:
+                raise chroma.MelodyInputError(f"melody must be [samples] or [channels, samples], got {wave.shape}")
+            wave = np.ascontiguousarray(wave[:, : int((MELODY_SECONDS + 1) * int(rate))])
+            chroma.check_wave(chroma.to_mono(wave), rate)
+        except chroma.MelodyInputError as exc:
+            raise InvalidParameter(f"invalid melody: {exc}") from None
+        return wave, int(rate)
+
+    def _inputs(self, prompt: str, params: GenerationParams, melody=None) -> list:
         mod = self._module()
 
         def tensor(name, value, dtype, triton_type):
@@ -325,6 +355,14 @@ class MusicGenClient:
                   tensor("guidance_scale", params.guidance_scale, np.float32, "FP32")]
         if params.seed is not None:
             inputs.append(tensor("seed", params.seed, np.int64, "INT64"))
+        if melody is not None:
+            wave, rate = melody
+            t = mod.InferInput("melody", list(wave.shape), "FP32")
+            if self.protocol == "http":
+                t.set_data_from_numpy(wave, binary_data=True)
+            else:
+                t.set_data_from_numpy(wave)
+            inputs += [t, tensor("melody_sample_rate", rate, np.int32, "INT32")]
         return inputs
 
     def _outputs(self, names):
@@ -348,14 +386,16 @@ class MusicGenClient:
 
     def generate(self, prompt: str, duration: float, *, top_k: int | None = None, top_p: float | None = None,
                  temperature: float | None = None, guidance_scale: float | None = None, seed: int | None = None,
-                 stream: bool = False, on_event: Callable[[StreamEvent], None] | None = None) -> GenerationResult:
+                 stream: bool = False, on_event: Callable[[StreamEvent], None] | None = None,
+                 melody=None) -> GenerationResult:
         """Generate one clip. None means the server default (top_k 250, top_p 0, temperature 1,
         guidance 3, random seed). With `stream` (gRPC only) the clip comes through `musicgen_stream`
-        and `on_event` sees every progress/audio event as it arrives."""
+        and `on_event` sees every progress/audio event as it arrives. `melody` (melody checkpoints
+        only): see `prepare_melody`."""
         if stream:
             result = None
             for event in self.stream(prompt, duration, top_k=top_k, top_p=top_p, temperature=temperature,
-                                     guidance_scale=guidance_scale, seed=seed):
+                                     guidance_scale=guidance_scale, seed=seed, melody=melody):
                 if on_event is not None:
                     on_event(event)
                 if event.kind == "final":
@@ -363,17 +403,18 @@ class MusicGenClient:
             assert result is not None  # stream() raises when no final event arrives
             return result
         text, params = self.validate(prompt, duration, top_k, top_p, temperature, guidance_scale, seed)
+        mel = self.prepare_melody(melody)
         conn = self._conn()
         kw = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         t0 = time.perf_counter()
-        resp = self._call(conn.infer, self.model, self._inputs(text, params), outputs=self._outputs(OUTPUTS),
+        resp = self._call(conn.infer, self.model, self._inputs(text, params, mel), outputs=self._outputs(OUTPUTS),
                           model=self.model, timeout=self.timeout, **kw)
         elapsed = time.perf_counter() - t0
         return self._result(resp.as_numpy, text, params, elapsed)
 
     def stream(self, prompt: str, duration: float, *, top_k: int | None = None, top_p: float | None = None,
                temperature: float | None = None, guidance_scale: float | None = None,
-               seed: int | None = None) -> Iterator[StreamEvent]:
+               seed: int | None = None, melody=None) -> Iterator[StreamEvent]:
         """Yield progress and audio-chunk events, then one "final" event with the result (gRPC only).
 
         Leaving the loop early cancels the request on the server.
@@ -382,6 +423,7 @@ class MusicGenClient:
             raise InvalidParameter("streaming needs gRPC (Triton's HTTP endpoint refuses decoupled models): "
                                    "use a grpc:// URL, or generate without streaming")
         text, params = self.validate(prompt, duration, top_k, top_p, temperature, guidance_scale, seed)
+        mel = self.prepare_melody(melody)
         mod = self._module()
         conn = self._new_conn()  # one stream per connection
         q: queue.Queue = queue.Queue()
@@ -394,7 +436,7 @@ class MusicGenClient:
             outputs = [mod.InferRequestedOutput(n) for n in
                        ("event", "frames_done", "frames_total", "audio_chunk", "chunk_start", *OUTPUTS)]
             try:
-                conn.async_stream_infer(self.stream_model, self._inputs(text, params), outputs=outputs,
+                conn.async_stream_infer(self.stream_model, self._inputs(text, params, mel), outputs=outputs,
                                         enable_empty_final_response=True)
             except Exception as exc:  # the real cause (e.g. connection refused) went to the callback
                 try:

@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, help="softmax temperature in (0, 100] (default 1)")
     s.add_argument("--guidance-scale", type=float, help="classifier-free guidance in [1, 100] (default 3)")
     s.add_argument("--seed", type=int, help="random seed in [0, 2^63) to reproduce a clip (default random)")
+    s.add_argument("--melody", metavar="FILE", help="a tune to follow (WAV/FLAC/OGG/MP3; melody models only)")
     o = gen.add_argument_group("output")
     o.add_argument("--normalize", choices=NORMALIZE, default="loudness",
                    help="loudness: -14 LUFS with a -1 dBFS peak ceiling (default); peak: -1 dBFS; "
@@ -192,16 +193,18 @@ def cmd_generate(args, client: MusicGenClient) -> int:
     params = dict(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                   guidance_scale=args.guidance_scale, seed=args.seed)
     client.validate(args.prompt, args.duration, **params)
+    melody = client.prepare_melody(args.melody) if args.melody else None  # unreadable file: fail now
 
     stream = client.protocol == "grpc" and not args.no_stream
     show = not args.quiet and (args.progress or sys.stderr.isatty())
     progress = Progress(show)
     try:
         if stream:
-            result = client.generate(args.prompt, args.duration, stream=True, on_event=progress.update, **params)
+            result = client.generate(args.prompt, args.duration, stream=True, on_event=progress.update,
+                                     melody=melody, **params)
         else:
             progress.spinner()
-            result = client.generate(args.prompt, args.duration, **params)
+            result = client.generate(args.prompt, args.duration, melody=melody, **params)
     finally:
         progress.close()
 

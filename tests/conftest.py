@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def stage_repository(dst: Path, checkpoint: str = "tiny-random", precision: str = "fp32") -> Path:
-    """Copy model_repository/ (configs + model.py, no weights) and export `checkpoint` into it."""
-    from export.onnx_export import build
-
-    shutil.copytree(ROOT / "model_repository", dst,
-                    ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data", "manifest.json", "tokenizer.json",
-                                                  "__pycache__", ".export-*"))
-    build(checkpoint, dst, precision)
-    return dst
+from staging import stage_repository
 
 
 @pytest.fixture(scope="session")

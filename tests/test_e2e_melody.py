@@ -95,3 +95,39 @@ def test_bad_melody_is_refused_and_server_stays_healthy(melody_triton, melody, r
 def test_text_only_model_refuses_a_melody(triton):
     with pytest.raises(InferenceServerException, match="does not take a melody"):
         generate(triton, PROMPT, 0.5, synth_melody(1.0, 16000, 1, seed=0), 16000)
+
+
+def test_client_and_cli_send_a_melody(melody_triton, triton, tmp_path):
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from client import InvalidParameter, MusicGenClient
+
+    wave = synth_melody(2.0, 22050, 2, seed=5)
+    path = tmp_path / "tune.flac"
+    sf.write(path, wave.T, 22050)
+    with MusicGenClient(melody_triton.grpc_endpoint) as c:
+        from_file = c.generate(PROMPT, 0.5, seed=2, melody=str(path), top_k=1)
+        from_array = c.generate(PROMPT, 0.5, seed=2, melody=(wave, 22050), top_k=1, stream=True)
+        assert np.array_equal(from_file.codes, from_array.codes)
+        assert not np.array_equal(from_file.codes, c.generate(PROMPT, 0.5, seed=2, top_k=1).codes)
+        with pytest.raises(InvalidParameter, match="silent"):
+            c.generate(PROMPT, 0.5, melody=(np.zeros(8000, np.float32), 16000))
+        bad = tmp_path / "bad.wav"
+        bad.write_bytes(b"not audio at all")
+        with pytest.raises(InvalidParameter, match="could not read"):
+            c.generate(PROMPT, 0.5, melody=str(bad))
+    with MusicGenClient("http://" + triton.http_endpoint) as c:  # a text-only server refuses it
+        with pytest.raises(InvalidParameter, match="does not take a melody"):
+            c.generate(PROMPT, 0.5, melody=str(path))
+    out = tmp_path / "out.wav"
+    run = subprocess.run([sys.executable, "-m", "client.cli", "generate", PROMPT, "--duration", "0.5", "--melody",
+                          str(path), "--url", melody_triton.grpc_endpoint, "--out", str(out), "-q"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert sf.info(out).frames == 16000
+    run = subprocess.run([sys.executable, "-m", "client.cli", "generate", PROMPT, "--melody", str(tmp_path / "nope.wav"),
+                          "--url", melody_triton.grpc_endpoint, "-q"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "no such file" in run.stderr

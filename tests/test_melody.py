@@ -15,7 +15,7 @@ from musicgen_runtime.melody_lm import CONDITION_FILE, DECODER_STEP_FILE, Melody
 from musicgen_runtime.onnx_session import GraphError
 from musicgen_runtime.validation import GenerationParams
 
-from conftest import ROOT, stage_repository
+from staging import ROOT, stage_repository
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,20 @@
+"""Staging a model repository for tests: a copy of model_repository/ with a fresh export in it.
+
+A module of its own (not conftest.py): tests/ and tests/deploy/ each have a conftest, and
+`from conftest import ...` would pick whichever pytest imported first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def stage_repository(dst: Path, checkpoint: str = "tiny-random", precision: str = "fp32") -> Path:
+    """Copy model_repository/ (configs + model.py, no weights) and export `checkpoint` into it."""
+    from export.onnx_export import build
+    from export.repository import copy_model_repository
+
+    build(checkpoint, copy_model_repository(dst), precision)
+    return dst
