@@ -270,6 +270,9 @@ def test_cancelled_stream_leaves_the_batch_and_others_finish(triton):
         out = other.result(timeout=60)
     solo = generate_http(triton, prompt=PROMPT, duration=1.0, seed=9)
     assert np.array_equal(out["audio_codes"], solo["audio_codes"])
+    deadline = time.time() + 10  # the engine publishes its metrics a few times a second
+    while time.time() < deadline and _gauge(triton, "musicgen_lm_requests_in_flight") != 0:
+        time.sleep(0.1)
     assert _gauge(triton, "musicgen_lm_requests_in_flight") == 0
 
 
