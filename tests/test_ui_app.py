@@ -8,8 +8,6 @@ down, unreadable and too-large melody uploads). No mocks: every request goes to 
 from __future__ import annotations
 
 import io
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -193,26 +191,10 @@ def test_server_down(monkeypatch):
     assert not at.exception
 
 
-@pytest.fixture(scope="module")
-def melody_server(tiny_repo, tmp_path_factory):
-    """A real tritonserver whose manifest says `musicgen_melody`: only `musicgen_info` is served,
-    enough for the page to enable the melody upload (generation is not needed for these checks)."""
-    from server import TritonServer
-
-    repo = tmp_path_factory.mktemp("melody") / "model_repository"
-    shutil.copytree(tiny_repo / "musicgen_info", repo / "musicgen_info",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    manifest = repo / "musicgen_info" / "1" / "manifest.json"
-    m = json.loads(manifest.read_text())
-    manifest.write_text(json.dumps({**m, "model_type": "musicgen_melody"}))
-    with TritonServer(repo) as srv:
-        yield srv
-
-
-def test_melody_upload_errors(monkeypatch, melody_server):
+def test_melody_upload_errors(monkeypatch, melody_triton):
     from ui import logic
 
-    at = open_page(monkeypatch, melody_server.grpc_endpoint)
+    at = open_page(monkeypatch, melody_triton.grpc_endpoint)
     uploader = at.file_uploader(key="melody")
     assert not uploader.disabled
     at.file_uploader(key="melody").set_value(("tune.wav", b"RIFF\x00\x00\x00\x00WAVEjunk" * 50, "audio/wav"))
@@ -223,3 +205,23 @@ def test_melody_upload_errors(monkeypatch, melody_server):
     generate(at)
     assert any("Melody upload" in t and "too large" in t for t in page_errors(at))
     assert at.session_state["history"] == []
+
+
+def test_generate_with_a_melody_upload(monkeypatch, melody_triton):
+    """A melody model: the upload is active and the uploaded tune reaches the server and changes the music."""
+    import soundfile as sf
+
+    from export.melody import synth_melody
+
+    buf = io.BytesIO()
+    sf.write(buf, synth_melody(2.0, 22050, 1, seed=7).T, 22050, format="WAV")
+    at = open_page(monkeypatch, melody_triton.grpc_endpoint)
+    generate(at, duration=1.0, seed_mode="Fixed", seed_text="5", top_k=1)
+    assert not page_errors(at)
+    at.file_uploader(key="melody").set_value(("tune.wav", buf.getvalue(), "audio/wav"))
+    generate(at, duration=1.0, seed_mode="Fixed", seed_text="5", top_k=1)
+    assert not page_errors(at), page_errors(at)
+    with_melody, text_only = at.session_state["history"][:2]
+    a = wav_samples(at.session_state["assets"][with_melody.number]["wav"])
+    b = wav_samples(at.session_state["assets"][text_only.number]["wav"])
+    assert a.shape == b.shape == (50 * 640, 1) and not np.array_equal(a, b)
