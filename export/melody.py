@@ -288,32 +288,10 @@ def _err(a, b) -> dict:
 
 
 def hf_greedy_codes(model, tokenizer, prompt: str, chroma: np.ndarray | None, steps: int, guidance: float = 3.0):
-    """Codes [K, frames] and audio that transformers' generate decodes (recorded at audio_encoder.decode)."""
-    import torch
+    """transformers' greedy codes and audio for a melody model (export.verify's oracle, with a chroma)."""
+    from .verify import hf_greedy_codes as oracle
 
-    rec = {}
-    orig = model.audio_encoder.decode
-
-    def recording(codes, *a, **k):
-        rec.setdefault("codes", []).append(codes.detach().clone())
-        return orig(codes, *a, **k)
-
-    model.audio_encoder.decode = recording
-    try:
-        inp = dict(tokenizer([prompt], return_tensors="pt"))
-        if chroma is not None:
-            inp["input_features"] = torch.tensor(chroma, dtype=torch.float32)[None]
-        with torch.no_grad():
-            audio = model.generate(**inp, do_sample=False, guidance_scale=guidance, max_new_tokens=steps)
-    finally:
-        del model.audio_encoder.decode
-    codes = rec["codes"]
-    if len(codes) == 2:  # stereo: even codebooks decoded first, then the odd ones
-        k = codes[0].shape[2] * 2
-        full = torch.empty(codes[0].shape[:2] + (k,) + codes[0].shape[3:], dtype=codes[0].dtype)
-        full[:, :, 0::2], full[:, :, 1::2] = codes[0], codes[1]
-        codes = [full]
-    return codes[0][0, 0].numpy(), audio[0].numpy()
+    return oracle(model, tokenizer, prompt, steps, guidance, chroma)
 
 
 def _ref_prefix(model, text_states, text_mask, chroma):

@@ -39,25 +39,34 @@ def topk_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
     return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(ta, tb)]))
 
 
-def hf_greedy_codes(model, tokenizer, prompt: str, steps: int, guidance: float = 3.0):
-    """Codes [K, frames] and audio that transformers' generate decodes (recorded at audio_encoder.decode)."""
+def hf_greedy_codes(model, tokenizer, prompt: str, steps: int, guidance: float = 3.0, chroma=None):
+    """Codes [K, frames] and audio that transformers' generate decodes (recorded at audio_encoder.decode).
+
+    `chroma` [frames, 12]: the melody features of a MusicGen-Melody model (None: text only).
+    """
     import torch
 
-    rec = {}
+    rec = []
     orig = model.audio_encoder.decode
 
     def recording(codes, *a, **k):
-        rec["codes"] = codes.detach().clone()
+        rec.append(codes.detach().clone())
         return orig(codes, *a, **k)
 
     model.audio_encoder.decode = recording
     try:
-        inp = tokenizer([prompt], return_tensors="pt")
+        inp = dict(tokenizer([prompt], return_tensors="pt"))
+        if chroma is not None:
+            inp["input_features"] = torch.tensor(chroma, dtype=torch.float32)[None]
         with torch.no_grad():
             audio = model.generate(**inp, do_sample=False, guidance_scale=guidance, max_new_tokens=steps)
     finally:
         del model.audio_encoder.decode
-    return rec["codes"][0, 0].numpy(), audio[0].numpy()
+    if len(rec) == 2:  # stereo: even codebooks decoded first, then the odd ones
+        full = torch.empty(rec[0].shape[:2] + (2 * rec[0].shape[2],) + rec[0].shape[3:], dtype=rec[0].dtype)
+        full[:, :, 0::2], full[:, :, 1::2] = rec[0], rec[1]
+        rec = [full]
+    return rec[0][0, 0].numpy(), audio[0].numpy()
 
 
 def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> dict:
