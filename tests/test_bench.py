@@ -94,3 +94,11 @@ def test_quick_mode_writes_json_csv_and_plots(tiny_repo, tmp_path):
     with (out / "concurrency.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 3
     assert "ours/ref" in p.stdout and "RTF 1 s" in p.stdout
+
+
+def test_overhead_measurement_compares_identical_requests(tiny_repo):
+    from bench.overhead import measure
+
+    res = measure(tiny_repo, duration=0.5, pairs=2)
+    assert len(res["in_process_s"]) == len(res["triton_s"]) == 2
+    assert res["in_process_median_s"] > 0 and res["triton_median_s"] > 0

@@ -1,0 +1,75 @@
+"""Triton's overhead: the same request through the `musicgen` ensemble vs the same engine in-process.
+
+    python -m bench.overhead --repository <staged repo> --duration 5 --pairs 3
+
+Pairs run alternately (in-process, then through Triton) with the same seed; the codes must be equal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def measure(repo: Path, duration: float, pairs: int, prompt: str = "lofi hip hop beat") -> dict:
+    from client import MusicGenClient
+    from musicgen_runtime import delay, manifest, names
+    from musicgen_runtime.codec import AudioDecoder
+    from musicgen_runtime.lm import LanguageModel
+    from musicgen_runtime.text import PromptTokenizer, TextEncoder
+    from musicgen_runtime.validation import GenerationParams
+    from server import TritonServer
+
+    d = manifest.dims(manifest.read(repo / "lm_engine" / "1"))
+    tok = PromptTokenizer(repo / "tokenizer" / "1" / names.TOKENIZER_FILE, d.max_text_tokens)
+    enc = TextEncoder(repo / "text_encoder" / "1" / names.TEXT_ENCODER_FILE)
+    lm = LanguageModel(repo / "lm_engine" / "1")
+    codec = AudioDecoder(repo / "audio_decoder" / "1" / names.AUDIO_DECODER_FILE, d.hop_length)
+    frames = delay.frames_for_duration(duration, d.frame_rate)
+
+    def in_process(seed):
+        ids, mask = tok.encode([prompt])
+        codes = lm.generate(enc(ids, mask)[0], mask[0], GenerationParams(duration=duration, seed=seed), frames)
+        return codec(codes[None])[0], codes
+
+    local, served = [], []
+    with TritonServer(repo) as srv, MusicGenClient(srv.grpc_endpoint) as client:
+        client.generate(prompt, duration, seed=0)  # warm-up, both sides
+        in_process(0)
+        for i in range(1, pairs + 1):
+            t = time.perf_counter()
+            _, codes = in_process(i)
+            local.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            result = client.generate(prompt, duration, seed=i)
+            served.append(time.perf_counter() - t)
+            if not np.array_equal(result.codes, codes):
+                raise RuntimeError("the server's codes differ from the in-process engine's")
+    a, b = statistics.median(local), statistics.median(served)
+    return {"duration": duration, "pairs": pairs, "in_process_s": local, "triton_s": served,
+            "in_process_median_s": a, "triton_median_s": b, "overhead_pct": 100.0 * (b - a) / a}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__)
+    ap.add_argument("--repository", type=Path, required=True)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    res = measure(args.repository, args.duration, args.pairs)
+    text = json.dumps(res, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
