@@ -24,8 +24,32 @@ from .validation import GenerationParams
 _ids = itertools.count(1)
 
 
+class SequenceState:
+    """What every sequence type exposes to the scheduler (fields come from the dataclasses below)."""
+
+    @property
+    def rows(self) -> int:
+        """Batch rows: the conditional row, plus the null row with classifier-free guidance."""
+        return 2 if self.params.guidance_scale > 1.0 else 1
+
+    @property
+    def done(self) -> bool:
+        return self.t >= self.steps or self.error is not None or self.cancelled
+
+    def codes(self, upto_frames: int | None = None) -> np.ndarray:
+        """[K, frames] codes (only meaningful for frames whose every codebook is filled)."""
+        n = self.frames if upto_frames is None else upto_frames
+        return delay.undelay(self.tokens, n, self.audio_channels)
+
+    @property
+    def frames_ready(self) -> int:
+        """Frames whose tokens are final in every codebook."""
+        d = int(delay.delays(self.tokens.shape[0], self.audio_channels).max())
+        return int(np.clip(self.t - d, 0, self.frames))
+
+
 @dataclass(eq=False)
-class Sequence:
+class Sequence(SequenceState):
     params: GenerationParams  # seed fixed
     frames: int
     steps: int
@@ -39,24 +63,7 @@ class Sequence:
     id: int = field(default_factory=lambda: next(_ids))
     error: BaseException | None = None
     cancelled: bool = False
-
-    @property
-    def rows(self) -> int:
-        return 2 if self.params.guidance_scale > 1.0 else 1
-
-    @property
-    def done(self) -> bool:
-        return self.t >= self.steps or self.error is not None or self.cancelled
-
-    def codes(self, upto_frames: int | None = None) -> np.ndarray:
-        """[K, frames] codes (only meaningful for frames whose every codebook is filled)."""
-        n = self.frames if upto_frames is None else upto_frames
-        return delay.undelay(self.tokens, n)
-
-    @property
-    def frames_ready(self) -> int:
-        """Frames whose tokens are final in every codebook."""
-        return int(np.clip(self.t - int(delay.delays(self.tokens.shape[0]).max()), 0, self.frames))
+    audio_channels: int = 1
 
 
 class LanguageModel:
@@ -154,7 +161,7 @@ class LanguageModel:
         return Sequence(params=params, frames=frames, steps=steps, tokens=tokens,
                         valid=delay.valid_mask(frames, d.num_codebooks, d.audio_channels),
                         cross=[c.astype(self.cache_dtype, copy=False) for c in cross], enc_mask=mask,
-                        rng=np.random.default_rng(params.seed), on_step=on_step)
+                        rng=np.random.default_rng(params.seed), on_step=on_step, audio_channels=d.audio_channels)
 
     def add(self, seq: Sequence) -> None:
         """Join the running batch at the next step."""

@@ -42,6 +42,7 @@ import numpy as np
 
 from . import delay, manifest as manifest_mod, names, sampling
 from .chroma import ChromaConfig, MelodyInputError, null_chroma
+from .lm import SequenceState
 from .onnx_session import GraphError, open_graph
 from .validation import GenerationParams
 
@@ -59,7 +60,7 @@ def is_melody(manifest: dict) -> bool:
 
 
 @dataclass(eq=False)
-class MelodySequence:
+class MelodySequence(SequenceState):
     params: GenerationParams  # seed fixed
     frames: int
     steps: int
@@ -75,27 +76,8 @@ class MelodySequence:
     cancelled: bool = False
 
     @property
-    def rows(self) -> int:
-        return 2 if self.params.guidance_scale > 1.0 else 1
-
-    @property
     def prefix_len(self) -> int:
         return int(self.prefix.shape[1])
-
-    @property
-    def done(self) -> bool:
-        return self.t >= self.steps or self.error is not None or self.cancelled
-
-    def codes(self, upto_frames: int | None = None) -> np.ndarray:
-        """[K, frames] codes (only meaningful for frames whose every codebook is filled)."""
-        n = self.frames if upto_frames is None else upto_frames
-        return delay.undelay(self.tokens, n, self.audio_channels)
-
-    @property
-    def frames_ready(self) -> int:
-        """Frames whose tokens are final in every codebook."""
-        d = int(delay.delays(self.tokens.shape[0], self.audio_channels).max())
-        return int(np.clip(self.t - d, 0, self.frames))
 
 
 class MelodyConditioner:
