@@ -74,6 +74,7 @@ def decode_steps(model_dir: Path, duration: float, guidance_scale: float = 3.0, 
 
     The step includes the ONNX decoder step and the numpy guidance + sampling (top-k 250).
     """
+    from musicgen_runtime import delay
     from musicgen_runtime.lm import LanguageModel
     from musicgen_runtime.validation import GenerationParams
 
@@ -84,7 +85,7 @@ def decode_steps(model_dir: Path, duration: float, guidance_scale: float = 3.0, 
     rng = np.random.default_rng(seed)
     hidden = (rng.standard_normal((text_tokens, d.hidden_size)) * 0.1).astype(np.float32)
     mask = np.ones(text_tokens, np.int64)
-    frames = max(1, int(duration * d.frame_rate))
+    frames = delay.frames_for_duration(duration, d.frame_rate)
     seq = lm.prepare(hidden, mask, GenerationParams(duration=duration, guidance_scale=guidance_scale, seed=seed),
                      frames)
     lm.add(seq)

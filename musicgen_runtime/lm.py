@@ -47,6 +47,32 @@ class SequenceState:
         d = int(delay.delays(self.tokens.shape[0], self.audio_channels).max())
         return int(np.clip(self.t - d, 0, self.frames))
 
+    def advance(self, logits: np.ndarray, row: int, pad_token_id: int) -> None:
+        """Sample the next column from this sequence's rows (from `row`) of `logits` [rows, K, S, V]:
+        guidance, the request's own sampling and generator, the delay pattern, then `on_step`.
+        A failure (e.g. a callback whose client has gone) ends only this sequence."""
+        try:
+            cond = logits[row, :, -1, :].astype(np.float32)
+            uncond = logits[row + 1, :, -1, :].astype(np.float32) if self.rows == 2 else None
+            p = self.params
+            nxt = sampling.sample(sampling.guide(cond, uncond, p.guidance_scale), p.top_k, p.top_p,
+                                  p.temperature, self.rng)
+            col = self.t + 1
+            self.tokens[:, col] = np.where(self.valid[:, col], nxt, pad_token_id)
+            self.t = col
+            if self.on_step is not None:
+                self.on_step(self)
+        except Exception as exc:
+            self.error = exc
+
+
+def batch_rows(seqs):
+    """(sequence, its first row) for sequences laid out one after another in a batch."""
+    start = 0
+    for seq in seqs:
+        yield seq, start
+        start += seq.rows
+
 
 @dataclass(eq=False)
 class Sequence(SequenceState):
@@ -126,19 +152,13 @@ class LanguageModel:
 
     def _repack(self, keep_rows: np.ndarray, new_rows: int, capacity: int) -> None:
         """Rebuild the cache buffers with rows `keep_rows` of the old ones plus `new_rows` empty rows."""
-        old = [self._host(v) for v in self.cache] if self.cache else None
-        if old is not None and len(keep_rows):
-            n = min(capacity, old[0].shape[2])
-            host = []
-            for j in range(2 * self.num_layers):
-                buf = np.zeros((len(keep_rows) + new_rows,) + old[j].shape[1:2] + (capacity,) + old[j].shape[3:],
-                               self.cache_dtype)
-                buf[:len(keep_rows), :, :n] = old[j][keep_rows, :, :n]
-                host.append(buf)
-            values = [self._value(h) for h in host]
-        else:
-            values, host = self.new_cache(len(keep_rows) + new_rows, capacity)
-        self._host_cache, self.cache, self.capacity = host, values, capacity
+        host = self._zeros(len(keep_rows) + new_rows, capacity)
+        if self.cache and len(keep_rows):
+            n = min(capacity, self.capacity)
+            for buf, old in zip(host, self.cache):
+                buf[:len(keep_rows), :, :n] = self._host(old)[keep_rows, :, :n]
+        # filled before wrapping: on a GPU the OrtValue is a device copy of the host array
+        self._host_cache, self.cache, self.capacity = host, [self._value(h) for h in host], capacity
         self.cross = None  # rebuilt at the next step
 
     def prepare(self, hidden: np.ndarray, mask: np.ndarray, params: GenerationParams, frames: int,
@@ -171,12 +191,6 @@ class LanguageModel:
             self._repack(np.arange(rows), seq.rows, capacity)
             self.active.append(seq)
 
-    def _rows(self):
-        start = 0
-        for seq in self.active:
-            yield seq, start
-            start += seq.rows
-
     def _build_cross(self):
         t_max = max(s.enc_mask.shape[1] for s in self.active)
         cross = []
@@ -203,7 +217,7 @@ class LanguageModel:
             d = self.dims
             ids = np.empty((rows, d.num_codebooks, 1), np.int64)
             pos = np.empty((rows, 1), np.int64)
-            for seq, r in self._rows():
+            for seq, r in batch_rows(self.active):
                 ids[r:r + seq.rows, :, 0] = seq.tokens[:, seq.t]
                 pos[r:r + seq.rows] = seq.t
             try:
@@ -213,20 +227,8 @@ class LanguageModel:
                 for seq in self.active:
                     seq.error = err
                 return self._retire()
-            for seq, r in self._rows():
-                try:
-                    cond = logits[r, :, -1, :].astype(np.float32)
-                    uncond = logits[r + 1, :, -1, :].astype(np.float32) if seq.rows == 2 else None
-                    p = seq.params
-                    nxt = sampling.sample(sampling.guide(cond, uncond, p.guidance_scale),
-                                          p.top_k, p.top_p, p.temperature, seq.rng)
-                    col = seq.t + 1
-                    seq.tokens[:, col] = np.where(seq.valid[:, col], nxt, d.pad_token_id)
-                    seq.t = col
-                    if seq.on_step is not None:
-                        seq.on_step(seq)
-                except Exception as exc:  # a failing callback (e.g. client gone) ends only its own sequence
-                    seq.error = exc
+            for seq, r in batch_rows(self.active):
+                seq.advance(logits, r, d.pad_token_id)
             return self._retire()
 
     def run_step(self, ids: np.ndarray, pos: np.ndarray, enc_mask: np.ndarray, cache: list, cross: list) -> np.ndarray:
@@ -249,11 +251,14 @@ class LanguageModel:
         self.step_sess.run_with_iobinding(io)
         return io.get_outputs()[0].numpy()
 
+    def _zeros(self, rows: int, capacity: int) -> list[np.ndarray]:
+        d = self.dims
+        return [np.zeros((rows, d.num_heads, capacity, d.head_dim), self.cache_dtype)
+                for _ in range(2 * self.num_layers)]
+
     def new_cache(self, rows: int, capacity: int) -> tuple[list, list]:
         """Fresh zeroed cache buffers: (OrtValues, host arrays that must stay alive with them)."""
-        d = self.dims
-        host = [np.zeros((rows, d.num_heads, capacity, d.head_dim), self.cache_dtype)
-                for _ in range(2 * self.num_layers)]
+        host = self._zeros(rows, capacity)
         return [self._value(h) for h in host], host
 
     def cancel(self, seq: Sequence) -> None:
@@ -263,7 +268,7 @@ class LanguageModel:
         done = [s for s in self.active if s.done]
         if not done:
             return []
-        keep = [np.arange(r, r + s.rows) for s, r in self._rows() if not s.done]
+        keep = [np.arange(r, r + s.rows) for s, r in batch_rows(self.active) if not s.done]
         self.active = [s for s in self.active if not s.done]
         if not self.active:
             self._reset()

@@ -40,9 +40,9 @@ from typing import Callable
 
 import numpy as np
 
-from . import delay, manifest as manifest_mod, names, sampling
+from . import delay, manifest as manifest_mod, names
 from .chroma import ChromaConfig, MelodyInputError, null_chroma
-from .lm import SequenceState
+from .lm import SequenceState, batch_rows
 from .onnx_session import GraphError, open_graph
 from .validation import GenerationParams
 
@@ -209,28 +209,6 @@ class MelodyLanguageModel:
             feed[names.past(i, "decoder", "value")] = cache[2 * i + 1]
         return feed
 
-    def _sample(self, seq: MelodySequence, logits: np.ndarray, r: int) -> None:
-        """Next column of `seq` from its rows' last logits; a failure ends only this sequence."""
-        try:
-            cond = logits[r, :, -1, :].astype(np.float32)
-            uncond = logits[r + 1, :, -1, :].astype(np.float32) if seq.rows == 2 else None
-            p = seq.params
-            nxt = sampling.sample(sampling.guide(cond, uncond, p.guidance_scale), p.top_k, p.top_p,
-                                  p.temperature, seq.rng)
-            col = seq.t + 1
-            seq.tokens[:, col] = np.where(seq.valid[:, col], nxt, self.dims.pad_token_id)
-            seq.t = col
-            if seq.on_step is not None:
-                seq.on_step(seq)
-        except Exception as exc:  # e.g. a callback whose client has gone
-            seq.error = exc
-
-    def _rows(self):
-        start = 0
-        for seq in self.active:
-            yield seq, start
-            start += seq.rows
-
     def step(self) -> list[MelodySequence]:
         """One step for every sequence: a batched decode step for the running ones, the prefill for new ones.
 
@@ -242,7 +220,7 @@ class MelodyLanguageModel:
                 rows = self.row_mask.shape[0]
                 ids = np.empty((rows, d.num_codebooks, 1), np.int64)
                 pos = np.empty((rows, 1), np.int64)
-                for seq, r in self._rows():
+                for seq, r in batch_rows(self.active):
                     ids[r:r + seq.rows, :, 0] = seq.tokens[:, seq.t]
                     pos[r:r + seq.rows] = seq.prefix_len + seq.t
                 mask = np.concatenate([self.row_mask, np.ones((rows, 1), np.int64)], axis=1)
@@ -255,9 +233,9 @@ class MelodyLanguageModel:
                         seq.error = err
                 else:
                     self.cache, self.row_mask = list(out[1:]), mask
-                    for seq, r in self._rows():
+                    for seq, r in batch_rows(self.active):
                         if not seq.cancelled:
-                            self._sample(seq, out[0], r)
+                            seq.advance(out[0], r, d.pad_token_id)
             pending, self.pending = self.pending, []
             for seq in pending:
                 if seq.cancelled:
@@ -278,7 +256,7 @@ class MelodyLanguageModel:
         except Exception as exc:
             seq.error = RuntimeError(f"prefill failed: {exc}")
             return
-        self._sample(seq, out[0], 0)
+        seq.advance(out[0], 0, d.pad_token_id)
         if seq.done:
             return
         # merge: right-align the columns; each side's extra leading columns are masked out
@@ -301,7 +279,7 @@ class MelodyLanguageModel:
         done = [s for s in self.active if s.done]
         if not done:
             return []
-        keep_rows = np.concatenate([np.arange(r, r + s.rows) for s, r in self._rows() if not s.done] or
+        keep_rows = np.concatenate([np.arange(r, r + s.rows) for s, r in batch_rows(self.active) if not s.done] or
                                    [np.zeros(0, np.int64)]).astype(np.int64)
         self.active = [s for s in self.active if not s.done]
         if not self.active:

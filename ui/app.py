@@ -17,6 +17,7 @@ if ROOT not in sys.path:  # `streamlit run ui/app.py` runs this file as a script
 
 import streamlit as st
 
+from musicgen_runtime import delay
 from musicgen_runtime.validation import ValidationError
 from ui import backend, logic, media
 
@@ -190,7 +191,7 @@ def run_generation(out) -> None:
         job = backend.Backend(server_url()).start(model, prompt, params, melody=melody,
                                                   max_duration=status.max_duration)
         if not job.streaming and status.frame_rate:
-            prog.frames_total = int(params.duration * status.frame_rate)
+            prog.frames_total = delay.frames_for_duration(params.duration, status.frame_rate)
         final = None
         while final is None:
             event = job.next(timeout=0.25)

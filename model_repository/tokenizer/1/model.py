@@ -1,6 +1,5 @@
 """prompt (BYTES) -> input_ids, attention_mask, with the prompt validated."""
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from musicgen_runtime import manifest, names, triton_io
