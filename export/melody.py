@@ -34,6 +34,9 @@ import numpy as np
 from musicgen_runtime import names
 from musicgen_runtime.melody_lm import CHROMA, CONDITION_FILE, DECODER_STEP_FILE, INPUTS_EMBEDS, MODEL_TYPE
 
+from . import verify as verify_mod
+from .verify import FP32_TOL, PROMPTS, REDUCED_TOL, _err, codec_parity, text_encoder_parity
+
 log = logging.getLogger(__name__)
 
 # which files each Triton model directory receives (lm_engine runs the melody loop)
@@ -264,11 +267,6 @@ def stage(source: str, resolved, model, tokenizer, repository: Path, precision: 
 # verification
 # ------------------------------------------------------------------------------------------------
 
-PROMPTS = ["lofi hip hop beat with mellow piano", "90s rock song with loud guitars and heavy drums, energetic"]
-FP32_TOL = 1e-3  # max abs error allowed for fp32 graphs
-REDUCED_TOL = {"fp16": 0.01, "int8": 0.10}  # decoder logits rel-L2 vs fp32 PyTorch
-
-
 def synth_melody(seconds: float, sample_rate: int, channels: int, seed: int) -> np.ndarray:
     """A deterministic test melody: a random walk of pure tones (3 per second) plus a little noise."""
     rng = np.random.default_rng(seed)
@@ -280,18 +278,9 @@ def synth_melody(seconds: float, sample_rate: int, channels: int, seed: int) -> 
     return wave.astype(np.float32)
 
 
-def _err(a, b) -> dict:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    diff = np.abs(a - b)
-    return {"max_abs": float(diff.max()), "max_rel": float(diff.max() / max(np.abs(b).max(), 1e-12)),
-            "rel_l2": float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)), "shape": list(a.shape)}
-
-
 def hf_greedy_codes(model, tokenizer, prompt: str, chroma: np.ndarray | None, steps: int, guidance: float = 3.0):
     """transformers' greedy codes and audio for a melody model (export.verify's oracle, with a chroma)."""
-    from .verify import hf_greedy_codes as oracle
-
-    return oracle(model, tokenizer, prompt, steps, guidance, chroma)
+    return verify_mod.hf_greedy_codes(model, tokenizer, prompt, steps, guidance, chroma)
 
 
 def _ref_prefix(model, text_states, text_mask, chroma):
@@ -335,17 +324,8 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
     k, v, hsz = dims.num_codebooks, dims.vocab_size, dims.hidden_size
     C, L = lm.num_chroma, lm.chroma_length
 
-    # text encoder: batch 3, 11 tokens, one row padded (export example: batch 2, 7 tokens)
     enc = text.TextEncoder(repository / "text_encoder" / "1" / names.TEXT_ENCODER_FILE)
-    ids = rng.integers(3, 100, (3, 11))
-    mask = np.ones((3, 11), np.int64)
-    mask[2, 6:] = 0
-    with torch.no_grad():
-        out = model.text_encoder(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
-        if getattr(model, "enc_to_dec_proj", None) is not None:
-            out = model.enc_to_dec_proj(out)
-        ref_states = (out * torch.tensor(mask)[..., None]).numpy()
-    report["graphs"]["text_encoder"] = _err(enc(ids, mask), ref_states)
+    report["graphs"]["text_encoder"] = text_encoder_parity(model, enc, rng)
 
     # condition: chroma shorter than, and longer than, the window (export example: 5 frames)
     worst = None
@@ -391,12 +371,8 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
     padded = _run_padded(lm, [prefix[0], short[0]], tokens)
     report["graphs"]["decoder_step_mixed_prefix"] = _err(padded, np.concatenate([ref[:1], ref_short]))
 
-    # codec at batch 1, 13 frames (export example: batch 2, 10 frames)
     dec = codec.AudioDecoder(repository / "audio_decoder" / "1" / names.AUDIO_DECODER_FILE, dims.hop_length)
-    codes = rng.integers(0, v, (1, k // dims.audio_channels, 13))
-    with torch.no_grad():
-        ref_audio = model.audio_encoder.decode(torch.tensor(codes)[None], [None]).audio_values.numpy()
-    report["graphs"]["audio_decoder"] = _err(dec(codes), ref_audio)
+    report["graphs"]["audio_decoder"] = codec_parity(model, dec, dims, rng)
 
     # greedy oracle: melodies (looped: shorter than the window; cut: longer) and text only, with and
     # without guidance; every run batched together in our loop, each alone in transformers

@@ -39,6 +39,31 @@ def topk_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
     return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(ta, tb)]))
 
 
+def text_encoder_parity(model, enc, rng) -> dict:
+    """text_encoder graph vs T5 + projection at batch 3, 11 tokens, one row padded (export example: 2 x 7)."""
+    import torch
+
+    ids = rng.integers(3, 100, (3, 11))
+    mask = np.ones((3, 11), np.int64)
+    mask[2, 6:] = 0
+    with torch.no_grad():
+        out = model.text_encoder(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
+        if getattr(model, "enc_to_dec_proj", None) is not None:
+            out = model.enc_to_dec_proj(out)
+        ref_states = (out * torch.tensor(mask)[..., None]).numpy()
+    return _err(enc(ids, mask), ref_states)
+
+
+def codec_parity(model, dec, dims, rng) -> dict:
+    """audio_decoder graph vs EnCodec at batch 1, 13 frames (export example: batch 2, 10 frames)."""
+    import torch
+
+    codes = rng.integers(0, dims.vocab_size, (1, dims.num_codebooks // dims.audio_channels, 13))
+    with torch.no_grad():
+        ref_audio = model.audio_encoder.decode(torch.tensor(codes)[None], [None]).audio_values.numpy()
+    return _err(dec(codes), ref_audio)
+
+
 def hf_greedy_codes(model, tokenizer, prompt: str, steps: int, guidance: float = 3.0, chroma=None):
     """Codes [K, frames] and audio that transformers' generate decodes (recorded at audio_encoder.decode).
 
@@ -88,17 +113,8 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
     rng = np.random.default_rng(0)
     k, v = dims.num_codebooks, dims.vocab_size
 
-    # text encoder at batch 3, 11 tokens, one row padded
     enc = text.TextEncoder(repository / "text_encoder" / "1" / names.TEXT_ENCODER_FILE)
-    ids = rng.integers(3, 100, (3, 11))
-    mask = np.ones((3, 11), np.int64)
-    mask[2, 6:] = 0
-    with torch.no_grad():
-        out = model.text_encoder(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
-        if getattr(model, "enc_to_dec_proj", None) is not None:
-            out = model.enc_to_dec_proj(out)
-        ref_states = (out * torch.tensor(mask)[..., None]).numpy()
-    report["graphs"]["text_encoder"] = _err(enc(ids, mask), ref_states)
+    report["graphs"]["text_encoder"] = text_encoder_parity(model, enc, rng)
 
     # decoder step vs the HF decoder's full (uncached) forward, stepping one token at a time, 2 rows
     lm = lm_mod.LanguageModel(lm_dir)
@@ -132,12 +148,8 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
     report["checks"]["causal"] = bool(earlier_change <= allowed)
     report["graphs"]["decoder_step_block"] = _err(full, ref)
 
-    # codec at batch 1, 13 frames (export example: batch 2, 10 frames)
     dec = codec.AudioDecoder(repository / "audio_decoder" / "1" / names.AUDIO_DECODER_FILE, dims.hop_length)
-    codes = rng.integers(0, v, (1, k, 13))
-    with torch.no_grad():
-        ref_audio = model.audio_encoder.decode(torch.tensor(codes)[None], [None]).audio_values.numpy()
-    report["graphs"]["audio_decoder"] = _err(dec(codes), ref_audio)
+    report["graphs"]["audio_decoder"] = codec_parity(model, dec, dims, rng)
 
     # greedy oracle: both prompts batched together in our loop, each alone in transformers
     frames = steps - int(lm_mod.delay.delays(k, dims.audio_channels).max())
