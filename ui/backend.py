@@ -8,7 +8,6 @@ and ETA ticking between events. Every failure is a `BackendError` with a message
 
 from __future__ import annotations
 
-import inspect
 import queue
 import re
 import threading
@@ -163,16 +162,8 @@ class Backend:
         streaming = logic.is_streaming(model)
         kw = {"stream_model": model} if streaming else {"model": model}
         c = self._client(max_duration=max_duration, **kw)
-        call = c.stream if streaming else c.generate
-        extra = {}
-        if melody is not None:
-            if "melody" not in inspect.signature(call).parameters:
-                c.close()
-                raise BackendError("invalid", "this client library cannot send a melody yet: "
-                                              "remove the upload to generate from the text alone")
-            extra["melody"] = melody
         args = dict(top_k=params.top_k, top_p=params.top_p, temperature=params.temperature,
-                    guidance_scale=params.guidance_scale, seed=params.seed, **extra)
+                    guidance_scale=params.guidance_scale, seed=params.seed, melody=melody)
 
         def final_event(res, done, total) -> Event:
             return Event("final", done, total, audio=res.audio, sample_rate=res.sample_rate, seed_used=res.seed_used)
