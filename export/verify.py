@@ -193,7 +193,7 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
 def _run_steps(lm, tokens, cross, enc_mask):
     """Feed the tokens one step at a time through the in-place cache; logits [rows, K, n, V]."""
     rows, _, n = tokens.shape
-    cache, _host = lm.new_cache(rows, n + 2)
+    cache = lm.new_cache(rows, n + 2)
     cross_v = [lm._value(np.ascontiguousarray(c)) for c in cross]
     out = [lm.run_step(tokens[:, :, t:t + 1], np.full((rows, 1), t, np.int64), enc_mask, cache, cross_v)
            for t in range(n)]
@@ -203,6 +203,6 @@ def _run_steps(lm, tokens, cross, enc_mask):
 def _run_block(lm, tokens, cross, enc_mask):
     """All tokens in one call (S = n) on an empty cache: the prefill path."""
     rows, _, n = tokens.shape
-    cache, _host = lm.new_cache(rows, n + 2)
+    cache = lm.new_cache(rows, n + 2)
     cross_v = [lm._value(np.ascontiguousarray(c)) for c in cross]
     return lm.run_step(tokens, np.tile(np.arange(n), (rows, 1)), enc_mask, cache, cross_v).astype(np.float32)

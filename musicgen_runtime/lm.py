@@ -92,15 +92,57 @@ class Sequence(SequenceState):
     audio_channels: int = 1
 
 
+class KVCache:
+    """Self-attention K/V buffers, one per layer and kind, [max_rows, heads, capacity, head_dim].
+
+    Allocated once. A step binds the first `rows` rows (a contiguous prefix) as both the past input
+    and the present output, so GroupQueryAttention writes each row's new K/V in place at its own
+    position and reads only positions it wrote itself: rows are never zeroed when a new sequence
+    takes them over. On CPU the buffers come from np.zeros, whose pages the OS commits only when
+    first written, so a large capacity costs memory only for the positions actually generated.
+    """
+
+    def __init__(self, ort, device: str, dtype, count: int, max_rows: int, heads: int, capacity: int,
+                 head_dim: int):
+        self.device, self.dtype = device, np.dtype(dtype)
+        self.max_rows, self.capacity = max_rows, capacity
+        self._tail = [heads, capacity, head_dim]
+        shape = [max_rows, *self._tail]
+        if device == "cuda":
+            self.host = None
+            self.values = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, "cuda", 0)
+                           for _ in range(count)]
+        else:
+            self.host = [np.zeros(shape, self.dtype) for _ in range(count)]
+            self.values = [ort.OrtValue.ortvalue_from_numpy(h) for h in self.host]
+        self.can_move = self.host is not None  # rows are moved with numpy; device buffers are not
+
+    def bind(self, io, j: int, past: str, present: str, rows: int) -> None:
+        """Buffer j's first `rows` rows as input `past` and output `present` (the same memory)."""
+        if rows > self.max_rows:
+            raise ValueError(f"{rows} rows do not fit the {self.max_rows}-row cache")
+        v, shape = self.values[j], [rows, *self._tail]
+        io.bind_input(past, self.device, 0, self.dtype, shape, v.data_ptr())
+        io.bind_output(present, self.device, 0, self.dtype, shape, v.data_ptr())
+
+    def move(self, src: int, dst: int, rows: int, upto: int) -> None:
+        """Copy positions [0, upto) of rows [src, src + rows) to rows starting at dst (CPU only)."""
+        for h in self.host:
+            h[dst:dst + rows, :, :upto] = h[src:src + rows, :, :upto]
+
+
 class LanguageModel:
     """cross_kv + decoder_step graphs of one exported checkpoint.
 
-    The self-attention cache is one preallocated buffer per layer, [rows, heads, capacity, head_dim],
-    bound as both input and output of the step (ORT's GroupQueryAttention writes each row's new
-    K/V in place at its own position). Rows are repacked only when requests join or leave.
+    Every active sequence holds `rows` consecutive rows of one preallocated KVCache (see there).
+    Joining takes free rows and copies nothing. When a sequence leaves, its rows are free; on CPU
+    the sequence at the end of the batch moves into the gap (copying only the positions it has
+    generated) so the batch stays dense. Where rows cannot be moved (on a GPU, from Python) a gap
+    runs as a padding row, which costs a GPU little, until a joining sequence takes it.
     """
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu", threads: int | None = None):
+    def __init__(self, model_dir: str | Path, device: str = "cpu", threads: int | None = None,
+                 max_rows: int = 32, max_steps: int | None = None):
         import onnxruntime as ort
 
         self._ort = ort
@@ -129,6 +171,8 @@ class LanguageModel:
         self.cross_out = [o.name for o in self.cross_sess.get_outputs()]
         if len(self.cross_out) != 2 * self.num_layers:
             raise GraphError("cross_kv outputs do not match the decoder's layers")
+        max_steps = d.max_positions - 1 if max_steps is None else min(max_steps, d.max_positions - 1)
+        self.cache = self.new_cache(max_rows, max_steps + 1)
         self._lock = threading.Lock()
         self._reset()
 
@@ -139,26 +183,35 @@ class LanguageModel:
             return self._ort.OrtValue.ortvalue_from_numpy(arr, "cuda", 0)
         return self._ort.OrtValue.ortvalue_from_numpy(arr)
 
-    def _host(self, value) -> np.ndarray:
-        return value.numpy()
+    def new_cache(self, rows: int, capacity: int) -> KVCache:
+        d = self.dims
+        return KVCache(self._ort, self.device, self.cache_dtype, 2 * self.num_layers, rows, d.num_heads,
+                       capacity, d.head_dim)
 
     def _reset(self):
-        self.active: list[Sequence] = []
-        self.capacity = 0
-        self.cache = []  # OrtValues, 2 per layer
-        self._host_cache = []  # keeps CPU buffers alive under their OrtValues
+        self.active: list[Sequence] = []  # in row order
+        self.start: dict[int, int] = {}  # sequence id -> its first row
         self.cross = None
         self.enc_mask = None
 
-    def _repack(self, keep_rows: np.ndarray, new_rows: int, capacity: int) -> None:
-        """Rebuild the cache buffers with rows `keep_rows` of the old ones plus `new_rows` empty rows."""
-        host = self._zeros(len(keep_rows) + new_rows, capacity)
-        if self.cache and len(keep_rows):
-            n = min(capacity, self.capacity)
-            for buf, old in zip(host, self.cache):
-                buf[:len(keep_rows), :, :n] = self._host(old)[keep_rows, :, :n]
-        # filled before wrapping: on a GPU the OrtValue is a device copy of the host array
-        self._host_cache, self.cache, self.capacity = host, [self._value(h) for h in host], capacity
+    @property
+    def rows_used(self) -> int:
+        """Batch rows of the next step: up to the end of the last sequence (gaps included)."""
+        return max((self.start[s.id] + s.rows for s in self.active), default=0)
+
+    def _free_start(self, rows: int, ignore=None) -> int:
+        """The lowest row where `rows` free rows begin (the rows of `ignore` count as free)."""
+        cursor = 0
+        for s in self.active:
+            if s is ignore:
+                continue
+            if self.start[s.id] - cursor >= rows:
+                break
+            cursor = self.start[s.id] + s.rows
+        return cursor
+
+    def _order(self):
+        self.active.sort(key=lambda s: self.start[s.id])
         self.cross = None  # rebuilt at the next step
 
     def prepare(self, hidden: np.ndarray, mask: np.ndarray, params: GenerationParams, frames: int,
@@ -168,8 +221,9 @@ class LanguageModel:
         if frames < 1:
             raise ValueError("frames must be >= 1")
         steps = delay.num_steps(frames, d.num_codebooks, d.audio_channels)
-        if steps + 1 > d.max_positions:
-            raise ValueError(f"{frames} frames need {steps + 1} positions; the model has {d.max_positions}")
+        if steps + 1 > self.cache.capacity:
+            raise ValueError(f"{frames} frames need {steps + 1} positions; this engine holds "
+                             f"{self.cache.capacity} per request")
         params = params.with_seed()
         hidden = np.asarray(hidden, dtype=self.hidden_dtype)[None]
         mask = np.asarray(mask, dtype=np.int64)[None]
@@ -184,27 +238,29 @@ class LanguageModel:
                         rng=np.random.default_rng(params.seed), on_step=on_step, audio_channels=d.audio_channels)
 
     def add(self, seq: Sequence) -> None:
-        """Join the running batch at the next step."""
+        """Join the running batch at the next step, in the lowest free rows (nothing is copied)."""
         with self._lock:
-            rows = sum(s.rows for s in self.active)
-            capacity = max([self.capacity, seq.steps + 1])
-            self._repack(np.arange(rows), seq.rows, capacity)
+            start = self._free_start(seq.rows)
+            if start + seq.rows > self.cache.max_rows:
+                raise RuntimeError(f"the batch is full ({self.cache.max_rows} rows)")
+            self.start[seq.id] = start
             self.active.append(seq)
+            self._order()
 
     def _build_cross(self):
+        """Cross-attention K/V and mask in row order; gap rows get zeros (fully masked)."""
+        rows = self.rows_used
         t_max = max(s.enc_mask.shape[1] for s in self.active)
-        cross = []
-        for j in range(2 * self.num_layers):
-            parts = []
-            for s in self.active:
-                c = s.cross[j]
-                if c.shape[2] < t_max:
-                    c = np.pad(c, ((0, 0), (0, 0), (0, t_max - c.shape[2]), (0, 0)))
-                parts.append(c)
-            cross.append(self._value(np.ascontiguousarray(np.concatenate(parts))))
-        self.cross = cross
-        self.enc_mask = np.concatenate([np.pad(s.enc_mask, ((0, 0), (0, t_max - s.enc_mask.shape[1])))
-                                        for s in self.active])
+        d = self.dims
+        cross = [np.zeros((rows, d.num_heads, t_max, d.head_dim), self.cache_dtype)
+                 for _ in range(2 * self.num_layers)]
+        self.enc_mask = np.zeros((rows, t_max), np.int64)
+        for s in self.active:
+            r, t = self.start[s.id], s.enc_mask.shape[1]
+            self.enc_mask[r:r + s.rows, :t] = s.enc_mask
+            for buf, c in zip(cross, s.cross):
+                buf[r:r + s.rows, :, :t] = c
+        self.cross = [self._value(c) for c in cross]
 
     def step(self) -> list[Sequence]:
         """One batched step for every active sequence; returns the sequences that finished."""
@@ -213,11 +269,12 @@ class LanguageModel:
                 return []
             if self.cross is None:
                 self._build_cross()
-            rows = sum(s.rows for s in self.active)
             d = self.dims
-            ids = np.empty((rows, d.num_codebooks, 1), np.int64)
-            pos = np.empty((rows, 1), np.int64)
-            for seq, r in batch_rows(self.active):
+            rows = self.rows_used
+            ids = np.full((rows, d.num_codebooks, 1), d.pad_token_id, np.int64)  # gap rows: padding at 0
+            pos = np.zeros((rows, 1), np.int64)
+            for seq in self.active:
+                r = self.start[seq.id]
                 ids[r:r + seq.rows, :, 0] = seq.tokens[:, seq.t]
                 pos[r:r + seq.rows] = seq.t
             try:
@@ -227,15 +284,17 @@ class LanguageModel:
                 for seq in self.active:
                     seq.error = err
                 return self._retire()
-            for seq, r in batch_rows(self.active):
-                seq.advance(logits, r, d.pad_token_id)
+            for seq in self.active:
+                seq.advance(logits, self.start[seq.id], d.pad_token_id)
             return self._retire()
 
-    def run_step(self, ids: np.ndarray, pos: np.ndarray, enc_mask: np.ndarray, cache: list, cross: list) -> np.ndarray:
-        """Run the step graph: `cache` (OrtValues [rows, H, capacity, D]) is updated in place.
+    def run_step(self, ids: np.ndarray, pos: np.ndarray, enc_mask: np.ndarray, cache: KVCache,
+                 cross: list) -> np.ndarray:
+        """Run the step graph on the first len(ids) rows of `cache`, which is updated in place.
 
         ids [rows, K, S]; pos [rows, S] positions of the new tokens, which are also their cache indices.
         """
+        rows = ids.shape[0]
         io = self.step_sess.io_binding()
         io.bind_cpu_input(names.INPUT_IDS, np.ascontiguousarray(ids, np.int64))
         io.bind_cpu_input(names.POSITION_IDS, np.ascontiguousarray(pos, np.int64))
@@ -245,21 +304,10 @@ class LanguageModel:
         io.bind_output(names.LOGITS, "cpu")  # bound first: get_outputs() follows binding order
         for i in range(self.num_layers):
             for j, kv in ((2 * i, "key"), (2 * i + 1, "value")):
-                io.bind_ortvalue_input(names.past(i, "decoder", kv), cache[j])
-                io.bind_ortvalue_output(names.present(i, kv), cache[j])  # same buffer: written in place
+                cache.bind(io, j, names.past(i, "decoder", kv), names.present(i, kv), rows)
                 io.bind_ortvalue_input(names.past(i, "encoder", kv), cross[j])
         self.step_sess.run_with_iobinding(io)
         return io.get_outputs()[0].numpy()
-
-    def _zeros(self, rows: int, capacity: int) -> list[np.ndarray]:
-        d = self.dims
-        return [np.zeros((rows, d.num_heads, capacity, d.head_dim), self.cache_dtype)
-                for _ in range(2 * self.num_layers)]
-
-    def new_cache(self, rows: int, capacity: int) -> tuple[list, list]:
-        """Fresh zeroed cache buffers: (OrtValues, host arrays that must stay alive with them)."""
-        host = self._zeros(rows, capacity)
-        return [self._value(h) for h in host], host
 
     def cancel(self, seq: Sequence) -> None:
         seq.cancelled = True
@@ -268,12 +316,18 @@ class LanguageModel:
         done = [s for s in self.active if s.done]
         if not done:
             return []
-        keep = [np.arange(r, r + s.rows) for s, r in batch_rows(self.active) if not s.done]
+        for s in done:
+            self.start.pop(s.id)
         self.active = [s for s in self.active if not s.done]
-        if not self.active:
-            self._reset()
-            return done
-        self._repack(np.concatenate(keep), 0, max(s.steps + 1 for s in self.active))
+        while self.cache.can_move and self.active:  # keep the batch dense: the last sequence fills a gap
+            last = self.active[-1]
+            dst = self._free_start(last.rows, ignore=last)
+            if dst >= self.start[last.id]:
+                break
+            self.cache.move(self.start[last.id], dst, last.rows, last.t + 1)
+            self.start[last.id] = dst
+            self._order()
+        self.cross = None
         return done
 
     # -- one request, start to end ---------------------------------------------------------------

@@ -97,8 +97,13 @@ class Scheduler:
             if job.seq.cancelled:  # cancelled while queued
                 self._finish(job, job.seq)
                 continue
+            try:
+                self.lm.add(job.seq)
+            except Exception as exc:  # this request cannot join (e.g. no room): it alone fails
+                job.seq.error = exc
+                self._finish(job, job.seq)
+                continue
             self._jobs[job.seq.id] = job
-            self.lm.add(job.seq)
 
     def _report(self) -> None:
         now = time.monotonic()

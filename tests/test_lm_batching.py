@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 from musicgen_runtime.lm import LanguageModel
 from musicgen_runtime.scheduler import Job, Scheduler
@@ -21,22 +22,31 @@ def _solo(lm, seed, params, frames):
     return lm.generate(h, m, params, frames)
 
 
-def test_requests_joining_and_leaving_mid_run_match_solo_runs(tiny_repo):
+@pytest.mark.parametrize("movable", [True, False], ids=["dense-cpu", "gaps-as-on-gpu"])
+def test_requests_joining_and_leaving_mid_run_match_solo_runs(tiny_repo, movable):
+    """On CPU a leaving sequence's rows are filled by moving the last one; where rows cannot move
+    (GPU buffers) the gap runs as a padding row until a joining sequence takes it."""
     lm = LanguageModel(tiny_repo / "lm_engine" / "1")
+    lm.cache.can_move = movable
     reqs = [(0, GenerationParams(duration=1, seed=1), 30), (1, GenerationParams(duration=1, seed=2, top_k=5), 12),
             (2, GenerationParams(duration=1, seed=3, guidance_scale=1.0), 25),
             (3, GenerationParams(duration=1, seed=4, temperature=0.7, top_p=0.9), 20)]
     join_at = {0: 0, 1: 3, 2: 7, 3: 16}  # step at which each request joins
-    seqs, step = {}, 0
+    seqs, step, rows_seen = {}, 0, []
     while step == 0 or any(not s.done for s in seqs.values()):
         for i, p, frames in reqs:
             if join_at[i] == step:
                 h, m = _states(lm, i)
                 seqs[i] = lm.prepare(h, m, p, frames)
                 lm.add(seqs[i])
+        rows_seen.append((lm.rows_used, sum(s.rows for s in lm.active)))
         lm.step()
         step += 1
-    assert not lm.active and lm.capacity == 0  # everything left, buffers released
+    if movable:
+        assert all(used == live for used, live in rows_seen)  # never a gap
+    else:
+        assert any(used > live for used, live in rows_seen)  # gaps ran, and results still match
+    assert not lm.active and lm.rows_used == 0  # everything left
     for i, p, frames in reqs:
         assert np.array_equal(seqs[i].codes(), _solo(lm, i, p, frames)), f"request {i} differs when batched"
 
@@ -75,3 +85,25 @@ def test_scheduler_serves_concurrent_jobs_and_isolates_a_failing_callback(tiny_r
     assert set(done) == {"a", "b", "c"} and isinstance(errors["bad"], ConnectionError)
     for name, seed in (("a", 1), ("c", 3)):
         assert np.array_equal(done[name], _solo(lm, seed, GenerationParams(duration=1, seed=seed), 15))
+
+
+def test_joining_reuses_the_preallocated_cache_and_long_requests_are_refused(tiny_repo):
+    """A join takes free rows of the one preallocated cache: no buffer is reallocated or copied, so
+    requests already generating are not stalled. A request longer than the cache holds is refused."""
+    lm = LanguageModel(tiny_repo / "lm_engine" / "1", max_rows=4, max_steps=40)
+    ptrs = [v.data_ptr() for v in lm.cache.values]
+    h, m = _states(lm, 0)
+    a = lm.prepare(h, m, GenerationParams(duration=1, seed=1), 20)
+    lm.add(a)
+    for _ in range(5):
+        lm.step()
+    before = [buf[:2, :, :a.t].copy() for buf in lm.cache.host]
+    b = lm.prepare(h, m, GenerationParams(duration=1, seed=2), 20)
+    lm.add(b)
+    assert lm.start[b.id] == 2 and lm.rows_used == 4
+    assert [v.data_ptr() for v in lm.cache.values] == ptrs
+    assert all(np.array_equal(buf[:2, :, :a.t], old) for buf, old in zip(lm.cache.host, before))
+    with pytest.raises(RuntimeError, match="batch is full"):
+        lm.add(lm.prepare(h, m, GenerationParams(duration=1, seed=3), 20))
+    with pytest.raises(ValueError, match="positions"):
+        lm.prepare(h, m, GenerationParams(duration=1, seed=3), 45)

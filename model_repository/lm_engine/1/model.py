@@ -18,13 +18,19 @@ class TritonPythonModel:
         params = triton_io.parameters(args)
         man = manifest.read(d)
         self.melody = is_melody(man)
-        model = MelodyLanguageModel if self.melody else LanguageModel
-        self.lm = model(d, device=triton_io.device(args))
-        self.dims = self.lm.dims
-        limit = (self.dims.max_positions - 1 - self.dims.num_codebooks) / self.dims.frame_rate
+        dims = manifest.dims(man)
+        limit = (dims.max_positions - 1 - dims.num_codebooks) / dims.frame_rate
         self.max_duration = min(float(params.get("max_duration") or 30), limit)
+        max_active = int(params.get("max_active") or 16)
+        if self.melody:
+            self.lm = MelodyLanguageModel(d, device=triton_io.device(args))
+        else:  # the KV cache is sized once: every request's rows (CFG: 2) at the longest duration
+            steps = delay.num_steps(delay.frames_for_duration(self.max_duration, dims.frame_rate),
+                                    dims.num_codebooks, dims.audio_channels)
+            self.lm = LanguageModel(d, device=triton_io.device(args), max_rows=2 * max_active, max_steps=steps)
+        self.dims = self.lm.dims
         self.max_melody_samples = int(float(params.get("max_melody_seconds") or 60) * 48000 * 2)
-        self.scheduler = Scheduler(self.lm, max_active=int(params.get("max_active") or 16), on_report=self._report)
+        self.scheduler = Scheduler(self.lm, max_active=max_active, on_report=self._report)
         self._reported = {}
         # Prometheus metrics of the engine, next to Triton's own on the metrics endpoint
         self._families = [
