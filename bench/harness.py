@@ -171,7 +171,10 @@ def _server_phase(cfg: Config, repo: Path, out: Path, res: dict) -> None:
                              "wall_s": r.elapsed, "rtf": r.rtf, "stream_wall_s": sr.elapsed, "stream_rtf": sr.rtf,
                              "time_to_first_chunk_s": sr.time_to_first_chunk,
                              "time_to_first_event_s": first_progress[0] if first_progress else None,
-                             "stream_codes_equal_unary": bool(np.array_equal(r.codes, sr.codes))})
+                             "stream_codes_equal_unary": bool(np.array_equal(r.codes, sr.codes)),
+                             # the streamed audio is its chunks (windowed decodes); unary is one decode
+                             "stream_audio_max_abs_diff": float(np.abs(r.audio - sr.audio).max())
+                             if r.audio.shape == sr.audio.shape else None})
 
             levels = res["concurrency"] = []
             for c in cfg.concurrency:
@@ -278,6 +281,9 @@ def table(results: dict) -> str:
         lines.append(f"{'first audio s, ' + _fmt(r['duration']) + ' s clip (ours: 1st chunk)':<40}"
                      f"{_fmt(r['time_to_first_chunk_s']):>12}{_fmt(ref_wall):>12}"
                      f"{_fmt(_ratio(r['time_to_first_chunk_s'], ref_wall)):>10}")
+    diffs = [r.get("stream_audio_max_abs_diff") for r in srv.get("single", [])]
+    if any(d is not None for d in diffs):
+        lines.append(f"{'streamed vs unary audio, max abs diff':<40}{max(d for d in diffs if d is not None):>12.2g}")
     lines.append(f"{'concurrency c: latency p50/p95 s':<40}{'ours':>12}{'':>12}")
     for c in srv.get("concurrency", []):
         lines.append(f"{'  c=' + str(c['concurrency']) + ' (' + _fmt(c['clip_s']) + ' s clips)':<40}"

@@ -97,6 +97,24 @@ def test_prompt_validation():
             validate_prompt(bad)
 
 
+def test_chunk_plan_grows_chunks_up_to_the_maximum():
+    from musicgen_runtime.streaming import ChunkPlan
+
+    plan = ChunkPlan(chunk=50, left=50, right=4, first=25, max_chunk=200)
+    ends = list(plan.boundaries(1000))
+    assert ends == [25, 75, 175, 375, 575, 775, 975, 1000]  # 25, 50, 100, 200, 200, ...
+    assert list(ChunkPlan(chunk=50, left=50, right=4, first=25).boundaries(160)) == [25, 75, 125, 160]
+    # everything ready at once: every chunk, tiling the clip, each window with its context
+    got = plan.ready_chunks(0, 1000, 1000)
+    assert [b for _, b, _, _ in got] == ends and got[0][0] == 0
+    assert all(w0 == max(0, a - 50) and w1 == min(b + 4, 1000) for a, b, w0, w1 in got)
+    assert plan.ready_chunks(175, 378, 1000) == []  # [175, 375) waits for 4 frames after it
+    assert plan.ready_chunks(175, 379, 1000) == [(175, 375, 125, 379)]
+    # decoder work for a 30 s clip (1500 frames): frames decoded / frames in the clip
+    work = lambda p: sum(w1 - w0 for _, _, w0, w1 in p.ready_chunks(0, 1500, 1500)) / 1500  # noqa: E731
+    assert work(plan) < 1.4 < 1.9 < work(ChunkPlan(chunk=50, left=50, right=4, first=25))
+
+
 def test_chunk_plan_tiles_the_clip_and_waits_for_right_context():
     from musicgen_runtime.streaming import ChunkPlan
 

@@ -39,7 +39,8 @@ class TritonPythonModel:
         self.plan = ChunkPlan(chunk=max(1, round(float(p.get("chunk_seconds") or 1.0) * rate)),
                               left=round(float(p.get("left_context_seconds") or 1.0) * rate),
                               right=int(p.get("right_context_frames") or 4),
-                              first=max(1, round(float(p.get("first_chunk_seconds") or 0.5) * rate)))
+                              first=max(1, round(float(p.get("first_chunk_seconds") or 0.5) * rate)),
+                              max_chunk=round(float(p.get("max_chunk_seconds") or 4.0) * rate))
         self.progress_every = int(p.get("progress_every_frames") or 5)
         self.pool = ThreadPoolExecutor(max_workers=int(p.get("max_streams") or 16), thread_name_prefix="stream")
 
@@ -71,7 +72,7 @@ class TritonPythonModel:
         bls = pb_utils.InferenceRequest(model_name="lm_engine", inputs=lm_inputs, request_id=key,
                                         requested_output_names=["event", "frames_done", "frames_total",
                                                                 "audio_codes", "seed_used"])
-        next_frame, hop, cancelled = 0, self.dims.hop_length, False
+        next_frame, hop, cancelled, chunks = 0, self.dims.hop_length, False, []
         for resp in bls.exec(decoupled=True):
             if not cancelled and request.is_cancelled():  # the client went away: stop the engine's work
                 cancelled = True
@@ -93,11 +94,13 @@ class TritonPythonModel:
                 audio, _ = _call("audio_decoder", [pb_utils.Tensor("audio_codes", np.ascontiguousarray(codes[:, w0:w1]))],
                                  ["audio", "sample_rate"])
                 chunk = np.ascontiguousarray(audio[:, (a - w0) * hop:(b - w0) * hop])
+                chunks.append(chunk)
                 sender.send(self._status("audio_chunk", done, total, [
                     pb_utils.Tensor("audio_chunk", chunk), pb_utils.Tensor("chunk_start", np.array([a * hop], np.int64))]))
                 next_frame = b
-            if event == "final":
-                audio, rate = _call("audio_decoder", [pb_utils.Tensor("audio_codes", codes)], ["audio", "sample_rate"])
+            if event == "final":  # the chunks tile the clip: their concatenation is the final audio
+                audio = np.concatenate(chunks, axis=-1)  # (the codec is not run a second time)
+                rate = np.array([self.dims.sample_rate], np.int32)
                 sender.send(self._status("final", total, total, [
                     pb_utils.Tensor("audio", audio), pb_utils.Tensor("sample_rate", rate),
                     pb_utils.Tensor("audio_codes", codes), pb_utils.Tensor("seed_used", seed)]), flags=FINAL)
