@@ -12,9 +12,10 @@ reaches the decoder (one prompt alone has no padding). See musicgen_runtime/melo
 Graphs (opset 18, legacy exporter, names set here, weights as external data):
   text_encoder.onnx          input_ids, attention_mask [B,T] -> encoder_hidden_states [B,T,H] (same as text-only)
   melody_condition.onnx      chroma [B,Tc,C], encoder_hidden_states [B,T,H] -> inputs_embeds [B,L+T,H]
-  melody_decoder_step.onnx   inputs_embeds [B,E,H], input_ids [B,K,S], position_ids [B,E+S],
-                             attention_mask [B,past+E+S], past_key_values.{i}.decoder.{key,value}
+  melody_decoder_step.onnx   inputs_embeds [B,E,H], input_ids [B,K,S], position_ids [B,E+S], seqlens_k [B],
+                             total_sequence_length [], past_key_values.{i}.decoder.{key,value} [B,h,capacity,d]
                              -> logits [B,K,S,V] (for the S token positions), present.{i}.decoder.{key,value}
+                             (GroupQueryAttention: bound to the past buffers, written in place)
   audio_decoder.onnx         audio_codes [1,B,K,frames] -> audio_values [B,channels,frames*hop]
 
 The text encoder and codec wrappers are the text-only model's (export/graphs.py).
@@ -76,7 +77,13 @@ def _modules():
             return torch.cat([a, encoder_hidden_states.to(a.dtype)], dim=1)
 
     class DecoderStep(nn.Module):
-        """E prefix embeddings + S tokens per row, on a past self-attention K/V cache; logits of the S tokens."""
+        """E prefix embeddings + S tokens per row on a preallocated (in-place) self-attention cache.
+
+        inputs_embeds [B,E,H] · input_ids [B,K,S] · position_ids [B,E+S] (also the new entries' cache
+        indices) · seqlens_k int32 [B] (cache index of each row's last new entry) · total_sequence_length
+        int32 [] · per layer K/V cache [B,h,capacity,d] → logits [B,K,S,V] of the S tokens and the
+        caches (bind them to the input buffers). Prefill: E = prefix, S = 1 (BOS) on empty rows.
+        """
 
         def __init__(self, model, position_table: int):
             super().__init__()
@@ -93,35 +100,24 @@ def _modules():
             cfg = model.config.decoder
             self.heads = cfg.num_attention_heads
             self.head_dim = cfg.hidden_size // cfg.num_attention_heads
-            self.scaling = self.head_dim ** -0.5
 
-        def forward(self, inputs_embeds, input_ids, position_ids, attention_mask, *past):
+        def forward(self, inputs_embeds, input_ids, position_ids, seqlens_k, total_len, *past):
+            from .graphs import _InPlaceAttention
+
             b, n_cb, s = input_ids.shape
             tok = self.embed_tokens[0](input_ids[:, 0])
             for k in range(1, n_cb):
                 tok = tok + self.embed_tokens[k](input_ids[:, k])
             x = torch.cat([inputs_embeds.to(tok.dtype), tok], dim=1)
             x = x + self.positions[position_ids]
-            dtype = x.dtype
-            n = x.shape[1]
-            total = attention_mask.shape[1]
-            past_len = total - n
-            key_idx = torch.arange(total)[None, :]
-            query_idx = torch.arange(n)[:, None] + past_len
-            allowed = (key_idx <= query_idx)[None, None] & (attention_mask[:, None, None, :] > 0)
-            neg = torch.full((), torch.finfo(dtype).min, dtype=dtype)
-            mask = torch.where(allowed, torch.zeros((), dtype=dtype), neg)
             presents = []
             for i, layer in enumerate(self.layers):
-                pk, pv = past[2 * i], past[2 * i + 1]
                 h = layer.self_attn_layer_norm(x)
                 att = layer.self_attn
-                q = att.q_proj(h).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-                k_all = torch.cat([pk, att.k_proj(h).view(b, n, self.heads, self.head_dim).transpose(1, 2)], dim=2)
-                v_all = torch.cat([pv, att.v_proj(h).view(b, n, self.heads, self.head_dim).transpose(1, 2)], dim=2)
-                presents += [k_all, v_all]
-                w = torch.softmax(torch.matmul(q, k_all.transpose(2, 3)) * self.scaling + mask, dim=-1)
-                x = x + att.out_proj(torch.matmul(w, v_all).transpose(1, 2).reshape(b, n, -1))
+                o, nk, nv = _InPlaceAttention.apply(att.q_proj(h), att.k_proj(h), att.v_proj(h), past[2 * i],
+                                                    past[2 * i + 1], seqlens_k, total_len, self.heads, self.head_dim)
+                presents += [nk, nv]
+                x = x + att.out_proj(o)
                 h = layer.final_layer_norm(x)
                 x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
             x = self.layer_norm(x)[:, inputs_embeds.shape[1]:]
@@ -132,7 +128,7 @@ def _modules():
 
 
 def step_io_names(num_layers: int):
-    inputs = [INPUTS_EMBEDS, names.INPUT_IDS, names.POSITION_IDS, names.ATTENTION_MASK]
+    inputs = [INPUTS_EMBEDS, names.INPUT_IDS, names.POSITION_IDS, names.SEQLENS_K, names.TOTAL_SEQUENCE_LENGTH]
     outputs = [names.LOGITS]
     for i in range(num_layers):
         inputs += [names.past(i, "decoder", "key"), names.past(i, "decoder", "value")]
@@ -205,22 +201,25 @@ def export_graphs(model, out: Path, precision: str = "fp32", position_table: int
             {CHROMA: {0: "batch", 1: "chroma_frames"}, names.ENCODER_HIDDEN_STATES: {0: "batch", 1: "text_len"},
              INPUTS_EMBEDS: {0: "batch", 1: "prefix_len"}})
 
-    b, e, s, past_len = 3, 4, 2, 5
+    # rows at different points: one after 5 cached entries, one prefill of e + s, one with 2 cached
+    b, e, s = 3, 4, 2
+    capacity = 5 + e + s + 3
     in_names, out_names = step_io_names(n_layers)
+    starts = [5, 0, 2]
     args = [torch.randn(b, e, dec.hidden_size, generator=g),
             torch.randint(0, dec.vocab_size, (b, dec.num_codebooks, s), generator=g),
-            torch.arange(past_len, past_len + e + s).repeat(b, 1),
-            torch.ones(b, past_len + e + s, dtype=torch.long)]
-    args[3][0, :2] = 0
+            torch.stack([torch.arange(p, p + e + s) for p in starts]),
+            torch.tensor([p + e + s - 1 for p in starts], dtype=torch.int32),
+            torch.tensor(max(starts) + e + s, dtype=torch.int32)]
     for _ in range(n_layers):
-        args += [torch.randn(b, heads, past_len, hd, generator=g), torch.randn(b, heads, past_len, hd, generator=g)]
+        args += [torch.randn(b, heads, capacity, hd, generator=g), torch.randn(b, heads, capacity, hd, generator=g)]
     axes = {INPUTS_EMBEDS: {0: "batch", 1: "embeds_len"}, names.INPUT_IDS: {0: "batch", 2: "seq"},
-            names.POSITION_IDS: {0: "batch", 1: "new_len"}, names.ATTENTION_MASK: {0: "batch", 1: "total_len"},
+            names.POSITION_IDS: {0: "batch", 1: "new_len"}, names.SEQLENS_K: {0: "batch"},
             names.LOGITS: {0: "batch", 2: "seq"}}
     for i in range(n_layers):
         for kv in ("key", "value"):
-            axes[names.past(i, "decoder", kv)] = {0: "batch", 2: "past_len"}
-            axes[names.present(i, kv)] = {0: "batch", 2: "total_len"}
+            axes[names.past(i, "decoder", kv)] = {0: "batch", 2: "capacity"}
+            axes[names.present(i, kv)] = {0: "batch", 2: "capacity"}
     _export(DecoderStep(model, position_table), tuple(args), raw / DECODER_STEP_FILE, in_names, out_names, axes)
 
     n_q = dec.num_codebooks // dec.audio_channels  # stereo: each channel's codebooks are decoded on their own
@@ -362,14 +361,14 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
     report["checks"]["causal_max_change"] = change
     report["checks"]["causal"] = bool(change <= (0.0 if precision in ("fp32", "fp16") else 0.02 * np.abs(full).max()))
 
-    # rows with prefixes of different lengths in one batch: left-padded, masked, own positions
+    # rows with prefixes of different lengths in one batch: own rows, own positions
     short = prefix[1:, 5:]  # row 1 with a shorter prefix
     with torch.no_grad():
         ref_short = model.decoder(input_ids=torch.tensor(tokens[1:]).reshape(k, n_tok),
                                   encoder_hidden_states=torch.tensor(short)).logits
     ref_short = ref_short.reshape(1, k, plen - 5 + n_tok, v)[:, :, plen - 5:].numpy()
-    padded = _run_padded(lm, [prefix[0], short[0]], tokens)
-    report["graphs"]["decoder_step_mixed_prefix"] = _err(padded, np.concatenate([ref[:1], ref_short]))
+    mixed = _run_mixed(lm, [prefix[0], short[0]], tokens)
+    report["graphs"]["decoder_step_mixed_prefix"] = _err(mixed, np.concatenate([ref[:1], ref_short]))
 
     dec = codec.AudioDecoder(repository / "audio_decoder" / "1" / names.AUDIO_DECODER_FILE, dims.hop_length)
     report["graphs"]["audio_decoder"] = codec_parity(model, dec, dims, rng)
@@ -431,48 +430,36 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
     return report
 
 
-def _empty(lm, rows):
-    d = lm.dims
-    return [np.zeros((rows, d.num_heads, 0, d.head_dim), lm.cache_dtype) for _ in range(2 * lm.num_layers)]
-
-
 def _run_steps(lm, prefix, tokens):
-    """Prefill (prefix + first token), then one token per call; logits [B, K, n, V]."""
+    """Prefill (prefix + first token), then one token per call on the in-place cache; logits [B, K, n, V]."""
     rows, _, n = tokens.shape
     plen = prefix.shape[1]
-    res = lm.step_sess.run(None, lm._feed(prefix.astype(lm.embeds_dtype), tokens[:, :, :1],
-                                          np.tile(np.arange(plen + 1), (rows, 1)),
-                                          np.ones((rows, plen + 1), np.int64), _empty(lm, rows)))
-    out, past = [res[0].astype(np.float32)], res[1:]
-    none = np.zeros((rows, 0, lm.dims.hidden_size), lm.embeds_dtype)
+    cache = lm.new_cache(rows, plen + n + 2)
+    out = [lm.run_step(prefix, tokens[:, :, :1], np.tile(np.arange(plen + 1), (rows, 1)), cache)]
+    none = np.zeros((rows, 0, lm.dims.hidden_size), np.float32)
     for t in range(1, n):
-        res = lm.step_sess.run(None, lm._feed(none, tokens[:, :, t:t + 1], np.full((rows, 1), plen + t),
-                                              np.ones((rows, plen + t + 1), np.int64), past))
-        out.append(res[0].astype(np.float32))
-        past = res[1:]
-    return np.concatenate(out, axis=2)
+        out.append(lm.run_step(none, tokens[:, :, t:t + 1], np.full((rows, 1), plen + t), cache))
+    return np.concatenate(out, axis=2).astype(np.float32)
 
 
 def _run_block(lm, prefix, tokens):
+    """Prefix and every token in one call on an empty cache."""
     rows, _, n = tokens.shape
     plen = prefix.shape[1]
-    res = lm.step_sess.run(None, lm._feed(prefix.astype(lm.embeds_dtype), tokens,
-                                          np.tile(np.arange(plen + n), (rows, 1)),
-                                          np.ones((rows, plen + n), np.int64), _empty(lm, rows)))
-    return res[0].astype(np.float32)
+    cache = lm.new_cache(rows, plen + n + 2)
+    return lm.run_step(prefix, tokens, np.tile(np.arange(plen + n), (rows, 1)), cache).astype(np.float32)
 
 
-def _run_padded(lm, prefixes, tokens):
-    """Rows whose prefixes differ in length, left-padded into one block (masked, own positions)."""
+def _run_mixed(lm, prefixes, tokens):
+    """Rows whose prefixes differ in length: each prefilled on its own cache row (as requests join),
+    then the remaining tokens stepped together, each row at its own position."""
     rows, _, n = tokens.shape
-    width = max(p.shape[0] for p in prefixes)
-    emb = np.zeros((rows, width, lm.dims.hidden_size), np.float32)
-    pos = np.zeros((rows, width + n), np.int64)
-    mask = np.zeros((rows, width + n), np.int64)
-    for r, p in enumerate(prefixes):
-        pad = width - p.shape[0]
-        emb[r, pad:] = p
-        pos[r, pad:] = np.arange(p.shape[0] + n)
-        mask[r, pad:] = 1
-    res = lm.step_sess.run(None, lm._feed(emb.astype(lm.embeds_dtype), tokens, pos, mask, _empty(lm, rows)))
-    return res[0].astype(np.float32)
+    plens = [p.shape[0] for p in prefixes]
+    cache = lm.new_cache(rows, max(plens) + n + 2)
+    first = [lm.run_step(p[None], tokens[r:r + 1, :, :1], np.arange(plens[r] + 1)[None], cache, first_row=r)
+             for r, p in enumerate(prefixes)]
+    out = [np.concatenate(first)]
+    none = np.zeros((rows, 0, lm.dims.hidden_size), np.float32)
+    for t in range(1, n):
+        out.append(lm.run_step(none, tokens[:, :, t:t + 1], np.array([[pl + t] for pl in plens]), cache))
+    return np.concatenate(out, axis=2).astype(np.float32)

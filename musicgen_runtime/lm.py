@@ -33,6 +33,11 @@ class SequenceState:
         return 2 if self.params.guidance_scale > 1.0 else 1
 
     @property
+    def first_position(self) -> int:
+        """Position (and cache index) of the BOS token: 0, or after a prepended conditioning."""
+        return 0
+
+    @property
     def done(self) -> bool:
         return self.t >= self.steps or self.error is not None or self.cancelled
 
@@ -64,14 +69,6 @@ class SequenceState:
                 self.on_step(self)
         except Exception as exc:
             self.error = exc
-
-
-def batch_rows(seqs):
-    """(sequence, its first row) for sequences laid out one after another in a batch."""
-    start = 0
-    for seq in seqs:
-        yield seq, start
-        start += seq.rows
 
 
 @dataclass(eq=False)
@@ -107,6 +104,7 @@ class KVCache:
         self.device, self.dtype = device, np.dtype(dtype)
         self.max_rows, self.capacity = max_rows, capacity
         self._tail = [heads, capacity, head_dim]
+        self.row_bytes = heads * capacity * head_dim * self.dtype.itemsize
         shape = [max_rows, *self._tail]
         if device == "cuda":
             self.host = None
@@ -117,13 +115,14 @@ class KVCache:
             self.values = [ort.OrtValue.ortvalue_from_numpy(h) for h in self.host]
         self.can_move = self.host is not None  # rows are moved with numpy; device buffers are not
 
-    def bind(self, io, j: int, past: str, present: str, rows: int) -> None:
-        """Buffer j's first `rows` rows as input `past` and output `present` (the same memory)."""
-        if rows > self.max_rows:
-            raise ValueError(f"{rows} rows do not fit the {self.max_rows}-row cache")
-        v, shape = self.values[j], [rows, *self._tail]
-        io.bind_input(past, self.device, 0, self.dtype, shape, v.data_ptr())
-        io.bind_output(present, self.device, 0, self.dtype, shape, v.data_ptr())
+    def bind(self, io, j: int, past: str, present: str, rows: int, first_row: int = 0) -> None:
+        """Rows [first_row, first_row + rows) of buffer j as input `past` and output `present` (the
+        same memory: rows are contiguous in the buffer)."""
+        if first_row < 0 or first_row + rows > self.max_rows:
+            raise ValueError(f"rows {first_row}..{first_row + rows - 1} are outside the {self.max_rows}-row cache")
+        ptr, shape = self.values[j].data_ptr() + first_row * self.row_bytes, [rows, *self._tail]
+        io.bind_input(past, self.device, 0, self.dtype, shape, ptr)
+        io.bind_output(present, self.device, 0, self.dtype, shape, ptr)
 
     def move(self, src: int, dst: int, rows: int, upto: int) -> None:
         """Copy positions [0, upto) of rows [src, src + rows) to rows starting at dst (CPU only)."""
@@ -131,15 +130,84 @@ class KVCache:
             h[dst:dst + rows, :, :upto] = h[src:src + rows, :, :upto]
 
 
-class LanguageModel:
-    """cross_kv + decoder_step graphs of one exported checkpoint.
+class RowBatch:
+    """Active sequences in rows of one preallocated KVCache (the text-only and the melody LM loop).
 
-    Every active sequence holds `rows` consecutive rows of one preallocated KVCache (see there).
-    Joining takes free rows and copies nothing. When a sequence leaves, its rows are free; on CPU
-    the sequence at the end of the batch moves into the gap (copying only the positions it has
-    generated) so the batch stays dense. Where rows cannot be moved (on a GPU, from Python) a gap
-    runs as a padding row, which costs a GPU little, until a joining sequence takes it.
+    Every active sequence holds `rows` consecutive rows. Joining takes the lowest free rows and
+    copies nothing. When a sequence leaves, its rows are free; on CPU the sequence at the end of the
+    batch moves into the gap (copying only the positions it has written) so the batch stays dense.
+    Where rows cannot be moved (GPU buffers, from Python) a gap runs as a padding row, which costs a
+    GPU little, until a joining sequence takes it.
     """
+
+    cache: KVCache
+
+    def _reset(self):
+        self.active: list = []  # in row order
+        self.start: dict[int, int] = {}  # sequence id -> its first row
+        self._layout_changed()
+
+    def _layout_changed(self) -> None:
+        """Hook: rows were taken, freed or moved."""
+
+    @property
+    def rows_used(self) -> int:
+        """Batch rows of the next step: up to the end of the last sequence (gaps included)."""
+        return max((self.start[s.id] + s.rows for s in self.active), default=0)
+
+    def _free_start(self, rows: int, ignore=None) -> int:
+        """The lowest row where `rows` free rows begin (the rows of `ignore` count as free)."""
+        cursor = 0
+        for s in self.active:
+            if s is ignore:
+                continue
+            if self.start[s.id] - cursor >= rows:
+                break
+            cursor = self.start[s.id] + s.rows
+        return cursor
+
+    def _take_rows(self, seq) -> int:
+        start = self._free_start(seq.rows)
+        if start + seq.rows > self.cache.max_rows:
+            raise RuntimeError(f"the batch is full ({self.cache.max_rows} rows)")
+        self.start[seq.id] = start
+        self.active.append(seq)
+        self.active.sort(key=lambda s: self.start[s.id])
+        self._layout_changed()
+        return start
+
+    def _step_inputs(self, pad_token_id: int, num_codebooks: int):
+        """ids [rows, K, 1] and positions [rows, 1] of a decode step; gap rows: padding at position 0."""
+        rows = self.rows_used
+        ids = np.full((rows, num_codebooks, 1), pad_token_id, np.int64)
+        pos = np.zeros((rows, 1), np.int64)
+        for seq in self.active:
+            r = self.start[seq.id]
+            ids[r:r + seq.rows, :, 0] = seq.tokens[:, seq.t]
+            pos[r:r + seq.rows] = seq.first_position + seq.t
+        return ids, pos
+
+    def _retire(self) -> list:
+        done = [s for s in self.active if s.done]
+        if not done:
+            return []
+        for s in done:
+            self.start.pop(s.id)
+        self.active = [s for s in self.active if not s.done]
+        while self.cache.can_move and self.active:  # keep the batch dense: the last sequence fills a gap
+            last = self.active[-1]
+            dst = self._free_start(last.rows, ignore=last)
+            if dst >= self.start[last.id]:
+                break
+            self.cache.move(self.start[last.id], dst, last.rows, last.first_position + last.t + 1)
+            self.start[last.id] = dst
+            self.active.sort(key=lambda s: self.start[s.id])
+        self._layout_changed()
+        return done
+
+
+class LanguageModel(RowBatch):
+    """cross_kv + decoder_step graphs of one exported checkpoint; sequences batched in a RowBatch."""
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", threads: int | None = None,
                  max_rows: int = 32, max_steps: int | None = None):
@@ -188,31 +256,9 @@ class LanguageModel:
         return KVCache(self._ort, self.device, self.cache_dtype, 2 * self.num_layers, rows, d.num_heads,
                        capacity, d.head_dim)
 
-    def _reset(self):
-        self.active: list[Sequence] = []  # in row order
-        self.start: dict[int, int] = {}  # sequence id -> its first row
-        self.cross = None
-        self.enc_mask = None
-
-    @property
-    def rows_used(self) -> int:
-        """Batch rows of the next step: up to the end of the last sequence (gaps included)."""
-        return max((self.start[s.id] + s.rows for s in self.active), default=0)
-
-    def _free_start(self, rows: int, ignore=None) -> int:
-        """The lowest row where `rows` free rows begin (the rows of `ignore` count as free)."""
-        cursor = 0
-        for s in self.active:
-            if s is ignore:
-                continue
-            if self.start[s.id] - cursor >= rows:
-                break
-            cursor = self.start[s.id] + s.rows
-        return cursor
-
-    def _order(self):
-        self.active.sort(key=lambda s: self.start[s.id])
+    def _layout_changed(self) -> None:
         self.cross = None  # rebuilt at the next step
+        self.enc_mask = None
 
     def prepare(self, hidden: np.ndarray, mask: np.ndarray, params: GenerationParams, frames: int,
                 on_step=None) -> Sequence:
@@ -240,12 +286,7 @@ class LanguageModel:
     def add(self, seq: Sequence) -> None:
         """Join the running batch at the next step, in the lowest free rows (nothing is copied)."""
         with self._lock:
-            start = self._free_start(seq.rows)
-            if start + seq.rows > self.cache.max_rows:
-                raise RuntimeError(f"the batch is full ({self.cache.max_rows} rows)")
-            self.start[seq.id] = start
-            self.active.append(seq)
-            self._order()
+            self._take_rows(seq)
 
     def _build_cross(self):
         """Cross-attention K/V and mask in row order; gap rows get zeros (fully masked)."""
@@ -270,13 +311,7 @@ class LanguageModel:
             if self.cross is None:
                 self._build_cross()
             d = self.dims
-            rows = self.rows_used
-            ids = np.full((rows, d.num_codebooks, 1), d.pad_token_id, np.int64)  # gap rows: padding at 0
-            pos = np.zeros((rows, 1), np.int64)
-            for seq in self.active:
-                r = self.start[seq.id]
-                ids[r:r + seq.rows, :, 0] = seq.tokens[:, seq.t]
-                pos[r:r + seq.rows] = seq.t
+            ids, pos = self._step_inputs(d.pad_token_id, d.num_codebooks)
             try:
                 logits = self.run_step(ids, pos, self.enc_mask, self.cache, self.cross)
             except Exception as exc:  # a failed batched step fails the sequences in it, clearly
@@ -311,24 +346,6 @@ class LanguageModel:
 
     def cancel(self, seq: Sequence) -> None:
         seq.cancelled = True
-
-    def _retire(self) -> list[Sequence]:
-        done = [s for s in self.active if s.done]
-        if not done:
-            return []
-        for s in done:
-            self.start.pop(s.id)
-        self.active = [s for s in self.active if not s.done]
-        while self.cache.can_move and self.active:  # keep the batch dense: the last sequence fills a gap
-            last = self.active[-1]
-            dst = self._free_start(last.rows, ignore=last)
-            if dst >= self.start[last.id]:
-                break
-            self.cache.move(self.start[last.id], dst, last.rows, last.t + 1)
-            self.start[last.id] = dst
-            self._order()
-        self.cross = None
-        return done
 
     # -- one request, start to end ---------------------------------------------------------------
     def generate(self, hidden, mask, params: GenerationParams, frames: int, on_step=None) -> np.ndarray:

@@ -14,13 +14,12 @@ conditional row too.
 
 Graphs (exported by export/melody.py, names below):
   melody_condition.onnx   chroma [B,Tc,12] float, encoder_hidden_states [B,T,H] -> inputs_embeds [B,L+T,H]
-  melody_decoder_step.onnx inputs_embeds [B,E,H], input_ids [B,K,S], position_ids [B,E+S],
-                           attention_mask [B,past+E+S], past_key_values.{i}.decoder.{key,value} [B,h,past,d]
-                           -> logits [B,K,S,V] (token positions only), present.{i}.decoder.{key,value}
-The step graph takes the prefix embeddings and the BOS ids together (prefill, E = P, empty past) or
-token ids alone (E = 0). Per-row positions and masks let sequences at different steps, with prefixes
-of different lengths, share one batched decode step: each new sequence is prefilled on its own rows,
-then its cache is merged (right-aligned, the columns it does not own masked out) into the batch.
+  melody_decoder_step.onnx inputs_embeds [B,E,H], input_ids [B,K,S], position_ids [B,E+S], seqlens_k [B],
+                           total_sequence_length [], past_key_values.{i}.decoder.{key,value} [B,h,capacity,d]
+                           -> logits [B,K,S,V] (token positions only), present.* (the same buffers: in place)
+The step graph takes the prefix embeddings and the BOS ids together (prefill, E = P, on a new
+sequence's own cache rows) or token ids alone (E = 0, every running row at its own position).
+Sequences at different steps, with prefixes of different lengths, share one batched decode step.
 
 API for a server (e.g. a Triton python model), mirroring ``lm.LanguageModel``:
   lm = MelodyLanguageModel(model_dir)                      # lm_engine/1 of a melody export
@@ -42,7 +41,7 @@ import numpy as np
 
 from . import delay, manifest as manifest_mod, names
 from .chroma import ChromaConfig, MelodyInputError, null_chroma
-from .lm import SequenceState, batch_rows
+from .lm import KVCache, RowBatch, SequenceState
 from .onnx_session import GraphError, open_graph
 from .validation import GenerationParams
 
@@ -79,6 +78,10 @@ class MelodySequence(SequenceState):
     def prefix_len(self) -> int:
         return int(self.prefix.shape[1])
 
+    @property
+    def first_position(self) -> int:
+        return self.prefix_len
+
 
 class MelodyConditioner:
     """melody_condition graph: chroma projected and looped/truncated to chroma_length, then the text states."""
@@ -95,10 +98,15 @@ class MelodyConditioner:
         return out.astype(np.float32, copy=False)
 
 
-class MelodyLanguageModel:
-    """melody_condition + melody_decoder_step graphs of one MusicGen-Melody export."""
+class MelodyLanguageModel(RowBatch):
+    """melody_condition + melody_decoder_step graphs of one MusicGen-Melody export; sequences batched
+    in a RowBatch (in-place KV cache, as lm.LanguageModel). A new sequence's prefill (prefix + BOS)
+    runs on its own rows at the next step, then it decodes with the others."""
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu", threads: int | None = None):
+    def __init__(self, model_dir: str | Path, device: str = "cpu", threads: int | None = None,
+                 max_rows: int = 32, max_steps: int | None = None):
+        import onnxruntime as ort
+
         model_dir = Path(model_dir)
         self.manifest = manifest_mod.read(model_dir)
         if not is_melody(self.manifest):
@@ -119,17 +127,30 @@ class MelodyLanguageModel:
                              f"manifest says {self.num_chroma}")
         self.step_sess = open_graph(model_dir / DECODER_STEP_FILE, device, threads,
                                     expect_inputs=[INPUTS_EMBEDS, names.INPUT_IDS, names.POSITION_IDS,
-                                                   names.ATTENTION_MASK],
+                                                   names.SEQLENS_K, names.TOTAL_SEQUENCE_LENGTH],
                                     expect_outputs=[names.LOGITS])
         past = [i for i in self.step_sess.get_inputs() if i.name.startswith("past_key_values.")]
         self.num_layers = len(past) // 2
         if self.num_layers != self.dims.num_layers:
             raise GraphError(f"{DECODER_STEP_FILE} has {self.num_layers} layers, manifest says {self.dims.num_layers}")
         self.cache_dtype = np.float16 if past[0].type == "tensor(float16)" else np.float32
+        if device == "cuda" and self.cache_dtype != np.float16:
+            raise GraphError("GPU serving needs the fp16 LM (GroupQueryAttention on CUDA is fp16/bf16 only): "
+                             "export with --precision fp16")
         emb = next(i for i in self.step_sess.get_inputs() if i.name == INPUTS_EMBEDS)
         self.embeds_dtype = np.float16 if emb.type == "tensor(float16)" else np.float32
+        self._ort, self.device = ort, device
+        capacity = self.position_table  # conditioning + tokens of the longest request
+        if max_steps is not None:
+            capacity = min(capacity, self.chroma_length + self.dims.max_text_tokens + max_steps + 1)
+        self.cache = self.new_cache(max_rows, capacity)
         self._lock = threading.Lock()
         self._reset()
+
+    def new_cache(self, rows: int, capacity: int) -> KVCache:
+        d = self.dims
+        return KVCache(self._ort, self.device, self.cache_dtype, 2 * self.num_layers, rows, d.num_heads,
+                       capacity, d.head_dim)
 
     # -- conditioning ----------------------------------------------------------------------------
     def conditioning(self, text_states: np.ndarray, text_mask: np.ndarray, chroma: np.ndarray | None,
@@ -168,12 +189,8 @@ class MelodyLanguageModel:
 
     # -- batch state -----------------------------------------------------------------------------
     def _reset(self):
-        d = self.dims
-        self.active: list[MelodySequence] = []  # prefilled, in the batch
+        super()._reset()
         self.pending: list[MelodySequence] = []  # waiting for their prefill at the next step
-        shape = (0, d.num_heads, 0, d.head_dim)
-        self.cache = [np.zeros(shape, self.cache_dtype) for _ in range(2 * self.num_layers)]
-        self.row_mask = np.zeros((0, 0), np.int64)
 
     def prepare(self, text_states, text_mask, chroma, params: GenerationParams, frames: int,
                 on_step=None) -> MelodySequence:
@@ -184,9 +201,10 @@ class MelodyLanguageModel:
         params = params.with_seed()
         prefix = self.conditioning(text_states, text_mask, chroma, params.guidance_scale)
         steps = delay.num_steps(frames, d.num_codebooks, d.audio_channels)
-        if prefix.shape[1] + steps + 1 > self.position_table:
+        room = min(self.position_table, self.cache.capacity)
+        if prefix.shape[1] + steps + 1 > room:
             raise ValueError(f"{frames} frames after a {prefix.shape[1]}-position conditioning need "
-                             f"{prefix.shape[1] + steps + 1} positions; the model has {self.position_table}")
+                             f"{prefix.shape[1] + steps + 1} positions; this engine holds {room}")
         tokens = np.full((d.num_codebooks, steps + 1), d.pad_token_id, np.int64)
         return MelodySequence(params=params, frames=frames, steps=steps, tokens=tokens,
                               valid=delay.valid_mask(frames, d.num_codebooks, d.audio_channels),
@@ -202,12 +220,25 @@ class MelodyLanguageModel:
     def cancel(self, seq: MelodySequence) -> None:
         seq.cancelled = True
 
-    def _feed(self, embeds, ids, pos, mask, cache):
-        feed = {INPUTS_EMBEDS: embeds, names.INPUT_IDS: ids, names.POSITION_IDS: pos, names.ATTENTION_MASK: mask}
+    def run_step(self, embeds: np.ndarray, ids: np.ndarray, pos: np.ndarray, cache: KVCache,
+                 first_row: int = 0) -> np.ndarray:
+        """The step graph on rows [first_row, first_row + len(ids)) of `cache`, updated in place.
+
+        embeds [rows, E, H] (E = 0 when decoding) · ids [rows, K, S] · pos [rows, E + S] positions of
+        the new entries, which are also their cache indices → logits [rows, K, S, V].
+        """
+        io = self.step_sess.io_binding()
+        io.bind_cpu_input(INPUTS_EMBEDS, np.ascontiguousarray(embeds, self.embeds_dtype))
+        io.bind_cpu_input(names.INPUT_IDS, np.ascontiguousarray(ids, np.int64))
+        io.bind_cpu_input(names.POSITION_IDS, np.ascontiguousarray(pos, np.int64))
+        io.bind_cpu_input(names.SEQLENS_K, np.ascontiguousarray(pos[:, -1], np.int32))
+        io.bind_cpu_input(names.TOTAL_SEQUENCE_LENGTH, np.array(int(pos.max()) + 1, np.int32))
+        io.bind_output(names.LOGITS, "cpu")
         for i in range(self.num_layers):
-            feed[names.past(i, "decoder", "key")] = cache[2 * i]
-            feed[names.past(i, "decoder", "value")] = cache[2 * i + 1]
-        return feed
+            for j, kv in ((2 * i, "key"), (2 * i + 1, "value")):
+                cache.bind(io, j, names.past(i, "decoder", kv), names.present(i, kv), ids.shape[0], first_row)
+        self.step_sess.run_with_iobinding(io)
+        return io.get_outputs()[0].numpy()
 
     def step(self) -> list[MelodySequence]:
         """One step for every sequence: a batched decode step for the running ones, the prefill for new ones.
@@ -217,82 +248,45 @@ class MelodyLanguageModel:
         with self._lock:
             d = self.dims
             if self.active:
-                rows = self.row_mask.shape[0]
-                ids = np.empty((rows, d.num_codebooks, 1), np.int64)
-                pos = np.empty((rows, 1), np.int64)
-                for seq, r in batch_rows(self.active):
-                    ids[r:r + seq.rows, :, 0] = seq.tokens[:, seq.t]
-                    pos[r:r + seq.rows] = seq.prefix_len + seq.t
-                mask = np.concatenate([self.row_mask, np.ones((rows, 1), np.int64)], axis=1)
-                embeds = np.zeros((rows, 0, d.hidden_size), self.embeds_dtype)
+                ids, pos = self._step_inputs(d.pad_token_id, d.num_codebooks)
+                embeds = np.zeros((ids.shape[0], 0, d.hidden_size), self.embeds_dtype)
                 try:
-                    out = self.step_sess.run(None, self._feed(embeds, ids, pos, mask, self.cache))
+                    logits = self.run_step(embeds, ids, pos, self.cache)
                 except Exception as exc:  # a failed batched step fails the sequences in it, clearly
                     err = RuntimeError(f"decoder step failed: {exc}")
                     for seq in self.active:
                         seq.error = err
                 else:
-                    self.cache, self.row_mask = list(out[1:]), mask
-                    for seq, r in batch_rows(self.active):
+                    for seq in self.active:
                         if not seq.cancelled:
-                            seq.advance(out[0], r, d.pad_token_id)
+                            seq.advance(logits, self.start[seq.id], d.pad_token_id)
             pending, self.pending = self.pending, []
+            not_joined = []
             for seq in pending:
                 if seq.cancelled:
+                    not_joined.append(seq)
                     continue
-                self._prefill(seq)
-            finished = [s for s in pending if s.done and s not in self.active]
-            return finished + self._retire()
+                try:
+                    start = self._take_rows(seq)
+                except RuntimeError as exc:  # no room: this request alone fails
+                    seq.error = exc
+                    not_joined.append(seq)
+                    continue
+                self._prefill(seq, start)
+            return not_joined + self._retire()
 
-    def _prefill(self, seq: MelodySequence) -> None:
+    def _prefill(self, seq: MelodySequence, start: int) -> None:
+        """Conditioning + BOS on the sequence's own rows (an empty cache there), then its first token."""
         d = self.dims
         rows, plen = seq.rows, seq.prefix_len
         ids = np.repeat(seq.tokens[None, :, :1], rows, axis=0)  # BOS
         pos = np.tile(np.arange(plen + 1, dtype=np.int64), (rows, 1))
-        mask = np.ones((rows, plen + 1), np.int64)
-        empty = [np.zeros((rows, d.num_heads, 0, d.head_dim), self.cache_dtype) for _ in range(2 * self.num_layers)]
         try:
-            out = self.step_sess.run(None, self._feed(seq.prefix, ids, pos, mask, empty))
+            logits = self.run_step(seq.prefix, ids, pos, self.cache, first_row=start)
         except Exception as exc:
             seq.error = RuntimeError(f"prefill failed: {exc}")
             return
-        seq.advance(out[0], 0, d.pad_token_id)
-        if seq.done:
-            return
-        # merge: right-align the columns; each side's extra leading columns are masked out
-        width, new_w = self.row_mask.shape[1], plen + 1
-        total = max(width, new_w)
-        pad_old, pad_new = total - width, total - new_w
-        caches = []
-        for old, new in zip(self.cache, out[1:]):
-            if old.shape[0] == 0:
-                caches.append(np.pad(new, ((0, 0), (0, 0), (pad_new, 0), (0, 0))))
-                continue
-            caches.append(np.concatenate([np.pad(old, ((0, 0), (0, 0), (pad_old, 0), (0, 0))),
-                                          np.pad(new, ((0, 0), (0, 0), (pad_new, 0), (0, 0)))]))
-        self.cache = caches
-        self.row_mask = np.concatenate([np.pad(self.row_mask, ((0, 0), (pad_old, 0))),
-                                        np.pad(mask, ((0, 0), (pad_new, 0)))])
-        self.active.append(seq)
-
-    def _retire(self) -> list[MelodySequence]:
-        done = [s for s in self.active if s.done]
-        if not done:
-            return []
-        keep_rows = np.concatenate([np.arange(r, r + s.rows) for s, r in batch_rows(self.active) if not s.done] or
-                                   [np.zeros(0, np.int64)]).astype(np.int64)
-        self.active = [s for s in self.active if not s.done]
-        if not self.active:
-            pending = self.pending
-            self._reset()
-            self.pending = pending
-            return done
-        self.row_mask = self.row_mask[keep_rows]
-        used = np.flatnonzero(self.row_mask.any(axis=0))
-        first = int(used[0]) if used.size else self.row_mask.shape[1]
-        self.row_mask = self.row_mask[:, first:]
-        self.cache = [np.ascontiguousarray(c[keep_rows][:, :, first:]) for c in self.cache]
-        return done
+        seq.advance(logits, 0, d.pad_token_id)
 
     # -- one request, start to end -----------------------------------------------------------------
     def generate(self, text_states, text_mask, chroma, params: GenerationParams, frames: int,

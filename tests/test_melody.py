@@ -77,38 +77,46 @@ def test_manifest_files_and_graph_names(melody_repo):
         assert m["files"][f]["sha256"]
     g = onnx.load(str(lm_dir / DECODER_STEP_FILE), load_external_data=False).graph
     inputs = [i.name for i in g.input]
-    assert inputs[:4] == ["inputs_embeds", "input_ids", "position_ids", "attention_mask"]
-    assert inputs[4:6] == [names.past(0, "decoder", "key"), names.past(0, "decoder", "value")]
+    assert inputs[:5] == ["inputs_embeds", "input_ids", "position_ids", names.SEQLENS_K, names.TOTAL_SEQUENCE_LENGTH]
+    assert inputs[5:7] == [names.past(0, "decoder", "key"), names.past(0, "decoder", "value")]
+    # self-attention on the in-place cache (no Concat of the past per step)
+    assert sum(n.op_type == "GroupQueryAttention" for n in g.node) == m["dims"]["num_layers"]
     assert [o.name for o in g.output][:3] == [names.LOGITS, names.present(0, "key"), names.present(0, "value")]
     c = onnx.load(str(lm_dir / CONDITION_FILE), load_external_data=False).graph
     assert [i.name for i in c.input] == ["chroma", names.ENCODER_HIDDEN_STATES]
     assert [o.name for o in c.output] == ["inputs_embeds"]
 
 
-def test_sequences_joining_midway_equal_alone(parts):
-    """Continuous batching: a request joining a running batch (other prefix length) gets its own result."""
+@pytest.mark.parametrize("movable", [True, False], ids=["dense-cpu", "gaps-as-on-gpu"])
+def test_sequences_joining_midway_equal_alone(parts, movable, monkeypatch):
+    """Continuous batching: a request joining a running batch (other prefix length) gets its own result,
+    also when the one before it leaves first (its rows are taken over by a move, or left as a gap)."""
     lm, states = parts
+    monkeypatch.setattr(lm.cache, "can_move", movable)
     a_in = (*states("lofi hip hop beat with mellow piano"), _melody(3.0, 44100, 1, channels=2))
     b_in = (*states("epic metal riff with double bass drums and distorted guitars"), None)
     c_in = (*states("jazz trio"), _melody(9.0, 16000, 2))
     greedy = GenerationParams(duration=1, top_k=1, seed=0)
     sampled = GenerationParams(duration=1, top_k=50, temperature=1.2, seed=42)
-    alone = [lm.generate(*a_in, greedy, 20), lm.generate(*b_in, sampled, 12), lm.generate(*c_in, greedy, 9)]
-    a, b, c = lm.prepare(*a_in, greedy, 20), lm.prepare(*b_in, sampled, 12), lm.prepare(*c_in, greedy, 9)
+    alone = [lm.generate(*a_in, greedy, 20), lm.generate(*b_in, sampled, 5), lm.generate(*c_in, greedy, 9)]
+    a, b, c = lm.prepare(*a_in, greedy, 20), lm.prepare(*b_in, sampled, 5), lm.prepare(*c_in, greedy, 9)
     lm.add(a)
     for _ in range(4):
         lm.step()
     lm.add(b)
     lm.step()
     lm.add(c)
-    finished = []
+    finished, starts = [], set()
     while not (a.done and b.done and c.done):
+        if c in lm.active:
+            starts.add(lm.start[c.id])
         finished += lm.step()
     assert set(map(id, finished)) == {id(a), id(b), id(c)}
+    assert starts == ({4, 2} if movable else {4})  # b left first: c moved into its rows, or not
     for seq, ref in zip((a, b, c), alone):
         assert seq.error is None
         np.testing.assert_array_equal(seq.codes(), ref)
-    assert not lm.active and not lm.pending and lm.cache[0].shape[0] == 0
+    assert not lm.active and not lm.pending and lm.rows_used == 0
 
 
 def test_cancel_and_limits(parts):

@@ -22,12 +22,11 @@ class TritonPythonModel:
         limit = (dims.max_positions - 1 - dims.num_codebooks) / dims.frame_rate
         self.max_duration = min(float(params.get("max_duration") or 30), limit)
         max_active = int(params.get("max_active") or 16)
-        if self.melody:
-            self.lm = MelodyLanguageModel(d, device=triton_io.device(args))
-        else:  # the KV cache is sized once: every request's rows (CFG: 2) at the longest duration
-            steps = delay.num_steps(delay.frames_for_duration(self.max_duration, dims.frame_rate),
-                                    dims.num_codebooks, dims.audio_channels)
-            self.lm = LanguageModel(d, device=triton_io.device(args), max_rows=2 * max_active, max_steps=steps)
+        # the KV cache is sized once: every request's rows (CFG: 2) at the longest duration
+        steps = delay.num_steps(delay.frames_for_duration(self.max_duration, dims.frame_rate),
+                                dims.num_codebooks, dims.audio_channels)
+        model = MelodyLanguageModel if self.melody else LanguageModel
+        self.lm = model(d, device=triton_io.device(args), max_rows=2 * max_active, max_steps=steps)
         self.dims = self.lm.dims
         self.max_melody_samples = int(float(params.get("max_melody_seconds") or 60) * 48000 * 2)
         self.scheduler = Scheduler(self.lm, max_active=max_active, on_report=self._report)
