@@ -105,6 +105,7 @@ class KVCache:
         self.max_rows, self.capacity = max_rows, capacity
         self._tail = [heads, capacity, head_dim]
         self.row_bytes = heads * capacity * head_dim * self.dtype.itemsize
+        self.nbytes = count * max_rows * self.row_bytes  # all of it on a GPU; on CPU, at most this
         shape = [max_rows, *self._tail]
         if device == "cuda":
             self.host = None

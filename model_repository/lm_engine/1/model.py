@@ -28,6 +28,9 @@ class TritonPythonModel:
         model = MelodyLanguageModel if self.melody else LanguageModel
         self.lm = model(d, device=triton_io.device(args), max_rows=2 * max_active, max_steps=steps)
         self.dims = self.lm.dims
+        c = self.lm.cache
+        print(f"lm_engine: KV cache {c.max_rows} rows x {c.capacity} positions, {c.nbytes / 2**30:.2f} GiB "
+              f"({'allocated on the GPU' if c.device == 'cuda' else 'reserved; pages used as written'})", flush=True)
         self.max_melody_samples = int(float(params.get("max_melody_seconds") or 60) * 48000 * 2)
         self.scheduler = Scheduler(self.lm, max_active=max_active, on_report=self._report)
         self._reported = {}
