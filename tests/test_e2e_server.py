@@ -35,14 +35,20 @@ def _inputs(mod, **params):
 
 def generate_http(srv, **params):
     c = httpclient.InferenceServerClient(srv.http_endpoint, network_timeout=120)
-    r = c.infer("musicgen", _inputs(httpclient, **params))
-    return {n: r.as_numpy(n) for n in ("audio", "sample_rate", "audio_codes", "seed_used")}
+    try:
+        r = c.infer("musicgen", _inputs(httpclient, **params))
+        return {n: r.as_numpy(n) for n in ("audio", "sample_rate", "audio_codes", "seed_used")}
+    finally:
+        c.close()
 
 
 def generate_grpc(srv, **params):
     c = grpcclient.InferenceServerClient(srv.grpc_endpoint)
-    r = c.infer("musicgen", _inputs(grpcclient, **params), client_timeout=120)
-    return {n: r.as_numpy(n) for n in ("audio", "sample_rate", "audio_codes", "seed_used")}
+    try:
+        r = c.infer("musicgen", _inputs(grpcclient, **params), client_timeout=120)
+        return {n: r.as_numpy(n) for n in ("audio", "sample_rate", "audio_codes", "seed_used")}
+    finally:
+        c.close()
 
 
 def assert_healthy(srv):
