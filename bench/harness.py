@@ -294,6 +294,12 @@ def table(results: dict) -> str:
         lines.append(f"{'  c=' + str(c['concurrency']) + ' throughput, audio s per wall s':<40}"
                      f"{_fmt(c['throughput_audio_s_per_s']):>12}{_fmt(serial):>12}"
                      f"{_fmt(_ratio(c['throughput_audio_s_per_s'], serial)):>10}")
+    levels = srv.get("concurrency", [])
+    one = next((c for c in levels if c["concurrency"] == 1), None)
+    if one and len(levels) > 1:  # the batching target: top level's throughput over one request's
+        top = max(levels, key=lambda c: c["concurrency"])
+        lines.append(f"{'  c=' + str(top['concurrency']) + ' / c=1 throughput':<40}"
+                     f"{_fmt(_ratio(top['throughput_audio_s_per_s'], one['throughput_audio_s_per_s'])):>12}")
     mem = srv.get("memory", {}).get("peak", {})
     ref = results.get("reference", {})
     lines.append(f"{'peak memory MB (server tree PSS / ref RSS)':<40}{_fmt(mem.get('pss_mb')):>12}"

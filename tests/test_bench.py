@@ -82,6 +82,7 @@ def test_quick_mode_writes_json_csv_and_plots(tiny_repo, tmp_path):
     for x in r["server"]["single"]:
         assert x["rtf"] > 0 and 0 < x["time_to_first_chunk_s"] <= x["stream_wall_s"]
         assert x["stream_codes_equal_unary"] is True
+        assert x["stream_audio_max_abs_diff"] < 1e-4  # joined stream chunks vs the one-shot decode
     assert [x["concurrency"] for x in r["server"]["concurrency"]] == [1, 2, 4]
     for x in r["server"]["concurrency"]:
         assert x["throughput_audio_s_per_s"] > 0 and x["latency_p95_s"] >= x["latency_p50_s"] > 0
@@ -94,6 +95,7 @@ def test_quick_mode_writes_json_csv_and_plots(tiny_repo, tmp_path):
     with (out / "concurrency.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 3
     assert "ours/ref" in p.stdout and "RTF 1 s" in p.stdout
+    assert "c=4 / c=1 throughput" in p.stdout and "streamed vs unary audio" in p.stdout
 
 
 def test_overhead_measurement_compares_identical_requests(tiny_repo):
