@@ -49,7 +49,7 @@ class CrossKV(nn.Module):
         return tuple(out)
 
 
-class _InPlaceAttention(torch.autograd.Function):
+class InPlaceAttention(torch.autograd.Function):
     """Self-attention over a preallocated KV cache, exported as ORT's GroupQueryAttention.
 
     Row b's S new tokens are written at cache positions seqlens_k[b]-S+1 .. seqlens_k[b]; queries
@@ -123,7 +123,7 @@ class DecoderStep(nn.Module):
             pk, pv, ck, cv = past[4 * i: 4 * i + 4]
             h = layer.self_attn_layer_norm(x)
             att = layer.self_attn
-            o, nk, nv = _InPlaceAttention.apply(att.q_proj(h), att.k_proj(h), att.v_proj(h), pk, pv, seqlens_k,
+            o, nk, nv = InPlaceAttention.apply(att.q_proj(h), att.k_proj(h), att.v_proj(h), pk, pv, seqlens_k,
                                                 total_len, self.heads, self.head_dim)
             presents += [nk, nv]
             x = x + att.out_proj(o)

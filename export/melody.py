@@ -62,6 +62,8 @@ def _modules():
     import torch
     from torch import nn
 
+    from .graphs import InPlaceAttention  # the text-only step's in-place self-attention (GQA)
+
     class Condition(nn.Module):
         """Projected chroma looped/truncated to chroma_length (index = arange(L) % Tc), then the text states."""
 
@@ -102,8 +104,6 @@ def _modules():
             self.head_dim = cfg.hidden_size // cfg.num_attention_heads
 
         def forward(self, inputs_embeds, input_ids, position_ids, seqlens_k, total_len, *past):
-            from .graphs import _InPlaceAttention
-
             b, n_cb, s = input_ids.shape
             tok = self.embed_tokens[0](input_ids[:, 0])
             for k in range(1, n_cb):
@@ -114,7 +114,7 @@ def _modules():
             for i, layer in enumerate(self.layers):
                 h = layer.self_attn_layer_norm(x)
                 att = layer.self_attn
-                o, nk, nv = _InPlaceAttention.apply(att.q_proj(h), att.k_proj(h), att.v_proj(h), past[2 * i],
+                o, nk, nv = InPlaceAttention.apply(att.q_proj(h), att.k_proj(h), att.v_proj(h), past[2 * i],
                                                     past[2 * i + 1], seqlens_k, total_len, self.heads, self.head_dim)
                 presents += [nk, nv]
                 x = x + att.out_proj(o)
