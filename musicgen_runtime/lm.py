@@ -1,10 +1,10 @@
 """The MusicGen LM loop on ONNX Runtime: KV cache, classifier-free guidance, delay pattern, sampling.
 
 Sequences share one batched decoder step. Every sequence feeds one token per step (MusicGen's
-prefill is the single BOS step), so a new sequence joins a running batch at any step: its rows
-get cache columns masked out for the steps before it joined, its own position ids, its own
-sampling parameters and random generator. Finished sequences leave and the columns nobody uses
-any more are dropped. With one sequence this is the plain greedy/sampling loop.
+prefill is the single BOS step), so a new sequence joins a running batch at any step, in free rows
+of the preallocated cache (RowBatch), with its own positions, sampling parameters and random
+generator. Finished sequences leave and their rows are reused. With one sequence this is the plain
+greedy/sampling loop.
 """
 
 from __future__ import annotations
@@ -24,8 +24,23 @@ from .validation import GenerationParams
 _ids = itertools.count(1)
 
 
+@dataclass(eq=False, kw_only=True)
 class SequenceState:
-    """What every sequence type exposes to the scheduler (fields come from the dataclasses below)."""
+    """One request in an LM loop: its delayed tokens and sampling state (what the scheduler and
+    RowBatch use). Subclasses add their conditioning."""
+
+    params: GenerationParams  # seed fixed
+    frames: int
+    steps: int
+    tokens: np.ndarray  # [K, steps + 1] delayed sequence, column 0 = BOS
+    valid: np.ndarray  # [K, steps + 1] where real tokens go
+    rng: np.random.Generator
+    audio_channels: int = 1
+    on_step: Callable[["SequenceState"], None] | None = None
+    t: int = 0  # columns filled after BOS
+    id: int = field(default_factory=lambda: next(_ids))
+    error: BaseException | None = None
+    cancelled: bool = False
 
     @property
     def rows(self) -> int:
@@ -71,22 +86,10 @@ class SequenceState:
             self.error = exc
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class Sequence(SequenceState):
-    params: GenerationParams  # seed fixed
-    frames: int
-    steps: int
-    tokens: np.ndarray  # [K, steps + 1] delayed sequence, column 0 = BOS
-    valid: np.ndarray  # [K, steps + 1] where real tokens go
     cross: list  # per layer K and V, [rows, H, T, D]
     enc_mask: np.ndarray  # [rows, T]
-    rng: np.random.Generator
-    on_step: Callable[["Sequence"], None] | None = None
-    t: int = 0  # columns filled after BOS
-    id: int = field(default_factory=lambda: next(_ids))
-    error: BaseException | None = None
-    cancelled: bool = False
-    audio_channels: int = 1
 
 
 class KVCache:
@@ -102,6 +105,9 @@ class KVCache:
     def __init__(self, ort, device: str, dtype, count: int, max_rows: int, heads: int, capacity: int,
                  head_dim: int):
         self.device, self.dtype = device, np.dtype(dtype)
+        if device == "cuda" and self.dtype != np.float16:
+            raise GraphError("GPU serving needs the fp16 LM (GroupQueryAttention on CUDA is fp16/bf16 only): "
+                             "export with --precision fp16")
         self.max_rows, self.capacity = max_rows, capacity
         self._tail = [heads, capacity, head_dim]
         self.row_bytes = heads * capacity * head_dim * self.dtype.itemsize
@@ -142,6 +148,21 @@ class RowBatch:
     """
 
     cache: KVCache
+    # set by the subclass from its manifest and step graph
+    dims: manifest_mod.Dims
+    _ort: object
+    device: str
+    cache_dtype: type
+    num_layers: int
+
+    def new_cache(self, rows: int, capacity: int) -> KVCache:
+        """A KV cache for this model's step graph (the batch's own, or a scratch one for verification)."""
+        d = self.dims
+        return KVCache(self._ort, self.device, self.cache_dtype, 2 * self.num_layers, rows, d.num_heads,
+                       capacity, d.head_dim)
+
+    def cancel(self, seq) -> None:
+        seq.cancelled = True
 
     def _reset(self):
         self.active: list = []  # in row order
@@ -232,9 +253,6 @@ class LanguageModel(RowBatch):
         if self.num_layers != d.num_layers:
             raise GraphError(f"decoder_step has {self.num_layers} layers, manifest says {d.num_layers}")
         self.cache_dtype = np.float16 if past[0].type == "tensor(float16)" else np.float32
-        if device == "cuda" and self.cache_dtype != np.float16:
-            raise GraphError("GPU serving needs the fp16 LM (GroupQueryAttention on CUDA is fp16/bf16 only): "
-                             "export with --precision fp16")
         self.hidden_dtype = (np.float16 if self.cross_sess.get_inputs()[0].type == "tensor(float16)"
                              else np.float32)
         self.cross_out = [o.name for o in self.cross_sess.get_outputs()]
@@ -251,11 +269,6 @@ class LanguageModel(RowBatch):
         if self.device == "cuda":
             return self._ort.OrtValue.ortvalue_from_numpy(arr, "cuda", 0)
         return self._ort.OrtValue.ortvalue_from_numpy(arr)
-
-    def new_cache(self, rows: int, capacity: int) -> KVCache:
-        d = self.dims
-        return KVCache(self._ort, self.device, self.cache_dtype, 2 * self.num_layers, rows, d.num_heads,
-                       capacity, d.head_dim)
 
     def _layout_changed(self) -> None:
         self.cross = None  # rebuilt at the next step
@@ -344,9 +357,6 @@ class LanguageModel(RowBatch):
                 io.bind_ortvalue_input(names.past(i, "encoder", kv), cross[j])
         self.step_sess.run_with_iobinding(io)
         return io.get_outputs()[0].numpy()
-
-    def cancel(self, seq: Sequence) -> None:
-        seq.cancelled = True
 
     # -- one request, start to end ---------------------------------------------------------------
     def generate(self, hidden, mask, params: GenerationParams, frames: int, on_step=None) -> np.ndarray:

@@ -31,11 +31,9 @@ API for a server (e.g. a Triton python model), mirroring ``lm.LanguageModel``:
 
 from __future__ import annotations
 
-import itertools
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -51,28 +49,14 @@ INPUTS_EMBEDS = "inputs_embeds"  # condition graph output / step graph input [B,
 CONDITION_FILE = "melody_condition.onnx"
 DECODER_STEP_FILE = "melody_decoder_step.onnx"
 
-_ids = itertools.count(1)
-
 
 def is_melody(manifest: dict) -> bool:
     return manifest.get("model_type") == MODEL_TYPE
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class MelodySequence(SequenceState):
-    params: GenerationParams  # seed fixed
-    frames: int
-    steps: int
-    tokens: np.ndarray  # [K, steps + 1] delayed sequence, column 0 = BOS
-    valid: np.ndarray  # [K, steps + 1] where real tokens go
     prefix: np.ndarray  # [rows, P, H] conditioning embeddings (cond row, then the null row with guidance)
-    rng: np.random.Generator
-    audio_channels: int = 1
-    on_step: Callable[["MelodySequence"], None] | None = None
-    t: int = 0  # columns filled after BOS
-    id: int = field(default_factory=lambda: next(_ids))
-    error: BaseException | None = None
-    cancelled: bool = False
 
     @property
     def prefix_len(self) -> int:
@@ -134,9 +118,6 @@ class MelodyLanguageModel(RowBatch):
         if self.num_layers != self.dims.num_layers:
             raise GraphError(f"{DECODER_STEP_FILE} has {self.num_layers} layers, manifest says {self.dims.num_layers}")
         self.cache_dtype = np.float16 if past[0].type == "tensor(float16)" else np.float32
-        if device == "cuda" and self.cache_dtype != np.float16:
-            raise GraphError("GPU serving needs the fp16 LM (GroupQueryAttention on CUDA is fp16/bf16 only): "
-                             "export with --precision fp16")
         emb = next(i for i in self.step_sess.get_inputs() if i.name == INPUTS_EMBEDS)
         self.embeds_dtype = np.float16 if emb.type == "tensor(float16)" else np.float32
         self._ort, self.device = ort, device
@@ -146,11 +127,6 @@ class MelodyLanguageModel(RowBatch):
         self.cache = self.new_cache(max_rows, capacity)
         self._lock = threading.Lock()
         self._reset()
-
-    def new_cache(self, rows: int, capacity: int) -> KVCache:
-        d = self.dims
-        return KVCache(self._ort, self.device, self.cache_dtype, 2 * self.num_layers, rows, d.num_heads,
-                       capacity, d.head_dim)
 
     # -- conditioning ----------------------------------------------------------------------------
     def conditioning(self, text_states: np.ndarray, text_mask: np.ndarray, chroma: np.ndarray | None,
@@ -216,9 +192,6 @@ class MelodyLanguageModel(RowBatch):
         """Join at the next step (its prefill runs then, on its own rows)."""
         with self._lock:
             self.pending.append(seq)
-
-    def cancel(self, seq: MelodySequence) -> None:
-        seq.cancelled = True
 
     def run_step(self, embeds: np.ndarray, ids: np.ndarray, pos: np.ndarray, cache: KVCache,
                  first_row: int = 0) -> np.ndarray:
