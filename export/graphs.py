@@ -87,12 +87,16 @@ class DecoderStep(nn.Module):
     bind them to the input buffers). With an empty cache (seqlens_k = S-1) this is the prefill.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, position_table: int | None = None):
         super().__init__()
         lm = model.decoder
         dec = lm.model.decoder
         self.embed_tokens = dec.embed_tokens
-        self.register_buffer("positions", dec.embed_positions.weights.detach().clone(), persistent=False)
+        pos = dec.embed_positions.weights.detach()
+        if position_table is not None and pos.shape[0] < position_table:
+            # the same sinusoids HF computes when it extends its table (melody: prefix + tokens)
+            pos = type(dec.embed_positions).get_embedding(position_table, pos.shape[1]).to(pos.dtype)
+        self.register_buffer("positions", pos[:position_table].clone(), persistent=False)
         self.layers = dec.layers
         self.layer_norm = dec.layer_norm
         self.lm_heads = lm.lm_heads
@@ -109,31 +113,43 @@ class DecoderStep(nn.Module):
         o = torch.matmul(w, v).transpose(1, 2).reshape(b, s, -1)
         return att.out_proj(o)
 
-    def forward(self, input_ids, position_ids, seqlens_k, total_len, encoder_attention_mask, *past):
-        b, n_cb, s = input_ids.shape
+    def embed(self, input_ids):
+        """Sum of the K codebook embeddings, [B, S, H]."""
         x = self.embed_tokens[0](input_ids[:, 0])
-        for k in range(1, n_cb):
+        for k in range(1, input_ids.shape[1]):
             x = x + self.embed_tokens[k](input_ids[:, k])
-        x = x + self.positions[position_ids]
+        return x
+
+    def self_attention(self, layer, x, past_k, past_v, seqlens_k, total_len):
+        """x + the layer's self-attention over the in-place cache; also the updated cache."""
+        att = layer.self_attn
+        h = layer.self_attn_layer_norm(x)
+        o, nk, nv = InPlaceAttention.apply(att.q_proj(h), att.k_proj(h), att.v_proj(h), past_k, past_v, seqlens_k,
+                                           total_len, self.heads, self.head_dim)
+        return x + att.out_proj(o), nk, nv
+
+    def feed_forward(self, layer, x):
+        return x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
+
+    def logits(self, x):
+        """Final norm and the K heads: [B, S, H] -> [B, K, S, V]."""
+        x = self.layer_norm(x)
+        return torch.stack([head(x) for head in self.lm_heads], dim=1)
+
+    def forward(self, input_ids, position_ids, seqlens_k, total_len, encoder_attention_mask, *past):
+        x = self.embed(input_ids) + self.positions[position_ids]
         neg = torch.finfo(x.dtype).min
         cross_mask = (1 - encoder_attention_mask[:, None, None, :].to(x.dtype)) * neg
 
         presents = []
         for i, layer in enumerate(self.layers):
             pk, pv, ck, cv = past[4 * i: 4 * i + 4]
-            h = layer.self_attn_layer_norm(x)
-            att = layer.self_attn
-            o, nk, nv = InPlaceAttention.apply(att.q_proj(h), att.k_proj(h), att.v_proj(h), pk, pv, seqlens_k,
-                                                total_len, self.heads, self.head_dim)
+            x, nk, nv = self.self_attention(layer, x, pk, pv, seqlens_k, total_len)
             presents += [nk, nv]
-            x = x + att.out_proj(o)
             h = layer.encoder_attn_layer_norm(x)
             x = x + self._cross(layer.encoder_attn, h, ck, cv, cross_mask)
-            h = layer.final_layer_norm(x)
-            x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
-        x = self.layer_norm(x)
-        logits = torch.stack([head(x) for head in self.lm_heads], dim=1)  # [B, K, S, V]
-        return (logits, *presents)
+            x = self.feed_forward(layer, x)
+        return (self.logits(x), *presents)
 
 
 class AudioDecoder(nn.Module):

@@ -62,7 +62,7 @@ def _modules():
     import torch
     from torch import nn
 
-    from .graphs import InPlaceAttention  # the text-only step's in-place self-attention (GQA)
+    from . import graphs  # the text-only step graph's embeddings, in-place self-attention and heads
 
     class Condition(nn.Module):
         """Projected chroma looped/truncated to chroma_length (index = arange(L) % Tc), then the text states."""
@@ -78,7 +78,7 @@ def _modules():
             a = torch.index_select(a, 1, idx)
             return torch.cat([a, encoder_hidden_states.to(a.dtype)], dim=1)
 
-    class DecoderStep(nn.Module):
+    class DecoderStep(graphs.DecoderStep):
         """E prefix embeddings + S tokens per row on a preallocated (in-place) self-attention cache.
 
         inputs_embeds [B,E,H] · input_ids [B,K,S] · position_ids [B,E+S] (also the new entries' cache
@@ -87,42 +87,15 @@ def _modules():
         caches (bind them to the input buffers). Prefill: E = prefix, S = 1 (BOS) on empty rows.
         """
 
-        def __init__(self, model, position_table: int):
-            super().__init__()
-            lm = model.decoder
-            dec = lm.model.decoder
-            self.embed_tokens = dec.embed_tokens
-            pos = dec.embed_positions.weights.detach()
-            if pos.shape[0] < position_table:  # the same sinusoids HF computes when it extends its table
-                pos = type(dec.embed_positions).get_embedding(position_table, pos.shape[1]).to(pos.dtype)
-            self.register_buffer("positions", pos[:position_table].clone(), persistent=False)
-            self.layers = dec.layers
-            self.layer_norm = dec.layer_norm
-            self.lm_heads = lm.lm_heads
-            cfg = model.config.decoder
-            self.heads = cfg.num_attention_heads
-            self.head_dim = cfg.hidden_size // cfg.num_attention_heads
-
         def forward(self, inputs_embeds, input_ids, position_ids, seqlens_k, total_len, *past):
-            b, n_cb, s = input_ids.shape
-            tok = self.embed_tokens[0](input_ids[:, 0])
-            for k in range(1, n_cb):
-                tok = tok + self.embed_tokens[k](input_ids[:, k])
-            x = torch.cat([inputs_embeds.to(tok.dtype), tok], dim=1)
-            x = x + self.positions[position_ids]
+            tok = self.embed(input_ids)
+            x = torch.cat([inputs_embeds.to(tok.dtype), tok], dim=1) + self.positions[position_ids]
             presents = []
-            for i, layer in enumerate(self.layers):
-                h = layer.self_attn_layer_norm(x)
-                att = layer.self_attn
-                o, nk, nv = InPlaceAttention.apply(att.q_proj(h), att.k_proj(h), att.v_proj(h), past[2 * i],
-                                                    past[2 * i + 1], seqlens_k, total_len, self.heads, self.head_dim)
+            for i, layer in enumerate(self.layers):  # no cross-attention: the conditioning is the prefix
+                x, nk, nv = self.self_attention(layer, x, past[2 * i], past[2 * i + 1], seqlens_k, total_len)
                 presents += [nk, nv]
-                x = x + att.out_proj(o)
-                h = layer.final_layer_norm(x)
-                x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
-            x = self.layer_norm(x)[:, inputs_embeds.shape[1]:]
-            logits = torch.stack([head(x) for head in self.lm_heads], dim=1)  # [B, K, S, V]
-            return (logits, *presents)
+                x = self.feed_forward(layer, x)
+            return (self.logits(x[:, inputs_embeds.shape[1]:]), *presents)
 
     return Condition, DecoderStep
 
