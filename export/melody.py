@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -139,10 +138,9 @@ def melody_info(model, checkpoint_path: Path | None, max_text_tokens: int) -> di
 
 def export_graphs(model, out: Path, precision: str = "fp32", position_table: int | None = None) -> dict:
     """Write the four melody graphs into `out`; returns {file: {"precision": ...}}. Example sizes are >= 2."""
-    import onnx
     import torch
 
-    from .onnx_export import _export, _save
+    from .onnx_export import _export, finish_graphs
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -201,28 +199,8 @@ def export_graphs(model, out: Path, precision: str = "fp32", position_table: int
             [names.AUDIO_VALUES], {names.AUDIO_CODES: {1: "batch", 3: "frames"},
                                    names.AUDIO_VALUES: {0: "batch", 2: "samples"}})
 
-    info = {}
-    for fname in (names.TEXT_ENCODER_FILE, CONDITION_FILE, DECODER_STEP_FILE, names.AUDIO_DECODER_FILE):
-        proto = onnx.load(str(raw / fname))
-        graph_precision = "fp32"
-        if precision == "fp16" and fname == DECODER_STEP_FILE:
-            from onnxruntime.transformers.float16 import convert_float_to_float16
-
-            from .onnx_export import _toposort
-
-            proto = convert_float_to_float16(proto, keep_io_types=[INPUTS_EMBEDS, names.LOGITS])
-            _toposort(proto.graph)
-            graph_precision = "fp16"
-        _save(proto, out / fname)
-        if precision == "int8" and fname == DECODER_STEP_FILE:
-            from .onnx_export import to_int8
-
-            to_int8(out / fname)
-            graph_precision = "int8"
-        onnx.checker.check_model(str(out / fname), full_check=True)
-        info[fname] = {"precision": graph_precision}
-    shutil.rmtree(raw)
-    return info
+    return finish_graphs(raw, out, precision, fp16={DECODER_STEP_FILE: [INPUTS_EMBEDS, names.LOGITS]},
+                         int8=DECODER_STEP_FILE)
 
 
 def stage(source: str, resolved, model, tokenizer, repository: Path, precision: str, t0: float) -> dict:

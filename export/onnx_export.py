@@ -63,7 +63,6 @@ def _save(model_proto, path: Path) -> None:
 
 def export_graphs(model, out: Path, precision: str = "fp32") -> dict:
     """Write the four graphs into `out`; returns {file: graph-level info}. Example shapes use sizes >= 2."""
-    import onnx
     import torch
 
     if precision not in PRECISIONS:
@@ -120,15 +119,30 @@ def export_graphs(model, out: Path, precision: str = "fp32") -> dict:
             [names.AUDIO_VALUES], {names.AUDIO_CODES: {1: "batch", 3: "frames"},
                                    names.AUDIO_VALUES: {0: "batch", 2: "samples"}})
 
+    return finish_graphs(raw, out, precision, fp16={
+        names.CROSS_KV_FILE: [names.ENCODER_HIDDEN_STATES],
+        names.DECODER_STEP_FILE: [names.ENCODER_HIDDEN_STATES, names.LOGITS]},
+        int8=names.DECODER_STEP_FILE)
+
+
+def finish_graphs(raw: Path, out: Path, precision: str, fp16: dict, int8: str) -> dict:
+    """Move the exported graphs from `raw` into `out` at the LM precision, check each, remove `raw`.
+
+    fp16: {file: its inputs/outputs that stay fp32} (sampling runs on fp32 logits); int8: the file
+    whose MatMuls are quantized. Returns {file: {"precision": ...}}.
+    """
+    import onnx
+
     info = {}
-    for fname in (names.TEXT_ENCODER_FILE, names.CROSS_KV_FILE, names.DECODER_STEP_FILE, names.AUDIO_DECODER_FILE):
-        proto = onnx.load(str(raw / fname))
+    for path in sorted(raw.glob("*.onnx")):
+        fname = path.name
+        proto = onnx.load(str(path))
         graph_precision = "fp32"
-        if precision == "fp16" and fname in (names.CROSS_KV_FILE, names.DECODER_STEP_FILE):
-            proto = to_fp16(proto, fname)
+        if precision == "fp16" and fname in fp16:
+            proto = to_fp16(proto, fp16[fname])
             graph_precision = "fp16"
         _save(proto, out / fname)
-        if precision == "int8" and fname == names.DECODER_STEP_FILE:
+        if precision == "int8" and fname == int8:
             to_int8(out / fname)
             graph_precision = "int8"
         onnx.checker.check_model(str(out / fname), full_check=True)
@@ -137,13 +151,11 @@ def export_graphs(model, out: Path, precision: str = "fp32") -> dict:
     return info
 
 
-def to_fp16(proto, fname: str):
-    """fp16 weights and KV cache; text states in and logits out stay fp32 (sampling runs in fp32)."""
+def to_fp16(proto, keep_io_types: list[str]):
+    """fp16 weights and KV cache; the inputs/outputs named in `keep_io_types` stay fp32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    keep = [names.ENCODER_HIDDEN_STATES, names.LOGITS] if fname == names.DECODER_STEP_FILE else \
-        [names.ENCODER_HIDDEN_STATES]
-    proto = convert_float_to_float16(proto, keep_io_types=keep)
+    proto = convert_float_to_float16(proto, keep_io_types=keep_io_types)
     _toposort(proto.graph)  # the converter appends its input casts at the end
     return proto
 
