@@ -343,12 +343,9 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
     seqs, t0 = [], time.time()
     for prompt, mel, g in runs:
         pid, pmask = tok.encode([prompt])
-        seq = lm.prepare(enc(pid, pmask)[0], pmask[0], chromas[mel] if mel else None,
-                         GenerationParams(duration=1, top_k=1, seed=0, guidance_scale=g), frames)
-        lm.add(seq)
-        seqs.append(seq)
-    while any(not s.done for s in seqs):
-        lm.step()
+        seqs.append(lm.prepare(enc(pid, pmask)[0], pmask[0], chromas[mel] if mel else None,
+                               GenerationParams(duration=1, top_k=1, seed=0, guidance_scale=g), frames))
+    lm.run_together(seqs)
     ours_s = time.time() - t0
     oracle = []
     for (prompt, mel, g), seq in zip(runs, seqs):

@@ -157,11 +157,8 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
     seqs, t0 = [], time.time()
     for p in PROMPTS:
         pid, pmask = tok.encode([p])
-        seq = lm.prepare(enc(pid, pmask)[0], pmask[0], GenerationParams(duration=1, top_k=1, seed=0), frames)
-        lm.add(seq)
-        seqs.append(seq)
-    while any(not s.done for s in seqs):
-        lm.step()
+        seqs.append(lm.prepare(enc(pid, pmask)[0], pmask[0], GenerationParams(duration=1, top_k=1, seed=0), frames))
+    lm.run_together(seqs)
     ours_s = time.time() - t0
     oracle = []
     for p, seq in zip(PROMPTS, seqs):

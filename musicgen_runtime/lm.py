@@ -164,6 +164,20 @@ class RowBatch:
     def cancel(self, seq) -> None:
         seq.cancelled = True
 
+    def run_together(self, seqs) -> None:
+        """Add the sequences and step until every one of them is done (errors stay on each)."""
+        for seq in seqs:
+            self.add(seq)
+        while any(not s.done for s in seqs):
+            self.step()
+
+    def finish(self, seq) -> np.ndarray:
+        """Run one prepared sequence to its end; its codes [K, frames], or its error raised."""
+        self.run_together([seq])
+        if seq.error is not None:
+            raise seq.error
+        return seq.codes()
+
     def _reset(self):
         self.active: list = []  # in row order
         self.start: dict[int, int] = {}  # sequence id -> its first row
@@ -360,11 +374,5 @@ class LanguageModel(RowBatch):
 
     # -- one request, start to end ---------------------------------------------------------------
     def generate(self, hidden, mask, params: GenerationParams, frames: int, on_step=None) -> np.ndarray:
-        """codes [K, frames] for one request, running alone."""
-        seq = self.prepare(hidden, mask, params, frames, on_step)
-        self.add(seq)
-        while not seq.done:
-            self.step()
-        if seq.error is not None:
-            raise seq.error
-        return seq.codes()
+        """codes [K, frames] for one request (runs alongside whatever else is in the batch)."""
+        return self.finish(self.prepare(hidden, mask, params, frames, on_step))

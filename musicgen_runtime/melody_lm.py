@@ -265,10 +265,4 @@ class MelodyLanguageModel(RowBatch):
     def generate(self, text_states, text_mask, chroma, params: GenerationParams, frames: int,
                  on_step=None) -> np.ndarray:
         """codes [K, frames] for one request (runs alongside whatever else is in the batch)."""
-        seq = self.prepare(text_states, text_mask, chroma, params, frames, on_step)
-        self.add(seq)
-        while not seq.done:
-            self.step()
-        if seq.error is not None:
-            raise seq.error
-        return seq.codes()
+        return self.finish(self.prepare(text_states, text_mask, chroma, params, frames, on_step))
