@@ -7,7 +7,7 @@
 Phases (never two at once, so they do not share the cores):
   1. export into a bench repository (reused when it already holds this checkpoint/precision);
   2. memory bandwidth (numpy) and the per-step decode time in-process (`LanguageModel.step()`),
-     with its floor = decoder weight bytes / measured read bandwidth;
+     with its floor = bytes a step reads (weights, KV cache) / measured read bandwidth;
   3. the reference: `transformers` generate in a subprocess, same checkpoint and parameters;
   4. our server (real tritonserver): client-seen wall time and real-time factor per duration, unary
      and streamed (time to first audio chunk), latency p50/p95 and throughput at each concurrency,
@@ -273,7 +273,7 @@ def table(results: dict) -> str:
     st = s["step_ms"]
     lines.append(f"{'decode step ms (median, 1 request)':<40}{_fmt(st['ours']):>12}{_fmt(st['reference']):>12}"
                  f"{_fmt(st['ours_over_reference']):>10}")
-    lines.append(f"{'  floor ms (weights / read bandwidth)':<40}{_fmt(st['floor']):>12}")
+    lines.append(f"{'  floor ms (bytes read / bandwidth)':<40}{_fmt(st['floor']):>12}")
     srv = results.get("server", {})
     ref_runs = {r["duration"]: r for r in results.get("reference", {}).get("runs", [])}
     for r in srv.get("single", []):
@@ -372,9 +372,9 @@ def run(cfg: Config) -> dict:
     log("decode step timing in-process")
     lm_dir = measure.lm_model_dir(repo)
     steps = measure.decode_steps(lm_dir, cfg.step_duration, seed=cfg.seed)
-    wbytes = measure.weight_bytes(lm_dir)
     read = max(bw1["read_gbps"], bwn["read_gbps"])
-    steps.update({"weight_bytes": wbytes, "read_gbps_used": read, "floor_ms": wbytes / (read * 1e9) * 1000.0})
+    steps.update({"weight_bytes": measure.weight_bytes(lm_dir), "read_gbps_used": read,
+                  "floor_ms": steps["step_read_bytes"] / (read * 1e9) * 1000.0})
     results["steps"] = steps
     timings["bandwidth_and_steps"] = time.perf_counter() - t
 

@@ -64,8 +64,35 @@ def lm_model_dir(repository: Path) -> Path:
 
 
 def weight_bytes(model_dir: Path) -> int:
-    """Bytes of the decoder step graph and its external weights: what every step reads at least once."""
+    """Bytes of the decoder step graph and its external weights (what is on disk)."""
     return sum(f.stat().st_size for f in Path(model_dir).glob(names.DECODER_STEP_FILE + "*"))
+
+
+def step_weight_bytes(model_dir: Path) -> int:
+    """Bytes of the step graph's initializers that every step reads in full: all of them except the
+    tables read through Gather (codebook embeddings, position table), of which a step reads one row
+    per token. Read from the graph itself (no weights loaded)."""
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(Path(model_dir) / names.DECODER_STEP_FILE), load_external_data=False).graph
+    gathered = {n.input[0] for n in graph.node if n.op_type == "Gather"}
+    used_otherwise = {i for n in graph.node if n.op_type != "Gather" for i in n.input}
+    total = 0
+    for init in graph.initializer:
+        if init.name in gathered and init.name not in used_otherwise:
+            continue
+        count = int(np.prod(init.dims)) if init.dims else 1
+        total += count * np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+    return total
+
+
+def step_cache_bytes(lm, rows: int, positions: int, text_tokens: int) -> int:
+    """Bytes of K/V a step reads besides the weights: the self-attention cache up to `positions`
+    and the cross-attention K/V of `text_tokens`, for `rows` rows, every layer."""
+    d = lm.dims
+    per_position = 2 * lm.num_layers * rows * d.num_heads * d.head_dim
+    return per_position * (positions + text_tokens) * np.dtype(lm.cache_dtype).itemsize  # cross K/V: same dtype
 
 
 def decode_steps(model_dir: Path, duration: float, guidance_scale: float = 3.0, seed: int = 0,
@@ -98,8 +125,11 @@ def decode_steps(model_dir: Path, duration: float, guidance_scale: float = 3.0, 
         raise seq.error
     ms = np.array(times[1:] or times) * 1000.0  # the first step also builds the batch state
     tail = ms[-max(1, ms.size // 10):]
+    # what the median step reads: the weights, and the cache at the middle position of the clip
+    read_bytes = step_weight_bytes(model_dir) + step_cache_bytes(lm, seq.rows, (len(times) + 1) // 2, text_tokens)
     return {"model_dir": str(model_dir), "load_s": load_s, "steps": len(times), "frames": frames,
             "rows": seq.rows, "past_max": len(times), "step_ms_median": float(np.median(ms)),
             "step_ms_p10": float(np.percentile(ms, 10)), "step_ms_p90": float(np.percentile(ms, 90)),
             "step_ms_last10pct": float(np.median(tail)), "steps_per_s": 1000.0 / float(np.median(ms)),
-            "precision": lm.manifest.get("precision"), "cache_dtype": np.dtype(lm.cache_dtype).name}
+            "precision": lm.manifest.get("precision"), "cache_dtype": np.dtype(lm.cache_dtype).name,
+            "step_read_bytes": int(read_bytes)}

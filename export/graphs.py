@@ -9,6 +9,7 @@ ONNX graph made from it — against the HF model itself.
 from __future__ import annotations
 
 import torch
+from torch.onnx import symbolic_helper
 from torch import nn
 
 from musicgen_runtime import names
@@ -78,6 +79,35 @@ class InPlaceAttention(torch.autograd.Function):
                     num_heads_i=heads, kv_num_heads_i=heads, scale_f=float(head_dim) ** -0.5, outputs=3)
 
 
+def cross_attention(q, k, v, key_mask, heads: int, head_dim: int):
+    """q [B,S,H*D] attending to k, v [B,H,T,D] where key_mask [B,T] is nonzero -> [B,S,H*D]."""
+    b, s, hidden = q.shape
+    q = q.view(b, s, heads, head_dim).transpose(1, 2)
+    w = torch.matmul(q, k.transpose(2, 3)) * head_dim ** -0.5
+    w = w.masked_fill(key_mask[:, None, None, :] == 0, torch.finfo(w.dtype).min)
+    return torch.matmul(torch.softmax(w, dim=-1), v).transpose(1, 2).reshape(b, s, hidden)
+
+
+class CrossAttention(torch.autograd.Function):
+    """Attention of the new tokens to the text states' precomputed K/V, exported as ORT's MultiHeadAttention.
+
+    q [B,S,H*D] · k, v [B,H,T,D] · key_mask int32 [B,T] (1 = attend) -> [B,S,H*D]. One node per layer
+    instead of the reshapes, transposes, shape arithmetic, two MatMuls and softmax that the plain ops
+    export to (each a separate kernel launch on every step). A row whose mask is all zero (the null
+    condition of classifier-free guidance) attends uniformly, as with the additive mask.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, key_mask, heads: int, head_dim: int):
+        return cross_attention(q, k, v, key_mask, heads, head_dim)
+
+    @staticmethod
+    def symbolic(g, q, k, v, key_mask, heads: int, head_dim: int):
+        no_bias = symbolic_helper._optional_input_placeholder_tensor(g)
+        return g.op("com.microsoft::MultiHeadAttention", q, k, v, no_bias, key_mask, num_heads_i=heads,
+                    scale_f=float(head_dim) ** -0.5)
+
+
 class DecoderStep(nn.Module):
     """One decoder step for S new tokens per row, on a preallocated (in-place) self-attention cache.
 
@@ -87,8 +117,9 @@ class DecoderStep(nn.Module):
     bind them to the input buffers). With an empty cache (seqlens_k = S-1) this is the prefill.
     """
 
-    def __init__(self, model, position_table: int | None = None):
+    def __init__(self, model, position_table: int | None = None, fused_cross_attention: bool = True):
         super().__init__()
+        self.fused_cross_attention = fused_cross_attention
         lm = model.decoder
         dec = lm.model.decoder
         self.embed_tokens = dec.embed_tokens
@@ -103,15 +134,10 @@ class DecoderStep(nn.Module):
         cfg = model.config.decoder
         self.heads = cfg.num_attention_heads
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
-        self.scaling = self.head_dim ** -0.5
 
-    def _cross(self, att, x, k, v, mask):
-        b, s, _ = x.shape
-        q = att.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
-        w = torch.matmul(q, k.transpose(2, 3)) * self.scaling + mask
-        w = torch.softmax(w, dim=-1)
-        o = torch.matmul(w, v).transpose(1, 2).reshape(b, s, -1)
-        return att.out_proj(o)
+    def _cross(self, att, x, k, v, key_mask):
+        attend = CrossAttention.apply if self.fused_cross_attention else cross_attention
+        return att.out_proj(attend(att.q_proj(x), k, v, key_mask, self.heads, self.head_dim))
 
     def embed(self, input_ids):
         """Sum of the K codebook embeddings, [B, S, H]."""
@@ -138,8 +164,7 @@ class DecoderStep(nn.Module):
 
     def forward(self, input_ids, position_ids, seqlens_k, total_len, encoder_attention_mask, *past):
         x = self.embed(input_ids) + self.positions[position_ids]
-        neg = torch.finfo(x.dtype).min
-        cross_mask = (1 - encoder_attention_mask[:, None, None, :].to(x.dtype)) * neg
+        key_mask = encoder_attention_mask.to(torch.int32)
 
         presents = []
         for i, layer in enumerate(self.layers):
@@ -147,7 +172,7 @@ class DecoderStep(nn.Module):
             x, nk, nv = self.self_attention(layer, x, pk, pv, seqlens_k, total_len)
             presents += [nk, nv]
             h = layer.encoder_attn_layer_norm(x)
-            x = x + self._cross(layer.encoder_attn, h, ck, cv, cross_mask)
+            x = x + self._cross(layer.encoder_attn, h, ck, cv, key_mask)
             x = self.feed_forward(layer, x)
         return (self.logits(x), *presents)
 

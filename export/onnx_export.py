@@ -111,7 +111,10 @@ def export_graphs(model, out: Path, precision: str = "fp32") -> dict:
             axes[names.past(i, "decoder", kv)] = {0: "batch", 2: "capacity"}
             axes[names.past(i, "encoder", kv)] = {0: "batch", 2: "text_len"}
             axes[names.present(i, kv)] = {0: "batch", 2: "capacity"}
-    _export(graphs.DecoderStep(model), tuple(step_args), raw / names.DECODER_STEP_FILE, in_names, out_names, axes)
+    # CPU graphs take ORT's fused MultiHeadAttention for the cross-attention (fewer kernels per step);
+    # the fp16 (GPU) graph keeps plain ops: the CUDA kernel's support for this mask layout is unverified here
+    step = graphs.DecoderStep(model, fused_cross_attention=precision != "fp16")
+    _export(step, tuple(step_args), raw / names.DECODER_STEP_FILE, in_names, out_names, axes)
 
     # EnCodec decoder
     codes = torch.randint(0, c.audio_encoder.codebook_size, (1, 2, dec.num_codebooks, 10))

@@ -50,6 +50,22 @@ def test_bandwidth_and_decode_step_measurements(tiny_repo):
     assert st["steps"] == 25 + 3 and st["rows"] == 2 and st["step_ms_median"] > 0
 
 
+def test_step_read_bytes_count_weights_read_and_the_cache(tiny_repo):
+    """The floor's bytes: every weight but the gathered tables (one row each per token), plus K/V read."""
+    from musicgen_runtime.lm import LanguageModel
+
+    d = measure.lm_model_dir(tiny_repo)
+    lm = LanguageModel(d, max_rows=2, max_steps=64)
+    dims = lm.dims
+    tables = 4 * (dims.num_codebooks * (dims.vocab_size + 1) * dims.hidden_size + dims.max_positions * dims.hidden_size)
+    read = measure.step_weight_bytes(d)
+    assert 0 < read <= measure.weight_bytes(d) - tables
+    kv_per_position = 2 * dims.num_layers * 2 * dims.num_heads * dims.head_dim * 4  # K and V, 2 rows, fp32
+    assert measure.step_cache_bytes(lm, rows=2, positions=10, text_tokens=5) == kv_per_position * 15
+    st = measure.decode_steps(d, 0.5)
+    assert st["step_read_bytes"] == read + measure.step_cache_bytes(lm, 2, (st["steps"] + 1) // 2, 12)
+
+
 def test_perf_analyzer_against_the_server(triton, tmp_path):
     try:
         perf_analyzer.ensure_perf_analyzer()

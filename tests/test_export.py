@@ -39,6 +39,15 @@ def test_manifest_records_source_dims_and_hashes(tiny_repo):
     assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(m["versions"])
 
 
+def _step_ops(repo):
+    import collections
+
+    import onnx
+
+    g = onnx.load(str(repo / "lm_engine" / "1" / names.DECODER_STEP_FILE), load_external_data=False).graph
+    return collections.Counter(n.op_type for n in g.node)
+
+
 def test_graph_names_are_explicit(tiny_repo):
     import onnx
 
@@ -49,6 +58,9 @@ def test_graph_names_are_explicit(tiny_repo):
     # self-attention runs on the preallocated cache, in place (no Concat of the past per step)
     assert sum(n.op_type == "GroupQueryAttention" for n in g.node) == 2
     assert names.past(1, "encoder", "value") in inputs
+    # CPU graphs: one fused MultiHeadAttention node per layer for the cross-attention (no softmax of their own)
+    ops = _step_ops(tiny_repo)
+    assert ops["MultiHeadAttention"] == 2 and ops["Softmax"] == 0 and ops["Transpose"] == 0
     assert [o.name for o in g.output][:2] == [names.LOGITS, names.present(0, "key")]
 
 
@@ -73,6 +85,7 @@ def test_int8_export_is_quantized_and_close(tmp_path):
     report = verify(repo, steps=12)
     assert report["passed"], report
     assert report["graphs"]["decoder_step"]["rel_l2"] < 0.1 and report["checks"]["top250_overlap"] > 0.9
+    assert _step_ops(repo)["MultiHeadAttention"] == 2
 
 
 def test_fp16_export_loads_and_reports_error(tmp_path):
@@ -84,6 +97,9 @@ def test_fp16_export_loads_and_reports_error(tmp_path):
     report = verify(repo, steps=12)
     assert report["graphs"]["decoder_step"]["max_rel"] < 0.05
     assert all(0.0 <= r["token_agreement"] <= 1.0 for r in report["greedy_oracle"]["runs"])
+    # the GPU graph keeps the cross-attention in plain ops (the fused CPU node's CUDA support is unverified)
+    ops = _step_ops(repo)
+    assert ops["MultiHeadAttention"] == 0 and ops["Softmax"] == 2
 
 
 def test_non_musicgen_directory_is_refused(tmp_path, capsys):
