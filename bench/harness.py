@@ -213,7 +213,8 @@ def _server_phase(cfg: Config, repo: Path, out: Path, res: dict) -> None:
                 except pa.PerfAnalyzerUnavailable as exc:
                     res["perf_analyzer"] = {"error": str(exc)}
             else:
-                res["perf_analyzer"] = {"skipped": "quick mode (pass --perf-analyzer to run it)"}
+                res["perf_analyzer"] = {"skipped": ("quick mode" if cfg.quick else "--no-perf-analyzer")
+                                        + " (pass --perf-analyzer to run it)"}
 
 
 # ------------------------------------------------------------------------------------------------
