@@ -72,4 +72,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from musicgen_runtime.memory import reexec_with_hugepage_malloc
+
+    reexec_with_hugepage_malloc("bench.overhead")  # in-process and served sides: the same malloc setting
     sys.exit(main())

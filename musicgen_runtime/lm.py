@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import delay, manifest as manifest_mod, names, sampling
+from . import delay, manifest as manifest_mod, memory, names, sampling
 from .onnx_session import GraphError, open_graph
 from .validation import GenerationParams
 
@@ -98,8 +98,8 @@ class KVCache:
     Allocated once. A step binds the first `rows` rows (a contiguous prefix) as both the past input
     and the present output, so GroupQueryAttention writes each row's new K/V in place at its own
     position and reads only positions it wrote itself: rows are never zeroed when a new sequence
-    takes them over. On CPU the buffers come from np.zeros, whose pages the OS commits only when
-    first written, so a large capacity costs memory only for the positions actually generated.
+    takes them over. On CPU the buffers are zeroed 4 KiB pages that the OS commits only when first
+    written (memory.lazy_zeros), so a large capacity costs memory only for the positions generated.
     """
 
     def __init__(self, ort, device: str, dtype, count: int, max_rows: int, heads: int, capacity: int,
@@ -118,7 +118,7 @@ class KVCache:
             self.values = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, "cuda", 0)
                            for _ in range(count)]
         else:
-            self.host = [np.zeros(shape, self.dtype) for _ in range(count)]
+            self.host = [memory.lazy_zeros(shape, self.dtype) for _ in range(count)]
             self.values = [ort.OrtValue.ortvalue_from_numpy(h) for h in self.host]
         self.can_move = self.host is not None  # rows are moved with numpy; device buffers are not
 

@@ -41,6 +41,8 @@ import weakref
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from musicgen_runtime import memory
+
 __all__ = [
     "DEFAULT_WORK_DIR",
     "PROJECT_ROOT",
@@ -249,6 +251,8 @@ def build_environment(
     * ``LD_LIBRARY_PATH``: the wheel's vendored libs (libcudart for the stub) and the LIBDIR of
       this interpreter (the stub needs a shared libpython of the same version).
     * ``PATH``: this venv's bin first, so the embedded interpreter finds the venv's packages.
+    * ``GLIBC_TUNABLES``: glibc backs large mallocs (the ONNX weights) with huge pages
+      (:mod:`musicgen_runtime.memory`; ``MUSICGEN_HUGEPAGE_MALLOC=0`` opts out).
     """
     env = dict(os.environ if base is None else base)
     libdir = sysconfig.get_config_var("LIBDIR")
@@ -261,7 +265,7 @@ def build_environment(
     env.setdefault("PYTHONUNBUFFERED", "1")  # model prints reach the log promptly
     if extra:
         env.update(extra)
-    return env
+    return memory.with_hugepage_malloc(env)
 
 
 def build_command(

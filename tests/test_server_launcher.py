@@ -152,6 +152,12 @@ def test_command_and_environment(work_dir, tmp_path):
     assert ld[0].endswith("nvidia_pytriton.libs") and ld[-1] == "/x"
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
     assert env["PATH"].endswith("/usr/bin")
+    # the processes that load the weights get glibc's huge-page malloc; an explicit opt-out is kept
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    env = build_environment(wd.install, base={"GLIBC_TUNABLES": "glibc.pthread.rseq=0"})
+    assert env["GLIBC_TUNABLES"] == "glibc.pthread.rseq=0:glibc.malloc.hugetlb=1"
+    env = build_environment(wd.install, base={"MUSICGEN_HUGEPAGE_MALLOC": "0"})
+    assert "GLIBC_TUNABLES" not in env
 
 
 def test_busy_port_fails_fast(echo_repo, work_dir):
