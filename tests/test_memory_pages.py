@@ -11,7 +11,7 @@ import numpy as np
 
 from musicgen_runtime import memory
 
-# In a child started with the tunable: is the VMA holding a large np.empty, and the one holding a
+# In a child: is the VMA holding a large malloc, and the one holding a
 # lazy_zeros buffer, eligible for transparent huge pages? And does lazy_zeros commit only what is written?
 PROBE = r"""
 import json, sys
@@ -34,11 +34,15 @@ def vma(addr):
                 return block
     raise SystemExit("address not mapped")
 
-big = np.empty(64 << 20, np.uint8)
-big[:] = 1
+import ctypes
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+big_size = 64 << 20
+big = libc.malloc(big_size)  # plain glibc malloc, as ONNX Runtime allocates its weights (numpy madvises on its own)
+ctypes.memset(big, 1, big_size)
 cache = memory.lazy_zeros((16, 1 << 20), np.float32)  # 64 MiB reserved
 cache[3, :1024] = 1.0  # one 4 KiB page written
-info = {"malloc": vma(big.ctypes.data), "cache": vma(cache.ctypes.data), "active": memory.hugepage_malloc_active(),
+info = {"malloc": vma(big + big_size // 2), "cache": vma(cache.ctypes.data + cache.nbytes // 2), "active": memory.hugepage_malloc_active(),
         "zero": float(cache[5].sum()), "sum": float(cache.sum())}
 print(json.dumps(info))
 """
@@ -70,12 +74,15 @@ def test_lazy_zeros_is_a_zeroed_writable_array():
     assert memory.lazy_zeros((0, 4), np.float32).shape == (0, 4)
 
 
-def test_weights_get_huge_pages_and_the_cache_does_not():
-    """The real kernel view, in a child that starts with the tunable (as the server's processes do)."""
-    env = memory.with_hugepage_malloc(dict(os.environ))
+def _probe(env) -> dict:
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    info = json.loads(out.stdout)
+    return json.loads(out.stdout)
+
+
+def test_weights_get_huge_pages_and_the_cache_does_not():
+    """The real kernel view, in a child that starts with the tunable (as the server's processes do)."""
+    info = _probe(memory.with_hugepage_malloc(dict(os.environ)))
     assert info["active"]
     assert info["zero"] == 0.0 and info["sum"] == 1024.0
     # lazily committed: 64 MiB reserved, one page written
@@ -83,3 +90,6 @@ def test_weights_get_huge_pages_and_the_cache_does_not():
     assert info["cache"].get("THPeligible", "0") == "0" and info["cache"].get("AnonHugePages", "0 kB") == "0 kB"
     if _thp_mode() in ("madvise", "always") and "THPeligible" in info["malloc"]:
         assert info["malloc"]["THPeligible"] == "1"
+    if _thp_mode() == "madvise" and "THPeligible" in info["malloc"]:  # without the tunable: small pages
+        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+        assert _probe(env)["malloc"]["THPeligible"] == "0"
