@@ -260,7 +260,7 @@ class LanguageModel(RowBatch):
                                                    names.TOTAL_SEQUENCE_LENGTH, names.ENCODER_ATTENTION_MASK],
                                     expect_outputs=[names.LOGITS])
         self.cross_sess = open_graph(model_dir / names.CROSS_KV_FILE, device, threads,
-                                     expect_inputs=[names.ENCODER_HIDDEN_STATES])
+                                     expect_inputs=[names.ENCODER_HIDDEN_STATES], spin=False)
         # layer count and cache dtype are read back from the graph, not assumed
         past = [i for i in self.step_sess.get_inputs() if i.name.startswith("past_key_values.")]
         self.num_layers = len(past) // 4

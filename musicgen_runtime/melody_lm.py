@@ -71,7 +71,7 @@ class MelodyConditioner:
     """melody_condition graph: chroma projected and looped/truncated to chroma_length, then the text states."""
 
     def __init__(self, graph: str | Path, device: str = "cpu", threads: int | None = None):
-        self.sess = open_graph(graph, device, threads, expect_inputs=[CHROMA, names.ENCODER_HIDDEN_STATES],
+        self.sess = open_graph(graph, device, threads, expect_inputs=[CHROMA, names.ENCODER_HIDDEN_STATES], spin=False,
                                expect_outputs=[INPUTS_EMBEDS])
         self.num_chroma = int(self.sess.get_inputs()[0].shape[-1])
 

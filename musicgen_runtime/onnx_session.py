@@ -24,8 +24,14 @@ def providers_for(device: str) -> list:
 
 
 def open_graph(path: str | Path, device: str = "cpu", threads: int | None = None,
-               expect_inputs=(), expect_outputs=()) -> ort.InferenceSession:
-    """Load a graph; fail clearly if it is missing or lacks the tensor names the runtime uses."""
+               expect_inputs=(), expect_outputs=(), spin: bool = True) -> ort.InferenceSession:
+    """Load a graph; fail clearly if it is missing or lacks the tensor names the runtime uses.
+
+    spin=False: the intra-op threads sleep instead of spin-waiting between ops. For graphs run once
+    per request (text encoder, cross K/V, codec): every session has its own pool on the same cores,
+    and their spinning threads would steal the cores from the LM's decode steps (and vice versa
+    after the last step). The decode step keeps spinning: it runs back to back, ~460 ops a step.
+    """
     path = Path(path)
     if not path.exists():
         raise GraphError(f"{path} is missing: run the export (`make export`) to stage the graphs")
@@ -35,6 +41,8 @@ def open_graph(path: str | Path, device: str = "cpu", threads: int | None = None
     if threads:
         so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         sess = ort.InferenceSession(str(path), sess_options=so, providers=providers_for(device))
     except Exception as exc:

@@ -37,7 +37,7 @@ class PromptTokenizer:
 
 class TextEncoder:
     def __init__(self, graph: str | Path, device: str = "cpu", threads: int | None = None):
-        self.sess = open_graph(graph, device, threads, expect_inputs=[names.INPUT_IDS, names.ATTENTION_MASK],
+        self.sess = open_graph(graph, device, threads, expect_inputs=[names.INPUT_IDS, names.ATTENTION_MASK], spin=False,
                                expect_outputs=[names.ENCODER_HIDDEN_STATES])
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -107,3 +107,23 @@ def test_joining_reuses_the_preallocated_cache_and_long_requests_are_refused(tin
         lm.add(lm.prepare(h, m, GenerationParams(duration=1, seed=3), 20))
     with pytest.raises(ValueError, match="positions"):
         lm.prepare(h, m, GenerationParams(duration=1, seed=3), 45)
+
+
+def test_only_the_decode_step_spin_waits(tiny_repo):
+    """The graphs run once per request must not spin on the cores the decode steps need."""
+    from musicgen_runtime.codec import AudioDecoder
+    from musicgen_runtime.text import TextEncoder
+
+    key = "session.intra_op.allow_spinning"
+    lm = LanguageModel(tiny_repo / "lm_engine" / "1")
+    codec = AudioDecoder(tiny_repo / "audio_decoder" / "1" / "audio_decoder.onnx", hop_length=1)
+    text = TextEncoder(tiny_repo / "text_encoder" / "1" / "text_encoder.onnx")
+
+    def entry(sess):
+        try:
+            return sess.get_session_options().get_session_config_entry(key)
+        except Exception:  # unset: ORT's default, spinning on
+            return None
+
+    assert [entry(s) for s in (lm.cross_sess, codec.sess, text.sess)] == ["0", "0", "0"]
+    assert entry(lm.step_sess) is None
