@@ -71,8 +71,8 @@ class MelodyConditioner:
     """melody_condition graph: chroma projected and looped/truncated to chroma_length, then the text states."""
 
     def __init__(self, graph: str | Path, device: str = "cpu", threads: int | None = None):
-        self.sess = open_graph(graph, device, threads, expect_inputs=[CHROMA, names.ENCODER_HIDDEN_STATES], spin=False,
-                               expect_outputs=[INPUTS_EMBEDS])
+        self.sess = open_graph(graph, device, threads, expect_inputs=[CHROMA, names.ENCODER_HIDDEN_STATES],
+                               expect_outputs=[INPUTS_EMBEDS], spin=False)
         self.num_chroma = int(self.sess.get_inputs()[0].shape[-1])
 
     def __call__(self, chroma: np.ndarray, text_states: np.ndarray) -> np.ndarray:

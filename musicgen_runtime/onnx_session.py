@@ -28,9 +28,9 @@ def open_graph(path: str | Path, device: str = "cpu", threads: int | None = None
     """Load a graph; fail clearly if it is missing or lacks the tensor names the runtime uses.
 
     spin=False: the intra-op threads sleep instead of spin-waiting between ops. For graphs run once
-    per request (text encoder, cross K/V, codec): every session has its own pool on the same cores,
+    per request (text encoder, cross K/V, codec, melody conditioner): every session has its own pool on the same cores,
     and their spinning threads would steal the cores from the LM's decode steps (and vice versa
-    after the last step). The decode step keeps spinning: it runs back to back, ~460 ops a step.
+    after the last step). The decode steps keep spinning: it runs back to back, ~460 ops a step.
     """
     path = Path(path)
     if not path.exists():

@@ -37,8 +37,8 @@ class PromptTokenizer:
 
 class TextEncoder:
     def __init__(self, graph: str | Path, device: str = "cpu", threads: int | None = None):
-        self.sess = open_graph(graph, device, threads, expect_inputs=[names.INPUT_IDS, names.ATTENTION_MASK], spin=False,
-                               expect_outputs=[names.ENCODER_HIDDEN_STATES])
+        self.sess = open_graph(graph, device, threads, expect_inputs=[names.INPUT_IDS, names.ATTENTION_MASK],
+                               expect_outputs=[names.ENCODER_HIDDEN_STATES], spin=False)
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """[B, T, H] float32 states, zero at padded positions."""

@@ -109,15 +109,17 @@ def test_joining_reuses_the_preallocated_cache_and_long_requests_are_refused(tin
         lm.prepare(h, m, GenerationParams(duration=1, seed=3), 45)
 
 
-def test_only_the_decode_step_spin_waits(tiny_repo):
+def test_only_the_decode_steps_spin_wait(tiny_repo, melody_repo):
     """The graphs run once per request must not spin on the cores the decode steps need."""
     from musicgen_runtime.codec import AudioDecoder
+    from musicgen_runtime.melody_lm import MelodyLanguageModel
     from musicgen_runtime.text import TextEncoder
 
     key = "session.intra_op.allow_spinning"
     lm = LanguageModel(tiny_repo / "lm_engine" / "1")
     codec = AudioDecoder(tiny_repo / "audio_decoder" / "1" / "audio_decoder.onnx", hop_length=1)
     text = TextEncoder(tiny_repo / "text_encoder" / "1" / "text_encoder.onnx")
+    melody = MelodyLanguageModel(melody_repo / "lm_engine" / "1")
 
     def entry(sess):
         try:
@@ -125,5 +127,5 @@ def test_only_the_decode_step_spin_waits(tiny_repo):
         except Exception:  # unset: ORT's default, spinning on
             return None
 
-    assert [entry(s) for s in (lm.cross_sess, codec.sess, text.sess)] == ["0", "0", "0"]
-    assert entry(lm.step_sess) is None
+    assert [entry(s) for s in (lm.cross_sess, codec.sess, text.sess, melody.condition.sess)] == ["0"] * 4
+    assert [entry(s) for s in (lm.step_sess, melody.step_sess)] == [None, None]
