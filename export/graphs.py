@@ -14,6 +14,8 @@ from torch import nn
 
 from musicgen_runtime import names
 
+from . import codec_graph
+
 
 class TextEncoder(nn.Module):
     """T5 encoder + enc_to_dec projection, padded positions zeroed (as HF does before cross-attention)."""
@@ -178,11 +180,11 @@ class DecoderStep(nn.Module):
 
 
 class AudioDecoder(nn.Module):
-    """EnCodec codes [1, B, K, T] -> audio [B, channels, T * hop]."""
+    """EnCodec codes [1, B, K, T] -> audio [B, channels, T * hop] (T >= MIN_FRAMES; see codec_graph)."""
 
     def __init__(self, model):
         super().__init__()
-        self.codec = model.audio_encoder
+        self.codec = codec_graph.export_decoder(model.audio_encoder)
 
     def forward(self, audio_codes):
         return self.codec.decode(audio_codes, [None]).audio_values

@@ -149,3 +149,34 @@ def test_small_random_preset_has_musicgen_small_shapes():
     assert (dec.hidden_size, dec.num_hidden_layers, dec.num_attention_heads, dec.ffn_dim) == (1024, 24, 16, 4096)
     assert (dec.num_codebooks, dec.vocab_size, dec.max_position_embeddings) == (4, 2048, 2048)
     assert (codec.sampling_rate, codec.frame_rate, codec.num_quantizers, codec.codebook_size) == (32000, 50, 4, 2048)
+
+
+def test_codec_rewrite_matches_encodec_and_drops_the_copies(tiny_checkpoint, tiny_repo):
+    """The exported EnCodec decoder: same audio as HF's decode, without HF's per-conv Slice copies."""
+    import onnx
+    import torch
+
+    from export import codec_graph
+    from musicgen_runtime.codec import MIN_FRAMES
+
+    model, _ = checkpoints.load(tiny_checkpoint)
+    codec = model.audio_encoder
+    new = codec_graph.export_decoder(codec)
+    g = torch.Generator().manual_seed(3)
+    for frames in (MIN_FRAMES, 9):
+        codes = torch.randint(0, codec.config.codebook_size, (1, 1, 4, frames), generator=g)
+        with torch.no_grad():
+            ref = codec.decode(codes, [None]).audio_values  # the original still decodes: not mutated
+            ours = new.decode(codes, [None]).audio_values
+        assert ours.shape == ref.shape and torch.allclose(ours, ref, atol=1e-6), frames
+    assert not any(type(m).__name__.startswith("Parametrized") for m in new.decoder.modules())  # weights folded
+
+    graph = onnx.load(str(tiny_repo / "audio_decoder" / "1" / names.AUDIO_DECODER_FILE), load_external_data=False).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    kernel = {n.name: onnx.helper.get_attribute_value(next(a for a in n.attribute if a.name == "kernel_shape"))[0]
+              for n in graph.node if n.op_type == "Conv"}
+    # one static Pad per convolution with a kernel wider than 1, and no Slice of a padded activation
+    assert sum(n.op_type == "Pad" for n in graph.node) == sum(k > 1 for k in kernel.values()) == 6
+    assert not [n.name for n in graph.node if n.op_type == "Slice" and made_by.get(n.input[0]) == "Pad"]
+    assert sum(n.op_type == "ConvTranspose" and any(a.name == "pads" and any(a.ints) for a in n.attribute)
+               for n in graph.node) == 3  # the even strides trim inside the op; stride 5 keeps a Slice
