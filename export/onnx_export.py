@@ -202,6 +202,17 @@ def _toposort(graph) -> None:
     graph.node.extend(ordered)
 
 
+def exporter_digest() -> str:
+    """Hash of the exporter's and runtime's code: a staged export made by other code is not current."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for pkg in (Path(__file__).parent, Path(manifest_mod.__file__).parent):
+        for f in sorted(pkg.glob("*.py")):
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _versions() -> dict:
     import importlib.metadata as md
 
@@ -228,7 +239,8 @@ def build(source: str, repository: Path, precision: str = "fp32", fallback: str 
     repository.mkdir(parents=True, exist_ok=True)
     if skip_if_current:
         current = current_manifest(repository)
-        if current and current.get("source") == source and current.get("precision") == precision:
+        if (current and current.get("source") == source and current.get("precision") == precision
+                and current.get("exporter") == exporter_digest()):
             log.info("repository already holds an export of %s (%s); skipping", source, precision)
             return current
     try:
@@ -277,6 +289,7 @@ def stage(source: str, resolved, model, tokenizer, repository: Path, precision: 
             "generation_defaults": {"top_k": 250, "top_p": 0.0, "temperature": 1.0, "guidance_scale": 3.0},
             "files": files,
             "versions": _versions(),
+            "exporter": exporter_digest(),
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "export_seconds": round(time.time() - t0, 1),
         }

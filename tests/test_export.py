@@ -87,6 +87,17 @@ def test_int8_export_is_quantized_and_close(tmp_path):
     assert report["graphs"]["decoder_step"]["rel_l2"] < 0.1 and report["checks"]["top250_overlap"] > 0.9
     assert _step_ops(repo)["MultiHeadAttention"] == 2
 
+    # staged and current: skipped; staged by other exporter code: exported again
+    step = repo / "lm_engine" / "1" / names.DECODER_STEP_FILE
+    written = step.stat().st_mtime_ns
+    build("tiny-random", repo, precision="int8", skip_if_current=True)
+    assert step.stat().st_mtime_ns == written
+    lm_manifest = repo / "lm_engine" / "1" / names.MANIFEST_FILE
+    lm_manifest.write_text(json.dumps({**json.loads(lm_manifest.read_text()), "exporter": "older-code"}))
+    again = build("tiny-random", repo, precision="int8", skip_if_current=True)
+    assert again["exporter"] == m["exporter"] != "older-code" and step.stat().st_mtime_ns != written
+    assert json.loads(lm_manifest.read_text())["exporter"] == m["exporter"]
+
 
 def test_fp16_export_loads_and_reports_error(tmp_path):
     repo = tmp_path / "repo"
