@@ -68,14 +68,14 @@ def weight_bytes(model_dir: Path) -> int:
     return sum(f.stat().st_size for f in Path(model_dir).glob(names.DECODER_STEP_FILE + "*"))
 
 
-def step_weight_bytes(model_dir: Path) -> int:
+def step_weight_bytes(model_dir: Path, graph_file: str = names.DECODER_STEP_FILE) -> int:
     """Bytes of the step graph's initializers that every step reads in full: all of them except the
     tables read through Gather (codebook embeddings, position table), of which a step reads one row
     per token. Read from the graph itself (no weights loaded)."""
     import onnx
     from onnx import helper
 
-    graph = onnx.load(str(Path(model_dir) / names.DECODER_STEP_FILE), load_external_data=False).graph
+    graph = onnx.load(str(Path(model_dir) / graph_file), load_external_data=False).graph
     gathered = {n.input[0] for n in graph.node if n.op_type == "Gather"}
     used_otherwise = {i for n in graph.node if n.op_type != "Gather" for i in n.input}
     total = 0
@@ -125,11 +125,14 @@ def decode_steps(model_dir: Path, duration: float, guidance_scale: float = 3.0, 
         raise seq.error
     ms = np.array(times[1:] or times) * 1000.0  # the first step also builds the batch state
     tail = ms[-max(1, ms.size // 10):]
-    # what the median step reads: the weights, and the cache at the middle position of the clip
-    read_bytes = step_weight_bytes(model_dir) + step_cache_bytes(lm, seq.rows, (len(times) + 1) // 2, text_tokens)
+    # what the median step reads: the weights of the graph that ran it, and the cache at mid-clip
+    graph_file = (names.DECODER_STEP_FEW_ROWS_FILE if lm.step_graph(seq.rows) is lm.few_rows_sess
+                  else names.DECODER_STEP_FILE)
+    read_bytes = (step_weight_bytes(model_dir, graph_file)
+                  + step_cache_bytes(lm, seq.rows, (len(times) + 1) // 2, text_tokens))
     return {"model_dir": str(model_dir), "load_s": load_s, "steps": len(times), "frames": frames,
             "rows": seq.rows, "past_max": len(times), "step_ms_median": float(np.median(ms)),
             "step_ms_p10": float(np.percentile(ms, 10)), "step_ms_p90": float(np.percentile(ms, 90)),
             "step_ms_last10pct": float(np.median(tail)), "steps_per_s": 1000.0 / float(np.median(ms)),
             "precision": lm.manifest.get("precision"), "cache_dtype": np.dtype(lm.cache_dtype).name,
-            "step_read_bytes": int(read_bytes)}
+            "step_graph": graph_file, "step_read_bytes": int(read_bytes)}

@@ -21,7 +21,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 MODEL_FILES = {
     "tokenizer": [names.TOKENIZER_FILE],
     "text_encoder": [names.TEXT_ENCODER_FILE],
-    "lm_engine": [names.CROSS_KV_FILE, names.DECODER_STEP_FILE],
+    "lm_engine": [names.CROSS_KV_FILE, names.DECODER_STEP_FILE, names.DECODER_STEP_FEW_ROWS_FILE],
     "audio_decoder": [names.AUDIO_DECODER_FILE],
     "musicgen_info": [],  # manifest only
     "musicgen_stream": [],
@@ -125,14 +125,15 @@ def export_graphs(model, out: Path, precision: str = "fp32") -> dict:
     return finish_graphs(raw, out, precision, fp16={
         names.CROSS_KV_FILE: [names.ENCODER_HIDDEN_STATES],
         names.DECODER_STEP_FILE: [names.ENCODER_HIDDEN_STATES, names.LOGITS]},
-        int8=names.DECODER_STEP_FILE)
+        int8=names.DECODER_STEP_FILE, few_rows=names.DECODER_STEP_FEW_ROWS_FILE)
 
 
-def finish_graphs(raw: Path, out: Path, precision: str, fp16: dict, int8: str) -> dict:
+def finish_graphs(raw: Path, out: Path, precision: str, fp16: dict, int8: str, few_rows: str | None = None) -> dict:
     """Move the exported graphs from `raw` into `out` at the LM precision, check each, remove `raw`.
 
     fp16: {file: its inputs/outputs that stay fp32} (sampling runs on fp32 logits); int8: the file
-    whose MatMuls are quantized. Returns {file: {"precision": ...}}.
+    whose MatMuls are quantized; few_rows: if set, int8 also writes this blockwise-int8 copy of that
+    file (lm.FEW_ROWS). Returns {file: {"precision": ...}}.
     """
     import onnx
 
@@ -146,6 +147,10 @@ def finish_graphs(raw: Path, out: Path, precision: str, fp16: dict, int8: str) -
             graph_precision = "fp16"
         _save(proto, out / fname)
         if precision == "int8" and fname == int8:
+            if few_rows:  # from the fp32 graph just saved (saving moved the proto's weights out)
+                to_int8_blockwise(out / fname, out / few_rows)
+                onnx.checker.check_model(str(out / few_rows), full_check=True)
+                info[few_rows] = {"precision": "int8-block128"}
             to_int8(out / fname)
             graph_precision = "int8"
         onnx.checker.check_model(str(out / fname), full_check=True)
@@ -182,6 +187,18 @@ def to_int8(path: Path) -> None:
     tmp.unlink()
     for f in tmp.parent.glob(tmp.name + "*"):  # the quantizer's own external-data file
         f.unlink()
+
+
+def to_int8_blockwise(src: Path, path: Path) -> None:
+    """Blockwise int8 (CPU): MatMulNBits with 8-bit weights, one symmetric scale per 128 inputs,
+    int8 arithmetic (accuracy level 4). Its kernel streams the weights faster than dynamic int8's
+    GEMM when a step has one or two rows (lm.FEW_ROWS); with more rows it computes slower."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=8, block_size=128, is_symmetric=True, accuracy_level=4)
+    q.process()
+    _save(q.model.model, path)
 
 
 def _toposort(graph) -> None:

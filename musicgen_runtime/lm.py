@@ -21,6 +21,10 @@ from . import delay, manifest as manifest_mod, memory, names, sampling
 from .onnx_session import GraphError, open_graph
 from .validation import GenerationParams
 
+# Up to this many new tokens per step (one request with guidance: 2 rows) an int8 export runs its
+# blockwise-int8 step graph: measured faster than dynamic int8 at 1-2 rows, slower from 4 rows on.
+FEW_ROWS = 2
+
 _ids = itertools.count(1)
 
 
@@ -242,11 +246,15 @@ class RowBatch:
         return done
 
 
+def _io_signature(sess) -> list:
+    return [(v.name, v.type) for v in sess.get_inputs() + sess.get_outputs()]
+
+
 class LanguageModel(RowBatch):
     """cross_kv + decoder_step graphs of one exported checkpoint; sequences batched in a RowBatch."""
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", threads: int | None = None,
-                 max_rows: int = 32, max_steps: int | None = None):
+                 max_rows: int = 32, max_steps: int | None = None, few_rows: int = FEW_ROWS):
         import onnxruntime as ort
 
         self._ort = ort
@@ -255,10 +263,16 @@ class LanguageModel(RowBatch):
         self.dims = manifest_mod.dims(self.manifest)
         self.device = device
         d = self.dims
-        self.step_sess = open_graph(model_dir / names.DECODER_STEP_FILE, device, threads,
-                                    expect_inputs=[names.INPUT_IDS, names.POSITION_IDS, names.SEQLENS_K,
-                                                   names.TOTAL_SEQUENCE_LENGTH, names.ENCODER_ATTENTION_MASK],
-                                    expect_outputs=[names.LOGITS])
+        step_io = dict(expect_inputs=[names.INPUT_IDS, names.POSITION_IDS, names.SEQLENS_K,
+                                      names.TOTAL_SEQUENCE_LENGTH, names.ENCODER_ATTENTION_MASK],
+                       expect_outputs=[names.LOGITS])
+        self.step_sess = open_graph(model_dir / names.DECODER_STEP_FILE, device, threads, **step_io)
+        self.few_rows_sess, self.few_rows = None, few_rows
+        if (model_dir / names.DECODER_STEP_FEW_ROWS_FILE).exists():
+            self.few_rows_sess = open_graph(model_dir / names.DECODER_STEP_FEW_ROWS_FILE, device, threads, **step_io)
+            if _io_signature(self.few_rows_sess) != _io_signature(self.step_sess):
+                raise GraphError(f"{names.DECODER_STEP_FEW_ROWS_FILE} does not take the inputs of "
+                                 f"{names.DECODER_STEP_FILE}: re-export")
         self.cross_sess = open_graph(model_dir / names.CROSS_KV_FILE, device, threads,
                                      expect_inputs=[names.ENCODER_HIDDEN_STATES], spin=False)
         # layer count and cache dtype are read back from the graph, not assumed
@@ -358,7 +372,8 @@ class LanguageModel(RowBatch):
         ids [rows, K, S]; pos [rows, S] positions of the new tokens, which are also their cache indices.
         """
         rows = ids.shape[0]
-        io = self.step_sess.io_binding()
+        sess = self.step_graph(rows * ids.shape[2])
+        io = sess.io_binding()
         io.bind_cpu_input(names.INPUT_IDS, np.ascontiguousarray(ids, np.int64))
         io.bind_cpu_input(names.POSITION_IDS, np.ascontiguousarray(pos, np.int64))
         io.bind_cpu_input(names.SEQLENS_K, np.ascontiguousarray(pos[:, -1], np.int32))
@@ -369,8 +384,14 @@ class LanguageModel(RowBatch):
             for j, kv in ((2 * i, "key"), (2 * i + 1, "value")):
                 cache.bind(io, j, names.past(i, "decoder", kv), names.present(i, kv), rows)
                 io.bind_ortvalue_input(names.past(i, "encoder", kv), cross[j])
-        self.step_sess.run_with_iobinding(io)
+        sess.run_with_iobinding(io)
         return io.get_outputs()[0].numpy()
+
+    def step_graph(self, tokens: int):
+        """The step session for `tokens` new tokens in all (rows x tokens per row)."""
+        if self.few_rows_sess is not None and tokens <= self.few_rows:
+            return self.few_rows_sess
+        return self.step_sess
 
     # -- one request, start to end ---------------------------------------------------------------
     def generate(self, hidden, mask, params: GenerationParams, frames: int, on_step=None) -> np.ndarray:

@@ -39,12 +39,12 @@ def test_manifest_records_source_dims_and_hashes(tiny_repo):
     assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(m["versions"])
 
 
-def _step_ops(repo):
+def _step_ops(repo, graph_file=names.DECODER_STEP_FILE):
     import collections
 
     import onnx
 
-    g = onnx.load(str(repo / "lm_engine" / "1" / names.DECODER_STEP_FILE), load_external_data=False).graph
+    g = onnx.load(str(repo / "lm_engine" / "1" / graph_file), load_external_data=False).graph
     return collections.Counter(n.op_type for n in g.node)
 
 
@@ -86,6 +86,17 @@ def test_int8_export_is_quantized_and_close(tmp_path):
     assert report["passed"], report
     assert report["graphs"]["decoder_step"]["rel_l2"] < 0.1 and report["checks"]["top250_overlap"] > 0.9
     assert _step_ops(repo)["MultiHeadAttention"] == 2
+    # and the blockwise-int8 copy that runs steps of one request (lm.FEW_ROWS), checked the same way
+    assert m["graphs"][names.DECODER_STEP_FEW_ROWS_FILE]["precision"] == "int8-block128"
+    assert report["graphs"]["decoder_step_few_rows"]["rel_l2"] < 0.1
+    assert report["checks"]["top250_overlap_few_rows"] > 0.9
+    few_ops = _step_ops(repo, names.DECODER_STEP_FEW_ROWS_FILE)
+    assert few_ops["MatMulNBits"] > 0 and few_ops["MatMul"] == few_ops["MatMulInteger"] == 0
+    assert few_ops["GroupQueryAttention"] == few_ops["MultiHeadAttention"] == 2
+    from musicgen_runtime.lm import FEW_ROWS, LanguageModel
+
+    lm = LanguageModel(repo / "lm_engine" / "1")
+    assert lm.step_graph(FEW_ROWS) is lm.few_rows_sess and lm.step_graph(FEW_ROWS + 1) is lm.step_sess
 
     # staged and current: skipped; staged by other exporter code: exported again
     step = repo / "lm_engine" / "1" / names.DECODER_STEP_FILE
