@@ -268,7 +268,7 @@ class LanguageModel(RowBatch):
                        expect_outputs=[names.LOGITS])
         self.step_sess = open_graph(model_dir / names.DECODER_STEP_FILE, device, threads, **step_io)
         self.few_rows_sess, self.few_rows = None, few_rows
-        if (model_dir / names.DECODER_STEP_FEW_ROWS_FILE).exists():
+        if few_rows > 0 and (model_dir / names.DECODER_STEP_FEW_ROWS_FILE).exists():  # 0: not loaded
             self.few_rows_sess = open_graph(model_dir / names.DECODER_STEP_FEW_ROWS_FILE, device, threads, **step_io)
             if _io_signature(self.few_rows_sess) != _io_signature(self.step_sess):
                 raise GraphError(f"{names.DECODER_STEP_FEW_ROWS_FILE} does not take the inputs of "

@@ -97,6 +97,7 @@ def test_int8_export_is_quantized_and_close(tmp_path):
 
     lm = LanguageModel(repo / "lm_engine" / "1")
     assert lm.step_graph(FEW_ROWS) is lm.few_rows_sess and lm.step_graph(FEW_ROWS + 1) is lm.step_sess
+    assert LanguageModel(repo / "lm_engine" / "1", few_rows=0).few_rows_sess is None  # lm_engine's "few_rows": "0"
 
     # staged and current: skipped; staged by other exporter code: exported again
     step = repo / "lm_engine" / "1" / names.DECODER_STEP_FILE

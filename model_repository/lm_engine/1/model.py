@@ -4,7 +4,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from musicgen_runtime import chroma, delay, manifest, triton_io
-from musicgen_runtime.lm import LanguageModel
+from musicgen_runtime.lm import FEW_ROWS, LanguageModel
 from musicgen_runtime.melody_lm import MelodyLanguageModel, is_melody
 from musicgen_runtime.scheduler import Job, Scheduler
 from musicgen_runtime.validation import ValidationError, validate_params
@@ -25,8 +25,11 @@ class TritonPythonModel:
         # the KV cache is sized once: every request's rows (CFG: 2) at the longest duration
         steps = delay.num_steps(delay.frames_for_duration(self.max_duration, dims.frame_rate),
                                 dims.num_codebooks, dims.audio_channels)
-        model = MelodyLanguageModel if self.melody else LanguageModel
-        self.lm = model(d, device=triton_io.device(args), max_rows=2 * max_active, max_steps=steps)
+        if self.melody:
+            self.lm = MelodyLanguageModel(d, device=triton_io.device(args), max_rows=2 * max_active, max_steps=steps)
+        else:  # few_rows: steps of up to this many rows run an int8 export's blockwise graph (0: never load it)
+            self.lm = LanguageModel(d, device=triton_io.device(args), max_rows=2 * max_active, max_steps=steps,
+                                    few_rows=int(params.get("few_rows") or FEW_ROWS))
         self.dims = self.lm.dims
         c = self.lm.cache
         print(f"lm_engine: KV cache {c.max_rows} rows x {c.capacity} positions, {c.nbytes / 2**30:.2f} GiB "
