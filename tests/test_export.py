@@ -203,3 +203,20 @@ def test_codec_rewrite_matches_encodec_and_drops_the_copies(tiny_checkpoint, tin
     assert not [n.name for n in graph.node if n.op_type == "Slice" and made_by.get(n.input[0]) == "Pad"]
     assert sum(n.op_type == "ConvTranspose" and any(a.name == "pads" and any(a.ints) for a in n.attribute)
                for n in graph.node) == 3  # the even strides trim inside the op; stride 5 keeps a Slice
+
+
+def test_causality_check_tells_quantization_noise_from_a_leak():
+    from export.verify import causality
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((2, 4, 9, 64)).astype(np.float32)
+    full = ref + 0.01 * rng.standard_normal(ref.shape).astype(np.float32)  # int8-like error vs fp32
+    noise_only = full + 0.004 * rng.standard_normal(ref.shape).astype(np.float32)
+    leak = full.copy()
+    leak[:, :, 3] += 0.5 * rng.standard_normal((2, 4, 64)).astype(np.float32)  # an earlier position moved
+    assert causality(full, noise_only, ref, "int8")["causal"]
+    assert not causality(full, leak, ref, "int8")["causal"]
+    assert not causality(full, noise_only, ref, "fp32")["causal"]  # fp32: no movement at all
+    last_only = full.copy()
+    last_only[:, :, -1] += 1.0
+    assert causality(full, last_only, ref, "fp32")["causal"]
