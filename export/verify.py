@@ -130,16 +130,9 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
                             encoder_attention_mask=torch.tensor(enc_mask)).logits
     ref = ref.reshape(2, k, n_tok, v).numpy()
     cross = lm.cross_sess.run(lm.cross_out, {names.ENCODER_HIDDEN_STATES: states.astype(lm.hidden_dtype)})
-    few_rows, lm.few_rows = lm.few_rows, 0  # the main step graph first, even at 2 rows
-    ours = _run_steps(lm, tokens, cross, enc_mask)
-    lm.few_rows = few_rows
-    report["graphs"]["decoder_step"] = _err(ours, ref)
+    ours = step_graphs_parity(lm, lambda: _run_steps(lm, tokens, cross, enc_mask), ref, report)
     report["checks"]["top250_overlap"] = topk_overlap(ours, ref, 250)
     report["checks"]["argmax_agreement"] = float((ours.argmax(-1) == ref.argmax(-1)).mean())
-    if lm.few_rows_sess is not None:  # int8: the blockwise graph that runs steps of <= lm.FEW_ROWS rows
-        few = _run_steps(lm, tokens, cross, enc_mask)
-        report["graphs"]["decoder_step_few_rows"] = _err(few, ref)
-        report["checks"]["top250_overlap_few_rows"] = topk_overlap(few, ref, 250)
 
     # causality: all tokens at once (S = n_tok, empty past); changing the last token changes no earlier logit
     full = _run_block(lm, tokens, cross, enc_mask)
@@ -181,12 +174,33 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
         oracle_ok = all(o["identical"] for o in oracle)
     else:  # reduced precision: bounded logits error; tokens reported, not required equal
         bound = REDUCED_TOL[precision]
-        graph_ok = all(report["graphs"][g]["rel_l2"] < bound for g in ("decoder_step", "decoder_step_few_rows")
-                       if g in report["graphs"])
+        graph_ok = reduced_graphs_ok(report, bound)
         oracle_ok = True
     report["tolerance"] = FP32_TOL if precision == "fp32" else REDUCED_TOL[precision]
     report["passed"] = bool(graph_ok and oracle_ok and report["checks"]["causal"])
     return report
+
+
+def step_graphs_parity(lm, run, ref, report: dict) -> np.ndarray:
+    """Logits of `run()` (steps of 2 rows) vs `ref` for the main step graph, and for an int8 export's
+    blockwise graph too (lm.FEW_ROWS: it runs such steps in service). Returns the main graph's logits."""
+    few_rows, lm.few_rows = lm.few_rows, 0  # the main graph first, even at 2 rows
+    try:
+        ours = run()
+    finally:
+        lm.few_rows = few_rows
+    report["graphs"]["decoder_step"] = _err(ours, ref)
+    if lm.few_rows_sess is not None:
+        few = run()
+        report["graphs"]["decoder_step_few_rows"] = _err(few, ref)
+        report["checks"]["top250_overlap_few_rows"] = topk_overlap(few, ref, 250)
+    return ours
+
+
+def reduced_graphs_ok(report: dict, bound: float) -> bool:
+    """Reduced precision: every step graph's logits within rel-L2 `bound` of fp32 PyTorch."""
+    return all(report["graphs"][g]["rel_l2"] < bound for g in ("decoder_step", "decoder_step_few_rows")
+               if g in report["graphs"])
 
 
 def causality(full, changed, ref, precision: str) -> dict:

@@ -152,12 +152,21 @@ class RowBatch:
     """
 
     cache: KVCache
-    # set by the subclass from its manifest and step graph
+    # set by the subclass from its manifest and step graphs
+    step_sess = few_rows_sess = None
+    few_rows = 0
     dims: manifest_mod.Dims
     _ort: object
     device: str
     cache_dtype: type
     num_layers: int
+
+    def step_graph(self, tokens: int):
+        """The step session for `tokens` new tokens in all (rows x tokens per row): an int8 export's
+        blockwise graph up to `few_rows` of them, else the main one."""
+        if self.few_rows_sess is not None and tokens <= self.few_rows:
+            return self.few_rows_sess
+        return self.step_sess
 
     def new_cache(self, rows: int, capacity: int) -> KVCache:
         """A KV cache for this model's step graph (the batch's own, or a scratch one for verification)."""
@@ -250,6 +259,16 @@ def _io_signature(sess) -> list:
     return [(v.name, v.type) for v in sess.get_inputs() + sess.get_outputs()]
 
 
+def open_few_rows_graph(path: Path, main, device: str, threads: int | None, few_rows: int, **expect):
+    """An int8 export's blockwise step graph beside `main` (see FEW_ROWS), or None: not exported, or few_rows 0."""
+    if few_rows <= 0 or not path.exists():
+        return None
+    sess = open_graph(path, device, threads, **expect)
+    if _io_signature(sess) != _io_signature(main):
+        raise GraphError(f"{path.name} does not take the inputs of the main step graph: re-export")
+    return sess
+
+
 class LanguageModel(RowBatch):
     """cross_kv + decoder_step graphs of one exported checkpoint; sequences batched in a RowBatch."""
 
@@ -267,12 +286,9 @@ class LanguageModel(RowBatch):
                                       names.TOTAL_SEQUENCE_LENGTH, names.ENCODER_ATTENTION_MASK],
                        expect_outputs=[names.LOGITS])
         self.step_sess = open_graph(model_dir / names.DECODER_STEP_FILE, device, threads, **step_io)
-        self.few_rows_sess, self.few_rows = None, few_rows
-        if few_rows > 0 and (model_dir / names.DECODER_STEP_FEW_ROWS_FILE).exists():  # 0: not loaded
-            self.few_rows_sess = open_graph(model_dir / names.DECODER_STEP_FEW_ROWS_FILE, device, threads, **step_io)
-            if _io_signature(self.few_rows_sess) != _io_signature(self.step_sess):
-                raise GraphError(f"{names.DECODER_STEP_FEW_ROWS_FILE} does not take the inputs of "
-                                 f"{names.DECODER_STEP_FILE}: re-export")
+        self.few_rows = few_rows
+        self.few_rows_sess = open_few_rows_graph(model_dir / names.DECODER_STEP_FEW_ROWS_FILE, self.step_sess,
+                                                 device, threads, few_rows, **step_io)
         self.cross_sess = open_graph(model_dir / names.CROSS_KV_FILE, device, threads,
                                      expect_inputs=[names.ENCODER_HIDDEN_STATES], spin=False)
         # layer count and cache dtype are read back from the graph, not assumed
@@ -386,12 +402,6 @@ class LanguageModel(RowBatch):
                 io.bind_ortvalue_input(names.past(i, "encoder", kv), cross[j])
         sess.run_with_iobinding(io)
         return io.get_outputs()[0].numpy()
-
-    def step_graph(self, tokens: int):
-        """The step session for `tokens` new tokens in all (rows x tokens per row)."""
-        if self.few_rows_sess is not None and tokens <= self.few_rows:
-            return self.few_rows_sess
-        return self.step_sess
 
     # -- one request, start to end ---------------------------------------------------------------
     def generate(self, hidden, mask, params: GenerationParams, frames: int, on_step=None) -> np.ndarray:

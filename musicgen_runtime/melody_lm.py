@@ -39,7 +39,7 @@ import numpy as np
 
 from . import delay, manifest as manifest_mod, names
 from .chroma import ChromaConfig, MelodyInputError, null_chroma
-from .lm import KVCache, RowBatch, SequenceState
+from .lm import FEW_ROWS, KVCache, RowBatch, SequenceState, open_few_rows_graph
 from .onnx_session import GraphError, open_graph
 from .validation import GenerationParams
 
@@ -48,6 +48,7 @@ CHROMA = "chroma"  # condition graph input [B, Tc, num_chroma]
 INPUTS_EMBEDS = "inputs_embeds"  # condition graph output / step graph input [B, E, H]
 CONDITION_FILE = "melody_condition.onnx"
 DECODER_STEP_FILE = "melody_decoder_step.onnx"
+DECODER_STEP_FEW_ROWS_FILE = "melody_decoder_step_few_rows.onnx"  # int8 exports (lm.FEW_ROWS)
 
 
 def is_melody(manifest: dict) -> bool:
@@ -88,7 +89,7 @@ class MelodyLanguageModel(RowBatch):
     runs on its own rows at the next step, then it decodes with the others."""
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", threads: int | None = None,
-                 max_rows: int = 32, max_steps: int | None = None):
+                 max_rows: int = 32, max_steps: int | None = None, few_rows: int = FEW_ROWS):
         import onnxruntime as ort
 
         model_dir = Path(model_dir)
@@ -109,10 +110,12 @@ class MelodyLanguageModel(RowBatch):
         if self.condition.num_chroma != self.num_chroma:
             raise GraphError(f"{CONDITION_FILE} takes {self.condition.num_chroma} chroma bins, "
                              f"manifest says {self.num_chroma}")
-        self.step_sess = open_graph(model_dir / DECODER_STEP_FILE, device, threads,
-                                    expect_inputs=[INPUTS_EMBEDS, names.INPUT_IDS, names.POSITION_IDS,
-                                                   names.SEQLENS_K, names.TOTAL_SEQUENCE_LENGTH],
-                                    expect_outputs=[names.LOGITS])
+        step_io = dict(expect_inputs=[INPUTS_EMBEDS, names.INPUT_IDS, names.POSITION_IDS, names.SEQLENS_K,
+                                      names.TOTAL_SEQUENCE_LENGTH], expect_outputs=[names.LOGITS])
+        self.step_sess = open_graph(model_dir / DECODER_STEP_FILE, device, threads, **step_io)
+        self.few_rows = few_rows
+        self.few_rows_sess = open_few_rows_graph(model_dir / DECODER_STEP_FEW_ROWS_FILE, self.step_sess, device,
+                                                 threads, few_rows, **step_io)
         past = [i for i in self.step_sess.get_inputs() if i.name.startswith("past_key_values.")]
         self.num_layers = len(past) // 2
         if self.num_layers != self.dims.num_layers:
@@ -200,7 +203,8 @@ class MelodyLanguageModel(RowBatch):
         embeds [rows, E, H] (E = 0 when decoding) · ids [rows, K, S] · pos [rows, E + S] positions of
         the new entries, which are also their cache indices → logits [rows, K, S, V].
         """
-        io = self.step_sess.io_binding()
+        sess = self.step_graph(ids.shape[0] * pos.shape[1])
+        io = sess.io_binding()
         io.bind_cpu_input(INPUTS_EMBEDS, np.ascontiguousarray(embeds, self.embeds_dtype))
         io.bind_cpu_input(names.INPUT_IDS, np.ascontiguousarray(ids, np.int64))
         io.bind_cpu_input(names.POSITION_IDS, np.ascontiguousarray(pos, np.int64))
@@ -210,7 +214,7 @@ class MelodyLanguageModel(RowBatch):
         for i in range(self.num_layers):
             for j, kv in ((2 * i, "key"), (2 * i + 1, "value")):
                 cache.bind(io, j, names.past(i, "decoder", kv), names.present(i, kv), ids.shape[0], first_row)
-        self.step_sess.run_with_iobinding(io)
+        sess.run_with_iobinding(io)
         return io.get_outputs()[0].numpy()
 
     def step(self) -> list[MelodySequence]:

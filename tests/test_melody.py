@@ -180,6 +180,29 @@ def test_export_from_save_pretrained_directory(tmp_path, melody_repo, parts):
     np.testing.assert_array_equal(lm2.generate(h, mask, ch, p, 10), lm.generate(h, mask, ch, p, 10))
 
 
+def test_int8_melody_export_runs_the_blockwise_graph_for_one_request(tmp_path, parts):
+    from export.onnx_export import build
+    from export.verify import verify
+    from musicgen_runtime.melody_lm import DECODER_STEP_FEW_ROWS_FILE
+
+    repo = tmp_path / "repo"
+    m = build("tiny-random-melody", repo, precision="int8")
+    assert m["graphs"][DECODER_STEP_FEW_ROWS_FILE]["precision"] == "int8-block128"
+    report = verify(repo, steps=12)
+    assert report["passed"], report
+    assert report["graphs"]["decoder_step_few_rows"]["rel_l2"] < 0.1
+    lm = MelodyLanguageModel(repo / "lm_engine" / "1")
+    used = []
+    for sess in (lm.step_sess, lm.few_rows_sess):
+        run = sess.run_with_iobinding
+        sess.run_with_iobinding = lambda io, run=run, sess=sess: (used.append(sess), run(io))[1]
+    _, states = parts
+    h, mask = states("chill bossa nova")
+    lm.generate(h, mask, _melody(4.0, 48000, 6), GenerationParams(duration=1, seed=0), 6)
+    # one request with guidance: the prefill (prefix + BOS) on the main graph, every decode step on the blockwise one
+    assert used[0] is lm.step_sess and used[1:] and all(s is lm.few_rows_sess for s in used[1:])
+
+
 def test_melody_runtime_refuses_text_only_export(tmp_path):
     (tmp_path / names.MANIFEST_FILE).write_text(json.dumps({"model_type": "musicgen", "dims": {}}))
     with pytest.raises(GraphError, match="not 'musicgen_melody'"):

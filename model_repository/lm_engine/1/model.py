@@ -25,11 +25,10 @@ class TritonPythonModel:
         # the KV cache is sized once: every request's rows (CFG: 2) at the longest duration
         steps = delay.num_steps(delay.frames_for_duration(self.max_duration, dims.frame_rate),
                                 dims.num_codebooks, dims.audio_channels)
-        if self.melody:
-            self.lm = MelodyLanguageModel(d, device=triton_io.device(args), max_rows=2 * max_active, max_steps=steps)
-        else:  # few_rows: steps of up to this many rows run an int8 export's blockwise graph (0: never load it)
-            self.lm = LanguageModel(d, device=triton_io.device(args), max_rows=2 * max_active, max_steps=steps,
-                                    few_rows=int(params.get("few_rows") or FEW_ROWS))
+        model = MelodyLanguageModel if self.melody else LanguageModel
+        # few_rows: steps of up to this many rows run an int8 export's blockwise graph (0: never load it)
+        self.lm = model(d, device=triton_io.device(args), max_rows=2 * max_active, max_steps=steps,
+                        few_rows=int(params.get("few_rows") or FEW_ROWS))
         self.dims = self.lm.dims
         c = self.lm.cache
         print(f"lm_engine: KV cache {c.max_rows} rows x {c.capacity} positions, {c.nbytes / 2**30:.2f} GiB "
