@@ -53,23 +53,16 @@ class StaticPadConv(nn.Module):
         return self.conv(x)
 
 
-class TrimmedConvTranspose(nn.Module):
-    """EncodecConvTranspose1d whose trim is symmetric: the trim is the ConvTranspose's own padding."""
-
-    def __init__(self, enc_ct):
-        super().__init__()
-        ct = enc_ct.conv
-        k, s = ct.kernel_size[0], ct.stride[0]
-        self.conv = plain_conv(ct)
-        self.conv.padding = ((k - s) // 2,)
-
-    def forward(self, x):
-        return self.conv(x)
+def trimmed_conv_transpose(enc_ct) -> nn.ConvTranspose1d:
+    """EncodecConvTranspose1d whose trim is symmetric, as one ConvTranspose1d that trims via its padding."""
+    ct = enc_ct.conv
+    conv = plain_conv(ct)
+    conv.padding = ((ct.kernel_size[0] - ct.stride[0]) // 2,)
+    return conv
 
 
 def _symmetric_trim(enc_ct) -> bool:
-    k, s = enc_ct.conv.kernel_size[0], enc_ct.conv.stride[0]
-    total = k - s
+    total = enc_ct.conv.kernel_size[0] - enc_ct.conv.stride[0]
     return not enc_ct.causal and total % 2 == 0 and enc_ct.norm_type == "weight_norm"
 
 
@@ -85,7 +78,7 @@ def export_decoder(codec: nn.Module) -> nn.Module:
         for name, child in parent.named_children():
             new = None
             if isinstance(child, hf.EncodecConvTranspose1d):
-                new = TrimmedConvTranspose(child) if _symmetric_trim(child) else None
+                new = trimmed_conv_transpose(child) if _symmetric_trim(child) else None
                 min_len *= child.conv.stride[0]
             elif isinstance(child, hf.EncodecConv1d) and child.conv.stride[0] == 1 and child.norm_type == "weight_norm":
                 new = StaticPadConv(child)

@@ -153,8 +153,9 @@ class RowBatch:
 
     cache: KVCache
     # set by the subclass from its manifest and step graphs
-    step_sess = few_rows_sess = None
-    few_rows = 0
+    step_sess: object
+    few_rows_sess: object | None  # an int8 export's blockwise step graph (FEW_ROWS), if loaded
+    few_rows: int
     dims: manifest_mod.Dims
     _ort: object
     device: str
