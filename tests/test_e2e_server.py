@@ -295,3 +295,11 @@ def test_burst_of_concurrent_requests_keeps_the_server_up(triton):
     assert shapes == [(4, 10)] * 150
     assert triton.is_running()
     assert_healthy(triton)
+
+
+def test_engine_metric_reports_never_fail(triton):
+    """Regression: the engine thread's first metrics report ran before the metrics existed (an
+    AttributeError traceback in the server log at every start)."""
+    generate_grpc(triton, prompt=PROMPT, duration=0.2, seed=3)
+    log = triton.log_path.read_text(errors="replace")
+    assert "in _report" not in log

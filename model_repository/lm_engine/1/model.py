@@ -34,7 +34,7 @@ class TritonPythonModel:
         print(f"lm_engine: KV cache {c.max_rows} rows x {c.capacity} positions, {c.nbytes / 2**30:.2f} GiB "
               f"({'allocated on the GPU' if c.device == 'cuda' else 'reserved; pages used as written'})", flush=True)
         self.max_melody_samples = int(float(params.get("max_melody_seconds") or 60) * 48000 * 2)
-        self.scheduler = Scheduler(self.lm, max_active=max_active, on_report=self._report)
+        # the metrics exist before the scheduler starts: its thread reports at once
         self._reported = {}
         # Prometheus metrics of the engine, next to Triton's own on the metrics endpoint
         self._families = [
@@ -47,6 +47,7 @@ class TritonPythonModel:
         self.in_flight = self._families[0].Metric(labels={})
         self.outcome = {k: self._families[1].Metric(labels={"outcome": k}) for k in ("ok", "error", "cancelled")}
         self.frames = self._families[2].Metric(labels={})
+        self.scheduler = Scheduler(self.lm, max_active=max_active, on_report=self._report)
 
     def execute(self, requests):
         for request in requests:
