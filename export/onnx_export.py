@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -254,6 +255,7 @@ def build(source: str, repository: Path, precision: str = "fp32", fallback: str 
     """Export `source` into `repository` (model dirs must exist: they hold config.pbtxt). Returns the manifest."""
     repository = Path(repository)
     repository.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_staging(repository)  # also when the export itself is skipped: the server reads the folder
     if skip_if_current:
         current = current_manifest(repository)
         if (current and current.get("source") == source and current.get("precision") == precision
@@ -278,11 +280,37 @@ def build(source: str, repository: Path, precision: str = "fp32", fallback: str 
                  export=lambda out: export_graphs(model, out, precision), model_files=MODEL_FILES)
 
 
+STAGING_PREFIX = ".export-"  # + the exporting process's pid: a staging folder inside the repository
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_abandoned_staging(repository: Path) -> list[Path]:
+    """Delete staging folders left by exports that were killed (their process is gone): Triton reads
+    every folder of a repository as a model and refuses to start with one of them in it."""
+    removed = []
+    for d in Path(repository).glob(STAGING_PREFIX + "*"):
+        pid = d.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if d.is_dir() and not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(d, ignore_errors=True)
+            log.warning("removed %s, left by an export that did not finish", d)
+            removed.append(d)
+    return removed
+
+
 def stage(source: str, resolved, model, tokenizer, repository: Path, precision: str, t0: float, *,
           export, model_files: dict, extra: dict | None = None) -> dict:
     """Run `export(tmp_dir) -> graph info`, then move the files and a manifest into the model dirs."""
     dims = model_dims(model, tokenizer)
-    with tempfile.TemporaryDirectory(dir=repository, prefix=".export-") as tmp:
+    with tempfile.TemporaryDirectory(dir=repository, prefix=f"{STAGING_PREFIX}{os.getpid()}-") as tmp:
         tmp = Path(tmp)
         info = export(tmp)
         save_tokenizer(tokenizer, tmp / names.TOKENIZER_FILE)

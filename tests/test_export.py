@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -100,10 +103,20 @@ def test_int8_export_is_quantized_and_close(tmp_path):
     assert LanguageModel(repo / "lm_engine" / "1", few_rows=0).few_rows_sess is None  # lm_engine's "few_rows": "0"
 
     # staged and current: skipped; staged by other exporter code: exported again
+    # a killed export's staging folder (Triton would refuse the repository) goes, a live one's stays
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    debris = [repo / f".export-{killed.pid}-abc", repo / ".export-oldstyle"]
+    live = repo / f".export-{os.getpid()}-xyz"
+    for d in (*debris, live):
+        d.mkdir()
+        (d / "decoder_step.onnx").write_bytes(b"partial")
     step = repo / "lm_engine" / "1" / names.DECODER_STEP_FILE
     written = step.stat().st_mtime_ns
     build("tiny-random", repo, precision="int8", skip_if_current=True)
     assert step.stat().st_mtime_ns == written
+    assert not any(d.exists() for d in debris) and live.exists()
+    shutil.rmtree(live)
     lm_manifest = repo / "lm_engine" / "1" / names.MANIFEST_FILE
     lm_manifest.write_text(json.dumps({**json.loads(lm_manifest.read_text()), "exporter": "older-code"}))
     again = build("tiny-random", repo, precision="int8", skip_if_current=True)
