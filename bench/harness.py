@@ -7,7 +7,9 @@
 Phases (never two at once, so they do not share the cores):
   1. export into a bench repository (reused when it already holds this checkpoint/precision);
   2. memory bandwidth (numpy) and the per-step decode time in-process (`LanguageModel.step()`),
-     with its floor = bytes a step reads (weights, KV cache) / measured read bandwidth;
+     with its floor = bytes a step reads (weights, KV cache) / measured read bandwidth; the LM alone
+     generating 1 and (top concurrency) clips together, and one codec decode: the batching ceiling
+     of this machine before any server work (measure.batch_scaling);
   3. the reference: `transformers` generate in a subprocess, same checkpoint and parameters;
   4. our server (real tritonserver): client-seen wall time and real-time factor per duration, unary
      and streamed (time to first audio chunk), latency p50/p95 and throughput at each concurrency,
@@ -242,6 +244,15 @@ def summarize(results: dict) -> dict:
     out["step_ms"] = {"ours": steps.get("step_ms_median"), "reference": ref_step,
                       "floor": steps.get("floor_ms"), "ours_over_reference": _ratio(steps.get("step_ms_median"), ref_step),
                       "ours_over_floor": _ratio(steps.get("step_ms_median"), steps.get("floor_ms"))}
+    levels = results.get("server", {}).get("concurrency", [])
+    one = next((c for c in levels if c["concurrency"] == 1), None)
+    bs = results.get("batch_scaling") or {}
+    if one and len(levels) > 1:  # top concurrency's throughput over one request's, and the in-process ceilings
+        top = max(levels, key=lambda c: c["concurrency"])
+        out["batching"] = {"concurrency": top["concurrency"],
+                           "server": _ratio(top["throughput_audio_s_per_s"], one["throughput_audio_s_per_s"]),
+                           "lm_only_in_process": bs.get("lm_only_ratio"),
+                           "bound_with_codec_in_process": bs.get("bound_with_codec")}
     return out
 
 
@@ -295,12 +306,14 @@ def table(results: dict) -> str:
         lines.append(f"{'  c=' + str(c['concurrency']) + ' throughput, audio s per wall s':<40}"
                      f"{_fmt(c['throughput_audio_s_per_s']):>12}{_fmt(serial):>12}"
                      f"{_fmt(_ratio(c['throughput_audio_s_per_s'], serial)):>10}")
-    levels = srv.get("concurrency", [])
-    one = next((c for c in levels if c["concurrency"] == 1), None)
-    if one and len(levels) > 1:  # the batching target: top level's throughput over one request's
-        top = max(levels, key=lambda c: c["concurrency"])
-        lines.append(f"{'  c=' + str(top['concurrency']) + ' / c=1 throughput':<40}"
-                     f"{_fmt(_ratio(top['throughput_audio_s_per_s'], one['throughput_audio_s_per_s'])):>12}")
+    b = s.get("batching")
+    if b:  # the batching target: top level's throughput over one request's; then the same in-process
+        n = b["concurrency"]
+        lines.append(f"{'  c=' + str(n) + ' / c=1 throughput':<40}{_fmt(b['server']):>12}")
+        if b.get("lm_only_in_process") is not None:
+            lines.append(f"{'    in-process: LM alone ' + str(n) + ' / 1':<40}{_fmt(b['lm_only_in_process']):>12}")
+            lines.append(f"{'    in-process: LM + codec bound ' + str(n) + ' / 1':<40}"
+                         f"{_fmt(b['bound_with_codec_in_process']):>12}")
     mem = srv.get("memory", {}).get("peak", {})
     ref = results.get("reference", {})
     lines.append(f"{'peak memory MB (server tree PSS / ref RSS)':<40}{_fmt(mem.get('pss_mb')):>12}"
@@ -377,6 +390,10 @@ def run(cfg: Config) -> dict:
     steps.update({"weight_bytes": measure.weight_bytes(lm_dir), "read_gbps_used": read,
                   "floor_ms": steps["step_read_bytes"] / (read * 1e9) * 1000.0})
     results["steps"] = steps
+    top = max(cfg.concurrency)
+    if top > 1:
+        log(f"batching in-process: the LM alone for 1 and {top} clips of {cfg.concurrency_duration:g} s, the codec")
+        results["batch_scaling"] = measure.batch_scaling(repo, cfg.concurrency_duration, top, seed=cfg.seed)
     timings["bandwidth_and_steps"] = time.perf_counter() - t
 
     if cfg.reference:

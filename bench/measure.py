@@ -96,8 +96,10 @@ def step_cache_bytes(lm, rows: int, positions: int, text_tokens: int) -> int:
 
 
 def decode_steps(model_dir: Path, duration: float, guidance_scale: float = 3.0, seed: int = 0,
-                 text_tokens: int = 12, threads: int | None = None) -> dict:
-    """Time every `LanguageModel.step()` of one request alone (CFG: 2 rows) for `duration` seconds of audio.
+                 text_tokens: int = 12, threads: int | None = None, clips: int = 3) -> dict:
+    """Time every `LanguageModel.step()` of one request alone (CFG: 2 rows) for `duration` seconds of audio,
+    `clips` times over; the step time is the median of the clips' medians (a single clip's median moved by
+    up to a fifth between runs on a shared 2-core machine).
 
     The step includes the ONNX decoder step and the numpy guidance + sampling (top-k 250).
     """
@@ -113,26 +115,91 @@ def decode_steps(model_dir: Path, duration: float, guidance_scale: float = 3.0, 
     hidden = (rng.standard_normal((text_tokens, d.hidden_size)) * 0.1).astype(np.float32)
     mask = np.ones(text_tokens, np.int64)
     frames = delay.frames_for_duration(duration, d.frame_rate)
-    seq = lm.prepare(hidden, mask, GenerationParams(duration=duration, guidance_scale=guidance_scale, seed=seed),
-                     frames)
-    lm.add(seq)
-    times = []
-    while not seq.done:
-        t = time.perf_counter()
-        lm.step()
-        times.append(time.perf_counter() - t)
-    if seq.error is not None:
-        raise seq.error
-    ms = np.array(times[1:] or times) * 1000.0  # the first step also builds the batch state
-    tail = ms[-max(1, ms.size // 10):]
+    per_clip = []
+    for _ in range(max(1, clips)):
+        seq = lm.prepare(hidden, mask, GenerationParams(duration=duration, guidance_scale=guidance_scale, seed=seed),
+                         frames)
+        lm.add(seq)
+        times = []
+        while not seq.done:
+            t = time.perf_counter()
+            lm.step()
+            times.append(time.perf_counter() - t)
+        if seq.error is not None:
+            raise seq.error
+        per_clip.append(np.array(times[1:] or times) * 1000.0)  # the first step also builds the batch state
+    ms = np.concatenate(per_clip)
+    medians = [float(np.median(c)) for c in per_clip]
+    median = float(np.median(medians))
+    tail = np.concatenate([c[-max(1, c.size // 10):] for c in per_clip])
     # what the median step reads: the weights of the graph that ran it, and the cache at mid-clip
     graph_file = (names.DECODER_STEP_FEW_ROWS_FILE if lm.step_graph(seq.rows) is lm.few_rows_sess
                   else names.DECODER_STEP_FILE)
     read_bytes = (step_weight_bytes(model_dir, graph_file)
                   + step_cache_bytes(lm, seq.rows, (len(times) + 1) // 2, text_tokens))
     return {"model_dir": str(model_dir), "load_s": load_s, "steps": len(times), "frames": frames,
-            "rows": seq.rows, "past_max": len(times), "step_ms_median": float(np.median(ms)),
+            "rows": seq.rows, "past_max": len(times), "clips": len(per_clip), "step_ms_median": median,
+            "step_ms_median_per_clip": medians,
             "step_ms_p10": float(np.percentile(ms, 10)), "step_ms_p90": float(np.percentile(ms, 90)),
-            "step_ms_last10pct": float(np.median(tail)), "steps_per_s": 1000.0 / float(np.median(ms)),
+            "step_ms_last10pct": float(np.median(tail)), "steps_per_s": 1000.0 / median,
             "precision": lm.manifest.get("precision"), "cache_dtype": np.dtype(lm.cache_dtype).name,
             "step_graph": graph_file, "step_read_bytes": int(read_bytes)}
+
+
+def batch_scaling(repository: Path, duration: float, requests: int, text_tokens: int = 12, seed: int = 0,
+                  threads: int | None = None) -> dict:
+    """What batching can give on this machine before any server work: the LM alone generating one clip,
+    then `requests` clips together (continuous batching's step, all joined at the first step), and the
+    codec decoding one clip.
+
+    On a CPU the codec runs on the cores the LM steps on, once per request after its last step, so
+    `requests` clips cost at least LM(requests) + requests x codec seconds of the machine, and the
+    throughput of `requests` concurrent requests over one request is at most
+    requests x (LM(1) + codec) / (LM(requests) + requests x codec).
+    """
+    from musicgen_runtime import delay, manifest
+    from musicgen_runtime.codec import AudioDecoder
+    from musicgen_runtime.lm import LanguageModel
+    from musicgen_runtime.validation import GenerationParams
+
+    lm_dir = lm_model_dir(repository)
+    lm = LanguageModel(lm_dir, threads=threads, max_rows=2 * requests)
+    d = lm.dims
+    rng = np.random.default_rng(seed)
+    hidden = (rng.standard_normal((text_tokens, d.hidden_size)) * 0.1).astype(np.float32)
+    mask = np.ones(text_tokens, np.int64)
+    frames = delay.frames_for_duration(duration, d.frame_rate)
+
+    def generate(n: int) -> dict:
+        seqs = [lm.prepare(hidden, mask, GenerationParams(duration=duration, seed=seed + i), frames) for i in range(n)]
+        t = time.perf_counter()
+        for s in seqs:
+            lm.add(s)
+        steps = 0
+        while any(not s.done for s in seqs):
+            lm.step()
+            steps += 1
+        wall = time.perf_counter() - t
+        for s in seqs:
+            if s.error is not None:
+                raise s.error
+        return {"requests": n, "wall_s": wall, "steps": steps, "step_ms_mean": wall / steps * 1000.0,
+                "audio_s_per_s": n * duration / wall}
+
+    lm_runs = [generate(1), generate(requests)]
+    codec_dir = Path(repository) / "audio_decoder" / "1"
+    codec = AudioDecoder(codec_dir / names.AUDIO_DECODER_FILE, manifest.dims(manifest.read(codec_dir)).hop_length,
+                         threads=threads)
+    codes = rng.integers(0, d.vocab_size, (1, d.num_codebooks, frames))  # [B, K, T]
+    codec(codes)  # first run: allocations
+    codec_s = float(np.median([_timed(lambda: codec(codes)) for _ in range(3)]))
+    one, many = lm_runs
+    return {"clip_s": duration, "lm": lm_runs, "codec_s_per_clip": codec_s,
+            "lm_only_ratio": many["audio_s_per_s"] / one["audio_s_per_s"],
+            "bound_with_codec": requests * (one["wall_s"] + codec_s) / (many["wall_s"] + requests * codec_s)}
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t

@@ -48,6 +48,8 @@ def test_bandwidth_and_decode_step_measurements(tiny_repo):
     assert measure.weight_bytes(d) > 0
     st = measure.decode_steps(d, 0.5)
     assert st["steps"] == 25 + 3 and st["rows"] == 2 and st["step_ms_median"] > 0
+    per_clip = st["step_ms_median_per_clip"]
+    assert st["clips"] == len(per_clip) == 3 and st["step_ms_median"] == sorted(per_clip)[1]
 
 
 def test_step_read_bytes_count_weights_read_and_the_cache(tiny_repo):
@@ -112,6 +114,9 @@ def test_quick_mode_writes_json_csv_and_plots(tiny_repo, tmp_path):
         assert len(list(csv.DictReader(f))) == 3
     assert "ours/ref" in p.stdout and "RTF 1 s" in p.stdout
     assert "c=4 / c=1 throughput" in p.stdout and "streamed vs unary audio" in p.stdout
+    assert "in-process: LM alone 4 / 1" in p.stdout and "LM + codec bound 4 / 1" in p.stdout
+    b = r["summary"]["batching"]
+    assert b["concurrency"] == 4 and b["server"] > 0 and b["lm_only_in_process"] == r["batch_scaling"]["lm_only_ratio"]
 
 
 def test_overhead_measurement_compares_identical_requests(tiny_repo):
@@ -120,3 +125,15 @@ def test_overhead_measurement_compares_identical_requests(tiny_repo):
     res = measure(tiny_repo, duration=0.5, pairs=2)
     assert len(res["in_process_s"]) == len(res["triton_s"]) == 2
     assert res["in_process_median_s"] > 0 and res["triton_median_s"] > 0
+
+
+def test_batch_scaling_times_the_lm_alone_and_the_codec(tiny_repo):
+    """The in-process batching ceiling: the same clips generated alone and together, and a codec decode."""
+    r = measure.batch_scaling(tiny_repo, 0.5, 3)
+    one, many = r["lm"]
+    assert (one["requests"], many["requests"]) == (1, 3)
+    assert one["steps"] == many["steps"] == 25 + 3  # all joined at the first step: one step per frame + delays
+    assert r["codec_s_per_clip"] > 0 and one["wall_s"] > 0 and many["wall_s"] > 0
+    assert r["lm_only_ratio"] == pytest.approx(3 * one["wall_s"] / many["wall_s"])
+    assert r["bound_with_codec"] == pytest.approx(3 * (one["wall_s"] + r["codec_s_per_clip"])
+                                                  / (many["wall_s"] + 3 * r["codec_s_per_clip"]))
