@@ -9,7 +9,8 @@ Phases (never two at once, so they do not share the cores):
   2. memory bandwidth (numpy) and the per-step decode time in-process (`LanguageModel.step()`),
      with its floor = bytes a step reads (weights, KV cache) / measured read bandwidth; the LM alone
      generating 1 and (top concurrency) clips together, and one codec decode: the batching ceiling
-     of this machine before any server work (measure.batch_scaling);
+     of this machine before any server work (measure.batch_scaling); and where a step's time goes
+     at mid-clip for 1 and that many requests, by ORT's node profiler (measure.step_profile);
   3. the reference: `transformers` generate in a subprocess, same checkpoint and parameters;
   4. our server (real tritonserver): client-seen wall time and real-time factor per duration, unary
      and streamed (time to first audio chunk), latency p50/p95 and throughput at each concurrency,
@@ -286,6 +287,11 @@ def table(results: dict) -> str:
     lines.append(f"{'decode step ms (median, 1 request)':<40}{_fmt(st['ours']):>12}{_fmt(st['reference']):>12}"
                  f"{_fmt(st['ours_over_reference']):>10}")
     lines.append(f"{'  floor ms (bytes read / bandwidth)':<40}{_fmt(st['floor']):>12}")
+    for sp in results.get("step_profile", []):  # profiled: the shares matter, the profiler adds its own cost
+        lines.append(f"{'  profiled, ' + str(sp['requests']) + ' req: MatMuls ms (GB/s)':<40}"
+                     f"{_fmt(sp['weights_ms']) + ' (' + _fmt(sp['weights_gbps']) + ')':>12}")
+        lines.append(f"{'    self-attn / cross-attn / other ms':<40}"
+                     f"{'/'.join(_fmt(sp[k], 2) for k in ('self_attention_ms', 'cross_attention_ms', 'other_ms')):>12}")
     srv = results.get("server", {})
     ref_runs = {r["duration"]: r for r in results.get("reference", {}).get("runs", [])}
     for r in srv.get("single", []):
@@ -394,6 +400,10 @@ def run(cfg: Config) -> dict:
     if top > 1:
         log(f"batching in-process: the LM alone for 1 and {top} clips of {cfg.concurrency_duration:g} s, the codec")
         results["batch_scaling"] = measure.batch_scaling(repo, cfg.concurrency_duration, top, seed=cfg.seed)
+    log("decode step profile (ORT's node profiler) at mid-clip")
+    results["step_profile"] = [measure.step_profile(lm_dir, cfg.step_duration, 1, seed=cfg.seed)]
+    if top > 1:
+        results["step_profile"].append(measure.step_profile(lm_dir, cfg.concurrency_duration, top, seed=cfg.seed))
     timings["bandwidth_and_steps"] = time.perf_counter() - t
 
     if cfg.reference:

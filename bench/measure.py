@@ -203,3 +203,70 @@ def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+WEIGHT_OPS = {"MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMul", "FusedMatMul",
+              "Gemm"}
+ATTENTION_OPS = {"GroupQueryAttention": "self_attention", "MultiHeadAttention": "cross_attention"}
+
+
+def step_profile(model_dir: Path, duration: float, requests: int = 1, steps: int = 20, text_tokens: int = 12,
+                 seed: int = 0, threads: int | None = None) -> dict:
+    """Where a decode step's time goes, by ORT's node profiler: `requests` requests (2 CFG rows each)
+    generate to mid-clip, then `steps` steps run on a profiling session of the graph the batch uses.
+
+    Per step: milliseconds by op type, grouped into the weight-reading MatMuls (with the rate at which
+    they read the graph's weights, the floor's bytes without the cache), self-attention, cross-attention
+    and everything else. The profiler adds its own cost; compare shares, not totals, with decode_steps.
+    """
+    import json
+    import tempfile
+    from collections import Counter
+
+    from musicgen_runtime import delay
+    from musicgen_runtime.lm import LanguageModel
+    from musicgen_runtime.onnx_session import open_graph
+    from musicgen_runtime.validation import GenerationParams
+
+    lm = LanguageModel(model_dir, threads=threads, max_rows=2 * requests)
+    d = lm.dims
+    rng = np.random.default_rng(seed)
+    hidden = (rng.standard_normal((text_tokens, d.hidden_size)) * 0.1).astype(np.float32)
+    mask = np.ones(text_tokens, np.int64)
+    frames = delay.frames_for_duration(duration, d.frame_rate)
+    seqs = [lm.prepare(hidden, mask, GenerationParams(duration=duration, seed=seed + i), frames)
+            for i in range(requests)]
+    for s in seqs:
+        lm.add(s)
+    warm = seqs[0].steps // 2
+    steps = max(1, min(steps, seqs[0].steps - warm - 1))
+    for _ in range(warm):
+        lm.step()
+    rows = lm.rows_used
+    few = lm.step_graph(rows) is lm.few_rows_sess
+    graph_file = names.DECODER_STEP_FEW_ROWS_FILE if few else names.DECODER_STEP_FILE
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = open_graph(Path(model_dir) / graph_file, lm.device, threads, profile_prefix=str(Path(tmp) / "step"))
+        if few:  # the batch's next steps run on the profiling session of the same graph
+            lm.few_rows_sess = sess
+        else:
+            lm.step_sess = sess
+        t = time.perf_counter()
+        for _ in range(steps):
+            lm.step()
+        wall = time.perf_counter() - t
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    runs = sum(1 for e in events if e.get("cat") == "Session" and e.get("name") == "model_run") or steps
+    by_op: Counter = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            by_op[e["args"]["op_name"]] += e["dur"] / 1000.0 / runs  # us -> ms per step
+    groups = {"weights": 0.0, "self_attention": 0.0, "cross_attention": 0.0, "other": 0.0}
+    for op, ms in by_op.items():
+        groups["weights" if op in WEIGHT_OPS else ATTENTION_OPS.get(op, "other")] += ms
+    weight_bytes = step_weight_bytes(model_dir, graph_file)
+    return {"requests": requests, "rows": rows, "graph": graph_file, "position": warm, "steps": steps,
+            "wall_ms_per_step": wall / steps * 1000.0, "kernel_ms_per_step": sum(by_op.values()),
+            "by_op_ms": dict(by_op.most_common()), **{f"{k}_ms": v for k, v in groups.items()},
+            "weight_bytes": weight_bytes,
+            "weights_gbps": weight_bytes / (groups["weights"] / 1000.0) / 1e9 if groups["weights"] else None}

@@ -24,13 +24,15 @@ def providers_for(device: str) -> list:
 
 
 def open_graph(path: str | Path, device: str = "cpu", threads: int | None = None,
-               expect_inputs=(), expect_outputs=(), spin: bool = True) -> ort.InferenceSession:
+               expect_inputs=(), expect_outputs=(), spin: bool = True,
+               profile_prefix: str | None = None) -> ort.InferenceSession:
     """Load a graph; fail clearly if it is missing or lacks the tensor names the runtime uses.
 
     spin=False: the intra-op threads sleep instead of spin-waiting between ops. For graphs run once
     per request (text encoder, cross K/V, codec, melody conditioner): every session has its own pool on the same cores,
     and their spinning threads would steal the cores from the LM's decode steps (and vice versa
     after the last step). The decode steps keep spinning: it runs back to back, ~460 ops a step.
+    profile_prefix: ORT's per-node profiling into <prefix>_<date>.json (the benchmark's step profile).
     """
     path = Path(path)
     if not path.exists():
@@ -43,6 +45,9 @@ def open_graph(path: str | Path, device: str = "cpu", threads: int | None = None
     so.inter_op_num_threads = 1
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     try:
         sess = ort.InferenceSession(str(path), sess_options=so, providers=providers_for(device))
     except Exception as exc:

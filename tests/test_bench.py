@@ -115,6 +115,7 @@ def test_quick_mode_writes_json_csv_and_plots(tiny_repo, tmp_path):
     assert "ours/ref" in p.stdout and "RTF 1 s" in p.stdout
     assert "c=4 / c=1 throughput" in p.stdout and "streamed vs unary audio" in p.stdout
     assert "in-process: LM alone 4 / 1" in p.stdout and "LM + codec bound 4 / 1" in p.stdout
+    assert [sp["requests"] for sp in r["step_profile"]] == [1, 4] and "profiled, 4 req: MatMuls ms (GB/s)" in p.stdout
     b = r["summary"]["batching"]
     assert b["concurrency"] == 4 and b["server"] > 0 and b["lm_only_in_process"] == r["batch_scaling"]["lm_only_ratio"]
 
@@ -137,3 +138,16 @@ def test_batch_scaling_times_the_lm_alone_and_the_codec(tiny_repo):
     assert r["lm_only_ratio"] == pytest.approx(3 * one["wall_s"] / many["wall_s"])
     assert r["bound_with_codec"] == pytest.approx(3 * (one["wall_s"] + r["codec_s_per_clip"])
                                                   / (many["wall_s"] + 3 * r["codec_s_per_clip"]))
+
+
+def test_step_profile_splits_a_profiled_step_by_op_type(tiny_repo):
+    d = measure.lm_model_dir(tiny_repo)
+    for requests in (1, 3):
+        p = measure.step_profile(d, 0.5, requests, steps=5)
+        assert p["rows"] == 2 * requests and p["steps"] == 5 and p["position"] == 14  # mid-clip of 28 steps
+        assert p["by_op_ms"]["GroupQueryAttention"] == p["self_attention_ms"] > 0
+        assert p["by_op_ms"]["MultiHeadAttention"] == p["cross_attention_ms"] > 0
+        groups = p["weights_ms"] + p["self_attention_ms"] + p["cross_attention_ms"] + p["other_ms"]
+        assert groups == pytest.approx(p["kernel_ms_per_step"]) and p["weights_ms"] > 0
+        assert p["weights_gbps"] == pytest.approx(p["weight_bytes"] / p["weights_ms"] / 1e6)
+        assert p["kernel_ms_per_step"] < p["wall_ms_per_step"]
