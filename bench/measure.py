@@ -95,6 +95,20 @@ def step_cache_bytes(lm, rows: int, positions: int, text_tokens: int) -> int:
     return per_position * (positions + text_tokens) * np.dtype(lm.cache_dtype).itemsize  # cross K/V: same dtype
 
 
+def _lm_and_prompt(model_dir: Path, duration: float, text_tokens: int, seed: int, threads: int | None,
+                   max_rows: int = 32):
+    """An in-process LM and a stand-in prompt for timing it: random projected text states of
+    `text_tokens` tokens (a step's cost does not depend on their values), an all-ones mask, the frame
+    count of `duration`, and the generator that made the states."""
+    from musicgen_runtime import delay
+    from musicgen_runtime.lm import LanguageModel
+
+    lm = LanguageModel(model_dir, threads=threads, max_rows=max_rows)
+    rng = np.random.default_rng(seed)
+    hidden = (rng.standard_normal((text_tokens, lm.dims.hidden_size)) * 0.1).astype(np.float32)
+    return lm, hidden, np.ones(text_tokens, np.int64), delay.frames_for_duration(duration, lm.dims.frame_rate), rng
+
+
 def decode_steps(model_dir: Path, duration: float, guidance_scale: float = 3.0, seed: int = 0,
                  text_tokens: int = 12, threads: int | None = None, clips: int = 3) -> dict:
     """Time every `LanguageModel.step()` of one request alone (CFG: 2 rows) for `duration` seconds of audio,
@@ -103,18 +117,11 @@ def decode_steps(model_dir: Path, duration: float, guidance_scale: float = 3.0, 
 
     The step includes the ONNX decoder step and the numpy guidance + sampling (top-k 250).
     """
-    from musicgen_runtime import delay
-    from musicgen_runtime.lm import LanguageModel
     from musicgen_runtime.validation import GenerationParams
 
     t0 = time.perf_counter()
-    lm = LanguageModel(model_dir, threads=threads)
+    lm, hidden, mask, frames, _ = _lm_and_prompt(model_dir, duration, text_tokens, seed, threads)
     load_s = time.perf_counter() - t0
-    d = lm.dims
-    rng = np.random.default_rng(seed)
-    hidden = (rng.standard_normal((text_tokens, d.hidden_size)) * 0.1).astype(np.float32)
-    mask = np.ones(text_tokens, np.int64)
-    frames = delay.frames_for_duration(duration, d.frame_rate)
     per_clip = []
     for _ in range(max(1, clips)):
         seq = lm.prepare(hidden, mask, GenerationParams(duration=duration, guidance_scale=guidance_scale, seed=seed),
@@ -157,18 +164,13 @@ def batch_scaling(repository: Path, duration: float, requests: int, text_tokens:
     throughput of `requests` concurrent requests over one request is at most
     requests x (LM(1) + codec) / (LM(requests) + requests x codec).
     """
-    from musicgen_runtime import delay, manifest
+    from musicgen_runtime import manifest
     from musicgen_runtime.codec import AudioDecoder
-    from musicgen_runtime.lm import LanguageModel
     from musicgen_runtime.validation import GenerationParams
 
-    lm_dir = lm_model_dir(repository)
-    lm = LanguageModel(lm_dir, threads=threads, max_rows=2 * requests)
+    lm, hidden, mask, frames, rng = _lm_and_prompt(lm_model_dir(repository), duration, text_tokens, seed, threads,
+                                                   max_rows=2 * requests)
     d = lm.dims
-    rng = np.random.default_rng(seed)
-    hidden = (rng.standard_normal((text_tokens, d.hidden_size)) * 0.1).astype(np.float32)
-    mask = np.ones(text_tokens, np.int64)
-    frames = delay.frames_for_duration(duration, d.frame_rate)
 
     def generate(n: int) -> dict:
         seqs = [lm.prepare(hidden, mask, GenerationParams(duration=duration, seed=seed + i), frames) for i in range(n)]
@@ -223,17 +225,11 @@ def step_profile(model_dir: Path, duration: float, requests: int = 1, steps: int
     import tempfile
     from collections import Counter
 
-    from musicgen_runtime import delay
-    from musicgen_runtime.lm import LanguageModel
     from musicgen_runtime.onnx_session import open_graph
     from musicgen_runtime.validation import GenerationParams
 
-    lm = LanguageModel(model_dir, threads=threads, max_rows=2 * requests)
-    d = lm.dims
-    rng = np.random.default_rng(seed)
-    hidden = (rng.standard_normal((text_tokens, d.hidden_size)) * 0.1).astype(np.float32)
-    mask = np.ones(text_tokens, np.int64)
-    frames = delay.frames_for_duration(duration, d.frame_rate)
+    lm, hidden, mask, frames, _ = _lm_and_prompt(model_dir, duration, text_tokens, seed, threads,
+                                                 max_rows=2 * requests)
     seqs = [lm.prepare(hidden, mask, GenerationParams(duration=duration, seed=seed + i), frames)
             for i in range(requests)]
     for s in seqs:
