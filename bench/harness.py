@@ -6,7 +6,7 @@
 
 Phases (never two at once, so they do not share the cores):
   1. export into a bench repository (reused when it already holds this checkpoint/precision);
-  2. memory bandwidth (numpy) and the per-step decode time in-process (`LanguageModel.step()`),
+  2. memory bandwidth (numpy, an onnxruntime MatMul) and the per-step decode time in-process (`LanguageModel.step()`),
      with its floor = bytes a step reads (weights, KV cache) / measured read bandwidth; the LM alone
      generating 1 and (top concurrency) clips together, and one codec decode: the batching ceiling
      of this machine before any server work (measure.batch_scaling); and where a step's time goes
@@ -364,12 +364,12 @@ def write_outputs(results: dict, out: Path) -> list[Path]:
 # ------------------------------------------------------------------------------------------------
 
 
-def best_read_rate(bw1: dict, bwn: dict, profiles: list) -> tuple[str, float]:
-    """The floor's bandwidth: the fastest reading of memory measured in this run — numpy on one and on
-    all threads, or the step's own MatMuls reading their weights (profiled, so if anything slower than
+def best_read_rate(probes: dict, profiles: list) -> tuple[str, float]:
+    """The floor's bandwidth: the fastest reading of memory measured in this run — the probes (GB/s by
+    name), or the step's own MatMuls reading their weights (profiled, so if anything slower than
     unprofiled). numpy's sum has read slower than the MatMul kernels on this machine (a floor above
     the step it bounds); a floor must not be raised by a slow probe."""
-    rates = {"numpy sum, 1 thread": bw1["read_gbps"], f"numpy sum, {bwn['threads']} threads": bwn["read_gbps"]}
+    rates = dict(probes)
     for sp in profiles:
         if sp.get("weights_gbps"):
             rates[f"step MatMuls, {sp['requests']} request(s), profiled"] = sp["weights_gbps"]
@@ -403,7 +403,10 @@ def run(cfg: Config) -> dict:
     log("memory bandwidth")
     bw1 = measure.memory_bandwidth(cfg.bandwidth_mb, 5 if not cfg.quick else 3, threads=1)
     bwn = measure.memory_bandwidth(cfg.bandwidth_mb, 5 if not cfg.quick else 3, threads=os.cpu_count() or 1)
-    results["bandwidth"] = {"single_thread": bw1, "all_threads": bwn}
+    bwo = measure.matmul_read(cfg.bandwidth_mb, 5 if not cfg.quick else 3)
+    results["bandwidth"] = {"single_thread": bw1, "all_threads": bwn, "onnxruntime_matmul": bwo}
+    probes = {"numpy sum, 1 thread": bw1["read_gbps"], f"numpy sum, {bwn['threads']} threads": bwn["read_gbps"],
+              "onnxruntime MatMul, 2 rows": bwo["read_gbps"]}
     log("decode step timing in-process")
     lm_dir = measure.lm_model_dir(repo)
     steps = measure.decode_steps(lm_dir, cfg.step_duration, seed=cfg.seed)
@@ -416,7 +419,7 @@ def run(cfg: Config) -> dict:
     results["step_profile"] = [measure.step_profile(lm_dir, cfg.step_duration, 1, seed=cfg.seed)]
     if top > 1:
         results["step_profile"].append(measure.step_profile(lm_dir, cfg.concurrency_duration, top, seed=cfg.seed))
-    source, read = best_read_rate(bw1, bwn, results["step_profile"])
+    source, read = best_read_rate(probes, results["step_profile"])
     steps.update({"weight_bytes": measure.weight_bytes(lm_dir), "read_gbps_used": read, "read_gbps_source": source,
                   "floor_ms": steps["step_read_bytes"] / (read * 1e9) * 1000.0})
     timings["bandwidth_and_steps"] = time.perf_counter() - t

@@ -51,6 +51,35 @@ def memory_bandwidth(mb: int = 512, repeats: int = 5, threads: int = 1) -> dict:
             "copy_gbps": 2 * nbytes / copy_s / 1e9, "repeats": repeats}
 
 
+def matmul_read(mb: int = 512, repeats: int = 5, threads: int | None = None) -> dict:
+    """GB/s of onnxruntime reading `mb` MiB of fp32 weights the way a decode step does: 2 rows times
+    16 MatMul weights [1024, n] (MLAS's packed GEMM), best of `repeats`. A probe with the step's own
+    kind of kernel: numpy's sum has read slower than the step's MatMuls on this machine."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    parts = 16
+    n = max(1, (mb << 20) // 4 // 1024 // parts)
+    rng = np.random.default_rng(0)  # distinct weights: identical ones can end up shared (and cached)
+    nodes, inits, outs = [], [], []
+    for i in range(parts):
+        inits.append(numpy_helper.from_array(rng.random((1024, n), np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"]))
+        outs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [2, n]))
+    graph = helper.make_graph(nodes, "read", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 1024])],
+                              outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = np.ones((2, 1024), np.float32)
+    seconds = _best(lambda: sess.run(None, {"x": x}), repeats)
+    return {"weights_mb": parts * 1024 * n * 4 / (1 << 20), "read_gbps": parts * 1024 * n * 4 / seconds / 1e9,
+            "repeats": repeats}
+
+
 def lm_model_dir(repository: Path) -> Path:
     """The model dir holding decoder_step.onnx (lm_engine/1 in this repository layout)."""
     for name in ("lm_engine", "musicgen_lm"):

@@ -108,6 +108,7 @@ def test_quick_mode_writes_json_csv_and_plots(tiny_repo, tmp_path):
     assert "error" not in ref, ref
     assert [x["audio_s"] for x in ref["runs"]] == [1.0, 2.0] and all(x["rtf"] > 0 for x in ref["runs"])
     assert r["steps"]["floor_ms"] > 0 and r["steps"]["step_ms_median"] > 0 and r["steps"]["read_gbps_source"]
+    assert r["bandwidth"]["onnxruntime_matmul"]["read_gbps"] > 0
     assert r["server"]["memory"]["peak"]["pss_mb"] > 50 and r["server"]["memory"]["peak"]["processes"] > 3
     assert all(row["ours_over_reference"] > 0 for row in r["summary"]["rtf"])
     with (out / "concurrency.csv").open() as f:
@@ -156,8 +157,13 @@ def test_step_profile_splits_a_profiled_step_by_op_type(tiny_repo):
 def test_the_floor_uses_the_fastest_read_measured_in_the_run():
     from bench.harness import best_read_rate
 
-    bw1, bw2 = {"read_gbps": 15.0, "threads": 1}, {"read_gbps": 24.0, "threads": 2}
-    assert best_read_rate(bw1, bw2, []) == ("numpy sum, 2 threads", 24.0)
+    probes = {"numpy sum, 1 thread": 15.0, "numpy sum, 2 threads": 24.0, "onnxruntime MatMul, 2 rows": 23.0}
+    assert best_read_rate(probes, []) == ("numpy sum, 2 threads", 24.0)
     profiles = [{"requests": 1, "weights_gbps": 25.5}, {"requests": 8, "weights_gbps": 10.0}]
-    assert best_read_rate(bw1, bw2, profiles) == ("step MatMuls, 1 request(s), profiled", 25.5)
-    assert best_read_rate(bw1, bw2, [{"requests": 1, "weights_gbps": None}])[1] == 24.0
+    assert best_read_rate(probes, profiles) == ("step MatMuls, 1 request(s), profiled", 25.5)
+    assert best_read_rate(probes, [{"requests": 1, "weights_gbps": None}])[1] == 24.0
+
+
+def test_matmul_read_probe_reads_its_weights():
+    r = measure.matmul_read(32, 2)
+    assert r["weights_mb"] == 32 and r["read_gbps"] > 0.5
