@@ -169,6 +169,37 @@ class RowBatch:
             return self.few_rows_sess
         return self.step_sess
 
+    def bound_step(self, sess, cache: KVCache, rows: int, tokens: int, first_row: int = 0,
+                   cross: list | None = None):
+        """An IOBinding of step graph `sess` for `tokens` new tokens per row on rows [first_row, first_row +
+        rows) of `cache`: those rows bound as the self-attention past and present, `cross` (cross-attention
+        K/V values, if the graph takes them) and the logits into a host buffer of their own. Kept and
+        reused while these stay the same, so a step binds only its small inputs: binding the 4 x layers
+        buffers anew and wrapping every output cost ≈1.5 ms a step, 7 % of a one-request int8 step on
+        our 2-core VM. Run it with `run_bound`."""
+        what = (sess, cache, rows, tokens, first_row, cross)
+        kept = getattr(self, "_bound", None)
+        if kept is not None and all(a is b or (type(a) is int and a == b) for a, b in zip(kept[0], what)):
+            return kept[1]
+        io = sess.io_binding()
+        dtype = np.float16 if sess.get_outputs()[0].type == "tensor(float16)" else np.float32
+        logits = np.empty((rows, self.dims.num_codebooks, tokens, self.dims.vocab_size), dtype)
+        io.bind_output(names.LOGITS, "cpu", 0, dtype, list(logits.shape), logits.ctypes.data)
+        for i in range(self.num_layers):
+            for j, kv in ((2 * i, "key"), (2 * i + 1, "value")):
+                cache.bind(io, j, names.past(i, "decoder", kv), names.present(i, kv), rows, first_row)
+                if cross is not None:
+                    io.bind_ortvalue_input(names.past(i, "encoder", kv), cross[j])
+        self._bound = (what, (io, logits))
+        return self._bound[1]
+
+    @staticmethod
+    def run_bound(sess, bound) -> np.ndarray:
+        """Run a step on its `bound_step` binding; a copy of its logits (the next run overwrites the buffer)."""
+        io, logits = bound
+        sess.run_with_iobinding(io)
+        return logits.copy()
+
     def new_cache(self, rows: int, capacity: int) -> KVCache:
         """A KV cache for this model's step graph (the batch's own, or a scratch one for verification)."""
         d = self.dims
@@ -390,19 +421,14 @@ class LanguageModel(RowBatch):
         """
         rows = ids.shape[0]
         sess = self.step_graph(rows * ids.shape[2])
-        io = sess.io_binding()
+        bound = self.bound_step(sess, cache, rows, ids.shape[2], cross=cross)
+        io = bound[0]
         io.bind_cpu_input(names.INPUT_IDS, np.ascontiguousarray(ids, np.int64))
         io.bind_cpu_input(names.POSITION_IDS, np.ascontiguousarray(pos, np.int64))
         io.bind_cpu_input(names.SEQLENS_K, np.ascontiguousarray(pos[:, -1], np.int32))
         io.bind_cpu_input(names.TOTAL_SEQUENCE_LENGTH, np.array(int(pos.max()) + 1, np.int32))
         io.bind_cpu_input(names.ENCODER_ATTENTION_MASK, np.ascontiguousarray(enc_mask, np.int64))
-        io.bind_output(names.LOGITS, "cpu")  # bound first: get_outputs() follows binding order
-        for i in range(self.num_layers):
-            for j, kv in ((2 * i, "key"), (2 * i + 1, "value")):
-                cache.bind(io, j, names.past(i, "decoder", kv), names.present(i, kv), rows)
-                io.bind_ortvalue_input(names.past(i, "encoder", kv), cross[j])
-        sess.run_with_iobinding(io)
-        return io.get_outputs()[0].numpy()
+        return self.run_bound(sess, bound)
 
     # -- one request, start to end ---------------------------------------------------------------
     def generate(self, hidden, mask, params: GenerationParams, frames: int, on_step=None) -> np.ndarray:

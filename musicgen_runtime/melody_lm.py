@@ -204,18 +204,14 @@ class MelodyLanguageModel(RowBatch):
         the new entries, which are also their cache indices → logits [rows, K, S, V].
         """
         sess = self.step_graph(ids.shape[0] * pos.shape[1])
-        io = sess.io_binding()
+        bound = self.bound_step(sess, cache, ids.shape[0], ids.shape[2], first_row)
+        io = bound[0]
         io.bind_cpu_input(INPUTS_EMBEDS, np.ascontiguousarray(embeds, self.embeds_dtype))
         io.bind_cpu_input(names.INPUT_IDS, np.ascontiguousarray(ids, np.int64))
         io.bind_cpu_input(names.POSITION_IDS, np.ascontiguousarray(pos, np.int64))
         io.bind_cpu_input(names.SEQLENS_K, np.ascontiguousarray(pos[:, -1], np.int32))
         io.bind_cpu_input(names.TOTAL_SEQUENCE_LENGTH, np.array(int(pos.max()) + 1, np.int32))
-        io.bind_output(names.LOGITS, "cpu")
-        for i in range(self.num_layers):
-            for j, kv in ((2 * i, "key"), (2 * i + 1, "value")):
-                cache.bind(io, j, names.past(i, "decoder", kv), names.present(i, kv), ids.shape[0], first_row)
-        sess.run_with_iobinding(io)
-        return io.get_outputs()[0].numpy()
+        return self.run_bound(sess, bound)
 
     def step(self) -> list[MelodySequence]:
         """One step for every sequence: a batched decode step for the running ones, the prefill for new ones.
