@@ -401,9 +401,10 @@ def run(cfg: Config) -> dict:
 
     t = time.perf_counter()
     log("memory bandwidth")
-    bw1 = measure.memory_bandwidth(cfg.bandwidth_mb, 5 if not cfg.quick else 3, threads=1)
-    bwn = measure.memory_bandwidth(cfg.bandwidth_mb, 5 if not cfg.quick else 3, threads=os.cpu_count() or 1)
-    bwo = measure.matmul_read(cfg.bandwidth_mb, 5 if not cfg.quick else 3)
+    repeats = 3 if cfg.quick else 5
+    bw1 = measure.memory_bandwidth(cfg.bandwidth_mb, repeats, threads=1)
+    bwn = measure.memory_bandwidth(cfg.bandwidth_mb, repeats, threads=os.cpu_count() or 1)
+    bwo = measure.matmul_read(cfg.bandwidth_mb, repeats)
     results["bandwidth"] = {"single_thread": bw1, "all_threads": bwn, "onnxruntime_matmul": bwo}
     probes = {"numpy sum, 1 thread": bw1["read_gbps"], f"numpy sum, {bwn['threads']} threads": bwn["read_gbps"],
               "onnxruntime MatMul, 2 rows": bwo["read_gbps"]}

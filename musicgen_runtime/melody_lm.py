@@ -205,13 +205,8 @@ class MelodyLanguageModel(RowBatch):
         """
         sess = self.step_graph(ids.shape[0] * pos.shape[1])
         bound = self.bound_step(sess, cache, ids.shape[0], ids.shape[2], first_row)
-        io = bound[0]
-        io.bind_cpu_input(INPUTS_EMBEDS, np.ascontiguousarray(embeds, self.embeds_dtype))
-        io.bind_cpu_input(names.INPUT_IDS, np.ascontiguousarray(ids, np.int64))
-        io.bind_cpu_input(names.POSITION_IDS, np.ascontiguousarray(pos, np.int64))
-        io.bind_cpu_input(names.SEQLENS_K, np.ascontiguousarray(pos[:, -1], np.int32))
-        io.bind_cpu_input(names.TOTAL_SEQUENCE_LENGTH, np.array(int(pos.max()) + 1, np.int32))
-        return self.run_bound(sess, bound)
+        return self.run_bound(sess, bound, ids, pos,
+                              {INPUTS_EMBEDS: np.ascontiguousarray(embeds, self.embeds_dtype)})
 
     def step(self) -> list[MelodySequence]:
         """One step for every sequence: a batched decode step for the running ones, the prefill for new ones.

@@ -133,15 +133,15 @@ def test_only_the_decode_steps_spin_wait(tiny_repo, melody_repo):
 
 def test_a_step_binding_is_kept_while_the_rows_stay_and_logits_are_the_steps_own(tiny_repo):
     """Steps reuse one IOBinding while the batch's rows are unchanged (rebinding every cache buffer cost
-    about 1.5 ms a step) and bind anew when a sequence joins or leaves; the logits a step returns are its
+    about 1.2 ms a step) and bind anew when a sequence joins or leaves; the logits a step returns are its
     own (the reused binding's next run writes into the same output buffer)."""
     lm = LanguageModel(tiny_repo / "lm_engine" / "1", max_rows=4, max_steps=40)
     seen, logits = [], []
     run_bound = lm.run_bound
 
-    def spy(sess, bound):
+    def spy(sess, bound, *inputs):
         seen.append(bound)
-        out = run_bound(sess, bound)
+        out = run_bound(sess, bound, *inputs)
         logits.append((out, out.copy()))
         return out
 
