@@ -3,6 +3,7 @@ health, model information, errors (server down, bad parameter, unknown model, ti
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -196,6 +197,7 @@ def test_health_models_and_manifest(clients):
         assert all(m["state"] == "READY" for m in names.values())
         m = c.info()
         assert m["source"] == "tiny-random" and m["random_weights"] is True and m["dims"]["sample_rate"] == 32000
+        assert "checkpoint_path" not in m and "/" not in json.dumps(m), "a server path reached the client"
         assert c.is_random_weights() is True
         assert c.max_duration == 30.0
 
