@@ -471,7 +471,7 @@ step_page_auth() {
     ((rc == 0)) || die "could not hash the page password (htpasswd exit $rc)"
     [[ $line == "$MUSICGEN_PAGE_USER":\$2* ]] || die "htpasswd did not return a bcrypt hash"
     mkdir -p "$MUSICGEN_ETC_DIR"
-    printf 'basic_auth {\n\t%s %s\n}\n' "$MUSICGEN_PAGE_USER" "${line#*:}" | put_file 0600 "$auth" || true
+    printf 'basicauth {\n\t%s %s\n}\n' "$MUSICGEN_PAGE_USER" "${line#*:}" | put_file 0600 "$auth" || true
   elif [[ -s $auth ]]; then
     skip "page password already set ($auth)"
   else
