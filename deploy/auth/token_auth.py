@@ -3,6 +3,7 @@
 
     token_auth.py serve  --tokens FILE [--listen 127.0.0.1:9100]
     token_auth.py new    --tokens FILE NAME     # prints a new token ONCE, stores only its hash
+    token_auth.py add    --tokens FILE NAME < token  # stores the hash of a token you chose (deploy parameter)
     token_auth.py revoke --tokens FILE NAME
     token_auth.py list   --tokens FILE          # names and hash prefixes, never tokens
 
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                       ("revoke", "delete the token NAME")):
         c = sub.add_parser(cmd, help=text)
         c.add_argument("name", help="a label for the token's holder, e.g. alice-laptop")
+    c = sub.add_parser("add", help="store the hash of a token read from stdin as NAME")
+    c.add_argument("name")
     sub.add_parser("list", help="token names and hash prefixes")
     sub.add_parser("hash", help="read one token from stdin, print its SHA-256 (for a tokens file line)")
     args = p.parse_args(argv)
@@ -190,6 +193,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         write_tokens(args.tokens, tokens)
         print(f"revoked {args.name}")
+        return 0
+    if args.command == "add":
+        token = sys.stdin.readline().strip()
+        if len(token) < 20 or any(c.isspace() for c in token):
+            print("token_auth: the token on stdin must be at least 20 characters without spaces", file=sys.stderr)
+            return 2
+        if tokens.get(args.name) != token_hash(token):
+            tokens[args.name] = token_hash(token)
+            write_tokens(args.tokens, tokens)
+        print(f"stored the hash of {args.name}")
         return 0
     token = new_token()
     tokens[args.name] = token_hash(token)
