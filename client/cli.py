@@ -23,7 +23,14 @@ import time
 from pathlib import Path
 
 from .api import MusicGenClient, StreamEvent
-from .errors import AuthenticationError, InvalidParameter, ModelNotReady, MusicGenError, ServerUnavailable, TLSError
+from .errors import (
+    AuthenticationError,
+    InvalidParameter,
+    ModelNotReady,
+    MusicGenError,
+    ServerUnavailable,
+    TLSError,
+)
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_ACCESS = 4  # the API token was refused, or TLS with the server failed

@@ -91,7 +91,7 @@ def test_engine_series_after_a_generation(exported):
 
 def test_promtool_checks_and_unit_tests_the_rules():
     for args in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]):
-        r = subprocess.run(["promtool", *args], cwd=MON, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(["promtool", *args], cwd=MON, check=False, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
     names = {r["alert"] for g in yaml.safe_load((MON / "alerts.yml").read_text())["groups"] for r in g["rules"]}
     assert names == {"MusicGenEngineDown", "MusicGenQueueGrowing", "MusicGenErrorRate"}

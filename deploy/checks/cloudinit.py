@@ -60,7 +60,7 @@ def check_cloud_config(text: str) -> list[str]:
             out.append(f"unknown cloud-config key {key!r}")
     files = {f.get("path"): f for f in doc.get("write_files", []) or [] if isinstance(f, dict)}
     for path in files:
-        if re.search(r"password|token|secret", str(path), re.I):
+        if re.search(r"password|token|secret", str(path), re.IGNORECASE):
             out.append(f"{path}: the user data must carry no secret (the instance reads secrets from OOS)")
     for path in SECRET_FILES:
         f = files.get(path)

@@ -183,13 +183,13 @@ API_AUTH = "import api_token"
 def check_caddyfile(text: str) -> list[str]:
     """Textual rules; tests/test_secure_api.py runs the same file in the real Caddy."""
     out = []
-    if not re.search(r"^\s*https_port \{\$MUSICGEN_HTTPS_PORT:443\}", text, re.M):
+    if not re.search(r"^\s*https_port \{\$MUSICGEN_HTTPS_PORT:443\}", text, re.MULTILINE):
         out.append("Caddyfile: the site must be served on HTTPS port 443")
-    if not re.search(r"^\s*import tls_\{\$MUSICGEN_TLS_MODE:internal\}", text, re.M):
+    if not re.search(r"^\s*import tls_\{\$MUSICGEN_TLS_MODE:internal\}", text, re.MULTILINE):
         out.append("Caddyfile: the site must pick its TLS (internal CA or ACME) from MUSICGEN_TLS_MODE")
-    if re.search(r"^\s*auto_https\s+(off|disable_redirects)", text, re.M):
+    if re.search(r"^\s*auto_https\s+(off|disable_redirects)", text, re.MULTILINE):
         out.append("Caddyfile: automatic HTTPS and its port-80 redirect must stay on")
-    if re.search(r"^\s*(http://)?:80\b", text, re.M):
+    if re.search(r"^\s*(http://)?:80\b", text, re.MULTILINE):
         out.append("Caddyfile: port 80 must only redirect (no site of its own)")
     if PAGE_AUTH not in text:
         out.append("Caddyfile: must import the basic_auth file written by the bootstrap")
@@ -199,10 +199,10 @@ def check_caddyfile(text: str) -> list[str]:
         out.append("Caddyfile: the API must be checked by forward_auth to auth:9100/check")
     if not re.search(r"reverse_proxy h2c://\{\$MUSICGEN_TRITON_GRPC:triton:8001\}", text):
         out.append("Caddyfile: gRPC must go to triton:8001 over h2c")
-    if re.search(r"^\s*log\b", text, re.M) or "log_credentials" in text:
+    if re.search(r"^\s*log\b", text, re.MULTILINE) or "log_credentials" in text:
         out.append("Caddyfile: no access log (credentials must never reach a log)")
     # every proxied route carries exactly one of the two credentials: page password or API token
-    handles = re.findall(r"handle\s*(\S*)\s*\{(.*?)\n\t\}", text, re.S)
+    handles = re.findall(r"handle\s*(\S*)\s*\{(.*?)\n\t\}", text, re.DOTALL)
     if len(handles) < 3:
         out.append("Caddyfile: expected handle blocks for gRPC, /v2/* and the page")
     for matcher, body in handles:

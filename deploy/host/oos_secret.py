@@ -63,7 +63,7 @@ def get_secret_parameter(region: str, name: str, creds: dict, endpoint: str | No
         "Action": "GetSecretParameter", "Version": OOS_VERSION, "Format": "JSON", "RegionId": region,
         "Name": name, "WithDecryption": "true", "AccessKeyId": creds["AccessKeyId"],
         "SignatureMethod": "HMAC-SHA1", "SignatureVersion": "1.0", "SignatureNonce": uuid.uuid4().hex,
-        "Timestamp": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "Timestamp": datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 - runs on Python 3.10.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if creds.get("SecurityToken"):
         params["SecurityToken"] = creds["SecurityToken"]

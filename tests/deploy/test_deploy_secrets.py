@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from deploy_fakes import REPO
 
 TOKEN_AUTH = REPO / "deploy" / "auth" / "token_auth.py"
@@ -19,7 +18,7 @@ TOKEN = "deploy-token-0123456789abcdefghijklmnop"
 
 
 def _tool(tokens, *args, stdin=None):
-    return subprocess.run([sys.executable, str(TOKEN_AUTH), "--tokens", str(tokens), *args], input=stdin,
+    return subprocess.run([sys.executable, str(TOKEN_AUTH), "--tokens", str(tokens), *args], input=stdin, check=False,
                           capture_output=True, text=True, timeout=30)
 
 
