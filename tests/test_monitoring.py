@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from local_procs import LocalProcs, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 MON = ROOT / "deploy" / "monitoring"
@@ -171,23 +172,16 @@ def test_prometheus_scrapes_triton_and_runs_every_query(triton, exported, tmp_pa
     cfg["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{triton.metrics_port}"]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
     log = tmp_path / "prometheus.log"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    procs = LocalProcs()
+    proc = procs.start(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                        f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"], log)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                res = _prom_query(base, 'musicgen_lm_requests_finished_total{job="triton",outcome="ok"}')
-                if res["data"]["result"] and float(res["data"]["result"][0]["value"][1]) >= 1:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"prometheus never had the engine's series:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        def scraped():
+            res = _prom_query(base, 'musicgen_lm_requests_finished_total{job="triton",outcome="ok"}')["data"]["result"]
+            return res and float(res[0]["value"][1]) >= 1
+
+        wait_for("prometheus with the engine's series", scraped, proc, log, timeout=90)
         assert _prom_query(base, 'up{job="triton"}')["data"]["result"][0]["value"][1] == "1"
         for expr in _dashboard_exprs():
             res = _prom_query(base, expr)
@@ -198,9 +192,4 @@ def test_prometheus_scrapes_triton_and_runs_every_query(triton, exported, tmp_pa
                                                                   "MusicGenErrorRate"}
         assert all(r["health"] != "err" for g in rules for r in g["rules"])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        procs.stop()

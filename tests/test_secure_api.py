@@ -17,12 +17,12 @@ import os
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from local_procs import LocalProcs, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CADDYFILE = ROOT / "deploy" / "docker" / "Caddyfile"
@@ -37,40 +37,6 @@ pytest.importorskip("streamlit")
 @pytest.fixture(scope="module", autouse=True)
 def _debian_tools():
     subprocess.run(["bash", str(ROOT / "tests" / "secure_api_setup.sh")], check=True, stdout=subprocess.DEVNULL)
-
-
-def _wait(what: str, probe, proc: subprocess.Popen, log: Path, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = probe()
-            if value:
-                return value
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"{what} did not come up:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-
-
-class _Procs:
-    def __init__(self):
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, cmd, log: Path, **kw) -> subprocess.Popen:
-        with open(log, "wb") as f:
-            p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, **kw)
-        self.procs.append(p)
-        return p
-
-    def stop(self):
-        for p in reversed(self.procs):
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
 
 
 def new_token(tokens: Path, name: str) -> str:
@@ -92,12 +58,12 @@ def door(triton, tmp_path_factory):
                              capture_output=True, text=True).stdout.strip()
     auth_file = tmp / "page-auth.caddy"
     auth_file.write_text(f"basicauth {{\n\t{PAGE_USER} {pw_hash}\n}}\n")
-    procs = _Procs()
+    procs = LocalProcs()
     try:
         auth_log = tmp / "token_auth.log"
         p = procs.start([sys.executable, str(TOKEN_AUTH), "--tokens", str(tokens), "serve",
                          "--listen", f"127.0.0.1:{auth_port}"], auth_log)
-        _wait("token_auth", lambda: urllib.request.urlopen(f"http://127.0.0.1:{auth_port}/healthz", timeout=2)
+        wait_for("token_auth", lambda: urllib.request.urlopen(f"http://127.0.0.1:{auth_port}/healthz", timeout=2)
               .status == 200, p, auth_log)
 
         page_log = tmp / "streamlit.log"
@@ -106,7 +72,7 @@ def door(triton, tmp_path_factory):
                          "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port",
                          str(page_port), "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
                         page_log, cwd=ROOT, env=env)
-        _wait("streamlit", lambda: urllib.request.urlopen(f"http://127.0.0.1:{page_port}/_stcore/health",
+        wait_for("streamlit", lambda: urllib.request.urlopen(f"http://127.0.0.1:{page_port}/_stcore/health",
                                                           timeout=2).status == 200, p, page_log)
 
         caddy_log = tmp / "caddy.log"
@@ -120,14 +86,14 @@ def door(triton, tmp_path_factory):
                 "MUSICGEN_UI_UPSTREAM": f"127.0.0.1:{page_port}", "MUSICGEN_PAGE_AUTH_FILE": str(auth_file)}
         p = procs.start(["caddy", "run", "--config", str(CADDYFILE), "--adapter", "caddyfile"], caddy_log,
                         env=cenv, cwd=tmp)
-        _wait("caddy", lambda: urllib.request.urlopen(f"http://127.0.0.1:{health_port}/", timeout=2)
+        wait_for("caddy", lambda: urllib.request.urlopen(f"http://127.0.0.1:{health_port}/", timeout=2)
               .status == 200, p, caddy_log)
         ca = tmp / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
-        ctx = _wait("caddy's local CA", lambda: ca.is_file() and ssl.create_default_context(cafile=str(ca)),
+        ctx = wait_for("caddy's local CA", lambda: ca.is_file() and ssl.create_default_context(cafile=str(ca)),
                     p, caddy_log)
         base = f"https://127.0.0.1:{https_port}"
         # the site certificate is issued in the background: wait until a verified handshake works
-        _wait("caddy's certificate", lambda: _status(f"{base}/v2/health/ready", ctx) == 401, p, caddy_log)
+        wait_for("caddy's certificate", lambda: _status(f"{base}/v2/health/ready", ctx) == 401, p, caddy_log)
         yield {"base": base, "http": f"http://127.0.0.1:{http_port}", "ctx": ctx, "ca": ca, "token": token,
                "tokens": tokens, "https_port": https_port, "logs": [caddy_log, auth_log], "triton": triton}
     finally:
@@ -281,3 +247,21 @@ def test_no_token_in_any_log(door):
     for log in door["logs"]:
         text = log.read_text()
         assert door["token"] not in text and "mgt_wrong" not in text, log
+
+
+@pytest.mark.parametrize("mode, issuer", [("internal", "internal"), ("acme", None)])
+def test_tls_mode_picks_the_issuer(tmp_path, mode, issuer):
+    """With a domain (acme) Caddy's automatic HTTPS uses its public ACME issuers; without, its own CA."""
+    auth = tmp_path / "auth.caddy"
+    auth.write_text("basicauth {\n\tmusicgen $2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG\n}\n")
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MUSICGEN_SITE_HOST": "music.example.com",
+           "MUSICGEN_TLS_MODE": mode, "MUSICGEN_PAGE_AUTH_FILE": str(auth)}
+    r = subprocess.run(["caddy", "adapt", "--config", str(CADDYFILE), "--adapter", "caddyfile"], env=env,
+                       capture_output=True, text=True, check=True, timeout=30)
+    cfg = json.loads(r.stdout)
+    policies = ((cfg["apps"].get("tls") or {}).get("automation") or {}).get("policies") or []
+    issuers = {i["module"] for p in policies if "music.example.com" in p.get("subjects", []) for i in p["issuers"]}
+    assert issuers == ({issuer} if issuer else set())
+    servers = cfg["apps"]["http"]["servers"].values()
+    assert any(s["listen"] == [":443"] for s in servers)
+    assert not any(addr.endswith(":80") for s in servers for addr in s["listen"])  # 80: only the redirect Caddy adds

@@ -1,0 +1,47 @@
+"""Helper processes of the integration tests (Caddy, Prometheus, the token check, Streamlit):
+started in their own session with their output in a log, waited for by a probe, always stopped."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+
+class LocalProcs:
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, cmd, log: Path, **kw) -> subprocess.Popen:
+        with open(log, "wb") as f:
+            p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.terminate()
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+        self.procs.clear()
+
+
+def wait_for(what: str, probe, proc: subprocess.Popen, log: Path, timeout: float = 60.0):
+    """probe()'s first truthy value (OSError counts as not yet); fails with the log's tail if the
+    process exits or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = probe()
+            if value:
+                return value
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{what} did not come up:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
