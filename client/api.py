@@ -7,6 +7,9 @@
 ...     for event in mg.stream("calm ambient pad", duration=5):   # gRPC only
 ...         print(event.kind, event.frames_done, event.frames_total)
 
+A deployed host (deploy/): TLS and an API token, e.g.
+``MusicGenClient("grpcs://203.0.113.10", token=..., ca_bundle="musicgen-ca.crt")``.
+
 Parameters are validated here with :mod:`musicgen_runtime.validation` before anything is sent;
 every failure is raised as a :class:`client.errors.MusicGenError` subclass with a plain message.
 """

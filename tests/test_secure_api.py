@@ -187,6 +187,10 @@ def test_cli_token_from_env_and_exit_codes(door):
     bad = cli(MUSICGEN_API_TOKEN="mgt_wrong")
     assert bad.returncode == 4 and "refused the API token" in bad.stderr
     assert "mgt_wrong" not in bad.stderr
+    health = subprocess.run([sys.executable, "-m", "client.cli", "health", "--no-generate", "--url", url],
+                            check=False, capture_output=True, text=True, cwd=ROOT, timeout=120,
+                            env={**env, "MUSICGEN_API_TOKEN": ""})
+    assert health.returncode == 4, health.stdout + health.stderr
     untrusted = cli(MUSICGEN_CA_BUNDLE="")
     assert untrusted.returncode == 4 and "TLS" in untrusted.stderr
 
@@ -204,6 +208,28 @@ def test_page_behind_its_password_over_tls(door):
     assert _status(url, door["ctx"], {"Authorization": f"Basic {good}"}) == 200
     # and the page password is no API token
     assert _status(f"{door['base']}/v2/health/ready", door["ctx"], {"Authorization": f"Basic {good}"}) == 401
+
+
+def test_host_smoke_check_through_the_tls_proxy(door, tmp_path):
+    """deploy/host/smoke.py as the bootstrap runs it: Triton directly, page and API via the proxy."""
+    (tmp_path / "pw").write_text(PAGE_PASSWORD + "\n")
+    (tmp_path / "token").write_text(door["token"] + "\n")
+    t = door["triton"]
+    r = subprocess.run([sys.executable, str(ROOT / "deploy" / "host" / "smoke.py"), "--triton",
+                        f"http://127.0.0.1:{t.http_port}", "--page", door["base"], "--server-name", "127.0.0.1",
+                        "--ca-file", str(door["ca"]), "--password-file", str(tmp_path / "pw"),
+                        "--token-file", str(tmp_path / "token"), "--timeout", "60"],
+                       check=False, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "page refuses anonymous (401) and serves musicgen (200)" in r.stdout
+    assert "API refuses requests without a token (401) and serves the deploy token (200)" in r.stdout
+    assert door["token"] not in r.stdout + r.stderr and PAGE_PASSWORD not in r.stdout + r.stderr
+    # a certificate that does not match the name is a failure, not a pass
+    r = subprocess.run([sys.executable, str(ROOT / "deploy" / "host" / "smoke.py"), "--triton",
+                        f"http://127.0.0.1:{t.http_port}", "--page", door["base"], "--server-name", "localhost",
+                        "--ca-file", str(door["ca"]), "--timeout", "1", "--interval", "1"],
+                       check=False, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "FAILED" in r.stderr
 
 
 def test_rotation_takes_effect_without_restart(door):
