@@ -9,6 +9,14 @@ from pathlib import Path
 
 import pytest
 
+SETUP = Path(__file__).resolve().parent / "secure_api_setup.sh"
+
+
+def install_debian_tools() -> None:
+    """Debian's caddy and prometheus (+ promtool), installed by tests/secure_api_setup.sh when missing."""
+    r = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900, check=False)
+    assert r.returncode == 0, f"installing caddy/prometheus failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+
 
 class LocalProcs:
     def __init__(self):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from local_procs import LocalProcs, wait_for
+from local_procs import LocalProcs, install_debian_tools, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 MON = ROOT / "deploy" / "monitoring"
@@ -37,7 +37,7 @@ pytest.importorskip("tritonclient.grpc")
 
 @pytest.fixture(scope="module", autouse=True)
 def _debian_tools():
-    subprocess.run(["bash", str(ROOT / "tests" / "secure_api_setup.sh")], check=True, stdout=subprocess.DEVNULL)
+    install_debian_tools()
 
 
 def _value(samples: dict, name: str, match: str = "") -> float:

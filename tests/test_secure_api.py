@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from local_procs import LocalProcs, wait_for
+from local_procs import LocalProcs, install_debian_tools, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CADDYFILE = ROOT / "deploy" / "docker" / "Caddyfile"
@@ -36,7 +36,7 @@ pytest.importorskip("streamlit")
 
 @pytest.fixture(scope="module", autouse=True)
 def _debian_tools():
-    subprocess.run(["bash", str(ROOT / "tests" / "secure_api_setup.sh")], check=True, stdout=subprocess.DEVNULL)
+    install_debian_tools()
 
 
 def new_token(tokens: Path, name: str) -> str:
