@@ -308,4 +308,4 @@ def test_engine_metric_reports_never_fail(triton):
     AttributeError traceback in the server log at every start)."""
     generate_grpc(triton, prompt=PROMPT, duration=0.2, seed=3)
     log = triton.log_path.read_text(errors="replace")
-    assert "in _report" not in log
+    assert "in _report" not in log and "engine_metrics" not in log  # a failed report logs its traceback

@@ -4,6 +4,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from musicgen_runtime import chroma, delay, manifest, triton_io
+from musicgen_runtime.engine_metrics import EngineMetrics
 from musicgen_runtime.lm import FEW_ROWS, LanguageModel
 from musicgen_runtime.melody_lm import MelodyLanguageModel, is_melody
 from musicgen_runtime.scheduler import Job, Scheduler
@@ -34,20 +35,9 @@ class TritonPythonModel:
         print(f"lm_engine: KV cache {c.max_rows} rows x {c.capacity} positions, {c.nbytes / 2**30:.2f} GiB "
               f"({'allocated on the GPU' if c.device == 'cuda' else 'reserved; pages used as written'})", flush=True)
         self.max_melody_samples = int(float(params.get("max_melody_seconds") or 60) * 48000 * 2)
-        # the metrics exist before the scheduler starts: its thread reports at once
-        self._reported = {}
-        # Prometheus metrics of the engine, next to Triton's own on the metrics endpoint
-        self._families = [
-            pb_utils.MetricFamily("musicgen_lm_requests_in_flight", "requests queued or generating",
-                                  pb_utils.MetricFamily.GAUGE),
-            pb_utils.MetricFamily("musicgen_lm_requests_finished_total", "requests ended, by outcome",
-                                  pb_utils.MetricFamily.COUNTER),
-            pb_utils.MetricFamily("musicgen_lm_frames_total", "audio frames generated", pb_utils.MetricFamily.COUNTER),
-        ]
-        self.in_flight = self._families[0].Metric(labels={})
-        self.outcome = {k: self._families[1].Metric(labels={"outcome": k}) for k in ("ok", "error", "cancelled")}
-        self.frames = self._families[2].Metric(labels={})
-        self.scheduler = Scheduler(self.lm, max_active=max_active, on_report=self._report)
+        # the metrics exist before the scheduler starts: its thread reports at once (engine thread only)
+        self.metrics = EngineMetrics(pb_utils, self.dims.frame_rate)
+        self.scheduler = Scheduler(self.lm, max_active=max_active, on_report=self.metrics.report)
 
     def execute(self, requests):
         for request in requests:
@@ -66,15 +56,6 @@ class TritonPythonModel:
                 continue
             self.scheduler.submit(job)
         return None
-
-    def _report(self, stats):
-        """Runs on the engine thread only (see Scheduler): gauge set, counters advanced by their deltas."""
-        self.in_flight.set(stats["in_flight"])
-        for key, metric in [*self.outcome.items(), ("frames", self.frames)]:
-            delta = stats[key] - self._reported.get(key, 0)
-            if delta:
-                metric.increment(delta)
-        self._reported = stats
 
     def _job(self, request, sender):
         get = lambda n: triton_io.scalar(pb_utils, request, n)  # noqa: E731
