@@ -671,7 +671,10 @@ class TritonServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                cwd=str(self.work_dir),
+                # the python stubs' embedded interpreter ignores PYTHONPATH (isolated mode) and puts its
+                # working directory first on sys.path: from here they import this checkout's musicgen_runtime
+                # (not whatever an editable install of the venv points to)
+                cwd=str(PROJECT_ROOT),
                 start_new_session=True,
                 close_fds=True,
                 preexec_fn=None if self.detach else _set_parent_death_signal,
