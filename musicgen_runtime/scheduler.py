@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .lm import LanguageModel, Sequence
+from .lm import Generation, LanguageModel
 
 log = logging.getLogger(__name__)
 CANCEL_CHECK_EVERY = 10  # steps
@@ -22,10 +22,10 @@ CANCEL_CHECK_EVERY = 10  # steps
 
 @dataclass(eq=False)
 class Job:
-    seq: Sequence
-    on_done: Callable[[Sequence], None]
-    on_error: Callable[[Sequence, BaseException], None]
-    on_progress: Callable[[Sequence], None] | None = None
+    seq: Generation
+    on_done: Callable[[Generation], None]
+    on_error: Callable[[Generation, BaseException], None]
+    on_progress: Callable[[Generation], None] | None = None
     progress_every: int = 0
     is_cancelled: Callable[[], bool] | None = None
     key: str | None = None  # caller's id, for cancel(key)
@@ -141,9 +141,9 @@ class Scheduler:
                     self.stats["error"] += 1
                     self._safe(job.on_error, job.seq, exc)
                 self._jobs.clear()
-                self.lm._reset()
+                self.lm.reset()
 
-    def _finish(self, job: Job, seq: Sequence) -> None:
+    def _finish(self, job: Job, seq: Generation) -> None:
         if job.key:
             with self._keys_lock:
                 self._keys.pop(job.key, None)

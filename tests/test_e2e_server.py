@@ -84,7 +84,7 @@ def test_same_seed_bit_identical_different_seed_differs(triton):
 
 def test_greedy_oracle_matches_transformers(triton, tiny_checkpoint):
     from export import checkpoints
-    from export.verify import hf_greedy_codes
+    from export.parity import hf_greedy_codes
 
     model, tok = checkpoints.load(tiny_checkpoint)
     frames = 40

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from musicgen_runtime.lm import LanguageModel
+from musicgen_runtime.text_lm import TextLanguageModel
 from musicgen_runtime.scheduler import Job, Scheduler
 from musicgen_runtime.validation import GenerationParams
 
@@ -16,7 +16,7 @@ FRAMES = 10
 
 
 def test_queue_depth_active_rows_and_time_to_first_audio(tiny_repo):
-    lm = LanguageModel(tiny_repo / "lm_engine" / "1")
+    lm = TextLanguageModel(tiny_repo / "lm_engine" / "1")
     reports: list[dict] = []
     idle = threading.Event()
 

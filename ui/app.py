@@ -6,6 +6,7 @@ lays out widgets: the logic is in ui/logic.py and ui/media.py, the server calls 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -187,6 +188,7 @@ def run_generation(out) -> None:
     cancel_slot = out.empty()
     cancel_slot.button("Cancel", key="cancel", on_click=cancel, icon=":material/stop_circle:")
     job = None
+    received = []  # (frames done, total) of every progress event shown: the page's record of its live progress
     try:
         job = backend.Backend(server_url()).start(model, prompt, params, melody=melody,
                                                   max_duration=status.max_duration)
@@ -202,6 +204,7 @@ def run_generation(out) -> None:
                     prog.update(now, event.frames_total, event.frames_total)
                 else:
                     prog.update(now, event.frames_done, event.frames_total)
+                    received.append((event.frames_done, event.frames_total))
                     if event.kind == "audio_chunk" and event.chunk is not None and status.sample_rate:
                         prog.audio_seconds = (event.chunk_start + event.chunk.shape[-1]) / status.sample_rate
             elif not job.streaming and prog.prior_rate and prog.frames_total:
@@ -221,6 +224,7 @@ def run_generation(out) -> None:
         if job is not None:
             job.cancel()
     bar.progress(1.0, text=f"Done in {logic.format_seconds(elapsed)}")
+    ss.progress_received = received
     if job.streaming and prog.rate():
         ss.rate = prog.rate()
     elif not job.streaming and prog.frames_total and elapsed > 0:
@@ -277,6 +281,8 @@ with right:
         assets = ss.assets[latest.number]
         st.markdown(f"**#{latest.number} · {logic.md_escape(latest.prompt)}**")
         st.audio(assets["wav"], format="audio/wav")
+        # hidden: the progress events the last generation showed (a test reads it; the bar itself is brief)
+        st.html(f'<div id="progress-received" hidden>{json.dumps(ss.get("progress_received", []))}</div>')
         st.caption(f"{logic.params_summary(latest)}  \n{logic.timing_summary(latest)}")
         show_downloads(latest, assets, st)
         st.image(assets["waveform"], width="stretch")
