@@ -8,8 +8,9 @@ import threading
 
 import numpy as np
 
-from musicgen_runtime.text_lm import TextLanguageModel
+from musicgen_runtime.lm import GenerationRequest
 from musicgen_runtime.scheduler import Job, Scheduler
+from musicgen_runtime.text_lm import TextLanguageModel
 from musicgen_runtime.validation import GenerationParams
 
 FRAMES = 10
@@ -38,7 +39,7 @@ def test_queue_depth_active_rows_and_time_to_first_audio(tiny_repo):
         for i in range(3):
             rng = np.random.default_rng(i)
             h, m = rng.standard_normal((6, lm.dims.hidden_size)).astype(np.float32), np.ones(6, np.int64)
-            seq = lm.prepare(h, m, GenerationParams(duration=1, seed=i), FRAMES)
+            seq = lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1, seed=i), FRAMES))
             sched.submit(Job(seq, on_done=lambda s: None, on_error=lambda s, e: None,
                              on_progress=hold_first if i == 0 else None, progress_every=1))
         others_queued.set()
