@@ -76,9 +76,9 @@ def test_prompt_in_chinese_is_warned_about_and_sent_as_typed(triton, tmp_path):
     p = run("generate", "calm piano", "-d", "0.5", "-o", tmp_path / "en.wav", "--url", triton.grpc_endpoint)
     assert p.returncode == 0 and "trained on English" not in p.stderr
     # the library says it as a Python warning
-    with MusicGenClient(triton.grpc_endpoint) as c:
-        with pytest.warns(prompt_language.PromptLanguageWarning, match="trained on English"):
-            c.validate(prompt, 1.0)
+    with MusicGenClient(triton.grpc_endpoint) as c, \
+            pytest.warns(prompt_language.PromptLanguageWarning, match="trained on English"):
+        c.validate(prompt, 1.0)
 
 
 def test_help_describes_loudness_eta_and_english_prompts():

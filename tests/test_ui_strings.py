@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from streamlit.testing.v1 import AppTest
 
-from musicgen_runtime import prompt_language  # noqa: E402
-from ui import logic, strings  # noqa: E402
+from musicgen_runtime import prompt_language
+from ui import logic, strings
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "ui" / "app.py")
@@ -141,7 +141,8 @@ def test_page_in_chinese_has_no_english_left(monkeypatch, triton):
     assert len(history) == 2 and history[0].prompt == prompt  # sent as typed: no silent translation
     warn = " ".join(str(w.value) for w in at.warning)
     assert "T5" in warn and "英文" in warn  # said plainly, in Chinese, next to the box
-    assert at.expander[0].proto.expanded is not False  # the English style tags are offered
+    tags = next(e for e in at.expander if e.label == strings.t("tags_title", "zh"))
+    assert tags.proto.expanded  # the English style tags are offered, open
     texts = page_texts(at)
     joined = "\n".join(texts)
     for needle in ("服务器", "提示词", "高级设置", "生成", "完成，用时", "种子", "结果", "之前的结果", "演示模型", "下载"):

@@ -153,15 +153,6 @@ with left:
                  format_func=lambda p, lang=L: strings.example_label(p, lang), help=tr("examples_help"),
                  placeholder=tr("examples_placeholder"), on_change=use_example)
     cjk_prompt = prompt_language.has_cjk(ss.prompt)
-    # English style tags that build an English prompt (opened by itself when the prompt is not English)
-    with st.expander(tr("tags_title"), expanded=cjk_prompt, icon=":material/sell:"):
-        for cat in strings.TAG_CATEGORIES:
-            st.pills(tr(f"tags_{cat}"), [en for en, _ in strings.STYLE_TAGS[cat]], selection_mode="multi",
-                     key=f"tags_{cat}", format_func=lambda tag, lang=L: strings.tag_label(tag, lang))
-        built = strings.prompt_from_tags({c: ss.get(f"tags_{c}") or [] for c in strings.TAG_CATEGORIES})
-        st.caption(tr("tags_preview", prompt=logic.md_escape(built)) if built else tr("tags_none"))
-        st.button(tr("tags_use"), key="use_tags", on_click=use_tags, disabled=not built,
-                  icon=":material/arrow_upward:")
     melody_ok, melody_reason = logic.melody_support(status.manifest, L)
     # A form: changing a setting while a clip is generating does not rerun (and so interrupt) the page.
     with st.form("request", border=False):
@@ -199,6 +190,16 @@ with left:
 
         generate = st.form_submit_button(tr("generate"), type="primary", key="generate", width="stretch",
                                          icon=":material/music_note:")
+    # English style tags that build an English prompt (open when the prompt is not English). After the
+    # form: the clicks rerun the page, and they only edit the prompt box.
+    with st.expander(tr("tags_title"), expanded=cjk_prompt, icon=":material/sell:"):
+        for cat in strings.TAG_CATEGORIES:
+            st.pills(tr(f"tags_{cat}"), [en for en, _ in strings.STYLE_TAGS[cat]], selection_mode="multi",
+                     key=f"tags_{cat}", format_func=lambda tag, lang=L: strings.tag_label(tag, lang))
+        built = strings.prompt_from_tags({c: ss.get(f"tags_{c}") or [] for c in strings.TAG_CATEGORIES})
+        st.caption(tr("tags_preview", prompt=logic.md_escape(built)) if built else tr("tags_none"))
+        st.button(tr("tags_use"), key="use_tags", on_click=use_tags, disabled=not built,
+                  icon=":material/arrow_upward:")
 
 # ---- generation -------------------------------------------------------------------------------------
 

@@ -55,7 +55,8 @@ STRINGS: dict[str, tuple[str, str]] = {
                            "请用英文描述，例如 'lo-fi hip hop beat with mellow piano, 75 bpm'"),
     "prompt_help": ("Describe the music in English: genre, instruments, mood, tempo.",
                     "请用英文描述音乐：风格、乐器、情绪、速度。"),
-    "prompt_language_warning": (prompt_language.WARNING[0].upper() + prompt_language.WARNING[1:],
+    "prompt_language_warning": (prompt_language.WARNING[0].upper() + prompt_language.WARNING[1:]
+                                + " The English style tags below build one.",
                                 ("提示词里有中文（或日文、韩文）字符。MusicGen 的文本编码器（T5）是用英文音乐描述训练的，"
                                 "所以这样的提示词多半生成不出好的音乐。请用英文描述：风格、乐器、情绪、速度"
                                 "（例如 'calm lo-fi beat with warm piano, 80 bpm'）。提示词会按原样发送，不会被翻译。"
