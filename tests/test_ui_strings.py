@@ -106,11 +106,12 @@ def page_texts(at: AppTest) -> list[str]:
 
 
 def leftover_english(text: str, prompt: str) -> list[str]:
-    text = text.replace(prompt, " ")
+    if prompt.strip():
+        text = text.replace(prompt, " ")
     for tags in strings.STYLE_TAGS.values():  # the English tags are the point: they build the prompt
         for en, _ in tags:
             text = text.replace(en, " ")
-    text = re.sub(r"`[^`]*`|'[^']*'|:material/[a-z_]+:|https?://\S+", " ", text)  # code, quoted examples
+    text = re.sub(r"`[^`]*`|'[^']*'|:material/[a-z_]+:|[a-z]+://\S+", " ", text)  # code, quoted examples, URLs
     text = PROPER.sub(" ", text)
     return re.findall(r"[A-Za-z]{2,}", text)
 
@@ -166,3 +167,46 @@ def test_page_in_english_has_no_chinese_and_the_switch_sticks(monkeypatch, trito
     at.query_params.clear()
     at.run()
     assert at.text_area(key="prompt").label == "提示词" and at.session_state["lang"] == "zh"
+
+
+def test_messages_from_validation_server_and_client_in_chinese():
+    """The messages the page passes on (shared validation, the server, the client library) are known
+    to the table in the words their sources really use."""
+    import errno
+
+    from client import errors
+    from musicgen_runtime import validation
+
+    def raised(fn, *args, **kw):
+        with pytest.raises(Exception) as info:
+            fn(*args, **kw)
+        return str(info.value)
+
+    real = [raised(validation.validate_prompt, "  "), raised(validation.validate_prompt, "x" * 2001),
+            raised(validation.validate_params, 45.0, max_duration=30.0),
+            errors.classify(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
+                            url="grpc://127.0.0.1:1").message,
+            errors.classify(TimeoutError(), url="grpc://127.0.0.1:1", timeout=5).message]
+    for message in real:
+        zh = strings.translate_detail(message, "zh")
+        assert CJK.search(zh) and zh != message, message
+        assert strings.translate_detail(message, "en") == message
+    assert strings.translate_detail("something new from the server", "zh") == "something new from the server"
+    for key in strings.DETAIL_KEYS:  # every template translates its own English wording
+        en, zh = strings.STRINGS[key]
+        sample = {name: f"<{name}>" for name in _fields(en)}
+        assert strings.translate_detail(en.format(**sample), "zh") == zh.format(**sample), key
+
+
+def test_page_in_chinese_with_the_server_down(monkeypatch):
+    from server.triton import find_free_port
+
+    at = open_page(monkeypatch, f"127.0.0.1:{find_free_port()}", "zh")
+    side = " ".join(str(e.value) for e in at.sidebar.error)
+    assert "未就绪" in side and "无法连接" in side
+    generate(at, "   ")
+    errs = [str(e.value) for e in at.error]
+    assert any(e.startswith("请检查表单：提示词为空") for e in errs), errs
+    left = {t: w for t in page_texts(at) if (w := leftover_english(t, ""))}
+    # what may stay: the operating system's own reason in brackets (e.g. Connection refused)
+    assert all(set(w) <= {"Connection", "refused"} for w in left.values()), left

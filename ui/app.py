@@ -133,7 +133,8 @@ with st.sidebar:
     if status.ready:
         st.success(tr("server_ready", url=status.url), icon=":material/check_circle:")
     else:
-        st.error(tr("server_not_ready", url=status.url, error=status.error), icon=":material/error:")
+        st.error(tr("server_not_ready", url=status.url, error=strings.translate_detail(status.error, L)),
+                 icon=":material/error:")
     for label, value in logic.manifest_facts(status.manifest, L):
         st.markdown(f"**{label}:** `{value}`")
     if status.ready:
@@ -212,7 +213,7 @@ def run_generation(out) -> None:
                                              ss.guidance_scale, ss.seed_mode, ss.seed_text,
                                              max_duration=status.max_duration or logic.DURATION_MAX, lang=L)
     except ValidationError as exc:
-        ss.last_error = tr("err_form", detail=exc)
+        ss.last_error = tr("err_form", detail=strings.translate_detail(str(exc), L))
         return
     melody = None
     if melody_file is not None and melody_ok:

@@ -21,7 +21,7 @@ from client import MusicGenClient, MusicGenError
 from musicgen_runtime.validation import DEFAULT_MAX_DURATION, GenerationParams
 
 from . import logic
-from .strings import t
+from .strings import t, translate_detail
 
 DEFAULT_MODEL = mgclient.api.STREAM_MODEL
 STATUS_TIMEOUT = 5.0  # seconds for the small status calls
@@ -49,8 +49,9 @@ class BackendError(Exception):
         msg = re.sub(r"^(invalid parameter|generation failed):\s*", "", self.message.strip(), flags=re.I)
         key = {"unavailable": "err_unavailable", "not_ready": "err_not_ready", "invalid": "err_invalid",
                "timeout": "err_timeout"}.get(self.kind, "err_failed")
-        if self.kind == "not_ready" and not msg.endswith((".", "!", "?")):
-            msg += "."
+        msg = translate_detail(msg, lang)
+        if self.kind == "not_ready" and not msg.endswith((".", "!", "?", "。", "？")):
+            msg += "。" if lang == "zh" else "."
         return t(key, lang, detail=msg)
 
 

@@ -8,6 +8,7 @@ same placeholders in both languages (tests/test_ui_strings.py checks every key i
 from __future__ import annotations
 
 import re
+import string
 
 from musicgen_runtime import prompt_language
 
@@ -168,7 +169,26 @@ STRINGS: dict[str, tuple[str, str]] = {
     "reuse": ("Reuse these settings", "复用这些设置"),
     "earlier": ("Earlier results", "之前的结果"),
     "history_label": ("#{number} · {prompt} · seed {seed}", "#{number} · {prompt} · 种子 {seed}"),
+    # messages of the shared validation, the server and the client library (`translate_detail`): the
+    # English text is the message's own wording, each {field} standing for any text
+    "detail_prompt_empty": ("prompt is empty: describe the music to generate", "提示词为空：请描述要生成的音乐"),
+    "detail_prompt_chars": ("prompt is too long: {n} characters, at most {limit}",
+                            "提示词太长：{n} 个字符，最多 {limit} 个"),
+    "detail_prompt_tokens": ("prompt is too long: {n} tokens, at most {limit}", "提示词太长：{n} 个词元，最多 {limit} 个"),
+    "detail_duration": ("duration must be in (0, {limit}] seconds, got {value}",
+                        "时长必须在 (0, {limit}] 秒之内，输入的是 {value}"),
+    "detail_duration_prompt": ("duration too long for this prompt: at most {limit} s",
+                               "对这个提示词来说时长太长：最多 {limit} 秒"),
+    "detail_unreachable": ("cannot reach the MusicGen server at {url} ({reason}). "
+                           "Is it running (`make serve`) and is the URL right?",
+                           "无法连接位于 {url} 的 MusicGen 服务器（{reason}）。服务器在运行吗（`make serve`）？地址对吗？"),
+    "detail_unreachable_os": ("cannot reach the MusicGen server at {url}: {reason}. "
+                              "Is it running (`make serve`) and is the URL right?",
+                              "无法连接位于 {url} 的 MusicGen 服务器：{reason}。服务器在运行吗（`make serve`）？地址对吗？"),
+    "detail_no_answer": ("no answer from the server at {url} within {limit} s", "位于 {url} 的服务器在 {limit} 秒内没有回应"),
+    "detail_no_model": ("the server has no generation model loaded", "服务器没有加载任何生成模型"),
 }
+DETAIL_KEYS = tuple(k for k in STRINGS if k.startswith("detail_"))
 
 # Example prompts: the English text goes into the prompt box (the model reads English); the page
 # lists them by their description in the page's language.
@@ -205,6 +225,28 @@ def t(key: str, lang: str = DEFAULT_LANGUAGE, **kw) -> str:
     en, zh = STRINGS[key]
     text = zh if lang == "zh" else en
     return text.format(**kw) if kw else text
+
+
+def _template_regex(template: str) -> re.Pattern:
+    parts = [re.escape(lit) + (f"(?P<{name}>.+?)" if name else "")
+             for lit, name, _, _ in string.Formatter().parse(template)]
+    return re.compile("".join(parts), re.S)
+
+
+_DETAILS = [(key, _template_regex(STRINGS[key][0])) for key in DETAIL_KEYS]
+
+
+def translate_detail(message: str | None, lang: str) -> str:
+    """A message from the validation, the server or the client library in `lang`, when it is one of the
+    known ones (`detail_*` keys); otherwise as it came. Nothing else is translated (no guessing)."""
+    text = str(message or "")
+    if lang == DEFAULT_LANGUAGE:
+        return text
+    for key, pattern in _DETAILS:
+        m = pattern.fullmatch(text.strip())
+        if m:
+            return t(key, lang, **m.groupdict())
+    return text
 
 
 def example_label(prompt: str, lang: str) -> str:
