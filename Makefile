@@ -12,7 +12,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 UI_PORT ?= 8501
 
-.PHONY: setup export verify serve stop run ui test test-fast deploy-check bench bench-quick clean
+.PHONY: setup export verify serve stop run ui lint test deploy-check bench bench-quick clean
 
 # Idempotent: reinstalls only when pyproject.toml changed since the last install.
 setup: $(STAMP)
@@ -51,7 +51,12 @@ ui: setup
 		--server.address 127.0.0.1 --server.port $(UI_PORT) --browser.gatherUsageStats false \
 		--client.toolbarMode viewer
 
-test: setup
+# ruff (settings in pyproject.toml): lint, and the formatting check
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
 	$(BIN)/python -m pytest -q tests
 
 # Offline checks of deploy/ (shellcheck, ROS/Terraform/compose/cloud-init, bootstrap dry run).

@@ -78,7 +78,7 @@ def log(msg: str) -> None:
 
 
 def stage_repository(dst: Path, checkpoint: str, precision: str) -> Path:
-    """The tests' procedure: model_repository/ configs and code (no weights) + `export.onnx_export.build`.
+    """The tests' procedure: model_repository/ configs and code (no weights) + `export.build.build`.
 
     Configs are refreshed every time; the export is skipped when dst already holds this checkpoint
     at this precision with intact files.
@@ -86,7 +86,7 @@ def stage_repository(dst: Path, checkpoint: str, precision: str) -> Path:
     from export.repository import copy_model_repository  # torch-free
 
     copy_model_repository(dst)
-    # `export.onnx_export.build` in its own process: torch and the checkpoint (GBs) leave with it
+    # `export.build.build` in its own process: torch and the checkpoint (GBs) leave with it
     proc = subprocess.run([sys.executable, "-m", "export", "build", "--checkpoint", checkpoint, "--precision",
                            precision, "--repository", str(dst), "--skip-if-current"], cwd=ROOT,
                           capture_output=True, text=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from musicgen_runtime import names
+from musicgen_runtime.lm import GenerationRequest
 
 
 def _best(fn, repeats: int) -> float:
@@ -130,9 +131,9 @@ def _lm_and_prompt(model_dir: Path, duration: float, text_tokens: int, seed: int
     `text_tokens` tokens (a step's cost does not depend on their values), an all-ones mask, the frame
     count of `duration`, and the generator that made the states."""
     from musicgen_runtime import delay
-    from musicgen_runtime.lm import LanguageModel
+    from musicgen_runtime.variants import open_language_model
 
-    lm = LanguageModel(model_dir, threads=threads, max_rows=max_rows)
+    lm = open_language_model(model_dir, threads=threads, max_rows=max_rows)
     rng = np.random.default_rng(seed)
     hidden = (rng.standard_normal((text_tokens, lm.dims.hidden_size)) * 0.1).astype(np.float32)
     return lm, hidden, np.ones(text_tokens, np.int64), delay.frames_for_duration(duration, lm.dims.frame_rate), rng
@@ -153,8 +154,8 @@ def decode_steps(model_dir: Path, duration: float, guidance_scale: float = 3.0, 
     load_s = time.perf_counter() - t0
     per_clip = []
     for _ in range(max(1, clips)):
-        seq = lm.prepare(hidden, mask, GenerationParams(duration=duration, guidance_scale=guidance_scale, seed=seed),
-                         frames)
+        params = GenerationParams(duration=duration, guidance_scale=guidance_scale, seed=seed)
+        seq = lm.prepare(GenerationRequest(hidden, mask, params, frames))
         lm.add(seq)
         times = []
         while not seq.done:
@@ -169,8 +170,8 @@ def decode_steps(model_dir: Path, duration: float, guidance_scale: float = 3.0, 
     median = float(np.median(medians))
     tail = np.concatenate([c[-max(1, c.size // 10):] for c in per_clip])
     # what the median step reads: the weights of the graph that ran it, and the cache at mid-clip
-    graph_file = (names.DECODER_STEP_FEW_ROWS_FILE if lm.step_graph(seq.rows) is lm.few_rows_sess
-                  else names.DECODER_STEP_FILE)
+    graph_file = (names.DECODER_STEP_BLOCKWISE_INT8_FILE
+                  if lm.decoder.select(seq.rows) is lm.decoder.blockwise_int8_sess else names.DECODER_STEP_FILE)
     read_bytes = (step_weight_bytes(model_dir, graph_file)
                   + step_cache_bytes(lm, seq.rows, (len(times) + 1) // 2, text_tokens))
     return {"model_dir": str(model_dir), "load_s": load_s, "steps": len(times), "frames": frames,
@@ -202,7 +203,8 @@ def batch_scaling(repository: Path, duration: float, requests: int, text_tokens:
     d = lm.dims
 
     def generate(n: int) -> dict:
-        seqs = [lm.prepare(hidden, mask, GenerationParams(duration=duration, seed=seed + i), frames) for i in range(n)]
+        seqs = [lm.prepare(GenerationRequest(hidden, mask, GenerationParams(duration=duration, seed=seed + i), frames))
+                for i in range(n)]
         t = time.perf_counter()
         lm.run_together(seqs)
         wall = time.perf_counter() - t
@@ -255,7 +257,7 @@ def step_profile(model_dir: Path, duration: float, requests: int = 1, steps: int
 
     lm, hidden, mask, frames, _ = _lm_and_prompt(model_dir, duration, text_tokens, seed, threads,
                                                  max_rows=2 * requests)
-    seqs = [lm.prepare(hidden, mask, GenerationParams(duration=duration, seed=seed + i), frames)
+    seqs = [lm.prepare(GenerationRequest(hidden, mask, GenerationParams(duration=duration, seed=seed + i), frames))
             for i in range(requests)]
     for s in seqs:
         lm.add(s)
@@ -264,14 +266,14 @@ def step_profile(model_dir: Path, duration: float, requests: int = 1, steps: int
     for _ in range(warm):
         lm.step()
     rows = lm.rows_used
-    few = lm.step_graph(rows) is lm.few_rows_sess
-    graph_file = names.DECODER_STEP_FEW_ROWS_FILE if few else names.DECODER_STEP_FILE
+    blockwise = lm.decoder.select(rows) is lm.decoder.blockwise_int8_sess
+    graph_file = names.DECODER_STEP_BLOCKWISE_INT8_FILE if blockwise else names.DECODER_STEP_FILE
     with tempfile.TemporaryDirectory() as tmp:
         sess = open_graph(Path(model_dir) / graph_file, lm.device, threads, profile_prefix=str(Path(tmp) / "step"))
-        if few:  # the batch's next steps run on the profiling session of the same graph
-            lm.few_rows_sess = sess
+        if blockwise:  # the batch's next steps run on the profiling session of the same graph
+            lm.decoder.blockwise_int8_sess = sess
         else:
-            lm.step_sess = sess
+            lm.decoder.sess = sess
         t = time.perf_counter()
         for _ in range(steps):
             lm.step()

@@ -21,21 +21,23 @@ def measure(repo: Path, duration: float, pairs: int, prompt: str = "lofi hip hop
     from client import MusicGenClient
     from musicgen_runtime import delay, manifest, names
     from musicgen_runtime.codec import AudioDecoder
-    from musicgen_runtime.lm import LanguageModel
+    from musicgen_runtime.lm import GenerationRequest
     from musicgen_runtime.text import PromptTokenizer, TextEncoder
     from musicgen_runtime.validation import GenerationParams
+    from musicgen_runtime.variants import open_language_model
     from server import TritonServer
 
     d = manifest.dims(manifest.read(repo / "lm_engine" / "1"))
     tok = PromptTokenizer(repo / "tokenizer" / "1" / names.TOKENIZER_FILE, d.max_text_tokens)
     enc = TextEncoder(repo / "text_encoder" / "1" / names.TEXT_ENCODER_FILE)
-    lm = LanguageModel(repo / "lm_engine" / "1")
+    lm = open_language_model(repo / "lm_engine" / "1")
     codec = AudioDecoder(repo / "audio_decoder" / "1" / names.AUDIO_DECODER_FILE, d.hop_length)
     frames = delay.frames_for_duration(duration, d.frame_rate)
 
     def in_process(seed):
         ids, mask = tok.encode([prompt])
-        codes = lm.generate(enc(ids, mask)[0], mask[0], GenerationParams(duration=duration, seed=seed), frames)
+        codes = lm.generate(GenerationRequest(enc(ids, mask)[0], mask[0], GenerationParams(duration=duration, seed=seed),
+                                                frames))
         return codec(codes[None])[0], codes
 
     local, served = [], []

@@ -5,19 +5,23 @@ from .api import (
     HealthReport,
     MusicGenClient,
     StreamEvent,
+    parse_server_url,
     parse_url,
 )
 from .errors import (
+    AuthenticationError,
     GenerationError,
     InvalidParameter,
     ModelNotReady,
     MusicGenError,
     RequestTimeout,
     ServerUnavailable,
+    TLSError,
     classify,
 )
 
 __all__ = [
+    "AuthenticationError",
     "GenerationError",
     "GenerationResult",
     "HealthReport",
@@ -28,6 +32,8 @@ __all__ = [
     "RequestTimeout",
     "ServerUnavailable",
     "StreamEvent",
+    "TLSError",
     "classify",
+    "parse_server_url",
     "parse_url",
 ]

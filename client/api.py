@@ -7,6 +7,9 @@
 ...     for event in mg.stream("calm ambient pad", duration=5):   # gRPC only
 ...         print(event.kind, event.frames_done, event.frames_total)
 
+A deployed host (deploy/): TLS and an API token, e.g.
+``MusicGenClient("grpcs://203.0.113.10", token=..., ca_bundle="musicgen-ca.crt")``.
+
 Parameters are validated here with :mod:`musicgen_runtime.validation` before anything is sent;
 every failure is raised as a :class:`client.errors.MusicGenError` subclass with a plain message.
 """
@@ -25,6 +28,11 @@ from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 import numpy as np
+
+try:
+    from tritonclient._plugin import InferenceServerClientPlugin
+except ImportError:  # pragma: no cover - without the client extra; _module() says so when used
+    InferenceServerClientPlugin = None
 
 from musicgen_runtime import audio_io, prompt_language
 from musicgen_runtime.validation import (
@@ -47,6 +55,8 @@ from .errors import (
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 PROTOCOLS = ("grpc", "http")
+SCHEMES = {"grpc": ("grpc", False), "http": ("http", False), "grpcs": ("grpc", True), "https": ("http", True)}
+TLS_PORT = 443
 MODEL = "musicgen"
 STREAM_MODEL = "musicgen_stream"
 INFO_MODEL = "musicgen_info"
@@ -54,11 +64,12 @@ ENGINE_MODEL = "lm_engine"  # holds the `max_duration` parameter
 OUTPUTS = ("audio", "sample_rate", "audio_codes", "seed_used")
 
 
-def parse_url(url: str | None, protocol: str | None = None) -> tuple[str, str]:
-    """('host:port', protocol) from 'host:port', 'grpc://host:port', 'http://host:port' or None.
+def parse_server_url(url: str | None, protocol: str | None = None) -> tuple[str, str, bool]:
+    """('host:port', protocol, tls) from 'host:port', 'grpc://…', 'grpcs://…', 'http://…', 'https://…' or None.
 
-    A scheme decides the protocol; otherwise `protocol` (default gRPC). A missing port is the
-    protocol's default (gRPC 8001, HTTP 8000).
+    A scheme decides the protocol and TLS (grpcs = gRPC over TLS, https = HTTP over TLS); otherwise
+    `protocol` (default gRPC), without TLS. A missing port is the default: gRPC 8001, HTTP 8000,
+    and 443 with TLS (the deployed host's proxy).
     """
     if protocol is not None and protocol not in PROTOCOLS:
         raise InvalidParameter(f"protocol must be 'grpc' or 'http', got {protocol!r}")
@@ -67,25 +78,41 @@ def parse_url(url: str | None, protocol: str | None = None) -> tuple[str, str]:
     if "://" in url:
         scheme, rest = url.split("://", 1)
         scheme = scheme.lower()
-        if scheme in ("https", "grpcs"):
-            raise InvalidParameter(f"{scheme}:// is not supported; use grpc:// or http:// (TLS ends at a proxy)")
-        if scheme not in PROTOCOLS:
-            raise InvalidParameter(f"unknown URL scheme {scheme!r}: use grpc://host:port or http://host:port")
-        if protocol is not None and protocol != scheme:
+        if scheme not in SCHEMES:
+            raise InvalidParameter(f"unknown URL scheme {scheme!r}: use grpc://, grpcs://, http:// or https://")
+        if protocol is not None and protocol != SCHEMES[scheme][0]:
             raise InvalidParameter(f"URL says {scheme} but protocol {protocol} was asked for")
         url = rest
-    proto = scheme or protocol or "grpc"
+    proto, tls = SCHEMES[scheme] if scheme else (protocol or "grpc", False)
     parts = urlsplit("//" + (url.rstrip("/") or "localhost"))
     if parts.path not in ("", "/"):
         raise InvalidParameter(f"the server URL takes no path: {url!r}")
     try:
-        port = parts.port or DEFAULT_PORTS[proto]
+        port = parts.port or (TLS_PORT if tls else DEFAULT_PORTS[proto])
     except ValueError:
         raise InvalidParameter(f"bad port in server URL {url!r}") from None
     host = parts.hostname or "localhost"
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
-    return f"{host}:{port}", proto
+    return f"{host}:{port}", proto, tls
+
+
+def parse_url(url: str | None, protocol: str | None = None) -> tuple[str, str]:
+    """('host:port', protocol): :func:`parse_server_url` without the TLS flag."""
+    return parse_server_url(url, protocol)[:2]
+
+
+class BearerToken(InferenceServerClientPlugin if InferenceServerClientPlugin else object):
+    """tritonclient plugin: `Authorization: Bearer <token>` on every request (HTTP and gRPC)."""
+
+    def __init__(self, token: str):
+        self._value = f"Bearer {token}"
+
+    def __call__(self, request):
+        request.headers["authorization"] = self._value
+
+    def __repr__(self) -> str:  # never show the token
+        return "BearerToken(***)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,8 +230,19 @@ class MusicGenClient:
 
     def __init__(self, url: str | None = None, protocol: str | None = None, *, timeout: float = 600.0,
                  connect_timeout: float = 10.0, model: str = MODEL, stream_model: str = STREAM_MODEL,
-                 info_model: str = INFO_MODEL, max_duration: float | None = None):
-        self.endpoint, self.protocol = parse_url(url, protocol)
+                 info_model: str = INFO_MODEL, max_duration: float | None = None, token: str | None = None,
+                 ca_bundle: str | Path | None = None, tls: bool | None = None):
+        self.endpoint, self.protocol, url_tls = parse_server_url(url, protocol)
+        # TLS from the URL scheme (https://, grpcs://) or asked for; a CA bundle implies it
+        self.tls = bool(url_tls or tls or ca_bundle)
+        if tls is False and url_tls:
+            raise InvalidParameter(f"the URL {url!r} asks for TLS but tls=False was given")
+        self.ca_bundle = str(ca_bundle) if ca_bundle else None
+        if self.ca_bundle and not Path(self.ca_bundle).is_file():
+            raise InvalidParameter(f"CA bundle {self.ca_bundle!r} is not a readable file")
+        if token is not None and (not token.strip() or any(c.isspace() for c in token.strip())):
+            raise InvalidParameter("the API token must be one word without spaces")
+        self._auth = BearerToken(token.strip()) if token else None
         if not (timeout > 0 and connect_timeout > 0):
             raise InvalidParameter("timeouts must be positive")
         self.timeout = float(timeout)
@@ -217,7 +255,8 @@ class MusicGenClient:
 
     @property
     def url(self) -> str:
-        return f"{self.protocol}://{self.endpoint}"
+        scheme = {"grpc": "grpcs", "http": "https"}[self.protocol] if self.tls else self.protocol
+        return f"{scheme}://{self.endpoint}"
 
     def __repr__(self) -> str:
         return f"MusicGenClient({self.url!r})"
@@ -237,11 +276,18 @@ class MusicGenClient:
         mod = self._module()
         try:
             if self.protocol == "grpc":
-                return mod.InferenceServerClient(self.endpoint)
-            return mod.InferenceServerClient(self.endpoint, connection_timeout=self.connect_timeout,
-                                             network_timeout=self.timeout)
+                conn = mod.InferenceServerClient(self.endpoint, ssl=self.tls, root_certificates=self.ca_bundle)
+            else:
+                tls_kw = {}
+                if self.tls:  # verified TLS (geventhttpclient's default context): our CA bundle if given
+                    tls_kw = {"ssl": True, "ssl_options": {"ca_certs": self.ca_bundle} if self.ca_bundle else None}
+                conn = mod.InferenceServerClient(self.endpoint, connection_timeout=self.connect_timeout,
+                                                 network_timeout=self.timeout, **tls_kw)
         except Exception as exc:
             raise classify(exc, url=self.url) from None
+        if self._auth is not None:
+            conn.register_plugin(self._auth)
+        return conn
 
     def _conn(self):
         c = getattr(self._local, "conn", None)

@@ -30,9 +30,17 @@ from musicgen_runtime import progress as eta_clock
 from musicgen_runtime import prompt_language
 
 from .api import MusicGenClient, StreamEvent
-from .errors import InvalidParameter, ModelNotReady, MusicGenError, ServerUnavailable
+from .errors import (
+    AuthenticationError,
+    InvalidParameter,
+    ModelNotReady,
+    MusicGenError,
+    ServerUnavailable,
+    TLSError,
+)
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_ACCESS = 4  # the API token was refused, or TLS with the server failed
 NORMALIZE = ("none", "clip", "peak", "rms", "loudness")
 
 
@@ -45,6 +53,8 @@ def exit_code(exc: BaseException) -> int:
         return EXIT_USAGE
     if isinstance(exc, (ServerUnavailable, ModelNotReady)):
         return EXIT_UNAVAILABLE
+    if isinstance(exc, (AuthenticationError, TLSError)):
+        return EXIT_ACCESS
     return EXIT_FAIL
 
 
@@ -69,17 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
     conn = argparse.ArgumentParser(add_help=False)
     g = conn.add_argument_group("server")
     g.add_argument("--url", default=os.environ.get("MUSICGEN_URL"),
-                   help="server address: host:port, grpc://host:port or http://host:port "
-                        "($MUSICGEN_URL; default localhost:8001 for gRPC, :8000 for HTTP)")
+                   help="server address: host:port, grpc://host:port, http://host:port, or over TLS "
+                        "grpcs://host[:port], https://host[:port] ($MUSICGEN_URL; default localhost:8001 for "
+                        "gRPC, :8000 for HTTP, 443 with TLS)")
     g.add_argument("--protocol", choices=("grpc", "http"), default=os.environ.get("MUSICGEN_PROTOCOL"),
                    help="protocol when the URL has no scheme (default grpc)")
+    g.add_argument("--tls", action="store_true", help="TLS for a URL without scheme (as grpcs:// or https://)")
+    g.add_argument("--ca-bundle", metavar="PEM", default=os.environ.get("MUSICGEN_CA_BUNDLE") or None,
+                   help="CA certificate(s) to trust for TLS, e.g. the deployed host's exported CA "
+                        "($MUSICGEN_CA_BUNDLE; default: the system's trust store)")
+    g.add_argument("--token", default=None,
+                   help="API token for a deployed host (default $MUSICGEN_API_TOKEN; prefer the variable: "
+                        "a flag shows in the process list)")
     g.add_argument("--timeout", type=_positive_float, default=600.0, metavar="S",
                    help="seconds a request may take (default 600)")
     g.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
     p = _Parser(prog="musicgen", description="Text-to-music with the MusicGen Triton server.",
                 epilog="exit codes: 0 ok, 1 failure, 2 usage/invalid parameter, 3 server unavailable or "
-                       "model not ready")
+                       "model not ready, 4 API token refused or TLS failure")
     sub = p.add_subparsers(dest="command", metavar="{generate,health,models}", parser_class=_Parser)
     sub.required = True
 
@@ -278,6 +296,8 @@ def cmd_health(args, client: MusicGenClient) -> int:
                   f"{' with RANDOM weights' if rep.random_weights else ''}{gen}")
         return EXIT_OK
     _err(f"unhealthy: {rep.error}")
+    if rep.error_kind in ("AuthenticationError", "TLSError"):
+        return EXIT_ACCESS
     return EXIT_UNAVAILABLE if rep.error_kind in ("ServerUnavailable", "ModelNotReady") else EXIT_FAIL
 
 
@@ -322,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         client = MusicGenClient(args.url, args.protocol, timeout=args.timeout,
-                                connect_timeout=min(10.0, args.timeout))
+                                connect_timeout=min(10.0, args.timeout),
+                                token=args.token or os.environ.get("MUSICGEN_API_TOKEN") or None,
+                                ca_bundle=args.ca_bundle, tls=args.tls or None)
         with client:
             return {"generate": cmd_generate, "health": cmd_health, "models": cmd_models}[args.command](args, client)
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 
 
 class MusicGenError(Exception):
@@ -37,6 +38,31 @@ class RequestTimeout(MusicGenError, TimeoutError):
 
 class GenerationError(MusicGenError):
     """The server accepted the request and failed while generating."""
+
+
+class AuthenticationError(MusicGenError):
+    """The server (its proxy) refused the API token: missing, wrong or revoked (HTTP 401, gRPC UNAUTHENTICATED)."""
+
+
+class TLSError(MusicGenError):
+    """The TLS connection failed: the server's certificate is not trusted (CA bundle) or names another host."""
+
+
+_TLS_FAILURE = re.compile(r"certificate verify failed|CERTIFICATE_VERIFY_FAILED|ssl handshake failed|"
+                          r"Handshake failed|wrong version number|WRONG_VERSION_NUMBER|"
+                          r"hostname mismatch|doesn't match|peer name|SSL routines", re.IGNORECASE)
+
+
+def _auth_or_tls(exc: BaseException, raw: str, status: str, where: str) -> MusicGenError | None:
+    """AuthenticationError / TLSError for a refused token or a failed TLS handshake, else None."""
+    if status in ("401", "StatusCode.UNAUTHENTICATED") or "UNAUTHENTICATED" in status:
+        return AuthenticationError(f"the server{where} refused the API token (missing, wrong or revoked): "
+                                   "pass --token or set MUSICGEN_API_TOKEN", detail=raw)
+    if isinstance(exc, ssl.SSLError) or _TLS_FAILURE.search(raw):
+        return TLSError(f"TLS with the server{where} failed: {_strip(raw).rsplit(': ', 1)[-1] or raw}. "
+                        "Is the server's CA in --ca-bundle (MUSICGEN_CA_BUNDLE), and does the URL's host "
+                        "match its certificate? A plain http:// or grpc:// server needs no TLS.", detail=raw)
+    return None
 
 
 # Triton / python-backend messages -> class. Checked in order; the first match wins.
@@ -75,6 +101,8 @@ def classify(exc: BaseException, *, url: str = "", model: str = "", timeout: flo
     if isinstance(exc, MusicGenError):
         return exc
     where = f" at {url}" if url else ""
+    if isinstance(exc, ssl.SSLError):  # an OSError: before the network branch below
+        return _auth_or_tls(exc, str(exc), "", where)
     # network-level errors of the HTTP client (geventhttpclient raises plain socket errors)
     if isinstance(exc, (socket.timeout, TimeoutError)) or type(exc).__name__ == "Timeout":
         return RequestTimeout(f"no answer from the server{where} within {timeout:g} s" if timeout
@@ -88,6 +116,9 @@ def classify(exc: BaseException, *, url: str = "", model: str = "", timeout: flo
     status = exc.status() if callable(getattr(exc, "status", None)) else None
     status = str(status or "")
     text = f"{status} {raw}"
+    refused = _auth_or_tls(exc, raw, status, where)
+    if refused is not None:
+        return refused
     if "UNAVAILABLE" in status and "model" not in raw.lower():
         reason = _strip(raw).rsplit(": ", 1)[-1]  # grpc: "failed to connect ...; last error: ...: Connection refused"
         return ServerUnavailable(f"cannot reach the MusicGen server{where} ({reason}). "

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
 
     try:
         if args.cmd == "build":
-            from .onnx_export import build
+            from .build import build
 
             m = build(args.checkpoint, args.repository, args.precision, args.fallback, args.skip_if_current)
             print(json.dumps({k: m[k] for k in ("source", "precision", "random_weights", "dims")}, indent=2))

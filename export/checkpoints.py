@@ -93,7 +93,7 @@ def load(path: Path):
 
     cls = MusicgenForConditionalGeneration
     if json.loads((Path(path) / "config.json").read_text()).get("model_type") == "musicgen_melody":
-        from transformers import MusicgenMelodyForConditionalGeneration as cls  # export/melody.py exports it
+        from transformers import MusicgenMelodyForConditionalGeneration as cls  # exported by export/onnx_export.py
     model = cls.from_pretrained(path, attn_implementation="eager").eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer

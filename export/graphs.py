@@ -1,5 +1,9 @@
 """PyTorch modules that are exported to ONNX, built on a loaded HF MusicGen model's own weights.
 
+Text-only MusicGen: TextEncoder, CrossKV, DecoderStep (cross-attention), AudioDecoder.
+MusicGen-Melody: the same TextEncoder and AudioDecoder, MelodyCondition and PrefixDecoderStep
+(conditioning prepended to the decoder input, no cross-attention).
+
 `DecoderStep` re-expresses `MusicgenDecoder.forward` as one explicit step with a KV cache, per-row
 positions and a self-attention mask, so rows at different steps can share a batch. It reads
 the same parameters as the HF model (no copies); the export parity tests compare it — and the
@@ -13,6 +17,7 @@ from torch.onnx import symbolic_helper
 from torch import nn
 
 from musicgen_runtime import names
+from musicgen_runtime.melody_lm import INPUTS_EMBEDS
 
 from . import codec_graph
 
@@ -194,6 +199,41 @@ class DecoderStep(nn.Module):
         return (self.logits(x), *presents)
 
 
+class PrefixDecoderStep(DecoderStep):
+    """E prefix embeddings + S tokens per row on a preallocated (in-place) self-attention cache (melody).
+
+    inputs_embeds [B,E,H] · input_ids [B,K,S] · position_ids [B,E+S] (also the new entries' cache
+    indices) · seqlens_k int32 [B] (cache index of each row's last new entry) · total_sequence_length
+    int32 [] · per layer K/V cache [B,h,capacity,d] → logits [B,K,S,V] of the S tokens and the
+    caches (bind them to the input buffers). Prefill: E = prefix, S = 1 (BOS) on empty rows.
+    """
+
+    def forward(self, inputs_embeds, input_ids, position_ids, seqlens_k, total_len, *past):
+        tok = self.embed(input_ids)
+        x = torch.cat([inputs_embeds.to(tok.dtype), tok], dim=1) + self.positions[position_ids]
+        presents = []
+        for i, layer in enumerate(self.layers):  # no cross-attention: the conditioning is the prefix
+            x, nk, nv = self.self_attention(layer, x, past[2 * i], past[2 * i + 1], seqlens_k, total_len)
+            presents += [nk, nv]
+            x = self.feed_forward(layer, x)
+        return (self.logits(x[:, inputs_embeds.shape[1]:]), *presents)
+
+
+class MelodyCondition(nn.Module):
+    """Projected chroma looped/truncated to chroma_length (index = arange(L) % Tc), then the text states."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.proj = getattr(model, "audio_enc_to_dec_proj", None)
+        self.length = int(model.config.chroma_length)
+
+    def forward(self, chroma, encoder_hidden_states):
+        a = self.proj(chroma) if self.proj is not None else chroma
+        idx = torch.remainder(torch.arange(self.length), torch._shape_as_tensor(a)[1])
+        a = torch.index_select(a, 1, idx)
+        return torch.cat([a, encoder_hidden_states.to(a.dtype)], dim=1)
+
+
 class AudioDecoder(nn.Module):
     """EnCodec codes [1, B, K, T] -> audio [B, channels, T * hop] (T >= MIN_FRAMES; see codec_graph)."""
 
@@ -206,12 +246,22 @@ class AudioDecoder(nn.Module):
 
 
 def step_io_names(num_layers: int):
-    """Input and output names of the decoder step graph, in argument order."""
+    """Input and output names of the (cross-attention) decoder step graph, in argument order."""
     inputs = [names.INPUT_IDS, names.POSITION_IDS, names.SEQLENS_K, names.TOTAL_SEQUENCE_LENGTH,
               names.ENCODER_ATTENTION_MASK]
     outputs = [names.LOGITS]
     for i in range(num_layers):
         inputs += [names.past(i, "decoder", "key"), names.past(i, "decoder", "value"),
                    names.past(i, "encoder", "key"), names.past(i, "encoder", "value")]
+        outputs += [names.present(i, "key"), names.present(i, "value")]
+    return inputs, outputs
+
+
+def prefix_step_io_names(num_layers: int):
+    """Input and output names of the prefix (melody) decoder step graph, in argument order."""
+    inputs = [INPUTS_EMBEDS, names.INPUT_IDS, names.POSITION_IDS, names.SEQLENS_K, names.TOTAL_SEQUENCE_LENGTH]
+    outputs = [names.LOGITS]
+    for i in range(num_layers):
+        inputs += [names.past(i, "decoder", "key"), names.past(i, "decoder", "value")]
         outputs += [names.present(i, "key"), names.present(i, "value")]
     return inputs, outputs

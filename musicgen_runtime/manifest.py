@@ -42,6 +42,21 @@ def read(model_dir: str | Path) -> dict:
         raise ManifestError(f"{path}: unreadable manifest ({exc})") from None
 
 
+# manifest keys that hold server filesystem paths: never sent to a client
+PRIVATE_KEYS = ("checkpoint_path",)
+
+
+def public(manifest: dict) -> dict:
+    """The manifest as clients see it (musicgen_info): no server paths. A checkpoint given as a local
+    directory is named by its last component only."""
+    out = {k: v for k, v in manifest.items() if k not in PRIVATE_KEYS}
+    for key in ("source", "requested_source"):
+        value = out.get(key)
+        if isinstance(value, str) and ("/" in value and (value.startswith(("/", ".", "~")) or Path(value).exists())):
+            out[key] = Path(value.rstrip("/")).name or value
+    return out
+
+
 def dims(manifest: dict) -> Dims:
     try:
         return Dims(**manifest["dims"])

@@ -16,7 +16,7 @@ TEXT_ENCODER_FILE = "text_encoder.onnx"
 CROSS_KV_FILE = "cross_kv.onnx"
 DECODER_STEP_FILE = "decoder_step.onnx"
 # int8 exports also carry the step with blockwise int8 weights (MatMulNBits): the faster one at 1-2 rows
-DECODER_STEP_FEW_ROWS_FILE = "decoder_step_few_rows.onnx"
+DECODER_STEP_BLOCKWISE_INT8_FILE = "decoder_step_blockwise_int8.onnx"
 AUDIO_DECODER_FILE = "audio_decoder.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"

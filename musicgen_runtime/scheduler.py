@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .lm import LanguageModel, Sequence
+from .lm import Generation, LanguageModel
 
 log = logging.getLogger(__name__)
 CANCEL_CHECK_EVERY = 10  # steps
@@ -22,14 +22,16 @@ CANCEL_CHECK_EVERY = 10  # steps
 
 @dataclass(eq=False)
 class Job:
-    seq: Sequence
-    on_done: Callable[[Sequence], None]
-    on_error: Callable[[Sequence, BaseException], None]
-    on_progress: Callable[[Sequence], None] | None = None
+    seq: Generation
+    on_done: Callable[[Generation], None]
+    on_error: Callable[[Generation, BaseException], None]
+    on_progress: Callable[[Generation], None] | None = None
     progress_every: int = 0
     is_cancelled: Callable[[], bool] | None = None
     key: str | None = None  # caller's id, for cancel(key)
     _last_reported: int = 0
+    _submitted: float = 0.0  # monotonic
+    _first_audio: bool = False
 
 
 class Scheduler:
@@ -41,7 +43,10 @@ class Scheduler:
         self.lm = lm
         self.on_report = on_report
         self.report_every = report_every
-        self.stats = {"in_flight": 0, "ok": 0, "error": 0, "cancelled": 0, "frames": 0}
+        # in_flight, queue_depth, active_rows: now; ok/error/cancelled/frames: since start;
+        # time_to_first_audio: seconds (submit -> first frame ready) observed since the last report
+        self.stats = {"in_flight": 0, "queue_depth": 0, "active_rows": 0, "ok": 0, "error": 0, "cancelled": 0,
+                      "frames": 0, "time_to_first_audio": []}
         self._last_report = 0.0
         self.max_active = max_active  # requests beyond this wait in the queue
         self._queue: "queue.Queue[Job]" = queue.Queue()
@@ -53,6 +58,7 @@ class Scheduler:
         self._thread.start()
 
     def submit(self, job: Job) -> None:
+        job._submitted = time.monotonic()
         job.seq.on_step = lambda seq, job=job: self._on_step(job)
         if job.key:
             with self._keys_lock:
@@ -77,6 +83,10 @@ class Scheduler:
         self._thread.join(timeout)
 
     def _on_step(self, job: Job) -> None:
+        if not job._first_audio and job.seq.frames_ready > 0:
+            job._first_audio = True
+            if self.on_report is not None:  # drained by _report; nobody drains it otherwise
+                self.stats["time_to_first_audio"].append(time.monotonic() - job._submitted)
         # asking Triton costs a round trip to the server process: every few steps is enough
         if job.is_cancelled is not None and job.seq.t % CANCEL_CHECK_EVERY == 0 and job.is_cancelled():
             job.seq.cancelled = True
@@ -110,8 +120,11 @@ class Scheduler:
         if self.on_report is None or now - self._last_report < self.report_every:
             return
         self._last_report = now
-        self.stats["in_flight"] = self._queue.qsize() + len(self._jobs)
-        self._safe(self.on_report, dict(self.stats))
+        queued = self._queue.qsize()
+        self.stats.update(in_flight=queued + len(self._jobs), queue_depth=queued,
+                          active_rows=sum(job.seq.rows for job in self._jobs.values()))
+        report, self.stats["time_to_first_audio"] = dict(self.stats), []
+        self._safe(self.on_report, report)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -128,9 +141,9 @@ class Scheduler:
                     self.stats["error"] += 1
                     self._safe(job.on_error, job.seq, exc)
                 self._jobs.clear()
-                self.lm._reset()
+                self.lm.reset()
 
-    def _finish(self, job: Job, seq: Sequence) -> None:
+    def _finish(self, job: Job, seq: Generation) -> None:
         if job.key:
             with self._keys_lock:
                 self._keys.pop(job.key, None)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from musicgen_runtime import memory
+from musicgen_runtime.processes import pid_alive, proc_stat as _proc_stat
 
 __all__ = [
     "DEFAULT_WORK_DIR",
@@ -350,32 +351,6 @@ def cleanup_shm(prefix: str, shm_dir: Path = SHM_DIR) -> list[Path]:
 
 def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, pgrp) from /proc/<pid>/stat, or None if there is no such process."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = data[data.rindex(")") + 2 :].split()
-    return fields[0], int(fields[2])
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` is a live process (zombies count as dead: nothing may reap them here)."""
-    if pid <= 0:
-        return False
-    st = _proc_stat(pid)
-    if st is None:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return not Path("/proc").is_dir()  # no procfs: trust kill(0)
-    return st[0] not in ("Z", "X")
 
 
 def process_cmdline(pid: int) -> list[str]:
@@ -696,7 +671,10 @@ class TritonServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                cwd=str(self.work_dir),
+                # the python stubs' embedded interpreter ignores PYTHONPATH (isolated mode) and puts its
+                # working directory first on sys.path: from here they import this checkout's musicgen_runtime
+                # (not whatever an editable install of the venv points to)
+                cwd=str(PROJECT_ROOT),
                 start_new_session=True,
                 close_fds=True,
                 preexec_fn=None if self.detach else _set_parent_death_signal,

@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def stage_repository(dst: Path, checkpoint: str = "tiny-random", precision: str = "fp32") -> Path:
     """Copy model_repository/ (configs + model.py, no weights) and export `checkpoint` into it."""
-    from export.onnx_export import build
+    from export.build import build
     from export.repository import copy_model_repository
 
     build(checkpoint, copy_model_repository(dst), precision)
     return dst
+

@@ -54,10 +54,10 @@ def test_bandwidth_and_decode_step_measurements(tiny_repo):
 
 def test_step_read_bytes_count_weights_read_and_the_cache(tiny_repo):
     """The floor's bytes: every weight but the gathered tables (one row each per token), plus K/V read."""
-    from musicgen_runtime.lm import LanguageModel
+    from musicgen_runtime.variants import open_language_model
 
     d = measure.lm_model_dir(tiny_repo)
-    lm = LanguageModel(d, max_rows=2, max_steps=64)
+    lm = open_language_model(d, max_rows=2, max_steps=64)
     dims = lm.dims
     tables = 4 * (dims.num_codebooks * (dims.vocab_size + 1) * dims.hidden_size + dims.max_positions * dims.hidden_size)
     read = measure.step_weight_bytes(d)

@@ -3,6 +3,7 @@ health, model information, errors (server down, bad parameter, unknown model, ti
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -50,7 +51,13 @@ def test_parse_url():
     assert parse_url("http://example:8080/") == ("example:8080", "http")
     assert parse_url("myhost", "http") == ("myhost:8000", "http")
     assert parse_url("[::1]:8001") == ("[::1]:8001", "grpc")
-    for bad in ("ftp://x:1", "https://x:1", "http://x:1/v2", "x:notaport"):
+    from client import parse_server_url
+
+    assert parse_server_url("grpcs://music.example.com") == ("music.example.com:443", "grpc", True)
+    assert parse_server_url("https://203.0.113.10:8443/") == ("203.0.113.10:8443", "http", True)
+    assert parse_server_url("grpc://h:9001") == ("h:9001", "grpc", False)
+    assert parse_url("https://h") == ("h:443", "http")
+    for bad in ("ftp://x:1", "http://x:1/v2", "x:notaport", "grpcx://x:1"):
         with pytest.raises(InvalidParameter):
             parse_url(bad)
     with pytest.raises(InvalidParameter, match="URL says http"):
@@ -196,6 +203,7 @@ def test_health_models_and_manifest(clients):
         assert all(m["state"] == "READY" for m in names.values())
         m = c.info()
         assert m["source"] == "tiny-random" and m["random_weights"] is True and m["dims"]["sample_rate"] == 32000
+        assert "checkpoint_path" not in m and "/" not in json.dumps(m), "a server path reached the client"
         assert c.is_random_weights() is True
         assert c.max_duration == 30.0
 

@@ -8,7 +8,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from export.melody import hf_greedy_codes, synth_melody
+from export.parity import hf_greedy_codes
+from export.signals import synth_melody
 
 PROMPT = "a sad violin solo over a soft piano accompaniment"
 
@@ -47,13 +48,13 @@ def test_melody_oracle_through_triton(melody_triton, melody_repo):
     features = chroma.chroma(wave, rate, chroma.ChromaConfig.from_manifest(man))
     model, tok = checkpoints.load(checkpoints.resolve("tiny-random-melody").path)
     frames = 30
-    ref_codes, ref_audio = hf_greedy_codes(model, tok, PROMPT, features, steps=frames + 3)
+    ref_codes, ref_audio = hf_greedy_codes(model, tok, PROMPT, steps=frames + 3, chroma=features)
     codes, audio = generate(melody_triton, PROMPT, frames / 50, wave, rate, top_k=1)
     assert np.array_equal(codes, ref_codes)
     assert np.abs(audio - ref_audio).max() < 1e-4
     # the melody matters, and a melody model without a melody generates from text alone
     text_only, _ = generate(melody_triton, PROMPT, frames / 50, top_k=1)
-    ref_text, _ = hf_greedy_codes(model, tok, PROMPT, None, steps=frames + 3)
+    ref_text, _ = hf_greedy_codes(model, tok, PROMPT, steps=frames + 3)
     assert np.array_equal(text_only, ref_text) and not np.array_equal(text_only, codes)
 
 

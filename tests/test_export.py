@@ -13,7 +13,7 @@ import pytest
 
 from export import checkpoints
 from export.__main__ import main as export_main
-from export.onnx_export import build
+from export.build import build
 from export.verify import verify
 from musicgen_runtime import manifest, names
 
@@ -89,18 +89,21 @@ def test_int8_export_is_quantized_and_close(tmp_path):
     assert report["passed"], report
     assert report["graphs"]["decoder_step"]["rel_l2"] < 0.1 and report["checks"]["top250_overlap"] > 0.9
     assert _step_ops(repo)["MultiHeadAttention"] == 2
-    # and the blockwise-int8 copy that runs steps of one request (lm.FEW_ROWS), checked the same way
-    assert m["graphs"][names.DECODER_STEP_FEW_ROWS_FILE]["precision"] == "int8-block128"
-    assert report["graphs"]["decoder_step_few_rows"]["rel_l2"] < 0.1
-    assert report["checks"]["top250_overlap_few_rows"] > 0.9
-    few_ops = _step_ops(repo, names.DECODER_STEP_FEW_ROWS_FILE)
+    # and the blockwise-int8 copy that runs steps of one request (BLOCKWISE_INT8_MAX_ROWS), checked the same way
+    assert m["graphs"][names.DECODER_STEP_BLOCKWISE_INT8_FILE]["precision"] == "int8-block128"
+    assert report["graphs"]["decoder_step_blockwise_int8"]["rel_l2"] < 0.1
+    assert report["checks"]["top250_overlap_blockwise_int8"] > 0.9
+    few_ops = _step_ops(repo, names.DECODER_STEP_BLOCKWISE_INT8_FILE)
     assert few_ops["MatMulNBits"] > 0 and few_ops["MatMul"] == few_ops["MatMulInteger"] == 0
     assert few_ops["GroupQueryAttention"] == few_ops["MultiHeadAttention"] == 2
-    from musicgen_runtime.lm import FEW_ROWS, LanguageModel
+    from musicgen_runtime.step_graph import BLOCKWISE_INT8_MAX_ROWS
+    from musicgen_runtime.text_lm import TextLanguageModel
 
-    lm = LanguageModel(repo / "lm_engine" / "1")
-    assert lm.step_graph(FEW_ROWS) is lm.few_rows_sess and lm.step_graph(FEW_ROWS + 1) is lm.step_sess
-    assert LanguageModel(repo / "lm_engine" / "1", few_rows=0).few_rows_sess is None  # lm_engine's "few_rows": "0"
+    step = TextLanguageModel(repo / "lm_engine" / "1").decoder
+    assert (step.select(BLOCKWISE_INT8_MAX_ROWS) is step.blockwise_int8_sess
+            and step.select(BLOCKWISE_INT8_MAX_ROWS + 1) is step.sess)
+    # lm_engine's "blockwise_int8_max_rows": "0"
+    assert TextLanguageModel(repo / "lm_engine" / "1", blockwise_int8_max_rows=0).decoder.blockwise_int8_sess is None
 
     # staged and current: skipped; staged by other exporter code: exported again
     # a killed export's staging folder (Triton would refuse the repository) goes, a live one's stays
@@ -219,7 +222,7 @@ def test_codec_rewrite_matches_encodec_and_drops_the_copies(tiny_checkpoint, tin
 
 
 def test_causality_check_tells_quantization_noise_from_a_leak():
-    from export.verify import causality
+    from export.parity import causality
 
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((2, 4, 9, 64)).astype(np.float32)

@@ -7,7 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from musicgen_runtime.lm import LanguageModel
+from musicgen_runtime.lm import GenerationRequest
+from musicgen_runtime.text_lm import TextLanguageModel
 from musicgen_runtime.scheduler import Job, Scheduler
 from musicgen_runtime.validation import GenerationParams
 
@@ -19,14 +20,14 @@ def _states(lm, seed, t=6):
 
 def _solo(lm, seed, params, frames):
     h, m = _states(lm, seed)
-    return lm.generate(h, m, params, frames)
+    return lm.generate(GenerationRequest(h, m, params, frames))
 
 
 @pytest.mark.parametrize("movable", [True, False], ids=["dense-cpu", "gaps-as-on-gpu"])
 def test_requests_joining_and_leaving_mid_run_match_solo_runs(tiny_repo, movable):
     """On CPU a leaving sequence's rows are filled by moving the last one; where rows cannot move
     (GPU buffers) the gap runs as a padding row until a joining sequence takes it."""
-    lm = LanguageModel(tiny_repo / "lm_engine" / "1")
+    lm = TextLanguageModel(tiny_repo / "lm_engine" / "1")
     lm.cache.can_move = movable
     reqs = [(0, GenerationParams(duration=1, seed=1), 30), (1, GenerationParams(duration=1, seed=2, top_k=5), 12),
             (2, GenerationParams(duration=1, seed=3, guidance_scale=1.0), 25),
@@ -37,7 +38,7 @@ def test_requests_joining_and_leaving_mid_run_match_solo_runs(tiny_repo, movable
         for i, p, frames in reqs:
             if join_at[i] == step:
                 h, m = _states(lm, i)
-                seqs[i] = lm.prepare(h, m, p, frames)
+                seqs[i] = lm.prepare(GenerationRequest(h, m, p, frames))
                 lm.add(seqs[i])
         rows_seen.append((lm.rows_used, sum(s.rows for s in lm.active)))
         lm.step()
@@ -52,7 +53,7 @@ def test_requests_joining_and_leaving_mid_run_match_solo_runs(tiny_repo, movable
 
 
 def test_scheduler_serves_concurrent_jobs_and_isolates_a_failing_callback(tiny_repo):
-    lm = LanguageModel(tiny_repo / "lm_engine" / "1")
+    lm = TextLanguageModel(tiny_repo / "lm_engine" / "1")
     sched = Scheduler(lm, max_active=2)  # the third job waits in the queue
     done, errors, events = {}, {}, threading.Event()
 
@@ -76,7 +77,7 @@ def test_scheduler_serves_concurrent_jobs_and_isolates_a_failing_callback(tiny_r
     try:
         for name, seed in (("a", 1), ("b", 2), ("c", 3), ("bad", 4)):
             h, m = _states(lm, seed)
-            seq = lm.prepare(h, m, GenerationParams(duration=1, seed=seed), 15)
+            seq = lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1, seed=seed), 15))
             sched.submit(Job(seq, on_done=finish(name), on_error=fail(name),
                              on_progress=broken_progress if name == "bad" else None, progress_every=1))
         assert events.wait(60)
@@ -90,23 +91,23 @@ def test_scheduler_serves_concurrent_jobs_and_isolates_a_failing_callback(tiny_r
 def test_joining_reuses_the_preallocated_cache_and_long_requests_are_refused(tiny_repo):
     """A join takes free rows of the one preallocated cache: no buffer is reallocated or copied, so
     requests already generating are not stalled. A request longer than the cache holds is refused."""
-    lm = LanguageModel(tiny_repo / "lm_engine" / "1", max_rows=4, max_steps=40)
+    lm = TextLanguageModel(tiny_repo / "lm_engine" / "1", max_rows=4, max_steps=40)
     ptrs = [v.data_ptr() for v in lm.cache.values]
     h, m = _states(lm, 0)
-    a = lm.prepare(h, m, GenerationParams(duration=1, seed=1), 20)
+    a = lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1, seed=1), 20))
     lm.add(a)
     for _ in range(5):
         lm.step()
     before = [buf[:2, :, :a.t].copy() for buf in lm.cache.host]
-    b = lm.prepare(h, m, GenerationParams(duration=1, seed=2), 20)
+    b = lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1, seed=2), 20))
     lm.add(b)
-    assert lm.start[b.id] == 2 and lm.rows_used == 4
+    assert lm.rows.start[b.id] == 2 and lm.rows_used == 4
     assert [v.data_ptr() for v in lm.cache.values] == ptrs
     assert all(np.array_equal(buf[:2, :, :a.t], old) for buf, old in zip(lm.cache.host, before))
     with pytest.raises(RuntimeError, match="batch is full"):
-        lm.add(lm.prepare(h, m, GenerationParams(duration=1, seed=3), 20))
+        lm.add(lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1, seed=3), 20)))
     with pytest.raises(ValueError, match="positions"):
-        lm.prepare(h, m, GenerationParams(duration=1, seed=3), 45)
+        lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1, seed=3), 45))
 
 
 def test_only_the_decode_steps_spin_wait(tiny_repo, melody_repo):
@@ -116,7 +117,7 @@ def test_only_the_decode_steps_spin_wait(tiny_repo, melody_repo):
     from musicgen_runtime.text import TextEncoder
 
     key = "session.intra_op.allow_spinning"
-    lm = LanguageModel(tiny_repo / "lm_engine" / "1")
+    lm = TextLanguageModel(tiny_repo / "lm_engine" / "1")
     codec = AudioDecoder(tiny_repo / "audio_decoder" / "1" / "audio_decoder.onnx", hop_length=1)
     text = TextEncoder(tiny_repo / "text_encoder" / "1" / "text_encoder.onnx")
     melody = MelodyLanguageModel(melody_repo / "lm_engine" / "1")
@@ -127,17 +128,17 @@ def test_only_the_decode_steps_spin_wait(tiny_repo, melody_repo):
         except Exception:  # unset: ORT's default, spinning on
             return None
 
-    assert [entry(s) for s in (lm.cross_sess, codec.sess, text.sess, melody.condition.sess)] == ["0"] * 4
-    assert [entry(s) for s in (lm.step_sess, melody.step_sess)] == [None, None]
+    assert [entry(s) for s in (lm.cross_sess, codec.sess, text.sess, melody.condition_graph.sess)] == ["0"] * 4
+    assert [entry(s) for s in (lm.decoder.sess, melody.decoder.sess)] == [None, None]
 
 
 def test_a_step_binding_is_kept_while_the_rows_stay_and_logits_are_the_steps_own(tiny_repo):
     """Steps reuse one IOBinding while the batch's rows are unchanged (rebinding every cache buffer cost
     about 1.2 ms a step) and bind anew when a sequence joins or leaves; the logits a step returns are its
     own (the reused binding's next run writes into the same output buffer)."""
-    lm = LanguageModel(tiny_repo / "lm_engine" / "1", max_rows=4, max_steps=40)
+    lm = TextLanguageModel(tiny_repo / "lm_engine" / "1", max_rows=4, max_steps=40)
     seen, logits = [], []
-    run_bound = lm.run_bound
+    run_bound = lm.decoder.run_bound
 
     def spy(sess, bound, *inputs):
         seen.append(bound)
@@ -145,14 +146,14 @@ def test_a_step_binding_is_kept_while_the_rows_stay_and_logits_are_the_steps_own
         logits.append((out, out.copy()))
         return out
 
-    lm.run_bound = spy
+    lm.decoder.run_bound = spy
     h, m = _states(lm, 0)
-    a = lm.prepare(h, m, GenerationParams(duration=1, seed=1), 8)
+    a = lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1, seed=1), 8))
     lm.add(a)
     for _ in range(3):
         lm.step()
     assert seen[0] is seen[1] is seen[2]
-    lm.add(lm.prepare(h, m, GenerationParams(duration=1, seed=2), 4))  # a join: 4 rows now
+    lm.add(lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1, seed=2), 4)))  # a join: 4 rows now
     lm.step()
     lm.step()
     assert seen[3] is not seen[2] and seen[4] is seen[3]

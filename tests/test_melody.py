@@ -11,6 +11,7 @@ import pytest
 
 from musicgen_runtime import chroma as chroma_mod, names, text
 from musicgen_runtime.chroma import MelodyInputError
+from musicgen_runtime.lm import GenerationRequest
 from musicgen_runtime.melody_lm import CONDITION_FILE, DECODER_STEP_FILE, MelodyLanguageModel
 from musicgen_runtime.onnx_session import GraphError
 from musicgen_runtime.validation import GenerationParams
@@ -37,14 +38,19 @@ def parts(melody_repo):
 
 
 def _melody(seconds, sr, seed, channels=1):
-    from export.melody import synth_melody
+    from export.signals import synth_melody
 
     w = synth_melody(seconds, sr, channels, seed)
     return chroma_mod.chroma(w if channels > 1 else w[0], sr)
 
 
+def _request(inputs, params, frames):
+    text_states, text_mask, chroma = inputs
+    return GenerationRequest(text_states, text_mask, params, frames, chroma=chroma)
+
+
 def test_verify_melody_fp32_parity_and_greedy_oracle(melody_repo):
-    from export.verify import verify  # dispatches on the manifest's model_type
+    from export.verify import verify  # the variant from the manifest's model_type
 
     report = verify(melody_repo, steps=24)
     print(json.dumps({k: {"max_abs": g["max_abs"], "max_rel": g["max_rel"]} for k, g in report["graphs"].items()}))
@@ -98,8 +104,9 @@ def test_sequences_joining_midway_equal_alone(parts, movable, monkeypatch):
     c_in = (*states("jazz trio"), _melody(9.0, 16000, 2))
     greedy = GenerationParams(duration=1, top_k=1, seed=0)
     sampled = GenerationParams(duration=1, top_k=50, temperature=1.2, seed=42)
-    alone = [lm.generate(*a_in, greedy, 20), lm.generate(*b_in, sampled, 5), lm.generate(*c_in, greedy, 9)]
-    a, b, c = lm.prepare(*a_in, greedy, 20), lm.prepare(*b_in, sampled, 5), lm.prepare(*c_in, greedy, 9)
+    requests = [(a_in, greedy, 20), (b_in, sampled, 5), (c_in, greedy, 9)]
+    alone = [lm.generate(_request(*r)) for r in requests]
+    a, b, c = (lm.prepare(_request(*r)) for r in requests)
     lm.add(a)
     for _ in range(4):
         lm.step()
@@ -109,7 +116,7 @@ def test_sequences_joining_midway_equal_alone(parts, movable, monkeypatch):
     finished, starts = [], set()
     while not (a.done and b.done and c.done):
         if c in lm.active:
-            starts.add(lm.start[c.id])
+            starts.add(lm.rows.start[c.id])
         finished += lm.step()
     assert set(map(id, finished)) == {id(a), id(b), id(c)}
     assert starts == ({4, 2} if movable else {4})  # b left first: c moved into its rows, or not
@@ -122,25 +129,25 @@ def test_sequences_joining_midway_equal_alone(parts, movable, monkeypatch):
 def test_cancel_and_limits(parts):
     lm, states = parts
     h, m = states("reggae groove")
-    seq = lm.prepare(h, m, None, GenerationParams(duration=1, top_k=1, seed=0), 30)
+    seq = lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1, top_k=1, seed=0), 30))
     lm.add(seq)
     lm.step()
     lm.cancel(seq)
     assert seq in lm.step() and not lm.active
-    pending = lm.prepare(h, m, None, GenerationParams(duration=1, top_k=1, seed=0), 5)
+    pending = lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1, top_k=1, seed=0), 5))
     lm.add(pending)
     lm.cancel(pending)  # cancelled before its prefill
     assert pending in lm.step() and not lm.pending
     limit = lm.max_frames(int(m.sum()))
     assert limit == lm.position_table - (lm.chroma_length + int(m.sum())) - 1 - 3
     with pytest.raises(ValueError, match="positions"):
-        lm.prepare(h, m, None, GenerationParams(duration=1), limit + 1)
+        lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1), limit + 1))
     with pytest.raises(MelodyInputError, match="chroma must be"):
-        lm.prepare(h, m, np.zeros((10, 11), np.float32), GenerationParams(duration=1), 5)
+        lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1), 5, chroma=np.zeros((10, 11), np.float32)))
     with pytest.raises(MelodyInputError, match="NaN"):
-        lm.prepare(h, m, np.full((4, 12), np.nan, np.float32), GenerationParams(duration=1), 5)
+        lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1), 5, chroma=np.full((4, 12), np.nan, np.float32)))
     with pytest.raises(ValueError, match="text states"):
-        lm.prepare(h[:, :5], m, None, GenerationParams(duration=1), 5)
+        lm.prepare(GenerationRequest(h[:, :5], m, GenerationParams(duration=1), 5))
 
 
 def test_padded_text_states_are_dropped(parts):
@@ -151,13 +158,14 @@ def test_padded_text_states_are_dropped(parts):
     mp = np.concatenate([m, np.zeros(3, m.dtype)])
     p = GenerationParams(duration=1, top_k=1, seed=0)
     ch = _melody(2.0, 22050, 4)
-    np.testing.assert_array_equal(lm.generate(hp, mp, ch, p, 8), lm.generate(h, m, ch, p, 8))
+    np.testing.assert_array_equal(lm.generate(GenerationRequest(hp, mp, p, 8, chroma=ch)),
+                                  lm.generate(GenerationRequest(h, m, p, 8, chroma=ch)))
 
 
 def test_export_from_save_pretrained_directory(tmp_path, melody_repo, parts):
     """The path a downloaded facebook/musicgen-melody takes: a plain HF directory (with preprocessor_config.json)."""
     from export import checkpoints
-    from export.onnx_export import build
+    from export.build import build
 
     model, tok = checkpoints.load(checkpoints.resolve("tiny-random-melody").path)
     assert type(model).__name__ == "MusicgenMelodyForConditionalGeneration"
@@ -177,30 +185,32 @@ def test_export_from_save_pretrained_directory(tmp_path, melody_repo, parts):
     h, mask = states("chill bossa nova")
     ch = _melody(4.0, 48000, 6)
     p = GenerationParams(duration=1, top_k=1, seed=0)
-    np.testing.assert_array_equal(lm2.generate(h, mask, ch, p, 10), lm.generate(h, mask, ch, p, 10))
+    np.testing.assert_array_equal(lm2.generate(GenerationRequest(h, mask, p, 10, chroma=ch)),
+                                  lm.generate(GenerationRequest(h, mask, p, 10, chroma=ch)))
 
 
 def test_int8_melody_export_runs_the_blockwise_graph_for_one_request(tmp_path, parts):
-    from export.onnx_export import build
+    from export.build import build
     from export.verify import verify
-    from musicgen_runtime.melody_lm import DECODER_STEP_FEW_ROWS_FILE
+    from musicgen_runtime.melody_lm import DECODER_STEP_BLOCKWISE_INT8_FILE
 
     repo = tmp_path / "repo"
     m = build("tiny-random-melody", repo, precision="int8")
-    assert m["graphs"][DECODER_STEP_FEW_ROWS_FILE]["precision"] == "int8-block128"
+    assert m["graphs"][DECODER_STEP_BLOCKWISE_INT8_FILE]["precision"] == "int8-block128"
     report = verify(repo, steps=12)
     assert report["passed"], report
-    assert report["graphs"]["decoder_step_few_rows"]["rel_l2"] < 0.1
+    assert report["graphs"]["decoder_step_blockwise_int8"]["rel_l2"] < 0.1
     lm = MelodyLanguageModel(repo / "lm_engine" / "1")
     used = []
-    for sess in (lm.step_sess, lm.few_rows_sess):
+    step = lm.decoder
+    for sess in (step.sess, step.blockwise_int8_sess):
         run = sess.run_with_iobinding
         sess.run_with_iobinding = lambda io, run=run, sess=sess: (used.append(sess), run(io))[1]
     _, states = parts
     h, mask = states("chill bossa nova")
-    lm.generate(h, mask, _melody(4.0, 48000, 6), GenerationParams(duration=1, seed=0), 6)
+    lm.generate(GenerationRequest(h, mask, GenerationParams(duration=1, seed=0), 6, chroma=_melody(4.0, 48000, 6)))
     # one request with guidance: the prefill (prefix + BOS) on the main graph, every decode step on the blockwise one
-    assert used[0] is lm.step_sess and used[1:] and all(s is lm.few_rows_sess for s in used[1:])
+    assert used[0] is step.sess and used[1:] and all(s is step.blockwise_int8_sess for s in used[1:])
 
 
 def test_melody_runtime_refuses_text_only_export(tmp_path):

@@ -130,3 +130,15 @@ def test_chunk_plan_tiles_the_clip_and_waits_for_right_context():
     got += [(a, b) for a, b, _, _ in plan.ready_chunks(start, 200, 200)]
     assert got[0] == (0, 25) and got[-1][1] == 200
     assert all(x[1] == y[0] for x, y in zip(got, got[1:]))
+
+
+def test_public_manifest_carries_no_server_path(tmp_path):
+    from musicgen_runtime import manifest
+
+    local = tmp_path / "ckpts" / "my-musicgen"
+    local.mkdir(parents=True)
+    m = {"source": str(local), "checkpoint_path": str(local), "requested_source": "facebook/musicgen-small",
+         "precision": "fp32"}
+    pub = manifest.public(m)
+    assert pub == {"source": "my-musicgen", "requested_source": "facebook/musicgen-small", "precision": "fp32"}
+    assert manifest.public({"source": "tiny-random"}) == {"source": "tiny-random"}

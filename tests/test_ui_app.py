@@ -238,7 +238,7 @@ def test_generate_with_a_melody_upload(monkeypatch, melody_triton):
     """A melody model: the upload is active and the uploaded tune reaches the server and changes the music."""
     import soundfile as sf
 
-    from export.melody import synth_melody
+    from export.signals import synth_melody
 
     buf = io.BytesIO()
     sf.write(buf, synth_melody(2.0, 22050, 1, seed=7).T, 22050, format="WAV")

@@ -1,14 +1,16 @@
 """The page in a real browser: headless Chromium (Debian's package) driven by selenium.
 
 `streamlit run ui/app.py` is started on a free loopback port against the real tritonserver of the
-`triton` fixture. The test types a prompt, sets 30 s, clicks Generate, watches the live progress bar,
-waits for the audio player and saves screenshots (progress and result) under
-build/test-output/ui/ (or $MUSICGEN_TEST_OUTPUT/ui/). It fails if the audio element never appears.
+`triton` fixture. The test types a prompt, sets 30 s, clicks Generate, waits for the audio player and
+checks the progress events the page showed (the page records them: how often a poll here happens to
+catch the bar depends on the machine's speed), and saves screenshots (progress when caught, and the
+result) under build/test-output/ui/ (or $MUSICGEN_TEST_OUTPUT/ui/).
 Chromium is installed by tests/ui_browser_setup.sh (apt-get, as root) when missing.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -162,7 +164,7 @@ def test_browser_generate_shows_progress_and_audio_player(driver, page_url):
     t0 = time.monotonic()
     button.click()
 
-    # live progress: elapsed time and frames while it runs (screenshot once seen)
+    # live progress: a screenshot if a poll catches the bar (the assertion is on what the page recorded, below)
     seen_progress = ""
     audio = None
     deadline = t0 + 150
@@ -192,10 +194,13 @@ def test_browser_generate_shows_progress_and_audio_player(driver, page_url):
     time.sleep(0.5)  # let the plots paint
     d.save_screenshot(str(out / "03-result.png"))
     shutil.copy(out / "03-result.png", out / "result.png")
-    print(f"\nscreenshots in {out}; progress seen: {seen_progress!r}; {_progress_text(d)!r}")
-    took = time.monotonic() - t0
-    if took > 3.0:  # a run this long is polled ~30 times: the live bar must have been seen
-        assert seen_progress, f"the progress bar never showed elapsed time and frames during {took:.1f} s"
+    # the progress events the page received and showed on its bar, as it recorded them: [frames done, total]
+    log = WebDriverWait(d, 30).until(EC.presence_of_element_located((By.ID, "progress-received")))
+    received = json.loads(log.get_attribute("textContent"))
+    assert received, "the page showed no progress event before the result"
+    assert all(0 <= done <= total and total > 0 for done, total in received), received
+    assert [done for done, _ in received] == sorted(done for done, _ in received), received
+    print(f"\nscreenshots in {out}; progress events shown: {len(received)}; caught by a poll: {seen_progress!r}")
 
 
 def test_browser_in_chinese_follows_the_browser_language(open_browser, page_url):

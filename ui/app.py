@@ -7,6 +7,7 @@ word shown in ui/strings.py (English and Simplified Chinese; `?lang=zh` or `?lan
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -230,6 +231,7 @@ def run_generation(out) -> None:
     cancel_slot = out.empty()
     cancel_slot.button(tr("cancel"), key="cancel", on_click=cancel, icon=":material/stop_circle:")
     job = None
+    received = []  # (frames done, total) of every progress event shown: the page's record of its live progress
     try:
         job = backend.Backend(server_url()).start(model, prompt, params, melody=melody,
                                                   max_duration=status.max_duration)
@@ -245,6 +247,7 @@ def run_generation(out) -> None:
                     prog.update(now, event.frames_total, event.frames_total)
                 else:
                     prog.update(now, event.frames_done, event.frames_total)
+                    received.append((event.frames_done, event.frames_total))
                     if event.kind == "audio_chunk" and event.chunk is not None and status.sample_rate:
                         prog.audio_seconds = (event.chunk_start + event.chunk.shape[-1]) / status.sample_rate
             elif not job.streaming and prog.prior_rate and prog.frames_total:
@@ -264,6 +267,7 @@ def run_generation(out) -> None:
         if job is not None:
             job.cancel()
     bar.progress(1.0, text=tr("done_in", elapsed=logic.format_seconds(elapsed, L)))
+    ss.progress_received = received
     if job.streaming and prog.rate():
         ss.rate = prog.rate()
     elif not job.streaming and prog.frames_total and elapsed > 0:
@@ -328,6 +332,8 @@ with right:
         assets = ss.assets[latest.number]
         st.markdown(f"**#{latest.number} · {logic.md_escape(latest.prompt)}**")
         show_clip(latest, assets, st)
+        # hidden: the progress events the last generation showed (a test reads it; the bar itself is brief)
+        st.html(f'<div id="progress-received" hidden>{json.dumps(ss.get("progress_received", []))}</div>')
         st.caption(tr("waveform"))
         st.image(assets["waveform"], width="stretch")
         st.caption(tr("spectrogram"))

@@ -18,8 +18,11 @@ BOOTSTRAP = DEPLOY_DIR / "host" / "bootstrap.sh"
 BOOTSTRAP_UNIT = DEPLOY_DIR / "host" / "systemd" / "musicgen-bootstrap.service"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
-# What the page exposes to the network, everywhere: the proxy's port 80, nothing else.
-PAGE_PORT = 80
+# What the host exposes to the network, everywhere: the proxy's HTTPS port (page and API) and its
+# port 80 (redirects to HTTPS; ACME's HTTP challenge), nothing else.
+HTTPS_PORT = 443
+HTTP_PORT = 80
+OPEN_PORTS = (HTTPS_PORT, HTTP_PORT)
 
 
 def bootstrap_setting_keys(text: str | None = None) -> set[str]:

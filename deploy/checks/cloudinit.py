@@ -16,7 +16,7 @@ import yaml
 
 from . import BOOTSTRAP, BOOTSTRAP_UNIT, SCHEMAS
 
-SECRET_FILES = {"/etc/musicgen/page-password", "/etc/musicgen/deploy.env"}
+SECRET_FILES = {"/etc/musicgen/deploy.env"}  # root-only; the secrets themselves come from OOS
 BOOTSTRAP_PATH = "/opt/musicgen/bin/bootstrap.sh"
 UNIT_PATH = "/etc/systemd/system/musicgen-bootstrap.service"
 
@@ -59,6 +59,9 @@ def check_cloud_config(text: str) -> list[str]:
         if key not in known:
             out.append(f"unknown cloud-config key {key!r}")
     files = {f.get("path"): f for f in doc.get("write_files", []) or [] if isinstance(f, dict)}
+    for path in files:
+        if re.search(r"password|token|secret", str(path), re.IGNORECASE):
+            out.append(f"{path}: the user data must carry no secret (the instance reads secrets from OOS)")
     for path in SECRET_FILES:
         f = files.get(path)
         if f is None:

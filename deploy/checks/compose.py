@@ -17,10 +17,11 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from . import COMPOSE_FILE, DEPLOY_DIR, PAGE_PORT
+from . import COMPOSE_FILE, DEPLOY_DIR, OPEN_PORTS
 
 MIN_SHM_BYTES = 1 << 30
-LONG_RUNNING = ("triton", "ui", "proxy")
+LONG_RUNNING = ("triton", "ui", "auth", "proxy")
+MONITORING = ("prometheus", "grafana")
 
 
 def load(path: Path = COMPOSE_FILE) -> dict:
@@ -106,8 +107,8 @@ def check_compose(doc: dict) -> list[str]:
                 out.append(f"{name}: build dockerfile {df} does not exist")
         for host_ip, host_port, target in published(svc):
             if name == "proxy":
-                if target != str(PAGE_PORT) or host_port != str(PAGE_PORT):
-                    out.append(f"proxy publishes {host_ip}:{host_port}->{target}; only the page ({PAGE_PORT}->{PAGE_PORT})")
+                if target != host_port or target not in map(str, OPEN_PORTS):
+                    out.append(f"proxy publishes {host_ip}:{host_port}->{target}; only {' and '.join(map(str, OPEN_PORTS))}")
             elif host_ip not in ("127.0.0.1", "::1"):
                 out.append(f"{name} publishes port {target} on {host_ip}: only the proxy may be reachable from outside")
     for name in LONG_RUNNING:
@@ -144,6 +145,21 @@ def check_compose(doc: dict) -> list[str]:
         out.append("proxy: must mount the page auth file, required (${VAR:?...})")
     if not any("Caddyfile" in str(v) for v in proxy.get("volumes", []) or []):
         out.append("proxy: must mount deploy/docker/Caddyfile")
+    if sorted(int(p[1]) for p in published(proxy) if p[1].isdigit()) != sorted(OPEN_PORTS):
+        out.append(f"proxy: must publish {' and '.join(map(str, OPEN_PORTS))} (HTTPS, and the redirect)")
+    if _depends(proxy, "auth") != "service_healthy":
+        out.append("proxy: must wait for a healthy auth (the API's token check)")
+    auth = services["auth"]
+    if not any(":?" in str(v) and "TOKENS" in str(v) and str(v).endswith(":ro") for v in auth.get("volumes", []) or []):
+        out.append("auth: must mount the API token hashes read-only, required (${VAR:?...})")
+    if auth.get("ports"):
+        out.append("auth: must not publish ports (only the proxy asks it)")
+    for name in MONITORING:
+        svc = services.get(name)
+        if svc is None:
+            out.append(f"service {name} is missing (compose profile 'monitoring')")
+        elif "monitoring" not in (svc.get("profiles") or []):
+            out.append(f"{name}: must be behind the 'monitoring' profile")
     export = services.get("export") or {}
     if export:
         if "export" not in (export.get("profiles") or []):
@@ -160,23 +176,46 @@ def check_compose(doc: dict) -> list[str]:
     return out
 
 
+PAGE_AUTH = "import {$MUSICGEN_PAGE_AUTH_FILE:/etc/caddy/auth.caddy}"
+API_AUTH = "import api_token"
+
+
 def check_caddyfile(text: str) -> list[str]:
+    """Textual rules; tests/test_secure_api.py runs the same file in the real Caddy."""
     out = []
-    if not re.search(r"^:80\s*\{", text, re.M):
-        out.append("Caddyfile: must serve the page on :80")
-    if "import /etc/caddy/auth.caddy" not in text:
+    if not re.search(r"^\s*https_port \{\$MUSICGEN_HTTPS_PORT:443\}", text, re.MULTILINE):
+        out.append("Caddyfile: the site must be served on HTTPS port 443")
+    if not re.search(r"^\s*import tls_\{\$MUSICGEN_TLS_MODE:internal\}", text, re.MULTILINE):
+        out.append("Caddyfile: the site must pick its TLS (internal CA or ACME) from MUSICGEN_TLS_MODE")
+    if re.search(r"^\s*auto_https\s+(off|disable_redirects)", text, re.MULTILINE):
+        out.append("Caddyfile: automatic HTTPS and its port-80 redirect must stay on")
+    if re.search(r"^\s*(http://)?:80\b", text, re.MULTILINE):
+        out.append("Caddyfile: port 80 must only redirect (no site of its own)")
+    if PAGE_AUTH not in text:
         out.append("Caddyfile: must import the basic_auth file written by the bootstrap")
-    if "reverse_proxy ui:8501" not in text:
-        out.append("Caddyfile: must proxy to ui:8501")
-    if re.search(r"^\s*log\b", text, re.M) or "log_credentials" in text:
+    if "reverse_proxy {$MUSICGEN_UI_UPSTREAM:ui:8501}" not in text:
+        out.append("Caddyfile: must proxy the page to ui:8501")
+    if not re.search(r"forward_auth \{\$MUSICGEN_AUTH_UPSTREAM:auth:9100\} \{\s*uri /check", text):
+        out.append("Caddyfile: the API must be checked by forward_auth to auth:9100/check")
+    if not re.search(r"reverse_proxy h2c://\{\$MUSICGEN_TRITON_GRPC:triton:8001\}", text):
+        out.append("Caddyfile: gRPC must go to triton:8001 over h2c")
+    if re.search(r"^\s*log\b", text, re.MULTILINE) or "log_credentials" in text:
         out.append("Caddyfile: no access log (credentials must never reach a log)")
-    # everything but /healthz goes through the auth block
-    handles = re.findall(r"handle\s*(\S*)\s*\{(.*?)\n\t\}", text, re.S)
+    # every proxied route carries exactly one of the two credentials: page password or API token
+    handles = re.findall(r"handle\s*(\S*)\s*\{(.*?)\n\t\}", text, re.DOTALL)
+    if len(handles) < 3:
+        out.append("Caddyfile: expected handle blocks for gRPC, /v2/* and the page")
     for matcher, body in handles:
-        if matcher != "/healthz" and "reverse_proxy" in body and "auth.caddy" not in body:
-            out.append("Caddyfile: a proxied route without basic auth")
-        if matcher == "/healthz" and "reverse_proxy" in body:
-            out.append("Caddyfile: /healthz must not proxy to the page")
+        if "reverse_proxy" not in body:
+            continue
+        creds = (PAGE_AUTH in body) + (API_AUTH in body)
+        if creds != 1:
+            out.append(f"Caddyfile: route {matcher or '(page)'} must require exactly one of the page password "
+                       "and an API token")
+        if API_AUTH in body and "header_up -Authorization" not in body:
+            out.append(f"Caddyfile: route {matcher} must strip the token before Triton")
+        if ("/v2/" in matcher or "@grpc" in matcher) and API_AUTH not in body:
+            out.append(f"Caddyfile: the API route {matcher} must require an API token")
     return out
 
 

@@ -7,7 +7,10 @@ check_template(doc) returns findings for:
   and GetAtt attributes exist for the resource type; only known intrinsic functions;
 - parameters: types, defaults inside their own constraints, NoEcho passwords without defaults,
   every parameter used and shown on the page, no NoEcho value in Outputs;
-- security: the only ingress is TCP 80 from the PageAccessCidr parameter;
+- security: the only ingress is TCP 443 and 80 from the PageAccessCidr parameter;
+- secrets: every NoEcho parameter but the instance password is the value of an OOS secret
+  parameter and is referenced nowhere else (never in RunCommand content or user data); the
+  instance's RAM role may read exactly those secret parameters;
 - the product table: parameter ranges and defaults (PARAMETER_TABLE), the gn6i/gn7i families,
   the password rule, the wiring RunCommand -> WaitConditionHandle -> WaitCondition, the endpoint
   output, and the stage-0 script's settings against what bootstrap.sh understands.
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from . import BOOTSTRAP, BOOTSTRAP_UNIT, COMPUTENEST_CONFIG, PAGE_PORT, ROS_TEMPLATE, bootstrap_setting_keys
+from . import BOOTSTRAP, BOOTSTRAP_UNIT, COMPUTENEST_CONFIG, HTTPS_PORT, OPEN_PORTS, ROS_TEMPLATE, bootstrap_setting_keys
 
 SECTIONS = {"ROSTemplateFormatVersion", "Description", "Parameters", "Rules", "Conditions", "Mappings",
             "Resources", "Outputs", "Metadata", "Locals", "Workspace"}
@@ -77,6 +80,15 @@ RESOURCE_SPECS = {
          "Tags", "ResourceGroupId", "Launcher", "ContainerId", "ContainerName", "WindowsPasswordName"},
         {"CommandContent", "Type", "InstanceIds"},
         {"CommandId", "InvokeId", "InvokeInstances", "InvokeResults"}),
+    "ALIYUN::OOS::SecretParameter": Spec(
+        {"Name", "Value", "Description", "Constraints", "KeyId", "Tags", "ResourceGroupId"},
+        {"Name", "Value"},
+        {"Name", "Type", "Value"}),
+    "ALIYUN::RAM::Role": Spec(
+        {"RoleName", "AssumeRolePolicyDocument", "Policies", "PolicyAttachments", "Description",
+         "MaxSessionDuration", "DeletionForce", "IgnoreExisting"},
+        {"RoleName", "AssumeRolePolicyDocument"},
+        {"RoleName", "RoleId", "Arn"}),
     "ALIYUN::ROS::WaitConditionHandle": Spec(
         {"Count", "Mode"}, set(),
         {"CurlCli", "WindowsCurlCli", "PowerShellCurlCli", "Headers", "URL"}),
@@ -342,13 +354,15 @@ def _ingress_rules(doc: dict) -> list[tuple[str, dict]]:
 def check_security(doc: dict) -> list[str]:
     out = []
     rules = _ingress_rules(doc)
-    if not rules:
-        out.append("no ingress rule for the page: the page would be unreachable")
+    allowed = {f"{p}/{p}" for p in OPEN_PORTS}
+    opened = [rule.get("PortRange") for _, rule in rules]
+    for want in sorted(allowed - set(opened)):
+        out.append(f"no ingress rule for {want}: HTTPS (443) and its redirect (80) must be reachable")
     for where, rule in rules:
         if str(rule.get("IpProtocol", "")).lower() != "tcp":
             out.append(f"{where}: protocol {rule.get('IpProtocol')!r}; only tcp to the page is allowed")
-        if rule.get("PortRange") != f"{PAGE_PORT}/{PAGE_PORT}":
-            out.append(f"{where}: opens {rule.get('PortRange')!r}; only {PAGE_PORT}/{PAGE_PORT} (the page) may be open")
+        if rule.get("PortRange") not in allowed:
+            out.append(f"{where}: opens {rule.get('PortRange')!r}; only {' and '.join(sorted(allowed))} may be open")
         if rule.get("SourceCidrIp") != {"Ref": "PageAccessCidr"}:
             out.append(f"{where}: source must be the PageAccessCidr parameter, not {rule.get('SourceCidrIp')!r}")
         if str(rule.get("Policy", "accept")).lower() != "accept":
@@ -360,6 +374,85 @@ def check_security(doc: dict) -> list[str]:
                 out.append(f"{name}: Password must come from the NoEcho InstancePassword parameter")
             if "UserData" in props and "PagePassword" in _refs_in(props["UserData"]):
                 out.append(f"{name}: the page password must not travel in UserData")
+    return out
+
+
+def _secret_refs(node) -> set[str]:
+    """Parameters a node reads: Ref, Fn::Sub ${Param} (its own text and variables)."""
+    found = set(_refs_in(node))
+
+    def visit(n, _path):
+        if isinstance(n, dict) and "Fn::Sub" in n:
+            parts = sub_parts(n["Fn::Sub"])
+            if parts:
+                found.update(v for v in sub_variables(parts[0]) if v not in parts[1])
+    _walk(node, "", visit)
+    return found
+
+
+def check_secrets(doc: dict) -> list[str]:
+    """Secrets only through OOS secret parameters; never in command content or user data."""
+    out: list[str] = []
+    params = doc.get("Parameters") or {}
+    resources = doc.get("Resources") or {}
+    secrets = {n for n, p in params.items() if isinstance(p, dict) and p.get("NoEcho") and n != "InstancePassword"}
+    holders = {n: r for n, r in resources.items() if r.get("Type") == "ALIYUN::OOS::SecretParameter"}
+    held = {(r.get("Properties") or {}).get("Value", {}).get("Ref") if isinstance((r.get("Properties") or {}).get("Value"), dict) else None: n
+            for n, r in holders.items()}
+    for name in sorted(secrets):
+        if name not in held:
+            out.append(f"secret parameter {name} must be the Value of an ALIYUN::OOS::SecretParameter")
+    for rname, res in resources.items():
+        props = res.get("Properties") or {}
+        if res.get("Type") == "ALIYUN::ECS::RunCommand":
+            leaked = _secret_refs(props.get("CommandContent")) & (secrets | {"InstancePassword"})
+            for n in sorted(leaked):
+                out.append(f"{rname}: secret {n} is substituted into CommandContent (Cloud Assistant keeps it); "
+                           "pass it as an OOS secret parameter")
+            for m in re.finditer(r"\[(\w+), (\w+)\]", yaml.safe_dump(props.get("CommandContent"), default_flow_style=True)):
+                if m.group(1) in holders and m.group(2) != "Name":
+                    out.append(f"{rname}: CommandContent reads {m.group(1)}.{m.group(2)}; only the secret's Name may travel")
+        if res.get("Type") in ("ALIYUN::ECS::InstanceGroup", "ALIYUN::ECS::Instance") and "UserData" in props:
+            for n in sorted(_secret_refs(props["UserData"]) & (secrets | {"InstancePassword"})):
+                out.append(f"{rname}: secret {n} is in UserData (readable from the metadata service)")
+        if res.get("Type") == "ALIYUN::OOS::SecretParameter":
+            continue
+        for n in sorted(_secret_refs(props) & secrets):
+            out.append(f"{rname}: reads secret {n}; only its OOS secret parameter may")
+    for n in sorted(_secret_refs(doc.get("Outputs") or {}) & (secrets | {"InstancePassword"})):
+        out.append(f"Outputs expose secret {n}")
+    # the instance's role reads exactly the template's secret parameters
+    ig = [r.get("Properties") or {} for r in resources.values() if r.get("Type") == "ALIYUN::ECS::InstanceGroup"]
+    role_ref = (ig[0].get("RamRoleName") or {}).get("Fn::GetAtt", [None])[0] if ig and isinstance(ig[0].get("RamRoleName"), dict) else None
+    role = resources.get(role_ref) if role_ref else None
+    if holders and (not role or role.get("Type") != "ALIYUN::RAM::Role"):
+        out.append("InstanceGroup RamRoleName must be the RoleName of the template's ALIYUN::RAM::Role "
+                   "(the instance reads its secrets through it)")
+    elif role:
+        rp = role.get("Properties") or {}
+        principal = yaml.safe_dump(rp.get("AssumeRolePolicyDocument"))
+        if "ecs.aliyuncs.com" not in principal:
+            out.append(f"{role_ref}: only ECS (ecs.aliyuncs.com) may assume the instance role")
+        statements = [st for pol in rp.get("Policies") or [] for st in (pol.get("PolicyDocument") or {}).get("Statement", [])]
+        names = {str(((holders[h].get("Properties") or {}).get("Name") or {}).get("Fn::Sub", "")) for h in holders}
+        granted = set()
+        for st in statements:
+            actions = st.get("Action") if isinstance(st.get("Action"), list) else [st.get("Action")]
+            for a in actions:
+                if str(a).startswith("oos:"):
+                    if a != "oos:GetSecretParameter":
+                        out.append(f"{role_ref}: action {a} is more than reading a secret parameter")
+                    for r in st.get("Resource") or []:
+                        arn = r.get("Fn::Sub", "") if isinstance(r, dict) else str(r)
+                        suffix = arn.rsplit("secretparameter/", 1)[-1] if "secretparameter/" in arn else None
+                        if suffix is None or suffix not in names:
+                            out.append(f"{role_ref}: grants {a} on {arn!r}, not one of the template's secret parameters")
+                        else:
+                            granted.add(suffix)
+                elif not str(a).startswith("kms:"):
+                    out.append(f"{role_ref}: action {a} is not needed to read the secrets")
+        for n in sorted(names - granted):
+            out.append(f"{role_ref}: cannot read the secret parameter {n}")
     return out
 
 
@@ -376,8 +469,10 @@ def stage0_script(doc: dict, values: dict | None = None) -> str:
     run = [r for r in (doc.get("Resources") or {}).values() if r.get("Type") == "ALIYUN::ECS::RunCommand"][0]
     parts = sub_parts(run["Properties"]["CommandContent"]["Fn::Sub"])
     text = parts[0]
-    sample = {"NotifyB64": "Y3VybCAtaSAtWCBQT1NUIGh0dHBzOi8vZXhhbXBsZS5pbnZhbGlk", "PagePasswordB64": "c2VjcmV0c2VjcmV0",
-              "PublicIp": "198.51.100.10", "Checkpoint": "facebook/musicgen-small",
+    sample = {"NotifyB64": "Y3VybCAtaSAtWCBQT1NUIGh0dHBzOi8vZXhhbXBsZS5pbnZhbGlk", "SiteHost": "198.51.100.10",
+              "TlsMode": "internal", "ALIYUN::Region": "cn-hangzhou",
+              "PagePasswordSecretName": "musicgen-0f1e2d3c-page-password",
+              "ApiTokenSecretName": "musicgen-0f1e2d3c-api-token", "Checkpoint": "facebook/musicgen-small",
               "SourceRepositoryUrl": "https://example.invalid/musicgen.git", "SourceRef": "main"}
     sample.update(values or {})
     return SUB_VAR.sub(lambda m: m.group(0) if m.group(1).startswith("!") else str(sample.get(m.group(1), "x")), text)
@@ -485,8 +580,6 @@ def check_product(doc: dict, bootstrap_text: str | None = None) -> list[str]:
                 for v in secret_vars:
                     if f"${{{v}}}" in line and not re.fullmatch(rf"\s*echo '\$\{{{v}\}}' \| base64 -d >\S+", line):
                         out.append(f"RunCommand line {line.strip()!r}: a secret may only be decoded into a file")
-            if "PagePassword" in sub_variables(text):
-                out.append("RunCommand must pass the page password base64-encoded (Fn::Base64Encode), not raw")
             env = re.search(r"deploy\.env\" <<'EOF'\n(.*?)\nEOF", text, re.S)
             if not env:
                 out.append("RunCommand script must write /etc/musicgen/deploy.env from a quoted heredoc")
@@ -495,7 +588,8 @@ def check_product(doc: dict, bootstrap_text: str | None = None) -> list[str]:
                 known = bootstrap_setting_keys(bootstrap_text)
                 for k in sorted(keys - known):
                     out.append(f"deploy.env key {k} is unknown to bootstrap.sh")
-                for k in ("MUSICGEN_CHECKPOINT", "MUSICGEN_SOURCE_REPO", "MUSICGEN_PUBLIC_URL"):
+                for k in ("MUSICGEN_CHECKPOINT", "MUSICGEN_SOURCE_REPO", "MUSICGEN_PUBLIC_URL", "MUSICGEN_SITE_HOST",
+                          "MUSICGEN_OOS_REGION", "MUSICGEN_SECRET_PAGE_PASSWORD", "MUSICGEN_SECRET_API_TOKEN"):
                     if k not in keys:
                         out.append(f"deploy.env must set {k}")
     # the endpoint output
@@ -506,8 +600,8 @@ def check_product(doc: dict, bootstrap_text: str | None = None) -> list[str]:
         out.append("Outputs.Endpoint must be an Fn::Sub URL")
     else:
         text, local = parts
-        if not text.startswith("http://") or re.search(r":(?!80/)\d+", text.split("://", 1)[1]):
-            out.append(f"Outputs.Endpoint {text!r} must be http:// on the page port {PAGE_PORT}")
+        if not text.startswith("https://") or re.search(rf":(?!{HTTPS_PORT}/)\d+", text.split("://", 1)[1]):
+            out.append(f"Outputs.Endpoint {text!r} must be https:// on port {HTTPS_PORT}")
         if ig_name and "PublicIps" not in yaml.safe_dump(local):
             out.append("Outputs.Endpoint must use the instance's public IP")
     # the RegionId rule
@@ -539,7 +633,7 @@ def check_files() -> list[str]:
 def check_template(doc: dict, bootstrap_text: str | None = None) -> list[str]:
     doc = copy.deepcopy(doc)
     return (check_structure(doc) + check_references(doc) + check_parameters(doc) + check_security(doc)
-            + check_product(doc, bootstrap_text))
+            + check_secrets(doc) + check_product(doc, bootstrap_text))
 
 
 def check_all() -> list[str]:

@@ -6,8 +6,11 @@ normalised model; check_config(model) returns findings for:
   is used; files read through file()/filebase64()/templatefile() exist; the cloud-init template's
   placeholders equal the keys templatefile() passes;
 - provider pinning (source aliyun/alicloud, bounded version) and required_version;
-- security: the only ingress rule is TCP 80 from var.page_access_cidr; no 0.0.0.0/0 anywhere;
-  passwords are sensitive, have no default and never reach an output;
+- security: the only ingress rules are TCP 443 and 80 from var.page_access_cidr; no 0.0.0.0/0
+  anywhere; secrets are sensitive, have no default and never reach an output;
+- secrets: the page password and the API token go only into alicloud_oos_secret_parameter values
+  (never into the user data, locals or command content); the instance's RAM role may read
+  exactly those secret parameters;
 - the product table: the same parameter defaults and ranges as the ROS template, checked by
   running the validation regexes against good and bad values.
 """
@@ -20,13 +23,14 @@ from pathlib import Path
 
 import hcl2
 
-from . import DEPLOY_DIR, PAGE_PORT, TERRAFORM_DIR
+from . import DEPLOY_DIR, OPEN_PORTS, TERRAFORM_DIR
 from .ros import INSTANCE_TYPES_BAD, INSTANCE_TYPES_GOOD, PASSWORDS_BAD, PASSWORDS_GOOD
 
 REQUIRED_VARIABLES = {"region", "name", "zone_id", "pay_type", "pay_period", "vpc_cidr", "vswitch_cidr",
                       "instance_type", "system_disk_size", "instance_password", "checkpoint", "page_access_cidr",
-                      "page_password", "source_repository_url", "source_ref"}
-SENSITIVE = {"instance_password", "page_password"}
+                      "page_password", "api_token", "domain_name", "source_repository_url", "source_ref"}
+SENSITIVE = {"instance_password", "page_password", "api_token"}
+OOS_SECRETS = SENSITIVE - {"instance_password"}  # travel only as OOS secret parameters
 TABLE_DEFAULTS = {"system_disk_size": 100, "pay_type": "PostPaid", "checkpoint": "facebook/musicgen-small",
                   "instance_type": "ecs.gn7i-c8g1.2xlarge"}
 BUILTIN_PREFIXES = {"var", "local", "data", "path", "module", "each", "count", "self", "terraform"}
@@ -212,17 +216,18 @@ def check_config(model: dict) -> list[str]:
         leaked = _refs(body)["var"] & SENSITIVE
         if leaked:
             out.append(f"output {name} exposes {sorted(leaked)}")
-    # security: only the page port from the page CIDR
+    # security: only HTTPS and its redirect from the page CIDR
     rules = {k: v for k, v in resources.items() if k.startswith("alicloud_security_group_rule.")}
-    if not rules:
-        out.append("no alicloud_security_group_rule for the page")
+    allowed = {f"{p}/{p}" for p in OPEN_PORTS}
+    for want in sorted(allowed - {r.get("port_range") for r in rules.values() if r.get("type") == "ingress"}):
+        out.append(f"no alicloud_security_group_rule opens {want}: HTTPS (443) and its redirect (80) must be reachable")
     for name, r in rules.items():
         if r.get("type") != "ingress":
             continue
         if r.get("ip_protocol") != "tcp":
             out.append(f"{name}: protocol {r.get('ip_protocol')!r}; only tcp to the page")
-        if r.get("port_range") != f"{PAGE_PORT}/{PAGE_PORT}":
-            out.append(f"{name}: opens {r.get('port_range')!r}; only {PAGE_PORT}/{PAGE_PORT} may be open")
+        if r.get("port_range") not in allowed:
+            out.append(f"{name}: opens {r.get('port_range')!r}; only {' and '.join(sorted(allowed))} may be open")
         if r.get("cidr_ip") != "${var.page_access_cidr}":
             out.append(f"{name}: source must be var.page_access_cidr, not {r.get('cidr_ip')!r}")
     for k, r in resources.items():
@@ -249,10 +254,64 @@ def check_config(model: dict) -> list[str]:
         out.append("Terraform must wait for readiness: one alicloud_ecs_command running host/wait-ready.sh "
                    "and one alicloud_ecs_invocation of it")
     endpoint = (outputs.get("endpoint") or {}).get("value", "")
-    if not (str(endpoint).startswith("http://") and "public_ip" in str(endpoint)):
-        out.append("output endpoint must be http://<public ip>/")
-    if "user_data" in _dump(local) and "page_password" in _dump(local) and "base64encode(var.page_password)" not in _dump(local):
-        out.append("the page password must be base64-encoded in the user data")
+    if not (str(endpoint).startswith("https://") and "public_ip" in str(endpoint)):
+        out.append("output endpoint must be https://<domain or public ip>/")
+    out += check_secrets(model)
+    return out
+
+
+def check_secrets(model: dict) -> list[str]:
+    """The page password and the API token only as OOS secret parameters, read through the role."""
+    out: list[str] = []
+    resources, local = model["resource"], model["locals"]
+    holders = {k: v for k, v in resources.items() if k.startswith("alicloud_oos_secret_parameter.")}
+    held = {_refs(v.get("value", ""))["var"].pop() for v in holders.values() if _refs(v.get("value", ""))["var"]}
+    for v in sorted(OOS_SECRETS - held):
+        out.append(f"var.{v} must be the value of an alicloud_oos_secret_parameter (never user data)")
+    for k, v in holders.items():
+        if v.get("type") != "Secret":
+            out.append(f"{k}: type must be Secret (encrypted)")
+    for name, value in local.items():
+        for v in sorted(_refs(value)["var"] & SENSITIVE):
+            out.append(f"local.{name} reads secret var.{v}: it would reach the user data; pass it through OOS")
+    for k, body in resources.items():
+        if k in holders:
+            continue
+        leaked = _refs(body)["var"] & SENSITIVE
+        if k.startswith("alicloud_instance."):
+            leaked -= {"instance_password"} if body.get("password") == "${var.instance_password}" else set()
+            leaked |= _refs(body.get("user_data", ""))["var"] & SENSITIVE
+        for v in sorted(leaked):
+            out.append(f"{k} reads secret var.{v}; only its alicloud_oos_secret_parameter may")
+    # the instance's role reads exactly those parameters
+    inst = [v for k, v in resources.items() if k.startswith("alicloud_instance.")]
+    role = re.fullmatch(r"\$\{(alicloud_ram_role\.[\w-]+)\.name\}", str(inst[0].get("role_name", ""))) if inst else None
+    if not role or role.group(1) not in resources:
+        out.append("alicloud_instance.role_name must be the name of the configuration's alicloud_ram_role")
+        return out
+    policies = {k: v for k, v in resources.items() if k.startswith("alicloud_ram_policy.")}
+    attached = [v for k, v in resources.items() if k.startswith("alicloud_ram_role_policy_attachment.")
+                and v.get("role_name") == f"${{{role.group(1)}.name}}"]
+    if not attached:
+        out.append(f"no policy is attached to {role.group(1)}: the instance could not read its secrets")
+    granted = set()
+    for a in attached:
+        m = re.fullmatch(r"\$\{(alicloud_ram_policy\.[\w-]+)\.policy_name\}", str(a.get("policy_name", "")))
+        doc = str((policies.get(m.group(1)) if m else {} or {}).get("policy_document", ""))
+        actions = [a for lst in re.findall(r"Action\W*=\s*\[([^\]]*)\]", doc) for a in _hcl_literals(lst)]
+        for action in actions:
+            if action.startswith("oos:") and action != "oos:GetSecretParameter":
+                out.append(f"{m.group(1)}: action {action} is more than reading a secret parameter")
+            elif not action.startswith(("oos:", "kms:")):
+                out.append(f"{m.group(1)}: action {action} is not needed to read the secrets")
+        for arn in re.findall(r"secretparameter/([^\"]*)", doc):
+            ref = re.fullmatch(r"\$\{(alicloud_oos_secret_parameter\.[\w-]+)\.secret_parameter_name\}", arn)
+            if not ref or ref.group(1) not in holders:
+                out.append(f"{m.group(1)}: grants secretparameter/{arn}, not one of the configuration's secret parameters")
+            else:
+                granted.add(ref.group(1))
+    for h in sorted(set(holders) - granted):
+        out.append(f"the instance role cannot read {h}")
     return out
 
 
@@ -271,7 +330,6 @@ def render_cloud_init(values: dict | None = None) -> str:
     env = "MUSICGEN_CHECKPOINT=facebook/musicgen-small\nMUSICGEN_SOURCE_REPO=https://example.invalid/m.git\n"
     sample = {
         "deploy_env_b64": base64.b64encode(env.encode()).decode(),
-        "page_password_b64": base64.b64encode(b"sample-page-password").decode(),
         "bootstrap_b64": base64.b64encode((DEPLOY_DIR / "host" / "bootstrap.sh").read_bytes()).decode(),
         "unit_b64": base64.b64encode((DEPLOY_DIR / "host" / "systemd" / "musicgen-bootstrap.service").read_bytes()).decode(),
     }

@@ -16,10 +16,11 @@
 set -Eeuo pipefail
 umask 022
 
-readonly STEPS_ALL="preflight cloud_init packages driver docker nvidia_ctk source page_auth compose_env images export service readiness finish"
+readonly STEPS_ALL="preflight cloud_init packages driver docker nvidia_ctk source secrets page_auth api_tokens compose_env images export service readiness finish"
 readonly DRIVER_PACKAGE_FMT="nvidia-headless-%s-server nvidia-utils-%s-server"
 readonly BASE_PACKAGES="ca-certificates curl git gnupg apache2-utils python3"
 readonly PAGE_AUTH_NAME="page-auth.caddy"
+readonly DEPLOY_TOKEN_NAME="deploy"
 
 DRY_RUN=0
 ONLY=""
@@ -138,6 +139,15 @@ set_defaults() {
   : "${MUSICGEN_PAGE_PASSWORD_FILE:=$MUSICGEN_ETC_DIR/page-password}"
   : "${MUSICGEN_NOTIFY_FILE:=$MUSICGEN_ETC_DIR/ros-notify}"
   : "${MUSICGEN_PUBLIC_URL:=}"
+  : "${MUSICGEN_HTTPS_PORT:=443}"
+  : "${MUSICGEN_SITE_HOST:=}"
+  : "${MUSICGEN_TLS_MODE:=internal}"
+  : "${MUSICGEN_API_TOKENS_FILE:=$MUSICGEN_ETC_DIR/api-tokens}"
+  : "${MUSICGEN_API_TOKEN_FILE:=$MUSICGEN_ETC_DIR/api-token}"
+  : "${MUSICGEN_TOKEN_TOOL:=$MUSICGEN_SOURCE_DIR/deploy/auth/token_auth.py}"
+  : "${MUSICGEN_OOS_REGION:=}"
+  : "${MUSICGEN_SECRET_PAGE_PASSWORD:=}"
+  : "${MUSICGEN_SECRET_API_TOKEN:=}"
   : "${MUSICGEN_IMAGE_PREFIX:=}"
   : "${MUSICGEN_IMAGE_TAG:=}"
   : "${MUSICGEN_NVIDIA_DRIVER_BRANCHES:=570 535}"
@@ -166,6 +176,18 @@ validate_settings() {
     die "MUSICGEN_IMAGE_PREFIX must be a registry/namespace"
   [[ -z $MUSICGEN_IMAGE_TAG || $MUSICGEN_IMAGE_TAG =~ ^[A-Za-z0-9_.-]{1,128}$ ]] || die "MUSICGEN_IMAGE_TAG is not a docker tag"
   [[ -z $MUSICGEN_PUBLIC_URL || $MUSICGEN_PUBLIC_URL =~ ^https?://[A-Za-z0-9.:/_-]+$ ]] || die "MUSICGEN_PUBLIC_URL must be an http(s) URL"
+  if ! [[ $MUSICGEN_HTTPS_PORT =~ ^[0-9]{1,5}$ ]] || ((MUSICGEN_HTTPS_PORT < 1 || MUSICGEN_HTTPS_PORT > 65535)); then
+    die "MUSICGEN_HTTPS_PORT must be a TCP port"
+  fi
+  [[ -z $MUSICGEN_SITE_HOST || $MUSICGEN_SITE_HOST =~ ^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$ ]] ||
+    die "MUSICGEN_SITE_HOST must be a domain name or an IPv4 address"
+  [[ $MUSICGEN_TLS_MODE == internal || $MUSICGEN_TLS_MODE == acme ]] || die "MUSICGEN_TLS_MODE must be internal or acme"
+  [[ -z $MUSICGEN_OOS_REGION || $MUSICGEN_OOS_REGION =~ ^[a-z]{2}-[a-z0-9-]+$ ]] || die "MUSICGEN_OOS_REGION must be a region id"
+  local s
+  for s in "$MUSICGEN_SECRET_PAGE_PASSWORD" "$MUSICGEN_SECRET_API_TOKEN"; do
+    [[ -z $s || $s =~ ^[A-Za-z0-9_./-]{1,180}$ ]] || die "MUSICGEN_SECRET_* must be OOS parameter names"
+    [[ -z $s || -n $MUSICGEN_OOS_REGION ]] || die "MUSICGEN_SECRET_* need MUSICGEN_OOS_REGION"
+  done
   [[ -z $HF_ENDPOINT || $HF_ENDPOINT =~ ^https://[A-Za-z0-9.:/_-]+$ ]] || die "HF_ENDPOINT must be an https URL"
   [[ $MUSICGEN_NVIDIA_DRIVER_BRANCHES =~ ^[0-9]{3}( [0-9]{3})*$ ]] || die "MUSICGEN_NVIDIA_DRIVER_BRANCHES: e.g. '570 535'"
   [[ $MUSICGEN_READY_TIMEOUT =~ ^[0-9]+$ ]] || die "MUSICGEN_READY_TIMEOUT must be seconds"
@@ -426,6 +448,54 @@ step_source() {
   log "source commit $SOURCE_COMMIT, image tag $MUSICGEN_IMAGE_TAG"
 }
 
+# Secrets come from OOS encrypted parameters (never through the command content or the user data):
+# the instance RAM role may read exactly these. Each is fetched into a root-only file once, unless
+# what it becomes (the page's bcrypt hash, the token's SHA-256) is already in place.
+page_password_applied() { [[ -s $MUSICGEN_ETC_DIR/$PAGE_AUTH_NAME ]]; }
+api_token_applied() { grep -q "^$DEPLOY_TOKEN_NAME " "$MUSICGEN_API_TOKENS_FILE" 2>/dev/null; }
+
+fetch_secret() {
+  local name=$1 out=$2 applied=$3
+  if [[ -z $name ]]; then
+    skip "no OOS secret parameter set for $out"
+  elif [[ -s $out ]]; then
+    skip "$out present"
+  elif "$applied"; then
+    skip "secret $name already applied"
+  else
+    run python3 "$MUSICGEN_SOURCE_DIR/deploy/host/oos_secret.py" --region "$MUSICGEN_OOS_REGION" --name "$name" --out "$out"
+  fi
+}
+
+step_secrets() {
+  fetch_secret "$MUSICGEN_SECRET_PAGE_PASSWORD" "$MUSICGEN_PAGE_PASSWORD_FILE" page_password_applied
+  fetch_secret "$MUSICGEN_SECRET_API_TOKEN" "$MUSICGEN_API_TOKEN_FILE" api_token_applied
+}
+
+# The API tokens file (SHA-256 hashes, root-only) that the token check reads. The deploy-time token
+# (template parameter, via OOS) is stored as "deploy"; without one, a token is generated once into a
+# root-only file for the operator to collect (never printed or logged). Rotation: token_auth.py.
+step_api_tokens() {
+  local tokens=$MUSICGEN_API_TOKENS_FILE first=$MUSICGEN_ETC_DIR/api-token.first
+  if [[ -s $MUSICGEN_API_TOKEN_FILE ]]; then
+    if ((DRY_RUN)); then
+      plan "store the SHA-256 of the token in $MUSICGEN_API_TOKEN_FILE as '$DEPLOY_TOKEN_NAME' in $tokens"
+      return 0
+    fi
+    python3 "$MUSICGEN_TOKEN_TOOL" --tokens "$tokens" add "$DEPLOY_TOKEN_NAME" <"$MUSICGEN_API_TOKEN_FILE" ||
+      die "could not store the API token's hash"
+  elif grep -qE '^[A-Za-z0-9]' "$tokens" 2>/dev/null; then
+    skip "API tokens present ($tokens)"
+  elif ((DRY_RUN)); then
+    plan "generate a first API token into $first (mode 0600; its hash into $tokens)"
+  else
+    mkdir -p "$MUSICGEN_ETC_DIR"
+    (umask 077 && python3 "$MUSICGEN_TOKEN_TOOL" --tokens "$tokens" new "$DEPLOY_TOKEN_NAME" >"$first") ||
+      die "could not generate an API token"
+    log "generated the first API token: read it once from $first (root only), then delete that file"
+  fi
+}
+
 # The page password becomes a bcrypt hash in a root-only file that the proxy mounts. The
 # plaintext file is removed once the page has answered with it (step finish).
 # Does the password file match the hash already in the auth file? (htpasswd -v, password on stdin)
@@ -471,7 +541,7 @@ step_page_auth() {
     ((rc == 0)) || die "could not hash the page password (htpasswd exit $rc)"
     [[ $line == "$MUSICGEN_PAGE_USER":\$2* ]] || die "htpasswd did not return a bcrypt hash"
     mkdir -p "$MUSICGEN_ETC_DIR"
-    printf 'basic_auth {\n\t%s %s\n}\n' "$MUSICGEN_PAGE_USER" "${line#*:}" | put_file 0600 "$auth" || true
+    printf 'basicauth {\n\t%s %s\n}\n' "$MUSICGEN_PAGE_USER" "${line#*:}" | put_file 0600 "$auth" || true
   elif [[ -s $auth ]]; then
     skip "page password already set ($auth)"
   else
@@ -492,8 +562,12 @@ step_compose_env() {
     echo "MUSICGEN_CHECKPOINT=$MUSICGEN_CHECKPOINT"
     echo "MUSICGEN_PRECISION=$MUSICGEN_PRECISION"
     echo "MUSICGEN_SOURCE_COMMIT=$SOURCE_COMMIT"
-    echo "MUSICGEN_PAGE_PORT=$MUSICGEN_PAGE_PORT"
+    echo "MUSICGEN_HTTP_PORT=$MUSICGEN_PAGE_PORT"
+    echo "MUSICGEN_HTTPS_PORT=$MUSICGEN_HTTPS_PORT"
+    echo "MUSICGEN_SITE_HOST=$(site_host)"
+    echo "MUSICGEN_TLS_MODE=$MUSICGEN_TLS_MODE"
     echo "MUSICGEN_AUTH_FILE=$MUSICGEN_ETC_DIR/$PAGE_AUTH_NAME"
+    echo "MUSICGEN_API_TOKENS_FILE=$MUSICGEN_API_TOKENS_FILE"
     echo "HF_ENDPOINT=$HF_ENDPOINT"
   } | put_file 0644 "$MUSICGEN_ETC_DIR/compose.env" || true
 }
@@ -545,7 +619,7 @@ Wants=network-online.target
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-# Containers must not read the instance metadata (user data can hold the page password).
+# Containers must not read the instance metadata (the RAM role's credentials can read the secrets).
 ExecStartPre=-/bin/sh -c 'iptables -C DOCKER-USER -d 100.100.100.200/32 -j REJECT 2>/dev/null || iptables -I DOCKER-USER -d 100.100.100.200/32 -j REJECT'
 ExecStart=$compose_cmd up --detach --wait --wait-timeout 900 --remove-orphans
 ExecStop=$compose_cmd down
@@ -575,7 +649,8 @@ step_readiness() {
   local deadline smoke=$MUSICGEN_SOURCE_DIR/deploy/host/smoke.py
   if ((DRY_RUN)); then
     plan "wait up to ${MUSICGEN_READY_TIMEOUT}s for http://127.0.0.1:8000/v2/health/ready"
-    plan "run $smoke: a real 0.5 s generation through Triton, and the page on port $MUSICGEN_PAGE_PORT refusing anonymous and accepting $MUSICGEN_PAGE_USER"
+    plan "export the proxy's CA certificate to $MUSICGEN_ETC_DIR/ca.crt (TLS mode $MUSICGEN_TLS_MODE)"
+    plan "run $smoke: a real 0.5 s generation through Triton, and through the proxy on https port $MUSICGEN_HTTPS_PORT: the page refusing anonymous and accepting $MUSICGEN_PAGE_USER, the API refusing requests without a token"
     return 0
   fi
   deadline=$((SECONDS + MUSICGEN_READY_TIMEOUT))
@@ -584,27 +659,53 @@ step_readiness() {
     sleep 10
   done
   log "Triton reports ready; sending a real request"
-  local args=(--triton http://127.0.0.1:8000 --page "http://127.0.0.1:$MUSICGEN_PAGE_PORT" --user "$MUSICGEN_PAGE_USER"
-    --timeout "$((deadline - SECONDS > 60 ? deadline - SECONDS : 60))")
+  local args=(--triton http://127.0.0.1:8000 --page "https://127.0.0.1:$MUSICGEN_HTTPS_PORT" --server-name "$(site_host)"
+    --user "$MUSICGEN_PAGE_USER" --timeout "$((deadline - SECONDS > 60 ? deadline - SECONDS : 60))")
+  if [[ $MUSICGEN_TLS_MODE == internal ]]; then
+    export_ca
+    args+=(--ca-file "$MUSICGEN_ETC_DIR/ca.crt")
+  fi
+  if [[ -s $MUSICGEN_API_TOKEN_FILE ]]; then args+=(--token-file "$MUSICGEN_API_TOKEN_FILE"); fi
   # the plaintext password is removed after the first success; later runs check the 401 only
   if [[ -s $MUSICGEN_PAGE_PASSWORD_FILE ]]; then args+=(--password-file "$MUSICGEN_PAGE_PASSWORD_FILE"); fi
   python3 "$smoke" "${args[@]}" || die "the smoke request failed"
 }
 
-# The page's public address for the report: from the settings, else from the ECS metadata service.
-public_url() {
+# The proxy's own CA (TLS mode internal): clients trust it with --ca-bundle. Public, so 0644.
+export_ca() {
+  local tmp
+  tmp=$(mktemp)
+  local deadline=$((SECONDS + 120))
+  until compose cp proxy:/data/caddy/pki/authorities/local/root.crt "$tmp" >/dev/null 2>&1 && [[ -s $tmp ]]; do
+    ((SECONDS < deadline)) || { rm -f "$tmp"; die "the proxy's CA certificate did not appear (docker compose -p musicgen logs proxy)"; }
+    sleep 3
+  done
+  install -m 0644 "$tmp" "$MUSICGEN_ETC_DIR/ca.crt"
+  rm -f "$tmp"
+  log "the proxy's CA certificate: $MUSICGEN_ETC_DIR/ca.crt (give it to API clients: --ca-bundle)"
+}
+
+# The name the certificate is for: the setting, else the public IP (metadata service), else localhost.
+site_host() {
   local ip=""
-  if [[ -n $MUSICGEN_PUBLIC_URL ]]; then
-    printf '%s' "$MUSICGEN_PUBLIC_URL"
+  if [[ -n $MUSICGEN_SITE_HOST ]]; then
+    printf '%s' "$MUSICGEN_SITE_HOST"
     return 0
   fi
   if ((!DRY_RUN)); then
     ip=$(curl -fsS --max-time 3 http://100.100.100.200/latest/meta-data/public-ipv4 2>/dev/null || true)
   fi
-  if [[ $ip =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]]; then
-    printf 'http://%s/' "$ip"
+  if [[ $ip =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]]; then printf '%s' "$ip"; else printf 'localhost'; fi
+}
+
+# The page's public address for the report: from the settings, else https://<site host>/.
+public_url() {
+  if [[ -n $MUSICGEN_PUBLIC_URL ]]; then
+    printf '%s' "$MUSICGEN_PUBLIC_URL"
+  elif ((MUSICGEN_HTTPS_PORT == 443)); then
+    printf 'https://%s/' "$(site_host)"
   else
-    printf 'http://127.0.0.1:%s/' "$MUSICGEN_PAGE_PORT"
+    printf 'https://%s:%s/' "$(site_host)" "$MUSICGEN_HTTPS_PORT"
   fi
 }
 
@@ -612,11 +713,11 @@ step_finish() {
   local url
   url=$(public_url)
   if ((DRY_RUN)); then
-    plan "remove the plaintext page password file, mark $MUSICGEN_STATE_DIR/bootstrap.done, report SUCCESS ($url)"
+    plan "remove the plaintext page password and API token files, mark $MUSICGEN_STATE_DIR/bootstrap.done, report SUCCESS ($url)"
     notify_cloud SUCCESS "page ready" "$url"
     return 0
   fi
-  rm -f "$MUSICGEN_PAGE_PASSWORD_FILE"
+  rm -f "$MUSICGEN_PAGE_PASSWORD_FILE" "$MUSICGEN_API_TOKEN_FILE"
   mkdir -p "$MUSICGEN_STATE_DIR"
   rm -f "$MUSICGEN_STATE_DIR/driver-reboots"
   date -u +%Y-%m-%dT%H:%M:%SZ >"$MUSICGEN_STATE_DIR/bootstrap.done"

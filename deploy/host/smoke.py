@@ -7,17 +7,24 @@
 2. The page: through the proxy, an anonymous request must be refused (401) and the configured
    user with the password from --password-file must get the page (200); without a password file
    (a re-run after the first success removed it) only the refusal is checked.
+3. The API through the proxy: /v2/health/ready without a token must be refused (401); with the
+   token from --token-file it must answer 200.
+Over https the proxy is reached on loopback with the certificate's name (--server-name) as SNI
+and Host, verified against --ca-file (the proxy's own CA) or the system's trust store.
 
-Standard library only: it runs with the host's python3 (3.10 on Ubuntu 22.04). The password is
-read from a file and never printed. Exit 0 when every check passes, 1 otherwise.
+Standard library only: it runs with the host's python3 (3.10 on Ubuntu 22.04). The password and
+the token are read from files and never printed. Exit 0 when every check passes, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import functools
+import http.client
 import json
 import math
+import ssl
 import sys
 import time
 import urllib.error
@@ -38,10 +45,40 @@ class SmokeError(RuntimeError):
         self.permanent = permanent
 
 
+class _NamedTLSConnection(http.client.HTTPSConnection):
+    """HTTPS to an address (loopback) with another name for SNI and certificate verification."""
+
+    def __init__(self, host, server_name=None, **kw):
+        super().__init__(host, **kw)
+        self.server_name = server_name
+
+    def connect(self):
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.server_name or self.host)
+
+
+class _NamedTLSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, context, server_name):
+        super().__init__(context=context)
+        self.tls_context, self.server_name = context, server_name
+
+    def https_open(self, req):
+        return self.do_open(functools.partial(_NamedTLSConnection, server_name=self.server_name,
+                                              context=self.tls_context), req)
+
+
+TLS = {"context": None, "server_name": None}  # set from --ca-file / --server-name
+
+
 def _request(url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 30.0):
-    req = urllib.request.Request(url, data=body, headers=headers or {}, method="POST" if body is not None else "GET")
+    headers = dict(headers or {})
+    if url.startswith("https://") and TLS["server_name"]:
+        headers["Host"] = TLS["server_name"]
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST" if body is not None else "GET")
+    opener = urllib.request.build_opener(_NamedTLSHandler(TLS["context"] or ssl.create_default_context(),
+                                                          TLS["server_name"]))
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with opener.open(req, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -113,6 +150,20 @@ def check_page(base: str, user: str, password: str | None) -> str:
     return f"page refuses anonymous (401) and serves {user} (200)"
 
 
+def check_api(base: str, token: str | None) -> str:
+    status, _ = _request(f"{base}/v2/health/ready", timeout=15)
+    if status in (502, 503, 504):
+        raise SmokeError(f"the proxy answered {status} for the API: Triton or the token check is not up yet")
+    if status != 401:
+        raise SmokeError(f"the API answered {status} without a token: access control is not enforced", permanent=True)
+    if token is None:
+        return "API refuses requests without a token (401); no token file, token not tried"
+    status, _ = _request(f"{base}/v2/health/ready", headers={"Authorization": f"Bearer {token}"}, timeout=15)
+    if status != 200:
+        raise SmokeError(f"the API answered {status} with the deploy token", permanent=status == 401)
+    return "API refuses requests without a token (401) and serves the deploy token (200)"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--triton", default="http://127.0.0.1:8000", help="Triton HTTP base URL")
@@ -120,9 +171,14 @@ def main(argv=None) -> int:
     ap.add_argument("--user", default="musicgen")
     ap.add_argument("--password-file", default=None,
                     help="file holding the page password (first line); without it only the 401 is checked")
+    ap.add_argument("--token-file", default=None, help="file holding an API token (first line)")
+    ap.add_argument("--ca-file", default=None, help="CA certificate(s) for the proxy's https (default: system store)")
+    ap.add_argument("--server-name", default=None, help="the certificate's name, sent as SNI and Host")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds to keep retrying")
     ap.add_argument("--interval", type=float, default=10.0, help="seconds between tries")
     args = ap.parse_args(argv)
+    TLS["context"] = ssl.create_default_context(cafile=args.ca_file) if args.ca_file else None
+    TLS["server_name"] = args.server_name
 
     deadline = time.monotonic() + args.timeout
     last = None
@@ -135,6 +191,11 @@ def main(argv=None) -> int:
                     with open(args.password_file, encoding="utf-8") as f:
                         password = f.readline().rstrip("\r\n")
                 print("page: " + check_page(args.page.rstrip("/"), args.user, password), flush=True)
+                token = None
+                if args.token_file:
+                    with open(args.token_file, encoding="utf-8") as f:
+                        token = f.readline().strip()
+                print("api: " + check_api(args.page.rstrip("/"), token), flush=True)
             print("smoke: OK", flush=True)
             return 0
         except (SmokeError, OSError) as exc:

@@ -119,7 +119,7 @@ variable "checkpoint" {
 }
 
 variable "page_access_cidr" {
-  description = "The only IPv4 CIDR that reaches the page (port 80), e.g. 203.0.113.7/32."
+  description = "The only IPv4 CIDR that reaches HTTPS (443: page and API) and its redirect (80), e.g. 203.0.113.7/32."
   type        = string
 
   validation {
@@ -136,6 +136,28 @@ variable "page_password" {
   validation {
     condition     = can(regex("^[!-~]{10,64}$", var.page_password))
     error_message = "page_password must be 10-64 printable ASCII characters without spaces."
+  }
+}
+
+variable "api_token" {
+  description = "Bearer token of the HTTP/gRPC API, separate from the page password: 32-128 of letters, digits, _ and - (e.g. openssl rand -hex 32). Stored on the host only as a SHA-256 hash."
+  type        = string
+  sensitive   = true
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_-]{32,128}$", var.api_token))
+    error_message = "api_token must be 32-128 letters, digits, '_' or '-'."
+  }
+}
+
+variable "domain_name" {
+  description = "Optional DNS name pointing at the instance's public IP: the proxy gets a public certificate for it (ACME). Empty: a certificate from the host's own CA for its public IP."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.domain_name == "" || can(regex("^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]{2,63}$", var.domain_name))
+    error_message = "domain_name must be empty or a lowercase DNS name."
   }
 }
 

@@ -200,7 +200,7 @@ def test_page_auth_writes_a_root_only_bcrypt_hash_and_logs_no_password(htpasswd)
     auth = host.etc / "page-auth.caddy"
     assert oct(auth.stat().st_mode & 0o777) == "0o600"
     text = auth.read_text()
-    m = re.fullmatch(r"basic_auth \{\n\tmusicgen (\$2y\$12\$\S{53})\n\}\n", text)
+    m = re.fullmatch(r"basicauth \{\n\tmusicgen (\$2y\$12\$\S{53})\n\}\n", text)
     assert m, text
     assert bcrypt.checkpw(PASSWORD.encode(), m.group(1).replace("$2y$", "$2b$", 1).encode())
     assert not bcrypt.checkpw(b"wrong-password", m.group(1).replace("$2y$", "$2b$", 1).encode())

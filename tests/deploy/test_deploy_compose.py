@@ -23,11 +23,12 @@ def test_caddyfile_passes():
     assert compose.check_caddyfile((DEPLOY_DIR / "docker" / "Caddyfile").read_text()) == []
 
 
-def test_only_the_page_is_published(doc):
+def test_only_the_proxy_is_published(doc):
     pub = {name: compose.published(svc) for name, svc in doc["services"].items()}
-    assert pub["proxy"] == [("0.0.0.0", "80", "80")]
+    assert sorted(pub["proxy"]) == [("0.0.0.0", "443", "443"), ("0.0.0.0", "80", "80")]
     assert {p[0] for p in pub["triton"]} == {"127.0.0.1"} and {p[2] for p in pub["triton"]} == {"8000", "8001", "8002"}
-    assert pub["ui"] == [] and pub["export"] == []
+    assert pub["ui"] == [] and pub["export"] == [] and pub["auth"] == [] and pub["grafana"] == []
+    assert pub["prometheus"] == [("127.0.0.1", "9090", "9090")]
 
 
 MUTATIONS = [
@@ -43,7 +44,16 @@ MUTATIONS = [
     (lambda d: d["services"]["ui"].update(depends_on=["triton"]), "must wait for a healthy triton"),
     (lambda d: d["services"]["ui"].update(ports=["8501:8501"]), "ui publishes port 8501"),
     (lambda d: d["services"]["ui"]["environment"].update(MUSICGEN_TRITON_URL="localhost:8001"), "MUSICGEN_TRITON_URL"),
-    (lambda d: d["services"]["proxy"]["ports"].append("443:443"), "proxy publishes 0.0.0.0:443->443"),
+    (lambda d: d["services"]["proxy"]["ports"].append("8443:443"), "proxy publishes 0.0.0.0:8443->443"),
+    (lambda d: d["services"]["proxy"]["ports"].append("8000:8000"), "proxy publishes 0.0.0.0:8000->8000"),
+    (lambda d: d["services"]["proxy"]["ports"].pop(0), "proxy: must publish 443 and 80"),
+    (lambda d: d["services"]["proxy"]["depends_on"].pop("auth"), "must wait for a healthy auth"),
+    (lambda d: d["services"]["auth"].update(volumes=["./auth/token_auth.py:/app/token_auth.py:ro"]), "must mount the API token hashes"),
+    (lambda d: d["services"]["auth"].update(ports=["9100:9100"]), "auth publishes port 9100"),
+    (lambda d: d["services"]["auth"].pop("healthcheck"), "auth: needs a healthcheck"),
+    (lambda d: d["services"]["grafana"].pop("profiles"), "grafana: must be behind the 'monitoring' profile"),
+    (lambda d: d["services"]["prometheus"].update(ports=["9090:9090"]), "prometheus publishes port 9090 on 0.0.0.0"),
+    (lambda d: d["services"]["auth"].update(environment={"API_TOKEN": "x"}), "looks like a secret"),
     (lambda d: d["services"]["proxy"].update(volumes=["./docker/Caddyfile:/etc/caddy/Caddyfile:ro"]), "must mount the page auth file"),
     (lambda d: d["services"]["proxy"].pop("depends_on"), "proxy: must wait for a healthy ui"),
     (lambda d: d["services"]["ui"]["environment"].update(PAGE_PASSWORD="x"), "looks like a secret"),
@@ -66,11 +76,22 @@ def test_checker_catches(doc, mutate, expected):
     assert any(expected in f for f in findings), f"{expected!r} not in {findings}"
 
 
+PAGE_IMPORT = "\t\timport {$MUSICGEN_PAGE_AUTH_FILE:/etc/caddy/auth.caddy}\n"
 CADDY_MUTATIONS = [
-    ("\t\timport /etc/caddy/auth.caddy\n", "", "must import the basic_auth file"),
-    ("\thandle /healthz {\n\t\trespond \"ok\" 200\n\t}", "\thandle /healthz {\n\t\treverse_proxy ui:8501\n\t}", "/healthz must not proxy"),
-    (":80 {", ":80 {\n\tlog", "no access log"),
-    ("reverse_proxy ui:8501", "reverse_proxy triton:8000", "must proxy to ui:8501"),
+    (PAGE_IMPORT, "", "must import the basic_auth file"),
+    (PAGE_IMPORT, "", "route (page) must require exactly one"),
+    ("\t\timport api_token\n", "", "must require an API token"),
+    ("\t\timport api_token\n", PAGE_IMPORT, "must require an API token"),
+    ("\t\timport api_token\n", "\t\timport api_token\n" + PAGE_IMPORT, "exactly one of the page password"),
+    ("\t\t\theader_up -Authorization\n", "", "must strip the token"),
+    ("\timport tls_{$MUSICGEN_TLS_MODE:internal}", "\ttls off", "pick its TLS"),
+    ("\tadmin off\n", "\tadmin off\n\tauto_https off\n", "automatic HTTPS and its port-80 redirect"),
+    ("https_port {$MUSICGEN_HTTPS_PORT:443}", "https_port 8443", "served on HTTPS port 443"),
+    ("# unauthenticated liveness", ":80 {\n\trespond ok\n}\n# unauthenticated liveness", "port 80 must only redirect"),
+    ("\timport tls_{$MUSICGEN_TLS_MODE:internal}\n", "\timport tls_{$MUSICGEN_TLS_MODE:internal}\n\tlog\n", "no access log"),
+    ("reverse_proxy {$MUSICGEN_UI_UPSTREAM:ui:8501}", "reverse_proxy triton:8000", "must proxy the page to ui:8501"),
+    ("uri /check", "uri /", "forward_auth to auth:9100/check"),
+    ("h2c://{$MUSICGEN_TRITON_GRPC:triton:8001}", "{$MUSICGEN_TRITON_GRPC:triton:8001}", "over h2c"),
 ]
 
 
@@ -78,7 +99,7 @@ CADDY_MUTATIONS = [
 def test_caddy_checker_catches(old, new, expected):
     text = (DEPLOY_DIR / "docker" / "Caddyfile").read_text()
     assert old in text
-    findings = compose.check_caddyfile(text.replace(old, new, 1))
+    findings = compose.check_caddyfile(text.replace(old, new))
     assert any(expected in f for f in findings), f"{expected!r} not in {findings}"
 
 

@@ -121,12 +121,51 @@ def _unknown_setting(d):
 
 def _raw_password_in_script(d):
     cc = d["Resources"]["RunBootstrap"]["Properties"]["CommandContent"]["Fn::Sub"]
-    cc[0] = cc[0].replace("echo '${PagePasswordB64}' | base64 -d", "echo '${PagePassword}' | tee")
+    cc[0] = cc[0].replace("cat >", "echo '${PagePassword}' >/etc/musicgen/page-password\ncat >", 1)
+
+
+def _base64_password_in_script(d):  # what the template did before the secrets moved to OOS
+    cc = d["Resources"]["RunBootstrap"]["Properties"]["CommandContent"]["Fn::Sub"]
+    cc[0] = cc[0].replace("cat >", "echo '${PagePasswordB64}' | base64 -d >/etc/musicgen/page-password\ncat >", 1)
+    cc[1]["PagePasswordB64"] = {"Fn::Base64Encode": {"Ref": "PagePassword"}}
+
+
+def _token_value_in_script(d):
+    cc = d["Resources"]["RunBootstrap"]["Properties"]["CommandContent"]["Fn::Sub"]
+    cc[1]["ApiTokenSecretName"] = {"Fn::GetAtt": ["ApiTokenSecret", "Value"]}
+
+
+def _token_in_user_data(d):
+    d["Resources"]["InstanceGroup"]["Properties"]["UserData"] = {"Fn::Sub": "#!/bin/sh\necho ${ApiToken} >/t"}
+
+
+def _token_not_a_secret_parameter(d):
+    del d["Resources"]["ApiTokenSecret"]
+    cc = d["Resources"]["RunBootstrap"]["Properties"]["CommandContent"]["Fn::Sub"]
+    cc[1]["ApiTokenSecretName"] = "x"
+
+
+def _role_reads_everything(d):
+    st = d["Resources"]["InstanceRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0]
+    st["Resource"] = ["acs:oos:*:*:secretparameter/*"]
+
+
+def _role_may_write(d):
+    st = d["Resources"]["InstanceRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0]
+    st["Action"].append("oos:UpdateSecretParameter")
+
+
+def _no_role(d):
+    del d["Resources"]["InstanceGroup"]["Properties"]["RamRoleName"]
+
+
+def _no_https(d):
+    d["Resources"]["SecurityGroup"]["Properties"]["SecurityGroupIngress"].pop(0)
 
 
 def _printed_secret(d):
     cc = d["Resources"]["RunBootstrap"]["Properties"]["CommandContent"]["Fn::Sub"]
-    cc[0] = cc[0].replace('echo "musicgen: bootstrap started', 'echo "${PagePasswordB64}"\necho "musicgen: bootstrap started')
+    cc[0] = cc[0].replace('echo "musicgen: bootstrap started', 'echo "${NotifyB64}"\necho "musicgen: bootstrap started')
 
 
 def _traced(d):
@@ -135,7 +174,11 @@ def _traced(d):
 
 
 def _endpoint_port(d):
-    d["Outputs"]["Endpoint"]["Value"]["Fn::Sub"][0] = "http://${PublicIp}:8000/"
+    d["Outputs"]["Endpoint"]["Value"]["Fn::Sub"][0] = "https://${SiteHost}:8000/"
+
+
+def _endpoint_plain_http(d):
+    d["Outputs"]["Endpoint"]["Value"]["Fn::Sub"][0] = "http://${SiteHost}/"
 
 
 def _output_secret(d):
@@ -187,10 +230,19 @@ MUTATIONS = [
     (_loose_type_pattern, "EcsInstanceType pattern admits ecs.g7.large"),
     (_weak_password_rule, "InstancePassword rule"),
     (_unknown_setting, "deploy.env key MUSICGEN_TYPO is unknown to bootstrap.sh"),
-    (_raw_password_in_script, "base64-encoded"),
+    (_raw_password_in_script, "secret PagePassword is substituted into CommandContent"),
+    (_base64_password_in_script, "secret PagePassword is substituted into CommandContent"),
+    (_token_value_in_script, "only the secret's Name may travel"),
+    (_token_in_user_data, "secret ApiToken is in UserData"),
+    (_token_not_a_secret_parameter, "ApiToken must be the Value of an ALIYUN::OOS::SecretParameter"),
+    (_role_reads_everything, "not one of the template's secret parameters"),
+    (_role_may_write, "oos:UpdateSecretParameter is more than reading"),
+    (_no_role, "RamRoleName must be the RoleName"),
+    (_no_https, "no ingress rule for 443/443"),
     (_printed_secret, "a secret may only be decoded into a file"),
     (_traced, "must not trace"),
-    (_endpoint_port, "must be http:// on the page port 80"),
+    (_endpoint_port, "must be https:// on port 443"),
+    (_endpoint_plain_http, "must be https:// on port 443"),
     (_output_secret, "Outputs expose the NoEcho parameter PagePassword"),
     (_no_region_rule, "RegionId is the stack's region"),
     (_bad_depends, "DependsOn 'RunBootstrapp' is not a resource"),

@@ -1,13 +1,16 @@
-"""Continuous-batching LM engine: text states + sampling parameters -> audio codes (streamed progress)."""
+"""The LM engine: the one instance that holds the LM graphs and batches every in-flight request step by
+step (continuous batching); text states + sampling parameters (+ melody) -> audio codes, progress streamed."""
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from musicgen_runtime import chroma, delay, manifest, triton_io
-from musicgen_runtime.lm import FEW_ROWS, LanguageModel
-from musicgen_runtime.melody_lm import MelodyLanguageModel, is_melody
+from musicgen_runtime.engine_metrics import EngineMetrics
+from musicgen_runtime.lm import GenerationRequest
 from musicgen_runtime.scheduler import Job, Scheduler
+from musicgen_runtime.step_graph import BLOCKWISE_INT8_MAX_ROWS
 from musicgen_runtime.validation import ValidationError, validate_params
+from musicgen_runtime.variants import open_language_model
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -17,7 +20,6 @@ class TritonPythonModel:
         d = triton_io.model_dir(args)
         params = triton_io.parameters(args)
         man = manifest.read(d)
-        self.melody = is_melody(man)
         dims = manifest.dims(man)
         limit = (dims.max_positions - 1 - dims.num_codebooks) / dims.frame_rate
         self.max_duration = min(float(params.get("max_duration") or 30), limit)
@@ -25,29 +27,18 @@ class TritonPythonModel:
         # the KV cache is sized once: every request's rows (CFG: 2) at the longest duration
         steps = delay.num_steps(delay.frames_for_duration(self.max_duration, dims.frame_rate),
                                 dims.num_codebooks, dims.audio_channels)
-        model = MelodyLanguageModel if self.melody else LanguageModel
-        # few_rows: steps of up to this many rows run an int8 export's blockwise graph (0: never load it)
-        self.lm = model(d, device=triton_io.device(args), max_rows=2 * max_active, max_steps=steps,
-                        few_rows=int(params.get("few_rows") or FEW_ROWS))
+        # steps of up to this many rows run an int8 export's blockwise-int8 step graph (0: never load it)
+        blockwise = int(params.get("blockwise_int8_max_rows") or BLOCKWISE_INT8_MAX_ROWS)
+        self.lm = open_language_model(d, device=triton_io.device(args), max_rows=2 * max_active, max_steps=steps,
+                                      blockwise_int8_max_rows=blockwise)
         self.dims = self.lm.dims
         c = self.lm.cache
         print(f"lm_engine: KV cache {c.max_rows} rows x {c.capacity} positions, {c.nbytes / 2**30:.2f} GiB "
               f"({'allocated on the GPU' if c.device == 'cuda' else 'reserved; pages used as written'})", flush=True)
         self.max_melody_samples = int(float(params.get("max_melody_seconds") or 60) * 48000 * 2)
-        # the metrics exist before the scheduler starts: its thread reports at once
-        self._reported = {}
-        # Prometheus metrics of the engine, next to Triton's own on the metrics endpoint
-        self._families = [
-            pb_utils.MetricFamily("musicgen_lm_requests_in_flight", "requests queued or generating",
-                                  pb_utils.MetricFamily.GAUGE),
-            pb_utils.MetricFamily("musicgen_lm_requests_finished_total", "requests ended, by outcome",
-                                  pb_utils.MetricFamily.COUNTER),
-            pb_utils.MetricFamily("musicgen_lm_frames_total", "audio frames generated", pb_utils.MetricFamily.COUNTER),
-        ]
-        self.in_flight = self._families[0].Metric(labels={})
-        self.outcome = {k: self._families[1].Metric(labels={"outcome": k}) for k in ("ok", "error", "cancelled")}
-        self.frames = self._families[2].Metric(labels={})
-        self.scheduler = Scheduler(self.lm, max_active=max_active, on_report=self._report)
+        # the metrics exist before the scheduler starts: its thread reports at once (engine thread only)
+        self.metrics = EngineMetrics(pb_utils, self.dims.frame_rate)
+        self.scheduler = Scheduler(self.lm, max_active=max_active, on_report=self.metrics.report)
 
     def execute(self, requests):
         for request in requests:
@@ -67,15 +58,6 @@ class TritonPythonModel:
             self.scheduler.submit(job)
         return None
 
-    def _report(self, stats):
-        """Runs on the engine thread only (see Scheduler): gauge set, counters advanced by their deltas."""
-        self.in_flight.set(stats["in_flight"])
-        for key, metric in [*self.outcome.items(), ("frames", self.frames)]:
-            delta = stats[key] - self._reported.get(key, 0)
-            if delta:
-                metric.increment(delta)
-        self._reported = stats
-
     def _job(self, request, sender):
         get = lambda n: triton_io.scalar(pb_utils, request, n)  # noqa: E731
         p = validate_params(triton_io.scalar(pb_utils, request, "duration", required=True), *(get(n) for n in triton_io.PARAM_NAMES),
@@ -86,13 +68,10 @@ class TritonPythonModel:
             raise ValidationError(f"encoder_hidden_states must be [T, {self.dims.hidden_size}] with a [T] mask")
         frames = delay.frames_for_duration(p.duration, self.dims.frame_rate)
         melody = self._melody(request)
-        if self.melody:
-            limit = self.lm.max_frames(int(mask.sum()))
-            if frames > limit:
-                raise ValidationError(f"duration too long for this prompt: at most {limit / self.dims.frame_rate:.1f} s")
-            seq = self.lm.prepare(states, mask, melody, p, frames)
-        else:
-            seq = self.lm.prepare(states, mask, p, frames)
+        limit = self.lm.max_frames(int(mask.sum()))
+        if frames > limit:
+            raise ValidationError(f"duration too long for this prompt: at most {limit / self.dims.frame_rate:.1f} s")
+        seq = self.lm.prepare(GenerationRequest(states, mask, p, frames, chroma=melody))
         every = int(get("progress_every") or 0)
 
         def respond(event, s, codes=None):
@@ -119,7 +98,7 @@ class TritonPythonModel:
         t = pb_utils.get_input_tensor_by_name(request, "melody")
         if t is None:
             return None
-        if not self.melody:
+        if self.lm.chroma_config is None:
             raise ValidationError(f"this model ({self.lm.manifest.get('source')}, a text-only MusicGen) does not "
                                   "take a melody: send the prompt alone, or serve a MusicGen-Melody checkpoint")
         rate = triton_io.scalar(pb_utils, request, "melody_sample_rate")

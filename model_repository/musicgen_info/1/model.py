@@ -1,4 +1,4 @@
-"""Returns the export manifest (JSON) staged next to this model by the export."""
+"""Returns the export manifest (JSON) staged next to this model by the export, without server paths."""
 
 import json
 
@@ -10,7 +10,7 @@ from musicgen_runtime import manifest, triton_io
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.text = json.dumps(manifest.read(triton_io.model_dir(args))).encode()
+        self.text = json.dumps(manifest.public(manifest.read(triton_io.model_dir(args)))).encode()
 
     def execute(self, requests):
         out = pb_utils.Tensor("manifest", np.array([self.text], dtype=object))

@@ -1,4 +1,5 @@
-"""Unary front of lm_engine: one request in, its final codes out (BLS, decoupled call)."""
+"""musicgen_lm: the ensemble's LM stage, a thin unary front of lm_engine (which generates): one request in,
+its final codes out (BLS, decoupled call)."""
 
 import triton_python_backend_utils as pb_utils
 

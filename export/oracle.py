@@ -1,0 +1,92 @@
+"""The greedy oracle: requests run through the runtime (the code the server runs: tokenizer, text
+encoder, LM loop with delay pattern and CFG, codec), all batched together, each compared token for
+token with transformers' `generate(do_sample=False)` run alone. A variant supplies the runs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from musicgen_runtime import chroma as chroma_mod, delay
+from musicgen_runtime.lm import GenerationRequest
+from musicgen_runtime.validation import GenerationParams
+
+from .parity import PROMPTS, error_stats, hf_greedy_codes
+from .signals import synth_melody
+
+
+@dataclass
+class OracleRun:
+    prompt: str
+    guidance_scale: float = 3.0
+    chroma: np.ndarray | None = None  # melody features [Tc, num_chroma]
+    label: dict = field(default_factory=dict)  # what the report says about this run
+
+
+@dataclass
+class Oracle:
+    runs: list[OracleRun]
+    checks: Callable[[list], dict] = lambda gens: {}  # extra checks on the finished generations
+
+
+def text_oracle(lm) -> Oracle:
+    """Both prompts, with guidance."""
+    return Oracle([OracleRun(p) for p in PROMPTS])
+
+
+def melody_oracle(lm) -> Oracle:
+    """Melodies (looped: shorter than the chroma window; cut: longer) and text only, with and without guidance."""
+    cfg, L = lm.chroma_config, lm.chroma_length
+    hop_s = cfg.hop_length / cfg.sample_rate
+    melodies = {
+        "stereo 44.1 kHz, shorter than the chroma window (looped)":
+            (synth_melody(max(1.0, 0.5 * L * hop_s), 44100, 2, seed=1), 44100),
+        "mono 22.05 kHz, longer than the chroma window (truncated)":
+            (synth_melody(min(cfg.chunk_length, 1.5 * L * hop_s + 1), 22050, 1, seed=2)[0], 22050),
+    }
+    chromas = {name: chroma_mod.chroma(w, sr, cfg) for name, (w, sr) in melodies.items()}
+    looped, cut = list(chromas)
+
+    def run(prompt, mel, g):
+        ch = chromas[mel] if mel else None
+        return OracleRun(prompt, g, ch, {"melody": mel or "none (text only)",
+                                         "chroma_frames": int(ch.shape[0]) if mel else 0})
+
+    runs = [run(PROMPTS[0], looped, 3.0), run(PROMPTS[1], cut, 3.0), run(PROMPTS[1], None, 3.0),
+            run(PROMPTS[0], None, 3.0), run(PROMPTS[0], cut, 1.0)]
+    # informative: the conditioning reaches the tokens (same prompt, melody vs text only)
+    return Oracle(runs, lambda gens: {"melody_changes_codes": bool(not np.array_equal(gens[0].codes(),
+                                                                                      gens[3].codes()))})
+
+
+def greedy_oracle(oracle: Oracle, lm, tokenizer, encoder, codec, model, hf_tokenizer, steps: int) -> dict:
+    """Every run batched together in our loop, each alone in transformers; {"runs": [...], "checks": {...}}."""
+    dims = lm.dims
+    frames = steps - int(delay.delays(dims.num_codebooks, dims.audio_channels).max())
+    gens, t0 = [], time.time()
+    for r in oracle.runs:
+        ids, mask = tokenizer.encode([r.prompt])
+        params = GenerationParams(duration=1, top_k=1, seed=0, guidance_scale=r.guidance_scale)
+        gens.append(lm.prepare(GenerationRequest(encoder(ids, mask)[0], mask[0], params, frames, chroma=r.chroma)))
+    lm.run_together(gens)
+    ours_s = time.time() - t0
+    out = []
+    for r, gen in zip(oracle.runs, gens):
+        t1 = time.time()
+        ref_codes, ref_wave = hf_greedy_codes(model, hf_tokenizer, r.prompt, steps, r.guidance_scale, r.chroma)
+        our_codes = gen.codes()
+        agree = float((our_codes == ref_codes).mean()) if our_codes.shape == ref_codes.shape else 0.0
+        entry = {"prompt": r.prompt, **r.label, "guidance_scale": r.guidance_scale, "prefix_len": gen.prefix_len,
+                 "frames": frames, "token_agreement": agree, "identical": bool(agree == 1.0),
+                 "hf_seconds": round(time.time() - t1, 2)}
+        if gen.error is not None:
+            entry["error"] = str(gen.error)
+        ch = dims.audio_channels
+        wave = np.concatenate([codec(our_codes[None, c::ch])[0] for c in range(ch)])
+        if wave.shape == ref_wave.shape:
+            entry["audio"] = error_stats(wave, ref_wave)
+        out.append(entry)
+    return {"runs": out, "ours_seconds_all": round(ours_s, 2), "checks": oracle.checks(gens)}

@@ -1,0 +1,118 @@
+"""Verification building blocks: error measures, per-graph parity against the PyTorch model, causality,
+and transformers' greedy generation (the oracle's reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+PROMPTS = ["lofi hip hop beat with mellow piano", "90s rock song with loud guitars and heavy drums, energetic"]
+FP32_TOL = 1e-3  # max abs error allowed for fp32 graphs (seen: ~1e-6)
+REDUCED_TOL = {"fp16": 0.01, "int8": 0.10}  # logits rel-L2 vs fp32 PyTorch (measured on random weights)
+STEP_GRAPHS = ("decoder_step", "decoder_step_blockwise_int8")  # report keys of the LM step graphs
+
+
+def error_stats(a: np.ndarray, b: np.ndarray) -> dict:
+    """Max abs, max relative and relative-L2 error of `a` against the reference `b`."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    diff = np.abs(a - b)
+    return {"max_abs": float(diff.max()), "max_rel": float(diff.max() / max(np.abs(b).max(), 1e-12)),
+            "rel_l2": float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)), "shape": list(a.shape)}
+
+
+def topk_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Mean fraction of the top-k ids of `b` (reference logits) also in the top-k of `a`, over all rows."""
+    a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    k = min(k, a2.shape[-1])
+    ta = np.argpartition(-a2, k - 1, axis=-1)[:, :k]
+    tb = np.argpartition(-b2, k - 1, axis=-1)[:, :k]
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(ta, tb)]))
+
+
+def text_encoder_parity(model, enc, rng) -> dict:
+    """text_encoder graph vs T5 + projection at batch 3, 11 tokens, one row padded (export example: 2 x 7)."""
+    import torch
+
+    ids = rng.integers(3, 100, (3, 11))
+    mask = np.ones((3, 11), np.int64)
+    mask[2, 6:] = 0
+    with torch.no_grad():
+        out = model.text_encoder(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
+        if getattr(model, "enc_to_dec_proj", None) is not None:
+            out = model.enc_to_dec_proj(out)
+        ref_states = (out * torch.tensor(mask)[..., None]).numpy()
+    return error_stats(enc(ids, mask), ref_states)
+
+
+def codec_parity(model, dec, dims, rng) -> dict:
+    """audio_decoder graph vs EnCodec at batch 1, 13 frames (export example: batch 2, 10 frames)."""
+    import torch
+
+    codes = rng.integers(0, dims.vocab_size, (1, dims.num_codebooks // dims.audio_channels, 13))
+    with torch.no_grad():
+        ref_audio = model.audio_encoder.decode(torch.tensor(codes)[None], [None]).audio_values.numpy()
+    return error_stats(dec(codes), ref_audio)
+
+
+def step_graphs_parity(lm, run, ref, report: dict) -> np.ndarray:
+    """Logits of `run()` (steps of 2 rows) vs `ref` for the main step graph, and for an int8 export's
+    blockwise-int8 graph too (it runs such steps in service). Returns the main graph's logits."""
+    step = lm.decoder
+    max_rows, step.blockwise_int8_max_rows = step.blockwise_int8_max_rows, 0  # the main graph first, even at 2 rows
+    try:
+        ours = run()
+    finally:
+        step.blockwise_int8_max_rows = max_rows
+    report["graphs"]["decoder_step"] = error_stats(ours, ref)
+    if step.blockwise_int8_sess is not None:
+        blockwise = run()
+        report["graphs"]["decoder_step_blockwise_int8"] = error_stats(blockwise, ref)
+        report["checks"]["top250_overlap_blockwise_int8"] = topk_overlap(blockwise, ref, 250)
+    return ours
+
+
+def reduced_graphs_ok(report: dict, bound: float) -> bool:
+    """Reduced precision: every step graph's logits within rel-L2 `bound` of fp32 PyTorch."""
+    return all(report["graphs"][g]["rel_l2"] < bound for g in STEP_GRAPHS if g in report["graphs"])
+
+
+def causality(full, changed, ref, precision: str) -> dict:
+    """Logits [.., positions, V] of one block before/after changing its last token: earlier positions must not move.
+
+    Dynamic int8 quantizes activations with one scale per tensor, so earlier positions move by
+    quantization noise; allowed: twice that graph's own error against fp32 PyTorch (`ref`) at those
+    positions. A causality bug moves them by the size of the logits' response to the token instead.
+    """
+    change = float(np.abs(full[..., :-1, :] - changed[..., :-1, :]).max())
+    noise = float(np.abs(full[..., :-1, :] - ref[..., :-1, :]).max())
+    allowed = 0.0 if precision in ("fp32", "fp16") else 2.0 * noise
+    return {"causal_max_change": change, "causal_allowed": allowed, "causal": bool(change <= allowed)}
+
+
+def hf_greedy_codes(model, tokenizer, prompt: str, steps: int, guidance: float = 3.0, chroma=None):
+    """Codes [K, frames] and audio that transformers' generate decodes (recorded at audio_encoder.decode).
+
+    `chroma` [frames, 12]: the melody features of a MusicGen-Melody model (None: text only).
+    """
+    import torch
+
+    rec = []
+    orig = model.audio_encoder.decode
+
+    def recording(codes, *a, **k):
+        rec.append(codes.detach().clone())
+        return orig(codes, *a, **k)
+
+    model.audio_encoder.decode = recording
+    try:
+        inp = dict(tokenizer([prompt], return_tensors="pt"))
+        if chroma is not None:
+            inp["input_features"] = torch.tensor(chroma, dtype=torch.float32)[None]
+        with torch.no_grad():
+            audio = model.generate(**inp, do_sample=False, guidance_scale=guidance, max_new_tokens=steps)
+    finally:
+        del model.audio_encoder.decode
+    if len(rec) == 2:  # stereo: even codebooks decoded first, then the odd ones
+        full = torch.empty(rec[0].shape[:2] + (2 * rec[0].shape[2],) + rec[0].shape[3:], dtype=rec[0].dtype)
+        full[:, :, 0::2], full[:, :, 1::2] = rec[0], rec[1]
+        rec = [full]
+    return rec[0][0, 0].numpy(), audio[0].numpy()

@@ -1,0 +1,55 @@
+"""Helper processes of the integration tests (Caddy, Prometheus, the token check, Streamlit):
+started in their own session with their output in a log, waited for by a probe, always stopped."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+SETUP = Path(__file__).resolve().parent / "secure_api_setup.sh"
+
+
+def install_debian_tools() -> None:
+    """Debian's caddy and prometheus (+ promtool), installed by tests/secure_api_setup.sh when missing."""
+    r = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900, check=False)
+    assert r.returncode == 0, f"installing caddy/prometheus failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+
+
+class LocalProcs:
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, cmd, log: Path, **kw) -> subprocess.Popen:
+        with open(log, "wb") as f:
+            p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.terminate()
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+        self.procs.clear()
+
+
+def wait_for(what: str, probe, proc: subprocess.Popen, log: Path, timeout: float = 60.0):
+    """probe()'s first truthy value (OSError counts as not yet); fails with the log's tail if the
+    process exits or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = probe()
+            if value:
+                return value
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{what} did not come up:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
