@@ -102,7 +102,8 @@ def page_texts(at: AppTest) -> list[str]:
     for node in at._tree:
         if getattr(node, "proto", None) is not None:
             walk(node.proto)
-    return [t for t in out if t.strip()]
+    hidden = re.compile(r"<\w+ [^>]*\bhidden\b")  # elements the browser does not show (a test's record)
+    return [t for t in out if t.strip() and not hidden.match(t)]
 
 
 def leftover_english(text: str, prompt: str) -> list[str]:
