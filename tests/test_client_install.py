@@ -86,3 +86,20 @@ def test_client_install_generates_the_same_clip(client_venv, triton, tmp_path):
     ref.save(full, normalize="loudness")
     expected, _ = audio_io.read_audio(full)
     assert np.abs(light - expected).max() <= 2.0 / 32768  # 16-bit PCM: at most a rounding step apart
+
+
+def test_page_install_resolves_without_server_runtime_or_test_tools(client_venv, tmp_path):
+    """`.[ui]` (what the UI image installs) resolves to streamlit on numpy 2 with no onnxruntime,
+    tokenizers, selenium, pytest or torch (pip's dry run: resolved, not installed)."""
+    import json
+
+    report = tmp_path / "ui-report.json"
+    p = _run([client_venv / "bin" / "python", "-m", "pip", "install", "--disable-pip-version-check", "--dry-run",
+              "--ignore-installed", "--report", report, f"{client_venv.parent / 'src'}[ui]"],
+             timeout=PIP_TIMEOUT, env=_venv_env(), cwd=tmp_path)
+    assert p.returncode == 0, f"pip could not resolve .[ui]:\n{p.stderr[-3000:]}"
+    resolved = {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"]
+                for item in json.loads(report.read_text())["install"]}
+    assert {"streamlit", "matplotlib", "tritonclient", "soundfile"} <= set(resolved), sorted(resolved)
+    assert not {"onnxruntime", "tokenizers", "selenium", "pytest", "torch"} & set(resolved), sorted(resolved)
+    assert int(resolved["numpy"].split(".")[0]) >= 2, resolved["numpy"]
