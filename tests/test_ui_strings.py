@@ -152,6 +152,12 @@ def test_page_in_chinese_has_no_english_left(monkeypatch, triton):
     left = {t: leftover_english(t, prompt) for t in texts}
     left = {t: w for t, w in left.items() if w}
     assert not left, f"English left on the Chinese page: {left}"
+    # an example is listed by its Chinese description and fills the box with its English prompt
+    example = at.selectbox(key="example")
+    assert example.options == [zh for _, zh in strings.EXAMPLES]
+    example.select(strings.EXAMPLES[2][0]).run()
+    assert at.text_area(key="prompt").value == strings.EXAMPLES[2][0]
+    assert not at.warning  # an English prompt: no warning any more
 
 
 def test_page_in_english_has_no_chinese_and_the_switch_sticks(monkeypatch, triton):
