@@ -19,7 +19,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[export,serve,client,test,deploy,bench,ui]'
+	$(BIN)/pip install -q -e '.[runtime,export,serve,client,ui,test,deploy,bench]'
 	touch $(STAMP)
 
 # Export a checkpoint (HF dir, hub id or preset) into the model repository.

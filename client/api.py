@@ -21,6 +21,7 @@ import math
 import queue
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -33,7 +34,7 @@ try:
 except ImportError:  # pragma: no cover - without the client extra; _module() says so when used
     InferenceServerClientPlugin = None
 
-from musicgen_runtime import audio_io
+from musicgen_runtime import audio_io, prompt_language
 from musicgen_runtime.validation import (
     DEFAULT_MAX_DURATION,
     GenerationParams,
@@ -345,13 +346,17 @@ class MusicGenClient:
 
     def validate(self, prompt, duration, top_k=None, top_p=None, temperature=None, guidance_scale=None,
                  seed=None) -> tuple[str, GenerationParams]:
-        """The cleaned prompt and parameters, or InvalidParameter naming the bad one."""
+        """The cleaned prompt and parameters, or InvalidParameter naming the bad one. A prompt with CJK
+        characters gives a :class:`musicgen_runtime.prompt_language.PromptLanguageWarning`."""
         try:
             text = validate_prompt(prompt)
             params = validate_params(duration, top_k, top_p, temperature, guidance_scale, seed,
                                      max_duration=self.max_duration)
         except ValidationError as exc:
             raise InvalidParameter(f"invalid parameter: {exc}") from None
+        warning = prompt_language.warning_for(text)
+        if warning:  # sent as typed (never translated), but said: MusicGen reads English
+            warnings.warn(f"MusicGen: {warning}", prompt_language.PromptLanguageWarning, stacklevel=2)
         return text, params
 
     @staticmethod

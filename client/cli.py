@@ -8,6 +8,9 @@
 Server: --url (or $MUSICGEN_URL), default grpc://localhost:8001; --protocol grpc|http.
 Exit codes: 0 ok, 1 other failure, 2 usage or invalid parameter, 3 server unavailable or model
 not ready, 130 interrupted. Messages go to stderr; results (or --json) to stdout.
+
+Files are loudness-normalised to -14 LUFS by default (--normalize), with the same code as the web
+page's downloads. A prompt in Chinese (Japanese, Korean) gets a warning: MusicGen reads English.
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ import re
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
+
+from musicgen_runtime import progress as eta_clock
+from musicgen_runtime import prompt_language
 
 from .api import MusicGenClient, StreamEvent
 from .errors import (
@@ -96,8 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", parents=[conn], help="generate a clip and save it",
                          description="Generate a clip from a text prompt and write it to a file "
-                                     "(WAV, FLAC, OGG or MP3 by extension).")
-    gen.add_argument("prompt", help="what the music should sound like")
+                                     "(WAV, FLAC, OGG or MP3 by extension), loudness-normalised to -14 LUFS "
+                                     "by default, as the web page's downloads. Streaming shows a progress bar "
+                                     "with the elapsed time and an ETA.",
+                         epilog="MusicGen's text encoder was trained on English descriptions: describe the music "
+                                "in English (genre, instruments, mood, tempo). A prompt with Chinese, Japanese or "
+                                "Korean characters gets a warning and is sent as typed, not translated.")
+    gen.add_argument("prompt", help="what the music should sound like, in English")
     gen.add_argument("-d", "--duration", type=float, default=10.0, help="seconds of audio (default 10)")
     gen.add_argument("-o", "--out", help="output file (.wav .flac .ogg .mp3); default: from the prompt, .wav")
     gen.add_argument("--format", choices=("wav", "flac", "ogg", "mp3"), help="file format (default: by extension)")
@@ -137,12 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Progress:
-    """A one-line progress bar (streaming) or spinner (unary) on stderr."""
+    """A one-line progress bar with elapsed time and ETA (streaming) or a spinner (unary) on stderr.
+
+    The ETA is the web page's (musicgen_runtime.progress): measured from the stream's progress events.
+    """
 
     def __init__(self, enabled: bool, label: str = "generating"):
         self.enabled = enabled
         self.label = label
         self.t0 = time.monotonic()
+        self.clock = eta_clock.Progress(started=self.t0)
         self._spin: threading.Thread | None = None
         self._stop = threading.Event()
         self._last = 0.0
@@ -158,13 +174,16 @@ class Progress:
         if not self.enabled:
             return
         now = time.monotonic()
+        self.clock.update(now, event.frames_done, event.frames_total)
         if event.kind == "progress" and now - self._last < 0.1 and event.frames_done < event.frames_total:
             return
         self._last = now
         frac = event.fraction
         bar = "#" * int(frac * 30)
+        eta = self.clock.eta(now)
+        eta_s = "?" if eta is None else eta_clock.format_clock(eta)  # ASCII: any terminal encoding
         self._write(f"{self.label} [{bar:<30}] {frac * 100:5.1f}% {event.frames_done}/{event.frames_total} frames "
-                    f"{now - self.t0:6.1f}s")
+                    f"{now - self.t0:6.1f}s ETA {eta_s}")
 
     def spinner(self) -> None:
         if not self.enabled:
@@ -211,6 +230,9 @@ def cmd_generate(args, client: MusicGenClient) -> int:
     params = dict(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                   guidance_scale=args.guidance_scale, seed=args.seed)
     client.validate(args.prompt, args.duration, **params)
+    language_warning = prompt_language.warning_for(args.prompt)
+    if language_warning and not args.quiet:
+        _err(f"warning: {language_warning}")
     melody = client.prepare_melody(args.melody) if args.melody else None  # unreadable file: fail now
 
     stream = client.protocol == "grpc" and not args.no_stream
@@ -312,6 +334,7 @@ def cmd_models(args, client: MusicGenClient) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.simplefilter("ignore", prompt_language.PromptLanguageWarning)  # cmd_generate says it once
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

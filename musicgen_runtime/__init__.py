@@ -1,4 +1,6 @@
-"""Runtime core shared by the Triton models, the client, the UI and the benchmarks.
+"""Runtime core shared by the Triton models, the client, the UI and the benchmarks. Never torch.
 
-Needs numpy, onnxruntime and tokenizers only — never torch.
+Every role imports only numpy and soundfile from here (validation, audio_io, chroma, progress,
+prompt_language, ...); the inference modules (lm, text, onnx_session, ...) also need onnxruntime and
+tokenizers, the `runtime` extra, which only the server side installs (docs/install.md).
 """

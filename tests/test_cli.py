@@ -38,6 +38,7 @@ def test_generate_streaming_with_progress_all_parameters(triton, tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith(f"wrote {out}: 1.50 s, 32000 Hz mono, seed 42"), p.stdout
     assert "generating [" in p.stderr and "100.0%" in p.stderr  # the bar, fed by the stream
+    assert "ETA 0:00" in p.stderr  # the ETA (the page's, musicgen_runtime.progress) reaches 0 at the end
     assert "RANDOM weights" in p.stderr
     audio, sr = audio_io.read_audio(out)
     assert sr == 32000 and audio.shape == (1, 75 * 640)
@@ -60,6 +61,31 @@ def test_generate_http_json_flac_unnormalised(triton, tmp_path):
     with MusicGenClient(f"http://{triton.http_endpoint}") as c:
         ref = c.generate("calm pad", 1.0, seed=7)
     assert np.abs(audio - np.clip(ref.audio, -1, 1)).max() <= 1 / 32768 + 1e-7
+
+
+def test_prompt_in_chinese_is_warned_about_and_sent_as_typed(triton, tmp_path):
+    from musicgen_runtime import prompt_language
+
+    prompt = "轻松的钢琴曲，夜晚"
+    p = run("generate", prompt, "-d", "0.5", "-o", tmp_path / "zh.wav", "--url", triton.grpc_endpoint, "--json")
+    assert p.returncode == 0, p.stderr
+    assert f"warning: {prompt_language.WARNING}" in p.stderr and p.stderr.count("trained on English") == 1
+    assert json.loads(p.stdout)["prompt"] == prompt  # not translated
+    p = run("generate", prompt, "-d", "0.5", "-o", tmp_path / "zh2.wav", "--url", triton.grpc_endpoint, "-q")
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    p = run("generate", "calm piano", "-d", "0.5", "-o", tmp_path / "en.wav", "--url", triton.grpc_endpoint)
+    assert p.returncode == 0 and "trained on English" not in p.stderr
+    # the library says it as a Python warning
+    with MusicGenClient(triton.grpc_endpoint) as c, \
+            pytest.warns(prompt_language.PromptLanguageWarning, match="trained on English"):
+        c.validate(prompt, 1.0)
+
+
+def test_help_describes_loudness_eta_and_english_prompts():
+    p = run("generate", "--help")
+    text = " ".join(p.stdout.split())
+    assert p.returncode == 0
+    assert "-14 LUFS" in text and "ETA" in text and "English" in text and "not translated" in text
 
 
 def test_no_stream_over_grpc_and_protocol_flag(triton, tmp_path):

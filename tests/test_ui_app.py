@@ -61,6 +61,11 @@ def wav_samples(data: bytes) -> np.ndarray:
     return audio
 
 
+def clip_wav(at: AppTest, number: int) -> bytes:
+    """The WAV the page plays and offers for download for result `number` (default levelling)."""
+    return at.session_state["assets"][number]["files"][("wav", "loudness")]
+
+
 def page_errors(at: AppTest) -> list[str]:
     """Error boxes other than the random-weights banner."""
     return [t for t in texts(at.error) if "RANDOM WEIGHTS" not in t]
@@ -96,21 +101,18 @@ def test_generate_stream_result_history_and_reproduce(monkeypatch, url):
     generate(at, duration=1.5)
     assert not page_errors(at)
     entry = at.session_state["history"][0]
-    assets = at.session_state["assets"][entry.number]
     assert entry.model == "musicgen_stream" and entry.samples == int(1.5 * 50) * 640
-    # the player, both downloads, both plots, the seed with the parameters
+    # the player, the four downloads (named by the prompt's first words and the seed), both plots
     assert len(at.get("audio")) == 1
-    labels = {b.label for b in at.get("download_button")}
-    assert "WAV" in labels
-    from ui import media
-
-    assert ("MP3" in labels) == media.mp3_supported()
+    buttons = at.get("download_button")
+    assert [b.label for b in buttons] == ["WAV", "FLAC", "MP3", "OGG"]
+    assert all(b.proto.deferred_file_id for b in buttons)  # encoded when clicked, named by ui.logic.file_stem
     assert len(at.get("image")) == 2
     summary = [t for t in texts(at.caption) if "top-k" in t][0]
     assert f"seed {entry.seed_used} (random)" in summary and "1.5 s" in summary
     progress = at.get("progress")
     assert progress and "Done in" in progress[0].proto.text
-    first = wav_samples(assets["wav"])
+    first = wav_samples(clip_wav(at, entry.number))
     assert first.shape == (entry.samples, 1)
 
     # reproduce: "Reuse these settings" fixes the seed to the one used; the audio comes back identical
@@ -124,7 +126,7 @@ def test_generate_stream_result_history_and_reproduce(monkeypatch, url):
     assert [e.number for e in history] == [2, 1]
     again = history[0]
     assert again.seed_used == entry.seed_used and again.params["seed"] == entry.seed_used
-    assert np.array_equal(wav_samples(at.session_state["assets"][again.number]["wav"]), first)
+    assert np.array_equal(wav_samples(clip_wav(at, again.number)), first)
     # the earlier result is listed with its parameters
     assert any(f"#1 · {PROMPT}" in e.label for e in at.expander)
     assert sum(f"seed {entry.seed_used}" in t for t in texts(at.caption)) == 2
@@ -142,14 +144,39 @@ def test_parameter_changes_reach_the_server(monkeypatch, url):
     assert (a.seed_used, b.seed_used) == (1, 2) and a.model == b.model == "musicgen"
     assert a.params["top_k"] == 1 and a.params["temperature"] == pytest.approx(0.7)
     assert a.params["guidance_scale"] == pytest.approx(1.5)
-    assets = at.session_state["assets"]
-    assert np.array_equal(wav_samples(assets[a.number]["wav"]), wav_samples(assets[b.number]["wav"]))
+    assert np.array_equal(wav_samples(clip_wav(at, a.number)), wav_samples(clip_wav(at, b.number)))
     # sampling (top-k 250, top-p 0.9) with two seeds differs; duration 2 s gives 2 s of audio
     generate(at, duration=2.0, model="musicgen_stream", top_k=250, top_p=0.9, seed_text="1")
     generate(at, duration=2.0, seed_text="2")
     d, c = at.session_state["history"][:2]
     assert c.params["top_p"] == pytest.approx(0.9) and c.samples == 100 * 640
-    assert not np.array_equal(wav_samples(assets[c.number]["wav"]), wav_samples(assets[d.number]["wav"]))
+    assert not np.array_equal(wav_samples(clip_wav(at, c.number)), wav_samples(clip_wav(at, d.number)))
+
+
+def test_page_audio_is_the_cli_audio(monkeypatch, url, tmp_path):
+    """The same request through the page and through `musicgen generate` gives the same file: both level
+    it to -14 LUFS with musicgen_runtime.audio_io. Switching the page to 'none' gives the raw output."""
+    from client import cli
+    from musicgen_runtime import audio_io
+
+    at = open_page(monkeypatch, url)
+    generate(at, duration=1.0, seed_mode="Fixed", seed_text="21", top_k=1)
+    assert not page_errors(at)
+    out = tmp_path / "cli.wav"
+    assert cli.main(["generate", PROMPT, "-d", "1", "--seed", "21", "--top-k", "1", "--url", url,
+                     "--out", str(out), "-q"]) == 0
+    page = clip_wav(at, 1)
+    assert page == out.read_bytes()
+    assert audio_io.loudness(wav_samples(page).T, SR) == pytest.approx(-14.0, abs=0.5)
+    # levelling is switchable: 'none' re-encodes from the kept raw audio, and the player follows
+    at.selectbox(key="normalize").select("none").run()
+    assert not at.exception
+    raw = at.session_state["assets"][1]["files"][("wav", "none")]
+    assert raw != page and at.get("audio")[0].proto.url  # the player now plays the raw clip
+    out_raw = tmp_path / "cli-raw.wav"
+    assert cli.main(["generate", PROMPT, "-d", "1", "--seed", "21", "--top-k", "1", "--url", url,
+                     "--out", str(out_raw), "--normalize", "none", "-q"]) == 0
+    assert raw == out_raw.read_bytes()
 
 
 def test_invalid_form_values_are_explained(monkeypatch, url):
@@ -222,6 +249,6 @@ def test_generate_with_a_melody_upload(monkeypatch, melody_triton):
     generate(at, duration=1.0, seed_mode="Fixed", seed_text="5", top_k=1)
     assert not page_errors(at), page_errors(at)
     with_melody, text_only = at.session_state["history"][:2]
-    a = wav_samples(at.session_state["assets"][with_melody.number]["wav"])
-    b = wav_samples(at.session_state["assets"][text_only.number]["wav"])
+    a = wav_samples(clip_wav(at, with_melody.number))
+    b = wav_samples(clip_wav(at, text_only.number))
     assert a.shape == b.shape == (50 * 640, 1) and not np.array_equal(a, b)

@@ -75,6 +75,7 @@ def test_progress_eta_from_measured_rate():
     assert p.fraction == pytest.approx(0.2)
     text = p.text(104.0)
     assert "20%" in text and "0:04 elapsed" in text and "about 0:08 left" in text and "100/500 frames" in text
+    assert p.text(104.0, "zh") == "20% · 已用 0:04 · 约剩 0:08 · 100/500 帧"
     p.update(110.0, 500, 500)
     assert p.eta(110.0) == 0.0 and "decoding" in p.text(110.0)
 
@@ -130,7 +131,10 @@ def test_melody_support_and_banner():
     assert not logic.random_weights(None)
     facts = dict(logic.manifest_facts(MANIFEST))
     assert facts["Checkpoint"] == "tiny-random" and facts["Audio"] == "32 kHz, mono"
-    assert "noise, not music" in logic.RANDOM_WEIGHTS_BANNER
+    assert "noise, not music" in logic.random_weights_banner(MANIFEST) and "tiny-random" in logic.random_weights_banner(MANIFEST)
+    assert "噪声" in logic.random_weights_banner(MANIFEST, "zh")
+    assert dict(logic.manifest_facts(MANIFEST, "zh"))["音频"] == "32 kHz，单声道"
+    assert "只接受文字" in logic.melody_support(MANIFEST, "zh")[1]
 
 
 def test_result_entry_reproduce_and_summaries():
@@ -142,6 +146,9 @@ def test_result_entry_reproduce_and_summaries():
     assert "seed 1234 (random)" in s and "top-k 50" in s and "top-p 0.9" in s and "musicgen_stream" in s
     assert "2.0 s of audio in 4.0 s" in logic.timing_summary(e)
     assert logic.file_stem(e) == "musicgen-3-lo-fi-hip-hop-beat-seed1234"
+    assert "种子 1234（随机）" in logic.params_summary(e, "zh") and "4.0 秒" in logic.timing_summary(e, "zh")
+    zh = logic.make_entry(4, "轻松的 钢琴曲 夜晚", "musicgen", params, 9, 32000, 1, 64000, 4.0)
+    assert logic.file_stem(zh) == "musicgen-4-轻松的-钢琴曲-夜晚-seed9"  # the prompt's first words and the seed
 
 
 def test_md_escape_keeps_user_text_literal():
@@ -154,6 +161,31 @@ def test_md_escape_keeps_user_text_literal():
 def _tone(seconds=0.5, rate=32000, channels=1):
     t = np.arange(int(seconds * rate)) / rate
     return np.stack([0.5 * np.sin(2 * np.pi * 440 * t)] * channels).astype(np.float32), rate
+
+
+def test_downloads_in_four_formats_levelled_like_the_cli():
+    """Every download format encodes and decodes back; 'loudness' gives -14 LUFS through the CLI's code."""
+    from musicgen_runtime import audio_io
+
+    audio, rate = _tone(2.0)
+    audio *= 0.05  # quiet: the loudness normalisation has to raise it
+    asset = {"audio": audio, "rate": rate}
+    assert set(logic.DOWNLOAD_FORMATS) == {"wav", "flac", "mp3", "ogg"}
+    assert set(logic.NORMALIZE_CHOICES) == set(audio_io.STRATEGIES) and logic.NORMALIZE_DEFAULT == "loudness"
+    for fmt in logic.DOWNLOAD_FORMATS:
+        assert media.format_supported(fmt), f"libsndfile here cannot write {fmt}"
+        data = media.clip_file(asset, fmt, "loudness")
+        assert data and media.clip_file(asset, fmt, "loudness") is data  # encoded once
+        back, r = audio_io.read_audio(data)
+        assert r == rate and back.shape[0] == 1 and abs(back.shape[1] - audio.shape[1]) < 4096
+        if fmt in ("wav", "flac"):  # lossless: on target
+            assert audio_io.loudness(back, rate) == pytest.approx(-14.0, abs=0.1)
+        else:
+            assert audio_io.loudness(back, rate) == pytest.approx(-14.0, abs=1.0)
+    assert media.clip_file(asset, "wav", "loudness") == audio_io.encode_audio(audio, rate, "wav",
+                                                                               normalize_strategy="loudness")
+    raw, _ = audio_io.read_audio(media.clip_file(asset, "wav", "none"))
+    assert audio_io.loudness(raw, rate) < -30.0  # 'none': as generated
 
 
 def test_encode_wav_and_mp3_roundtrip():
@@ -202,3 +234,5 @@ def test_decode_upload_ok_and_errors():
         media.decode_upload("empty.mp3", b"")
     with pytest.raises(media.UploadError, match="at most 0.4 s"):
         media.decode_upload("long.wav", wav, max_seconds=0.4)
+    with pytest.raises(media.UploadError, match="太大"):
+        media.decode_upload("big.wav", wav, max_bytes=1000, lang="zh")

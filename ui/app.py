@@ -1,7 +1,8 @@
 """MusicGen web page (Streamlit). Run with `make ui` (or `streamlit run ui/app.py`).
 
 The server is found at $MUSICGEN_TRITON_URL (gRPC host:port, default 127.0.0.1:8001). This script only
-lays out widgets: the logic is in ui/logic.py and ui/media.py, the server calls in ui/backend.py.
+lays out widgets: the logic is in ui/logic.py and ui/media.py, the server calls in ui/backend.py, every
+word shown in ui/strings.py (English and Simplified Chinese; `?lang=zh` or `?lang=en` picks one).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ if ROOT not in sys.path:  # `streamlit run ui/app.py` runs this file as a script
 
 import streamlit as st
 
-from musicgen_runtime import delay
+from musicgen_runtime import delay, prompt_language
 from musicgen_runtime.validation import ValidationError
-from ui import backend, logic, media
+from ui import backend, logic, media, strings
 
 URL_ENV = "MUSICGEN_TRITON_URL"
 DEFAULT_URL = "127.0.0.1:8001"
@@ -30,8 +31,20 @@ HISTORY_LIMIT = 20
 st.set_page_config(page_title="MusicGen", page_icon=":material/music_note:", layout="wide")
 
 ss = st.session_state
+
+
+def browser_language() -> str:
+    """?lang= in the URL, else the browser's preferred language (navigator.language, Accept-Language)."""
+    asked = st.query_params.get("lang")
+    if asked in strings.LANGUAGES:
+        return asked
+    return strings.detect_language(st.context.locale, st.context.headers.get("Accept-Language"))
+
+
+if "lang" not in ss:  # once per session: afterwards the switch decides
+    ss.lang = browser_language()
 ss.setdefault("history", [])      # [ResultEntry], newest first
-ss.setdefault("assets", {})       # number -> {"wav", "mp3", "waveform", "spectrogram"}
+ss.setdefault("assets", {})       # number -> {"audio", "rate", "files": {(fmt, normalize): bytes}, plots}
 ss.setdefault("counter", 0)
 ss.setdefault("last_error", None)
 ss.setdefault("notice", None)
@@ -44,6 +57,11 @@ ss.setdefault("temperature", 1.0)
 ss.setdefault("guidance_scale", 3.0)
 ss.setdefault("seed_mode", logic.SEED_RANDOM)
 ss.setdefault("seed_text", "")
+ss.setdefault("normalize", logic.NORMALIZE_DEFAULT)
+
+
+def tr(key: str, **kw) -> str:
+    return strings.t(key, ss.lang, **kw)
 
 
 def server_url() -> str:
@@ -65,7 +83,7 @@ def refresh_status() -> None:
 
 def cancel() -> None:
     """The Cancel button's click reruns the page, which stops the running generation (and its stream)."""
-    ss.notice = "Generation cancelled."
+    ss.notice = tr("cancelled")
 
 
 def use_example() -> None:
@@ -73,6 +91,12 @@ def use_example() -> None:
     if choice:
         ss.prompt = choice
     ss.example = None
+
+
+def use_tags() -> None:
+    built = strings.prompt_from_tags({c: ss.get(f"tags_{c}") or [] for c in strings.TAG_CATEGORIES})
+    if built:
+        ss.prompt = built
 
 
 def reuse(number: int) -> None:
@@ -94,71 +118,90 @@ def reuse(number: int) -> None:
 
 status = get_status()
 
+with st.sidebar:
+    st.radio(tr("language"), strings.LANGUAGES, key="lang", format_func=strings.LANGUAGE_NAMES.get,
+             horizontal=True)
+L = ss.lang
+
 st.title(":material/music_note: MusicGen")
-st.caption("Describe the music you want, pick a length, and press Generate. Progress shows live.")
+st.caption(tr("caption"))
 
 if logic.random_weights(status.manifest):  # shown whenever the server says so, ready or not
-    st.error(logic.RANDOM_WEIGHTS_BANNER.format(ckpt=logic.checkpoint_label(status.manifest)),
-             icon=":material/warning:")
+    st.error(logic.random_weights_banner(status.manifest, L), icon=":material/warning:")
 
 with st.sidebar:
-    st.header("Server")
+    st.header(tr("server"))
     if status.ready:
-        st.success(f"Ready · {status.url}", icon=":material/check_circle:")
+        st.success(tr("server_ready", url=status.url), icon=":material/check_circle:")
     else:
-        st.error(f"Not ready · {status.url}\n\n{status.error}", icon=":material/error:")
-    for label, value in logic.manifest_facts(status.manifest):
+        st.error(tr("server_not_ready", url=status.url, error=strings.translate_detail(status.error, L)),
+                 icon=":material/error:")
+    for label, value in logic.manifest_facts(status.manifest, L):
         st.markdown(f"**{label}:** `{value}`")
     if status.ready:
-        st.markdown(f"**Models:** {', '.join(f'`{m}`' for m in status.models) or 'none loaded'}")
-    st.button("Check again", key="refresh", on_click=refresh_status, width="stretch")
+        st.markdown(tr("models_line", models=", ".join(f"`{m}`" for m in status.models) or tr("none_loaded")))
+    st.button(tr("check_again"), key="refresh", on_click=refresh_status, width="stretch")
     checked = time.strftime("%H:%M:%S", time.localtime(status.checked_at))
-    st.caption(f"Server address from ${URL_ENV} (gRPC host:port). Checked at {checked}.")
+    st.caption(tr("server_caption", env=URL_ENV, checked=checked))
 
 left, right = st.columns([5, 6], gap="large")
 
 # ---- the form -------------------------------------------------------------------------------------
 
+SEED_LABELS = {logic.SEED_RANDOM: "seed_random", logic.SEED_FIXED: "seed_fixed"}
+
 with left:
-    st.selectbox("Example prompts", logic.EXAMPLE_PROMPTS, index=None, key="example",
-                 placeholder="Pick an example to start from…", on_change=use_example)
-    melody_ok, melody_reason = logic.melody_support(status.manifest)
+    st.selectbox(tr("examples"), logic.EXAMPLE_PROMPTS, index=None, key="example",
+                 format_func=lambda p, lang=L: strings.example_label(p, lang), help=tr("examples_help"),
+                 placeholder=tr("examples_placeholder"), on_change=use_example)
+    cjk_prompt = prompt_language.has_cjk(ss.prompt)
+    melody_ok, melody_reason = logic.melody_support(status.manifest, L)
     # A form: changing a setting while a clip is generating does not rerun (and so interrupt) the page.
     with st.form("request", border=False):
-        st.text_area("Prompt", key="prompt", height=110, max_chars=logic.validation.MAX_PROMPT_CHARS,
-                     placeholder="e.g. lo-fi hip hop beat with mellow piano, 75 bpm")
+        st.text_area(tr("prompt"), key="prompt", height=110, max_chars=logic.validation.MAX_PROMPT_CHARS,
+                     placeholder=tr("prompt_placeholder"), help=tr("prompt_help"))
+        if cjk_prompt:  # said plainly next to the box; the prompt is still sent as typed
+            st.warning(tr("prompt_language_warning"), icon=":material/translate:")
         max_seconds = float(max(logic.DURATION_MIN, min(logic.DURATION_MAX, status.max_duration or 0)))
         ss.duration = float(min(max(ss.duration, logic.DURATION_MIN), max_seconds))
-        st.slider("Duration (seconds)", min_value=float(logic.DURATION_MIN), max_value=max_seconds, step=0.5,
+        st.slider(tr("duration"), min_value=float(logic.DURATION_MIN), max_value=max_seconds, step=0.5,
                   key="duration")
-        melody_file = st.file_uploader("Melody (optional)", type=list(logic.MELODY_EXTENSIONS), key="melody",
+        melody_file = st.file_uploader(tr("melody"), type=list(logic.MELODY_EXTENSIONS), key="melody",
                                        disabled=not melody_ok, help=melody_reason,
                                        max_upload_size=logic.MAX_UPLOAD_MB)
         if not melody_ok:
             st.caption(f":material/block: {melody_reason}")
 
-        with st.expander("Advanced settings"):
+        with st.expander(tr("advanced")):
             models = status.models or [backend.DEFAULT_MODEL]
             if ss.get("model") not in models:
                 ss.model = models[0]
-            st.selectbox("Model", models, key="model", format_func=logic.model_label,
-                         help="The generation models the server has loaded.")
+            st.selectbox(tr("model"), models, key="model", format_func=lambda m, lang=L: logic.model_label(m, lang),
+                         help=tr("model_help"))
             c1, c2 = st.columns(2)
-            c1.number_input("Top-k", min_value=0, max_value=10_000, step=10, key="top_k",
-                            help="Sample among the k most likely tokens; 0 = off, 1 = greedy.")
-            c2.slider("Top-p", min_value=0.0, max_value=1.0, step=0.05, key="top_p",
-                      help="Nucleus sampling: keep the most likely tokens up to this probability mass; 0 = off.")
-            c1.number_input("Temperature", min_value=0.05, max_value=100.0, step=0.05, key="temperature",
-                            help="Higher = more varied, lower = more conservative.")
-            c2.number_input("Guidance scale", min_value=1.0, max_value=100.0, step=0.5, key="guidance_scale",
-                            help="Classifier-free guidance: how closely to follow the prompt (1 = none).")
-            c1.radio("Seed", [logic.SEED_RANDOM, logic.SEED_FIXED], key="seed_mode", horizontal=True,
-                     help="Every result shows the seed it used: fix it to reproduce that result.")
-            c2.text_input("Fixed seed", key="seed_text", placeholder="a whole number, e.g. 42",
-                          help="Used when Seed is Fixed: 0 to 2^63-1.")
+            c1.number_input("Top-k", min_value=0, max_value=10_000, step=10, key="top_k", help=tr("top_k_help"))
+            c2.slider("Top-p", min_value=0.0, max_value=1.0, step=0.05, key="top_p", help=tr("top_p_help"))
+            c1.number_input(tr("temperature"), min_value=0.05, max_value=100.0, step=0.05, key="temperature",
+                            help=tr("temperature_help"))
+            c2.number_input(tr("guidance"), min_value=1.0, max_value=100.0, step=0.5, key="guidance_scale",
+                            help=tr("guidance_help"))
+            c1.radio(tr("seed"), [logic.SEED_RANDOM, logic.SEED_FIXED], key="seed_mode", horizontal=True,
+                     format_func=lambda m, lang=L: strings.t(SEED_LABELS[m], lang), help=tr("seed_help"))
+            c2.text_input(tr("fixed_seed"), key="seed_text", placeholder=tr("fixed_seed_placeholder"),
+                          help=tr("fixed_seed_help"))
 
-        generate = st.form_submit_button("Generate", type="primary", key="generate", width="stretch",
+        generate = st.form_submit_button(tr("generate"), type="primary", key="generate", width="stretch",
                                          icon=":material/music_note:")
+    # English style tags that build an English prompt (open when the prompt is not English). After the
+    # form: the clicks rerun the page, and they only edit the prompt box.
+    with st.expander(tr("tags_title"), expanded=cjk_prompt, icon=":material/sell:"):
+        for cat in strings.TAG_CATEGORIES:
+            st.pills(tr(f"tags_{cat}"), [en for en, _ in strings.STYLE_TAGS[cat]], selection_mode="multi",
+                     key=f"tags_{cat}", format_func=lambda tag, lang=L: strings.tag_label(tag, lang))
+        built = strings.prompt_from_tags({c: ss.get(f"tags_{c}") or [] for c in strings.TAG_CATEGORIES})
+        st.caption(tr("tags_preview", prompt=logic.md_escape(built)) if built else tr("tags_none"))
+        st.button(tr("tags_use"), key="use_tags", on_click=use_tags, disabled=not built,
+                  icon=":material/arrow_upward:")
 
 # ---- generation -------------------------------------------------------------------------------------
 
@@ -169,24 +212,24 @@ def run_generation(out) -> None:
     try:
         prompt, params = logic.build_request(ss.prompt, ss.duration, ss.top_k, ss.top_p, ss.temperature,
                                              ss.guidance_scale, ss.seed_mode, ss.seed_text,
-                                             max_duration=status.max_duration or logic.DURATION_MAX)
+                                             max_duration=status.max_duration or logic.DURATION_MAX, lang=L)
     except ValidationError as exc:
-        ss.last_error = f"Check the form: {exc}"
+        ss.last_error = tr("err_form", detail=strings.translate_detail(str(exc), L))
         return
     melody = None
     if melody_file is not None and melody_ok:
         try:
-            melody = media.decode_upload(melody_file.name, melody_file.getvalue())
+            melody = media.decode_upload(melody_file.name, melody_file.getvalue(), lang=L)
         except media.UploadError as exc:
-            ss.last_error = f"Melody upload: {exc}"
+            ss.last_error = tr("err_melody", detail=exc)
             return
 
     model = ss.model
-    bar = out.progress(0.0, text="Sending the request…")
+    bar = out.progress(0.0, text=tr("sending"))
     started = time.monotonic()
     prog = logic.Progress(started=started, prior_rate=ss.rate)
     cancel_slot = out.empty()
-    cancel_slot.button("Cancel", key="cancel", on_click=cancel, icon=":material/stop_circle:")
+    cancel_slot.button(tr("cancel"), key="cancel", on_click=cancel, icon=":material/stop_circle:")
     job = None
     received = []  # (frames done, total) of every progress event shown: the page's record of its live progress
     try:
@@ -211,11 +254,11 @@ def run_generation(out) -> None:
                 # a unary model sends no progress: advance on the last measured speed, never to 100 %
                 estimate = min(int((now - started) * prog.prior_rate), int(prog.frames_total * 0.97))
                 prog.update(now, estimate, prog.frames_total)
-            bar.progress(prog.fraction, text=prog.text(now))
+            bar.progress(prog.fraction, text=prog.text(now, L))
         elapsed = time.monotonic() - started
     except backend.BackendError as exc:
         bar.empty()
-        ss.last_error = exc.user_message()
+        ss.last_error = exc.user_message(L)
         if exc.kind in ("unavailable", "not_ready"):
             refresh_status()
         return
@@ -223,7 +266,7 @@ def run_generation(out) -> None:
         cancel_slot.empty()
         if job is not None:
             job.cancel()
-    bar.progress(1.0, text=f"Done in {logic.format_seconds(elapsed)}")
+    bar.progress(1.0, text=tr("done_in", elapsed=logic.format_seconds(elapsed, L)))
     ss.progress_received = received
     if job.streaming and prog.rate():
         ss.rate = prog.rate()
@@ -234,8 +277,7 @@ def run_generation(out) -> None:
     entry = logic.make_entry(ss.counter, prompt, model, params, final.seed_used, rate,
                              audio.shape[0], audio.shape[-1], elapsed)
     ss.assets[entry.number] = {
-        "wav": media.encode(audio, rate, "wav"),
-        "mp3": media.try_encode(audio, rate, "mp3") if media.mp3_supported() else None,
+        "audio": audio, "rate": rate, "files": {},  # files encoded (and levelled) on first use
         "waveform": media.figure_png(media.waveform_figure(audio, rate)),
         "spectrogram": media.figure_png(media.spectrogram_figure(audio, rate)),
     }
@@ -245,20 +287,28 @@ def run_generation(out) -> None:
     del ss.history[HISTORY_LIMIT:]
 
 
-def show_downloads(entry: logic.ResultEntry, assets: dict, where) -> None:
+def show_clip(entry: logic.ResultEntry, asset: dict, where) -> None:
+    """Player, parameters and downloads of one result: the player plays the WAV that is downloaded, and
+    every format is levelled as the `musicgen` CLI levels its files (the `normalize` setting)."""
+    norm = ss.normalize
+    where.audio(media.clip_file(asset, "wav", norm), format="audio/wav")
+    where.caption(f"{logic.params_summary(entry, L)}  \n{logic.timing_summary(entry, L)}")
+    where.caption(tr("downloads_caption", norm=tr(f"norm_{norm}")))
     stem = logic.file_stem(entry)
-    c1, c2 = where.columns(2)
-    c1.download_button("WAV", assets["wav"], file_name=f"{stem}.wav", mime="audio/wav", key=f"wav-{entry.number}",
-                       icon=":material/download:", width="stretch")
-    if assets.get("mp3"):
-        c2.download_button("MP3", assets["mp3"], file_name=f"{stem}.mp3", mime="audio/mpeg",
-                           key=f"mp3-{entry.number}", icon=":material/download:", width="stretch")
-    else:
-        c2.caption("MP3 is not available on this host (no MP3 encoder).")
+    for col, fmt in zip(where.columns(len(logic.DOWNLOAD_FORMATS)), logic.DOWNLOAD_FORMATS):
+        if not media.format_supported(fmt):
+            col.caption(tr("format_unavailable", fmt=fmt.upper()))
+            continue
+        # encoded only when clicked (a callable): the history's 4 formats are not all made up front
+        col.download_button(fmt.upper(), lambda a=asset, f=fmt, n=norm: media.clip_file(a, f, n) or b"",
+                            file_name=f"{stem}.{fmt}", mime=MIME[fmt], key=f"{fmt}-{entry.number}",
+                            icon=":material/download:", width="stretch")
 
+
+MIME = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg"}
 
 with right:
-    st.subheader("Result")
+    st.subheader(tr("result"))
     progress_area = st.container()
     if generate:
         if not status.ready:
@@ -267,36 +317,36 @@ with right:
         try:
             run_generation(progress_area)
         except Exception as exc:  # a bug must not take the page down: say what happened
-            ss.last_error = f"Unexpected error: {type(exc).__name__}: {exc}"
+            ss.last_error = tr("err_unexpected", detail=f"{type(exc).__name__}: {exc}")
     if ss.last_error:
         st.error(ss.last_error, icon=":material/error:")
     if ss.notice:
         st.info(ss.notice, icon=":material/info:")
 
     if not ss.history:
-        st.info("Your music will appear here: audio player, waveform, spectrogram and downloads.",
-                icon=":material/headphones:")
+        st.info(tr("empty_result"), icon=":material/headphones:")
     else:
+        st.selectbox(tr("normalize"), logic.NORMALIZE_CHOICES, key="normalize",
+                     format_func=lambda n, lang=L: strings.t(f"norm_{n}", lang), help=tr("normalize_help"))
         latest = ss.history[0]
         assets = ss.assets[latest.number]
         st.markdown(f"**#{latest.number} · {logic.md_escape(latest.prompt)}**")
-        st.audio(assets["wav"], format="audio/wav")
+        show_clip(latest, assets, st)
         # hidden: the progress events the last generation showed (a test reads it; the bar itself is brief)
         st.html(f'<div id="progress-received" hidden>{json.dumps(ss.get("progress_received", []))}</div>')
-        st.caption(f"{logic.params_summary(latest)}  \n{logic.timing_summary(latest)}")
-        show_downloads(latest, assets, st)
+        st.caption(tr("waveform"))
         st.image(assets["waveform"], width="stretch")
+        st.caption(tr("spectrogram"))
         st.image(assets["spectrogram"], width="stretch")
-        st.button("Reuse these settings (same seed)", key=f"reuse-{latest.number}", on_click=reuse,
+        st.button(tr("reuse_latest"), key=f"reuse-{latest.number}", on_click=reuse,
                   args=(latest.number,), icon=":material/replay:")
 
         if len(ss.history) > 1:
-            st.subheader("Earlier results")
+            st.subheader(tr("earlier"))
             for entry in ss.history[1:]:
-                with st.expander(f"#{entry.number} · {logic.md_escape(entry.prompt[:60])} · seed {entry.seed_used}"):
-                    a = ss.assets[entry.number]
-                    st.audio(a["wav"], format="audio/wav")
-                    st.caption(f"{logic.params_summary(entry)}  \n{logic.timing_summary(entry)}")
-                    show_downloads(entry, a, st)
-                    st.button("Reuse these settings", key=f"reuse-{entry.number}", on_click=reuse,
+                label = tr("history_label", number=entry.number, prompt=logic.md_escape(entry.prompt[:60]),
+                           seed=entry.seed_used)
+                with st.expander(label):
+                    show_clip(entry, ss.assets[entry.number], st)
+                    st.button(tr("reuse"), key=f"reuse-{entry.number}", on_click=reuse,
                               args=(entry.number,), icon=":material/replay:")

@@ -21,6 +21,7 @@ from client import MusicGenClient, MusicGenError
 from musicgen_runtime.validation import DEFAULT_MAX_DURATION, GenerationParams
 
 from . import logic
+from .strings import t, translate_detail
 
 DEFAULT_MODEL = mgclient.api.STREAM_MODEL
 STATUS_TIMEOUT = 5.0  # seconds for the small status calls
@@ -42,15 +43,16 @@ class BackendError(Exception):
         kind = next((k for t, k in cls.KINDS.items() if isinstance(exc, t)), "failed")
         return cls(kind, exc.message)
 
-    def user_message(self) -> str:
-        """The message with a lead that says what kind of failure it is (and no repeated prefix)."""
+    def user_message(self, lang: str = "en") -> str:
+        """The message with a lead, in the page's language, that says what kind of failure it is (and
+        no repeated prefix). The detail is the server's or the client library's own words."""
         msg = re.sub(r"^(invalid parameter|generation failed):\s*", "", self.message.strip(), flags=re.I)
-        lead = {"unavailable": "Server unavailable", "not_ready": "Server not ready",
-                "invalid": "Invalid parameter", "timeout": "Timed out"}.get(self.kind, "Generation failed")
-        tail = ""
-        if self.kind == "not_ready":
-            tail = ("" if msg.endswith((".", "!", "?")) else ".") + " Try again in a moment."
-        return f"{lead}: {msg}{tail}"
+        key = {"unavailable": "err_unavailable", "not_ready": "err_not_ready", "invalid": "err_invalid",
+               "timeout": "err_timeout"}.get(self.kind, "err_failed")
+        msg = translate_detail(msg, lang)
+        if self.kind == "not_ready" and not msg.endswith((".", "!", "?", "。", "？")):
+            msg += "。" if lang == "zh" else "."
+        return t(key, lang, detail=msg)
 
 
 @dataclass

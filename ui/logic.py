@@ -5,23 +5,16 @@ Nothing here imports Streamlit or talks to the server, so all of it is unit-test
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 
-from musicgen_runtime import validation
+from musicgen_runtime import progress, validation
+from musicgen_runtime.progress import format_clock
 from musicgen_runtime.validation import GenerationParams, ValidationError
 
-EXAMPLE_PROMPTS = (
-    "80s pop track with bassy drums and synth",
-    "lo-fi hip hop beat with mellow piano and vinyl crackle, 75 bpm",
-    "epic orchestral soundtrack with strings and big brass, building tension",
-    "relaxing acoustic guitar by a campfire, warm and intimate",
-    "upbeat funk with slap bass, clavinet and tight horn stabs",
-    "ambient drone with evolving pads and distant bells",
-    "90s rock song with loud guitars and heavy drums",
-    "jazz trio in a smoky club: brushed drums, upright bass, piano",
-)
+from .strings import EXAMPLES, t
+
+EXAMPLE_PROMPTS = tuple(en for en, _ in EXAMPLES)
 
 DURATION_MIN = 1
 DURATION_MAX = 30
@@ -39,6 +32,12 @@ SEED_RANDOM = "Random"
 SEED_FIXED = "Fixed"
 SEED_MAX = 2 ** 63 - 1
 
+# Loudness of the player and the downloads: the CLI's --normalize choices and default, one code path
+# (musicgen_runtime.audio_io.normalize, through audio_io.encode_audio).
+NORMALIZE_DEFAULT = "loudness"
+NORMALIZE_CHOICES = ("loudness", "peak", "rms", "clip", "none")
+DOWNLOAD_FORMATS = ("wav", "flac", "mp3", "ogg")
+
 MAX_UPLOAD_MB = 20
 MAX_MELODY_SECONDS = 60.0
 MELODY_EXTENSIONS = ("wav", "flac", "ogg", "mp3", "aiff", "aif")
@@ -46,27 +45,27 @@ MELODY_EXTENSIONS = ("wav", "flac", "ogg", "mp3", "aiff", "aif")
 
 # ---- parameters --------------------------------------------------------------------------------
 
-def parse_seed(mode: str, text: str | int | None) -> int | None:
+def parse_seed(mode: str, text: str | int | None, lang: str = "en") -> int | None:
     """The seed to send: None for a random seed (the server draws one and returns it)."""
     if mode != SEED_FIXED:
         return None
     raw = str(text if text is not None else "").strip().replace("_", "").replace(",", "")
     if not raw:
-        raise ValidationError("seed is empty: type a whole number (0 to 2^63-1) or choose a random seed")
+        raise ValidationError(t("seed_empty", lang))
     try:
         seed = int(raw)
     except ValueError:
-        raise ValidationError(f"seed must be a whole number from 0 to 2^63-1, got {str(text).strip()!r}") from None
+        raise ValidationError(t("seed_not_int", lang, text=str(text).strip())) from None
     if not 0 <= seed <= SEED_MAX:
-        raise ValidationError(f"seed must be in [0, 2^63), got {seed}")
+        raise ValidationError(t("seed_range", lang, seed=seed))
     return seed
 
 
 def build_request(prompt, duration, top_k, top_p, temperature, guidance_scale, seed_mode, seed_text,
-                  *, max_duration: float = DURATION_MAX) -> tuple[str, GenerationParams]:
+                  *, max_duration: float = DURATION_MAX, lang: str = "en") -> tuple[str, GenerationParams]:
     """Check what the form holds, with the same rules and messages as the server; raises ValidationError."""
     text = validation.validate_prompt(prompt)
-    seed = parse_seed(seed_mode, seed_text)
+    seed = parse_seed(seed_mode, seed_text, lang)
     params = validation.validate_params(duration, top_k, top_p, temperature, guidance_scale, seed,
                                         max_duration=max_duration)
     return text, params
@@ -74,87 +73,27 @@ def build_request(prompt, duration, top_k, top_p, temperature, guidance_scale, s
 
 # ---- progress and ETA --------------------------------------------------------------------------
 
-@dataclass
-class Progress:
-    """Progress of one generation: frames from the stream events, times from the caller's clock.
+class Progress(progress.Progress):
+    """The shared progress/ETA measure (musicgen_runtime.progress) with the page's progress line."""
 
-    The rate is measured from the first progress event on (the start-up before it — text encoding,
-    queueing — is not generation speed). Before a rate is known, `prior_rate` (frames per second of
-    an earlier result in this session) gives a first estimate.
-    """
-
-    started: float
-    frames_total: int = 0
-    frames_done: int = 0
-    prior_rate: float | None = None
-    audio_seconds: float = 0.0
-    _first: tuple[float, int] | None = None
-    _last_time: float | None = None
-
-    def update(self, now: float, done: int, total: int) -> None:
-        done, total = int(done), int(total)
-        if total > 0:
-            self.frames_total = total
-        if self._first is None:
-            self._first = (now, done)
-        if done >= self.frames_done:
-            self.frames_done = done
-            self._last_time = now
-
-    @property
-    def fraction(self) -> float:
+    def text(self, now: float, lang: str = "en") -> str:
+        elapsed = format_clock(now - self.started)
         if self.frames_total <= 0:
-            return 0.0
-        return min(1.0, max(0.0, self.frames_done / self.frames_total))
-
-    def rate(self) -> float | None:
-        """Frames per second measured so far (None until two progress points)."""
-        if self._first is None or self._last_time is None:
-            return None
-        t0, f0 = self._first
-        dt, df = self._last_time - t0, self.frames_done - f0
-        if dt <= 0 or df <= 0:
-            return None
-        return df / dt
-
-    def eta(self, now: float) -> float | None:
-        """Seconds left, or None when nothing allows an estimate yet."""
-        if self.frames_total > 0 and self.frames_done >= self.frames_total:
-            return 0.0
-        rate = self.rate() or self.prior_rate
-        if not rate or self.frames_total <= 0:
-            return None
-        remaining = (self.frames_total - self.frames_done) / rate
-        since = now - (self._last_time if self._last_time is not None else self.started)
-        return max(0.0, remaining - max(0.0, since))
-
-    def text(self, now: float) -> str:
-        elapsed = now - self.started
-        if self.frames_total <= 0:
-            return f"Starting… {format_clock(elapsed)} elapsed"
+            return t("progress_starting", lang, elapsed=elapsed)
         eta = self.eta(now)
-        eta_s = "estimating…" if eta is None else f"about {format_clock(eta)} left"
+        eta_s = (t("progress_estimating", lang) if eta is None
+                 else t("progress_left", lang, eta=format_clock(eta)))
         if self.frames_done >= self.frames_total:
-            eta_s = "decoding the audio…"
-        parts = [f"{self.fraction * 100:.0f}%", f"{format_clock(elapsed)} elapsed", eta_s,
-                 f"{self.frames_done}/{self.frames_total} frames"]
+            eta_s = t("progress_decoding", lang)
+        parts = [f"{self.fraction * 100:.0f}%", t("progress_elapsed", lang, elapsed=elapsed), eta_s,
+                 t("progress_frames", lang, done=self.frames_done, total=self.frames_total)]
         if self.audio_seconds > 0:
-            parts.append(f"{self.audio_seconds:.1f} s of audio ready")
+            parts.append(t("progress_audio", lang, seconds=self.audio_seconds))
         return " · ".join(parts)
 
 
-def format_clock(seconds: float | None) -> str:
-    """0:07, 1:05, 1:02:03; '–' for unknown."""
-    if seconds is None or not math.isfinite(seconds):
-        return "–"
-    s = int(round(max(0.0, seconds)))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def format_seconds(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 60 else format_clock(seconds)
+def format_seconds(seconds: float, lang: str = "en") -> str:
+    return t("seconds", lang, value=seconds) if seconds < 60 else format_clock(seconds)
 
 
 def format_bytes(n: int) -> str:
@@ -189,41 +128,40 @@ def is_streaming(model: str) -> bool:
     return model.endswith(STREAM_SUFFIX)
 
 
-def model_label(model: str) -> str:
-    return f"{model} (live progress)" if is_streaming(model) else f"{model} (no live progress)"
+def model_label(model: str, lang: str = "en") -> str:
+    return t("model_live" if is_streaming(model) else "model_not_live", lang, model=model)
 
 
-def melody_support(manifest: dict | None) -> tuple[bool, str]:
+def melody_support(manifest: dict | None, lang: str = "en") -> tuple[bool, str]:
     """Whether a melody can be uploaded, and the reason shown when it cannot."""
     if not manifest:
-        return False, "Melody upload is off: the server's model is unknown (server not reachable)."
+        return False, t("melody_unknown", lang)
     kind = str(manifest.get("model_type") or MODEL_TYPE_TEXT)
     if kind == MODEL_TYPE_MELODY:
-        return True, "The served model takes a melody: its tune guides the generated music."
-    return False, (f"Melody upload is off: the served model ({checkpoint_label(manifest)}, type '{kind}') "
-                   f"is text-only. A '{MODEL_TYPE_MELODY}' checkpoint is needed for melody conditioning.")
+        return True, t("melody_ok", lang)
+    return False, t("melody_off", lang, ckpt=checkpoint_label(manifest, lang), kind=kind,
+                    melody_type=MODEL_TYPE_MELODY)
 
 
-def checkpoint_label(manifest: dict | None) -> str:
-    if not manifest:
-        return "unknown"
-    return str(manifest.get("source") or manifest.get("requested_source") or manifest.get("checkpoint_path")
-               or "unknown")
+def checkpoint_label(manifest: dict | None, lang: str = "en") -> str:
+    found = manifest and (manifest.get("source") or manifest.get("requested_source")
+                          or manifest.get("checkpoint_path"))
+    return str(found) if found else t("unknown", lang)
 
 
-def manifest_facts(manifest: dict | None) -> list[tuple[str, str]]:
+def manifest_facts(manifest: dict | None, lang: str = "en") -> list[tuple[str, str]]:
     """(label, value) lines for the server status panel."""
     if not manifest:
         return []
     dims = manifest.get("dims") or {}
-    facts = [("Checkpoint", checkpoint_label(manifest)),
-             ("Model type", str(manifest.get("model_type", "?"))),
-             ("Precision", str(manifest.get("precision", "?")))]
+    facts = [(t("fact_checkpoint", lang), checkpoint_label(manifest, lang)),
+             (t("fact_model_type", lang), str(manifest.get("model_type", "?"))),
+             (t("fact_precision", lang), str(manifest.get("precision", "?")))]
     if dims.get("sample_rate"):
-        ch = dims.get("audio_channels", 1)
-        facts.append(("Audio", f"{dims['sample_rate'] / 1000:g} kHz, {'stereo' if ch == 2 else 'mono'}"))
+        ch = t("stereo" if dims.get("audio_channels", 1) == 2 else "mono", lang)
+        facts.append((t("fact_audio", lang), t("audio_format", lang, khz=dims["sample_rate"] / 1000, channels=ch)))
     if manifest.get("exported_at"):
-        facts.append(("Exported", str(manifest["exported_at"])))
+        facts.append((t("fact_exported", lang), str(manifest["exported_at"])))
     return facts
 
 
@@ -231,9 +169,8 @@ def random_weights(manifest: dict | None) -> bool:
     return bool(manifest and manifest.get("random_weights"))
 
 
-RANDOM_WEIGHTS_BANNER = ("DEMO MODEL WITH RANDOM WEIGHTS — it makes noise, not music. The server is running "
-                         "the '{ckpt}' export, whose weights are random (made offline for tests). Export a real "
-                         "checkpoint (e.g. `make run CHECKPOINT=facebook/musicgen-small`) to get music.")
+def random_weights_banner(manifest: dict | None, lang: str = "en") -> str:
+    return t("random_weights_banner", lang, ckpt=checkpoint_label(manifest, lang))
 
 
 # ---- results -----------------------------------------------------------------------------------------
@@ -274,16 +211,17 @@ def make_entry(number: int, prompt: str, model: str, params: GenerationParams, s
                        elapsed=float(elapsed))
 
 
-def params_summary(entry: ResultEntry) -> str:
+def params_summary(entry: ResultEntry, lang: str = "en") -> str:
     p = entry.params
-    seed_kind = "fixed" if p.get("seed") is not None else "random"
-    return (f"{p['duration']:g} s · top-k {p['top_k']} · top-p {p['top_p']:g} · temperature {p['temperature']:g}"
-            f" · guidance {p['guidance_scale']:g} · seed {entry.seed_used} ({seed_kind}) · {entry.model}")
+    seed_kind = t("seed_kind_fixed" if p.get("seed") is not None else "seed_kind_random", lang)
+    return t("params_summary", lang, duration=p["duration"], top_k=p["top_k"], top_p=p["top_p"],
+             temperature=p["temperature"], guidance=p["guidance_scale"], seed=entry.seed_used,
+             seed_kind=seed_kind, model=entry.model)
 
 
-def timing_summary(entry: ResultEntry) -> str:
-    return (f"{entry.audio_seconds:.1f} s of audio in {format_seconds(entry.elapsed)}"
-            f" ({entry.realtime_factor:.2f}× real time)")
+def timing_summary(entry: ResultEntry, lang: str = "en") -> str:
+    return t("timing_summary", lang, audio=entry.audio_seconds, elapsed=format_seconds(entry.elapsed, lang),
+             rtf=entry.realtime_factor)
 
 
 _MD_SPECIAL = "\\`*_{}[]()<>#+-.!|~$:"

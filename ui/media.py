@@ -1,7 +1,8 @@
 """Audio for the page: encoding for the player and downloads, waveform/spectrogram plots, melody uploads.
 
-Encoding and decoding go through the project's `musicgen_runtime.audio_io` (soundfile/libsndfile:
-WAV and FLAC everywhere, MP3 where libsndfile ≥ 1.1 was built with it).
+Encoding, loudness normalisation and decoding go through the project's `musicgen_runtime.audio_io`,
+the code the `musicgen` command line writes its files with (soundfile/libsndfile: WAV and FLAC
+everywhere, OGG/Vorbis and MP3 where libsndfile ≥ 1.1 was built with them).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from musicgen_runtime import audio_io
 
 from . import logic
+from .strings import t
 
 
 class UploadError(ValueError):
@@ -22,27 +24,41 @@ class UploadError(ValueError):
 
 # ---- encoding ------------------------------------------------------------------------------------
 
-def encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
+def encode(audio: np.ndarray, sample_rate: int, fmt: str, normalize: str | None = None) -> bytes:
     """Bytes of `audio` ([channels, samples] float, as the server returns it) as 'wav' (16-bit PCM),
-    'flac' or 'mp3', as generated (no normalisation). Raises audio_io.AudioFormatError when this
+    'flac', 'ogg' (Vorbis) or 'mp3', levelled by `normalize` (an audio_io strategy, e.g. 'loudness'
+    = -14 LUFS as the CLI's default; None = as generated). Raises audio_io.AudioFormatError when this
     host cannot write `fmt`."""
     a = np.nan_to_num(np.asarray(audio, dtype=np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
-    return audio_io.encode_audio(a, int(sample_rate), fmt)
+    return audio_io.encode_audio(a, int(sample_rate), fmt, normalize_strategy=normalize)
 
 
-def mp3_supported() -> bool:
+def format_supported(fmt: str) -> bool:
     try:
-        return "mp3" in audio_io.writable_formats()
+        return fmt in audio_io.writable_formats()
     except Exception:
         return False
 
 
-def try_encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes | None:
+def mp3_supported() -> bool:
+    return format_supported("mp3")
+
+
+def try_encode(audio: np.ndarray, sample_rate: int, fmt: str, normalize: str | None = None) -> bytes | None:
     """Like `encode`, but None when the format cannot be written here (the page hides that button)."""
     try:
-        return encode(audio, sample_rate, fmt)
+        return encode(audio, sample_rate, fmt, normalize)
     except Exception:
         return None
+
+
+def clip_file(asset: dict, fmt: str, normalize: str) -> bytes | None:
+    """One result's file in `fmt`, levelled by `normalize`; encoded on first use and kept in `asset`
+    ({"audio", "rate", "files"}: what the page stores per result)."""
+    files = asset.setdefault("files", {})
+    if (fmt, normalize) not in files:
+        files[(fmt, normalize)] = try_encode(asset["audio"], asset["rate"], fmt, normalize)
+    return files[(fmt, normalize)]
 
 
 # ---- plots ---------------------------------------------------------------------------------------
@@ -77,9 +93,7 @@ def waveform_figure(audio: np.ndarray, sample_rate: int, max_points: int = 4000)
         ax.set_xlim(0, n / float(sample_rate))
     peak = float(np.max(np.abs(x))) if n else 0.0
     ax.set_ylim(-max(1e-3, peak) * 1.05, max(1e-3, peak) * 1.05)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("amplitude")
-    ax.set_title("Waveform", fontsize=10, loc="left")
+    ax.set_xlabel("s")
     ax.grid(alpha=0.25)
     return fig
 
@@ -102,9 +116,8 @@ def spectrogram_figure(audio: np.ndarray, sample_rate: int):
     top = float(db.max()) if db.size else 0.0
     ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=top - 80.0, vmax=top,
               extent=(0, db.shape[1] * hop / float(sample_rate), 0, sample_rate / 2000.0))
-    ax.set_xlabel("time (s)")
+    ax.set_xlabel("s")
     ax.set_ylabel("kHz")
-    ax.set_title("Spectrogram", fontsize=10, loc="left")
     return fig
 
 
@@ -117,25 +130,24 @@ def figure_png(fig) -> bytes:
 # ---- melody uploads ------------------------------------------------------------------------------
 
 def decode_upload(name: str, data: bytes, *, max_bytes: int = logic.MAX_UPLOAD_MB * 1024 * 1024,
-                  max_seconds: float = logic.MAX_MELODY_SECONDS) -> tuple[np.ndarray, int]:
+                  max_seconds: float = logic.MAX_MELODY_SECONDS, lang: str = "en") -> tuple[np.ndarray, int]:
     """An uploaded melody as ([channels, samples] float32, sample_rate); raises UploadError."""
     ext = PurePath(name or "").suffix.lower().lstrip(".")
     if ext not in logic.MELODY_EXTENSIONS:
-        raise UploadError(f"'{name}' is not a supported audio file: use one of "
-                          f"{', '.join(e.upper() for e in logic.MELODY_EXTENSIONS)}")
+        raise UploadError(t("upload_type", lang, name=name,
+                            kinds=", ".join(e.upper() for e in logic.MELODY_EXTENSIONS)))
     if len(data) > max_bytes:
-        raise UploadError(f"'{name}' is too large: {logic.format_bytes(len(data))}, "
-                          f"at most {logic.format_bytes(max_bytes)}")
+        raise UploadError(t("upload_large", lang, name=name, size=logic.format_bytes(len(data)),
+                            limit=logic.format_bytes(max_bytes)))
     if not data:
-        raise UploadError(f"'{name}' is empty")
+        raise UploadError(t("upload_empty", lang, name=name))
     try:
         audio, rate = audio_io.read_audio(bytes(data))
     except Exception as exc:  # libsndfile's errors are of several types
-        raise UploadError(f"'{name}' could not be read as audio ({exc}). Is it a valid "
-                          f"{ext.upper()} file?") from None
+        raise UploadError(t("upload_unreadable", lang, name=name, error=exc, ext=ext.upper())) from None
     if audio.shape[-1] == 0:
-        raise UploadError(f"'{name}' holds no audio")
+        raise UploadError(t("upload_silent", lang, name=name))
     seconds = audio.shape[-1] / float(rate)
     if seconds > max_seconds:
-        raise UploadError(f"'{name}' is {seconds:.0f} s long: a melody may be at most {max_seconds:g} s")
+        raise UploadError(t("upload_long", lang, name=name, seconds=seconds, limit=max_seconds))
     return audio, int(rate)

@@ -22,10 +22,10 @@ COPY pyproject.toml ./
 COPY musicgen_runtime ./musicgen_runtime
 COPY deploy/docker/runtime-requirements.py /tmp/runtime-requirements.py
 
-# The runtime package with its pinned core deps, onnxruntime-gpu in place of onnxruntime.
-# numpy stays 1.26.4: the python-backend stub of 24.10 crashes on BYTES inputs with numpy 2.
-# --ignore-requires-python: the project targets 3.11, the image's interpreter is 3.10; the code
-# that runs here is kept 3.10-compatible (tests/deploy checks it).
+# The runtime package with its pinned core + `runtime` extra deps, onnxruntime-gpu in place of
+# onnxruntime. numpy stays 1.26.4: the python-backend stub of 24.10 crashes on BYTES inputs with numpy 2.
+# --ignore-requires-python: the server side is tested on 3.11, the image's interpreter is 3.10; the
+# code that runs here is kept 3.10-compatible (tests/deploy checks it).
 RUN python3 /tmp/runtime-requirements.py pyproject.toml --gpu "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" > /tmp/requirements.txt \
     && python3 -m pip install --no-cache-dir -r /tmp/requirements.txt \
     && python3 -m pip install --no-cache-dir --no-deps --ignore-requires-python /src \

@@ -18,11 +18,15 @@ COPY musicgen_runtime ./musicgen_runtime
 COPY client ./client
 COPY ui ./ui
 
-# Runtime core + client + page; no torch. (Versions are pinned in pyproject.toml.)
+# Core + client + page only: no torch, no server runtime (onnxruntime, tokenizers), no test tools
+# (selenium, pytest live in the `test` extra). Versions are pinned in pyproject.toml.
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[client,ui]" \
     && python -c "import streamlit, tritonclient.grpc, client, musicgen_runtime" \
     && if python -c "import torch" 2>/dev/null; then echo "torch must not be in the UI image" >&2; exit 1; fi \
+    && for mod in onnxruntime tokenizers selenium pytest; do \
+         if python -c "import $mod" 2>/dev/null; then echo "$mod must not be in the UI image" >&2; exit 1; fi; \
+       done \
     && useradd --create-home --uid 10001 app
 
 USER 10001

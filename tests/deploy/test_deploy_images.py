@@ -55,6 +55,9 @@ def test_ui_image_installs_client_and_ui_extras_without_torch():
     assert "import streamlit, tritonclient.grpc" in text
     assert 'python -c "import torch"' in text and "torch" not in "".join(
         line for line in text.splitlines() if "pip install" in line)
+    # the page's image carries neither the server runtime nor the test tools (the build fails if it does)
+    refused = re.search(r"for mod in ([^;]+); do\s*\\?\s*if python -c \"import \$mod\"", text)
+    assert refused and {"onnxruntime", "tokenizers", "selenium", "pytest"} <= set(refused.group(1).split())
     assert "ui/app.py" in text and "--server.port=8501" in text
     assert re.search(r"^USER 10001$", text, re.M)
 
@@ -91,10 +94,13 @@ def test_gpu_requirements_follow_pyproject():
     reqs = mod.gpu_requirements(text, f"onnxruntime-gpu=={ORT_GPU}")
     names = [mod.requirement_name(r) for r in reqs]
     core = [mod.requirement_name(r) for r in mod.core_dependencies(text)]
-    assert "onnxruntime" in core and "onnxruntime" not in names
+    runtime = [mod.requirement_name(r) for r in mod.extra_dependencies(text, "runtime")]
+    assert "onnxruntime" not in core, "the core (every role) must stay free of the server runtime"
+    assert "onnxruntime" in runtime and "onnxruntime" not in names
     assert names[-1] == "onnxruntime-gpu" and reqs[-1] == f"onnxruntime-gpu=={ORT_GPU}"
-    assert set(core) - {"onnxruntime"} == set(names) - {"onnxruntime-gpu"}
-    assert "numpy==1.26.4" in reqs
+    assert set(core + runtime) - {"onnxruntime"} == set(names) - {"onnxruntime-gpu"}
+    assert len(names) == len(set(names)), "one requirement per package"
+    assert "numpy==1.26.4" in reqs  # the runtime's pin wins over the core's range
     assert all("==" in r for r in reqs), "every requirement of the GPU image is pinned"
     # the script itself, as the Dockerfile runs it
     out = subprocess.run(["python3", str(DOCKER / "runtime-requirements.py"), str(REPO_ROOT / "pyproject.toml"),
@@ -106,11 +112,17 @@ def test_gpu_requirements_refuse_a_pyproject_without_onnxruntime(tmp_path):
     mod = _runtime_requirements()
     with pytest.raises(SystemExit):
         mod.gpu_requirements('[project]\ndependencies = [\n    "numpy==1.26.4",\n]\n', "onnxruntime-gpu==1.23.2")
+    with pytest.raises(SystemExit):
+        mod.gpu_requirements('[project]\ndependencies = [\n    "numpy>=1.26",\n]\n\n'
+                             '[project.optional-dependencies]\nruntime = [\n    "numpy==1.26.4",\n]\n',
+                             "onnxruntime-gpu==1.23.2")
 
 
 def _triton_side_python_files():
     files = sorted((REPO_ROOT / "musicgen_runtime").rglob("*.py")) + sorted(REPO_ROOT.glob("model_repository/*/1/*.py"))
     files += [DOCKER / "runtime-requirements.py", DEPLOY_DIR / "host" / "smoke.py"]
+    # the client and the page declare Python 3.10-3.13 (pyproject.toml): the same check holds for them
+    files += sorted((REPO_ROOT / "client").glob("*.py")) + sorted((REPO_ROOT / "ui").glob("*.py"))
     return [f for f in files if "__pycache__" not in f.parts]
 
 
