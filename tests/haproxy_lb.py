@@ -20,8 +20,9 @@ import io
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Self
 
 SETUP_SCRIPT = Path(__file__).resolve().parent / "haproxy_setup.sh"
 
@@ -37,7 +38,7 @@ class HealthCheck:
 
 def ensure_haproxy() -> str:
     """The haproxy binary, installed from Debian's packages when missing (tests/haproxy_setup.sh)."""
-    p = subprocess.run(["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=600)
+    p = subprocess.run(["bash", str(SETUP_SCRIPT)], check=False, capture_output=True, text=True, timeout=600)
     if p.returncode != 0:
         raise RuntimeError(f"haproxy setup failed:\n{p.stdout}\n{p.stderr}")
     return "haproxy"
@@ -106,9 +107,9 @@ class HAProxy:
         self.binary = binary
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30.0) -> "HAProxy":
-        check = subprocess.run([self.binary, "-c", "-f", str(self.config_path)], capture_output=True, text=True,
-                               timeout=60)
+    def start(self, timeout: float = 30.0) -> HAProxy:
+        check = subprocess.run([self.binary, "-c", "-f", str(self.config_path)], check=False, capture_output=True,
+                               text=True, timeout=60)
         if check.returncode != 0:
             raise RuntimeError(f"haproxy rejected its config:\n{check.stdout}{check.stderr}")
         with open(self.log_path, "wb") as log:
@@ -154,7 +155,7 @@ class HAProxy:
                 self.process.kill()
                 self.process.wait(10)
 
-    def __enter__(self) -> "HAProxy":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
