@@ -82,7 +82,7 @@ _PATTERNS: list[tuple[type[MusicGenError], re.Pattern]] = [
     (ServerUnavailable, re.compile(
         r"failed to connect|connection refused|connect failed|socket closed|connection reset|"
         r"name resolution|dns resolution|broken pipe|unreachable|Connection aborted|"
-        r"server not (live|ready)|ssl handshake|connection closed",
+        r"server not (live|ready)|ssl handshake|connection closed|stream removed",
         re.IGNORECASE)),
 ]
 # A load balancer's own answer when the replica serving the request died or none is ready.
@@ -143,7 +143,7 @@ def classify(exc: BaseException, *, url: str = "", model: str = "", timeout: flo
                                      detail=raw)
             if cls is RequestTimeout:
                 return RequestTimeout(f"the request to the server{where} timed out: {_strip(raw)}", detail=raw)
-            return ServerUnavailable(f"cannot reach the MusicGen server{where}: {_strip(raw)}. "
+            return ServerUnavailable(f"cannot reach the MusicGen server{where}: {_strip(raw).rstrip('.')}. "
                                      "Is it running (`make serve`) and is the URL right?", detail=raw)
     if status in ("400", "StatusCode.INVALID_ARGUMENT"):
         return InvalidParameter(f"invalid parameter: {_strip(raw)}", detail=raw)

@@ -97,6 +97,8 @@ def test_classify_triton_messages():
     assert isinstance(bad_gateway, ServerUnavailable) and "502 Bad Gateway" in bad_gateway.message
     assert "<html>" not in bad_gateway.message
     assert isinstance(exc("connection closed."), ServerUnavailable)
+    assert isinstance(exc("Stream removed (Data frame with END_STREAM flag received)", "StatusCode.UNKNOWN"),
+                      ServerUnavailable)
 
 
 # ---- against the server ---------------------------------------------------------------------------

@@ -121,6 +121,10 @@ def sent(lb: HAProxy, server: str) -> dict[str, int]:
     return {backend: int(row["stot"]) for backend, row in lb.server_stats(server).items()}
 
 
+def served(lb: HAProxy, server: str) -> dict[str, int]:
+    return {backend: int(row["hrsp_2xx"]) for backend, row in lb.server_stats(server).items()}
+
+
 def in_flight(lb: HAProxy, server: str) -> int:
     return sum(int(row["scur"]) for row in lb.server_stats(server).values())
 
@@ -162,8 +166,9 @@ def test_failover_and_drain_behind_haproxy(replicas, tmp_path):
         load = Load(lb).start()
         try:
             # 1. spread: leastconn gives both replicas requests, over both protocols
-            wait_until(lambda: all(n >= 3 for s in ("r0", "r1") for n in sent(lb, s).values()), 60,
+            wait_until(lambda: all(n >= 10 for s in ("r0", "r1") for n in served(lb, s).values()), 90,
                        "both replicas served HTTP and gRPC requests")
+            figures["served_before_kill"] = {s: served(lb, s) for s in ("r0", "r1")}
             assert not [o.error for o in load.snapshot() if o.error], "failures before any fault"
 
             # 2. kill r1 with requests in flight on it

@@ -66,7 +66,7 @@ def test_export_image_uses_the_cpu_torch_and_the_export_extra():
     assert "ENTRYPOINT [\"/usr/local/bin/musicgen-export\"]" in text
 
 
-@pytest.mark.parametrize("name", ["triton", "ui", "export"])
+@pytest.mark.parametrize("name", ["triton", "ui", "export", "token-auth"])
 def test_dockerignore_admits_what_each_image_copies_and_no_weights(name):
     df = (DOCKER / f"{name}.Dockerfile").read_text()
     ignore = (DOCKER / f"{name}.Dockerfile.dockerignore").read_text().splitlines()
