@@ -7,12 +7,12 @@ active health checks) in front, a bounded mixed load of unary generations over H
 2. replica r1 is killed (SIGKILL) with requests in flight on it: those end with a clear error
    (no hang), every request sent after the kill succeeds on r0;
 3. r1 restarts on the same ports and HAProxy sends it traffic again (the time is reported);
-4. a rollout: r1 is taken out of the balancer (as Kubernetes drops a terminating pod from its
-   endpoints during preStop), then gets SIGTERM with requests in flight: they complete, r1 exits
-   cleanly, and the load goes on on r0 without a failure.
+4. a rollout, as the Triton pod's preStop does it: r1 is taken out of the balancer (as Kubernetes
+   drops a terminating pod from its endpoints) with requests in flight on it, musicgen-drain waits
+   until none is left, then SIGTERM: nothing fails, r1 exits cleanly, the load goes on on r0.
 
 "In flight" is made certain, not left to timing: r1's process group is stopped (SIGSTOP) until
-HAProxy counts a request on it, then killed or sent SIGTERM (+ SIGCONT). Figures are printed
+HAProxy counts a request on it, then killed, or taken out of the balancer and resumed (SIGCONT). Figures are printed
 (`pytest -s`) and documented in docs/kubernetes.md.
 """
 
@@ -20,15 +20,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from haproxy_lb import HAProxy, HealthCheck, ensure_haproxy
 
-from client import MusicGenClient, MusicGenError, ServerUnavailable
+from client import MusicGenClient, ServerUnavailable
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The Triton pod's preStop hook (deploy/docker/triton-drain.py), run here against a replica.
+_spec = importlib.util.spec_from_file_location("triton_drain", ROOT / "deploy" / "docker" / "triton-drain.py")
+DRAIN = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(DRAIN)
 
 # The replicas' readiness as HAProxy checks it. Triton's /v2/health/ready on its HTTP port notices a
 # dead replica (port closed) and a draining one (503 after SIGTERM).
@@ -38,7 +47,7 @@ CLIP_SECONDS = 2.0
 WORKERS_PER_PROTOCOL = 2
 REQUEST_TIMEOUT = 60.0
 LOAD_MAX_SECONDS = 240.0
-EXIT_TIMEOUT = 30
+EXIT_TIMEOUT = 60
 
 
 def wait_until(cond, timeout: float, what: str, interval: float = 0.1):
@@ -135,6 +144,22 @@ def freeze_with_requests_in_flight(lb: HAProxy, replica, server: str) -> None:
     wait_until(lambda: in_flight(lb, server) >= 1, 60, f"a request in flight on frozen {server}")
 
 
+def restart(replica) -> int:
+    """Start the replica again on its ports; a start that fails is retried once, as the kubelet would
+    restart a container that crashed while starting (a python-backend stub has been seen dying at
+    load with a boost lock_exception on this busy machine). Returns the attempts it took."""
+    from server import ServerStartError, new_shm_prefix
+
+    try:
+        replica.start()
+        return 1
+    except ServerStartError as exc:
+        print(f"\nrestart failed once, retrying: {str(exc)[-300:]}")
+        replica.shm_prefix = new_shm_prefix()
+        replica.start()
+        return 2
+
+
 @pytest.fixture
 def replicas(tiny_repo, tmp_path):
     from server import TritonServer, find_free_ports
@@ -199,7 +224,7 @@ def test_failover_and_drain_behind_haproxy(replicas, tmp_path):
 
             # 3. restart r1 on the same ports; HAProxy sends it traffic again
             t_restart = time.monotonic()
-            r1.start()
+            figures["restart_attempts"] = restart(r1)
             t_ready = time.monotonic()
             base = sent(lb, "r1")
             wait_until(lambda: status(lb, "r1") == {"UP"} and all(n > base[b] for b, n in sent(lb, "r1").items()),
@@ -209,29 +234,23 @@ def test_failover_and_drain_behind_haproxy(replicas, tmp_path):
             figures["ready_to_traffic_s"] = round(t_rejoin - t_ready, 2)
             figures["restart_to_traffic_s"] = round(t_rejoin - t_restart, 2)
 
-            # 4. a rollout: r1 leaves the balancer first (Kubernetes removes a terminating pod from its
-            #    endpoints while preStop sleeps), then gets SIGTERM with requests in flight: they complete
-            #    and it exits cleanly.
+            # 4. a rollout, as the Triton pod's preStop does it: r1 leaves the balancer (Kubernetes drops a
+            #    terminating pod from its endpoints), musicgen-drain waits until nothing is in flight on it,
+            #    then SIGTERM: its in-flight requests complete and it exits cleanly.
             freeze_with_requests_in_flight(lb, r1, "r1")
-            draining = in_flight(lb, "r1")
+            figures["drained_in_flight"] = in_flight(lb, "r1")
             for backend in ("triton_http", "triton_grpc"):
                 lb.command(f"set server {backend}/r1 state drain")
-            t_term = time.monotonic()
-            os.kill(r1.pid, signal.SIGTERM)  # handled once the group runs again
+            t_drain = time.monotonic()
             os.killpg(r1.pid, signal.SIGCONT)
-            wait_until(lambda: not r1.is_ready(), 30, "r1 reports not ready once it got SIGTERM")
-            # what a client reaching r1 directly gets now (recorded, not asserted: Triton keeps taking gRPC
-            # requests until it has waited out its open HTTP connections, so the balancer must stop first)
-            with MusicGenClient(f"grpc://{r1.grpc_endpoint}", timeout=REQUEST_TIMEOUT) as direct:
-                try:
-                    direct.generate("after SIGTERM", CLIP_SECONDS, seed=1)
-                    figures["direct_grpc_after_sigterm"] = "served"
-                except MusicGenError as exc:
-                    figures["direct_grpc_after_sigterm"] = f"{type(exc).__name__}: {exc}"[:160]
+            seen = DRAIN.wait_for_drain(r1.metrics_url, delay=0, quiet=3, timeout=60, log=lambda _: None)
+            assert seen["outcome"] == "idle", seen
+            figures["drain_wait_s"] = round(time.monotonic() - t_drain, 2)
+            t_term = time.monotonic()
+            os.kill(r1.pid, signal.SIGTERM)
             rc = r1.process.wait(EXIT_TIMEOUT + 30)
-            figures["drain_exit_s"] = round(time.monotonic() - t_term, 2)
-            figures["drained_in_flight"] = draining
-            assert rc == 0, f"tritonserver did not drain cleanly (exit code {rc}):\n{r1.log_tail(20)}"
+            figures["sigterm_to_exit_s"] = round(time.monotonic() - t_term, 2)
+            assert rc == 0, f"tritonserver did not exit cleanly (exit code {rc}):\n{r1.log_tail(20)}"
             load.wait_for_more(8, "requests served after the drain")
         finally:
             load.stop()

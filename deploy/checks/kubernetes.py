@@ -7,8 +7,8 @@ one on PATH). check_rendered(docs) returns findings for: schema errors; a Deploy
 Job container without requests and limits (cpu, memory) or with an unpinned image; a Deployment
 container without readiness and liveness probes; the Triton Deployment without one GPU
 (nvidia.com/gpu: 1 requested and limited), a memory-backed /dev/shm, the read-only model volume,
-probes on the health port's /readyz and /livez (startup too), preStop, and a grace period that
-covers preStop + Triton's exit timeout; a Service that publishes Triton's pods or ports outside the
+probes on the health port's /readyz and /livez (startup too), musicgen-drain as preStop, and a
+grace period that covers the drain and Triton's exit timeout; a Service that publishes Triton's pods or ports outside the
 cluster (NodePort, LoadBalancer, externalIPs); an Ingress to Triton without the token check
 (auth-url to the token Service of the same namespace), without TLS for its hosts, without
 least-outstanding balancing, or gRPC without backend-protocol GRPC; an HPA whose target is not a
@@ -19,6 +19,7 @@ Job that writes another claim than Triton reads.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import re
 import shutil
@@ -151,13 +152,12 @@ def _exit_timeout(c: dict) -> int | None:
     return None
 
 
-def _prestop_seconds(c: dict) -> int | None:
-    pre = (c.get("lifecycle") or {}).get("preStop") or {}
-    if "sleep" in pre:
-        return int(pre["sleep"].get("seconds", 0))
-    cmd = (pre.get("exec") or {}).get("command") or []
-    m = re.search(r"\bsleep\s+(\d+)", " ".join(map(str, cmd)))
-    return int(m.group(1)) if m else (0 if pre else None)
+def _drain(c: dict) -> dict[str, float] | None:
+    """The preStop's musicgen-drain options ({} without them), or None when preStop is not musicgen-drain."""
+    cmd = [str(a) for a in ((((c.get("lifecycle") or {}).get("preStop") or {}).get("exec") or {}).get("command") or [])]
+    if not any(a.endswith("musicgen-drain") for a in cmd):
+        return None
+    return {a[2:]: float(b) for a, b in itertools.pairwise(cmd) if a in ("--delay", "--quiet", "--timeout")}
 
 
 def triton_findings(docs: list[dict]) -> list[str]:
@@ -190,15 +190,18 @@ def triton_findings(docs: list[dict]) -> list[str]:
         if got != path or _port_number(c, port) != TRITON_PORTS["health"]:
             out.append(f"{where}: {probe} must GET {path} on the health port {TRITON_PORTS['health']} "
                        f"(the supervisor's real-work check), is {got} on {port}")
-    pre, exit_timeout = _prestop_seconds(c), _exit_timeout(c)
-    if not pre:
-        out.append(f"{where}: needs a preStop that waits for the endpoints to drop the pod")
+    drain, exit_timeout = _drain(c), _exit_timeout(c)
+    if drain is None:
+        out.append(f"{where}: preStop must run musicgen-drain (wait for the endpoints to drop the pod, then for "
+                   "in-flight generations): Triton's SIGTERM alone fails ensemble requests in flight")
     if exit_timeout is None:
-        out.append(f"{where}: tritonserver needs --exit-timeout-secs (how long it waits for in-flight requests)")
+        out.append(f"{where}: tritonserver needs --exit-timeout-secs (how long it waits for open connections)")
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    if pre is not None and exit_timeout is not None and grace < pre + exit_timeout:
-        out.append(f"{where}: terminationGracePeriodSeconds {grace} < preStop {pre} + exit timeout {exit_timeout}: "
-                   "a rollout would cut generations")
+    if drain is not None and exit_timeout is not None:
+        need = drain.get("delay", 20) + drain.get("timeout", 600) + exit_timeout
+        if grace < need:
+            out.append(f"{where}: terminationGracePeriodSeconds {grace} < drain delay + drain timeout + exit timeout "
+                       f"({need:g}): a rollout would cut generations")
     strategy = (dep["spec"].get("strategy") or {}).get("rollingUpdate") or {}
     if str(strategy.get("maxUnavailable", "25%")) != "0":
         out.append(f"{where}: rollingUpdate.maxUnavailable must be 0 (a new replica is ready before an old one drains)")
@@ -244,7 +247,7 @@ def ingress_findings(docs: list[dict]) -> list[str]:
             out.append(f"{_kn(ing)}: routes to Triton without the token check "
                        f"({ANN}auth-url must be one of {sorted(auth_ok) or 'the token Service (missing)'})")
         if ann.get(ANN + "load-balance") != "ewma":
-            out.append(f"{_kn(ing)}: needs {ANN}load-balance: ewma (least outstanding work; generations are long)")
+            out.append(f"{_kn(ing)}: needs {ANN}load-balance: ewma (load-aware, not round robin: generations are long)")
         ports = {str((b.get("port") or {}).get("name") or (b.get("port") or {}).get("number")) for b in triton}
         grpc = bool(ports & {"grpc", str(TRITON_PORTS["grpc"])})
         if grpc and ann.get(ANN + "backend-protocol") != "GRPC":
