@@ -134,3 +134,59 @@ def test_a_broken_overlay_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(k8s, "OVERLAYS_DIR", tmp_path / "overlays")
     findings = k8s.check_all()
     assert len(findings) == 1 and "kustomize failed" in findings[0] and "missing.yaml" in findings[0]
+
+
+def test_token_auth_container_runs_the_token_check_as_rendered(rendered, tmp_path):
+    """The token-auth container's args, given to deploy/auth/token_auth.py as its image's ENTRYPOINT
+    runs it (deploy/docker/token-auth.Dockerfile), serve the check ingress-nginx's auth-url asks."""
+    import re
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from deploy.checks import DEPLOY_DIR
+    from server import find_free_port
+
+    dockerfile = (DEPLOY_DIR / "docker" / "token-auth.Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "/app/token_auth.py"]' in dockerfile
+    assert re.search(r"^COPY deploy/auth/token_auth\.py /app/token_auth\.py$", dockerfile, re.M)
+    pod = k8s._pod(_find(rendered["ack"], "Deployment", "musicgen-token-auth"))
+    rendered_args = pod["containers"][0]["args"]
+    mount = pod["containers"][0]["volumeMounts"][0]["mountPath"]
+    tokens = tmp_path / "tokens"
+    script = DEPLOY_DIR / "auth" / "token_auth.py"
+    subprocess.run([sys.executable, str(script), "--tokens", str(tokens), "add", "ci"], input="mgt_secret_for_the_ci_check\n",
+                   text=True, check=True, capture_output=True, timeout=30)
+    port = find_free_port()
+    args = [str(tokens) if a.startswith(mount) else a for a in rendered_args]
+    args = [f"127.0.0.1:{port}" if a.startswith("0.0.0.0:") else a for a in args]
+    assert "serve" in args and str(tokens) in args
+    proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def status(path, token=None):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                         headers={"Authorization": f"Bearer {token}"} if token else {})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert status("/healthz") == 200
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the token check did not start"
+                time.sleep(0.2)
+        assert status("/check", "mgt_secret_for_the_ci_check") == 200
+        assert status("/check", "mgt_wrong") == 401 and status("/check") == 401
+        ingress = _find(rendered["ack"], "Ingress", "musicgen-api-http")["metadata"]["annotations"]
+        listen_port = rendered_args[rendered_args.index("--listen") + 1].rsplit(":", 1)[1]
+        assert ingress["nginx.ingress.kubernetes.io/auth-url"].endswith(f":{listen_port}/check")
+    finally:
+        proc.terminate()
+        proc.wait(10)
