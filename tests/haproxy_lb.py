@@ -19,10 +19,11 @@ import dataclasses
 import io
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
+
+from local_procs import LocalProcs, wait_for
 
 SETUP_SCRIPT = Path(__file__).resolve().parent / "haproxy_setup.sh"
 
@@ -105,6 +106,7 @@ class HAProxy:
         self.config_path.write_text(render_config(replicas, check, http_port=self.http_port,
                                                   grpc_port=self.grpc_port, stats_socket=self.stats_socket))
         self.binary = binary
+        self._procs = LocalProcs()
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> HAProxy:
@@ -112,19 +114,14 @@ class HAProxy:
                                text=True, timeout=60)
         if check.returncode != 0:
             raise RuntimeError(f"haproxy rejected its config:\n{check.stdout}{check.stderr}")
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([self.binary, "-db", "-f", str(self.config_path)], stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.stats()
-                return self
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"haproxy did not start:\n{self.log_path.read_text()}") from None
-                time.sleep(0.1)
+        self.process = self._procs.start([self.binary, "-db", "-f", str(self.config_path)], self.log_path,
+                                         stdin=subprocess.DEVNULL)
+        try:
+            wait_for("haproxy", lambda: self.stats() is not None, self.process, self.log_path, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def command(self, line: str) -> str:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -147,13 +144,7 @@ class HAProxy:
         return {backend: row for (backend, name), row in self.stats().items() if name == server}
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        self._procs.stop()
 
     def __enter__(self) -> Self:
         return self.start()
