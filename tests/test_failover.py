@@ -12,8 +12,8 @@ active health checks) in front, a bounded mixed load of unary generations over H
    until none is left, then SIGTERM: nothing fails, r1 exits cleanly, the load goes on on r0.
 
 "In flight" is made certain, not left to timing: r1's process group is stopped (SIGSTOP) until
-HAProxy counts a request on it, then killed, or taken out of the balancer and resumed (SIGCONT). Figures are printed
-(`pytest -s`) and documented in docs/kubernetes.md.
+HAProxy counts a request on it, then killed, or taken out of the balancer and resumed (SIGCONT).
+Figures are printed (`pytest -s`) and documented in docs/kubernetes.md.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ _spec = importlib.util.spec_from_file_location("triton_drain", ROOT / "deploy" /
 DRAIN = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(DRAIN)
 
-# The replicas' readiness as HAProxy checks it. Triton's /v2/health/ready on its HTTP port notices a
-# dead replica (port closed) and a draining one (503 after SIGTERM).
+# The replicas' readiness as HAProxy checks it: Triton's /v2/health/ready on its HTTP port notices a
+# dead replica (port closed) and a stopping one (not ready after SIGTERM). With the supervisor's
+# health port, the real-work check: HealthCheck(path="/readyz", port_of=<the replica's health port>).
 READINESS = HealthCheck(path="/v2/health/ready", port_of=lambda r: r.http_port)
 
 CLIP_SECONDS = 2.0
@@ -148,14 +149,13 @@ def restart(replica) -> int:
     """Start the replica again on its ports; a start that fails is retried once, as the kubelet would
     restart a container that crashed while starting (a python-backend stub has been seen dying at
     load with a boost lock_exception on this busy machine). Returns the attempts it took."""
-    from server import ServerStartError, new_shm_prefix
+    from server import ServerStartError
 
     try:
         replica.start()
         return 1
     except ServerStartError as exc:
-        print(f"\nrestart failed once, retrying: {str(exc)[-300:]}")
-        replica.shm_prefix = new_shm_prefix()
+        print(f"\nrestart failed once, retrying with the same settings: {str(exc)[-300:]}")
         replica.start()
         return 2
 
