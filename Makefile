@@ -59,7 +59,7 @@ lint: setup
 test: setup lint
 	$(BIN)/python -m pytest -q tests
 
-# Offline checks of deploy/ (shellcheck, ROS/Terraform/compose/cloud-init, bootstrap dry run).
+# Offline checks of deploy/ (shellcheck, ROS/Terraform/compose/cloud-init, Kubernetes overlays, bootstrap dry run).
 # Also part of `make test`; no cloud account or docker engine is needed.
 deploy-check: setup
 	$(BIN)/python -m pytest -q tests/deploy

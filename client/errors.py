@@ -82,9 +82,11 @@ _PATTERNS: list[tuple[type[MusicGenError], re.Pattern]] = [
     (ServerUnavailable, re.compile(
         r"failed to connect|connection refused|connect failed|socket closed|connection reset|"
         r"name resolution|dns resolution|broken pipe|unreachable|Connection aborted|"
-        r"server not (live|ready)|ssl handshake",
+        r"server not (live|ready)|ssl handshake|connection closed|stream removed",
         re.IGNORECASE)),
 ]
+# A load balancer's own answer when the replica serving the request died or none is ready.
+_GATEWAY = re.compile(r"\b(502 Bad Gateway|503 Service Unavailable|504 Gateway Time-?out)\b", re.IGNORECASE)
 
 
 def _strip(message: str) -> str:
@@ -123,6 +125,11 @@ def classify(exc: BaseException, *, url: str = "", model: str = "", timeout: flo
         reason = _strip(raw).rsplit(": ", 1)[-1]  # grpc: "failed to connect ...; last error: ...: Connection refused"
         return ServerUnavailable(f"cannot reach the MusicGen server{where} ({reason}). "
                                  "Is it running (`make serve`) and is the URL right?", detail=raw)
+    gateway = _GATEWAY.search(text)
+    if gateway:
+        return ServerUnavailable(f"the load balancer in front of the MusicGen server{where} answered "
+                                 f"{gateway.group(1)}: the replica serving the request went away or none is "
+                                 "ready. Send the request again.", detail=raw)
     if "DEADLINE_EXCEEDED" in status:
         return RequestTimeout(f"no answer from the server{where} within {timeout:g} s" if timeout
                               else f"the request to the server{where} timed out", detail=raw)
@@ -136,7 +143,7 @@ def classify(exc: BaseException, *, url: str = "", model: str = "", timeout: flo
                                      detail=raw)
             if cls is RequestTimeout:
                 return RequestTimeout(f"the request to the server{where} timed out: {_strip(raw)}", detail=raw)
-            return ServerUnavailable(f"cannot reach the MusicGen server{where}: {_strip(raw)}. "
+            return ServerUnavailable(f"cannot reach the MusicGen server{where}: {_strip(raw).rstrip('.')}. "
                                      "Is it running (`make serve`) and is the URL right?", detail=raw)
     if status in ("400", "StatusCode.INVALID_ARGUMENT"):
         return InvalidParameter(f"invalid parameter: {_strip(raw)}", detail=raw)

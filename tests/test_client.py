@@ -91,6 +91,14 @@ def test_classify_triton_messages():
     assert isinstance(exc("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED"), RequestTimeout)
     assert isinstance(exc("RuntimeError: decoder step failed: boom"), GenerationError)
     assert isinstance(classify(ConnectionRefusedError(111, "Connection refused")), ServerUnavailable)
+    # a load balancer's answers when the replica serving the request died (tests/test_failover.py)
+    bad_gateway = exc("an exception occurred in the client while decoding the response: Parse error at offset 0: "
+                      "<html><body><h1>502 Bad Gateway</h1>\nThe server returned an invalid or incomplete response.")
+    assert isinstance(bad_gateway, ServerUnavailable) and "502 Bad Gateway" in bad_gateway.message
+    assert "<html>" not in bad_gateway.message
+    assert isinstance(exc("connection closed."), ServerUnavailable)
+    assert isinstance(exc("Stream removed (Data frame with END_STREAM flag received)", "StatusCode.UNKNOWN"),
+                      ServerUnavailable)
 
 
 # ---- against the server ---------------------------------------------------------------------------

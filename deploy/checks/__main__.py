@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from . import TERRAFORM_DIR, cloudinit, compose, ros, terraform, tools
+from . import TERRAFORM_DIR, cloudinit, compose, kubernetes, ros, terraform, tools
 
 
 def main() -> int:
@@ -16,6 +16,7 @@ def main() -> int:
     results.append(("ROS template + Compute Nest config", ros.check_all()))
     results.append(("Terraform", terraform.check_all()))
     results.append(("compose + Caddyfile", compose.check_all()))
+    results.append(("Kubernetes manifests (every overlay)", kubernetes.check_all()))
     results.append(("cloud-init user data", cloudinit.check_cloud_config(terraform.render_cloud_init())))
     for name, (ok, text) in (("shellcheck", tools.shellcheck()),
                              ("shellcheck ROS stage 0", tools.shellcheck(text=ros.stage0_script(ros.load()))),

@@ -60,7 +60,8 @@ def hadolint(paths: list[Path] | None = None) -> tuple[bool, str]:
 def yaml_files() -> list[Path]:
     return [DEPLOY_DIR / "compose.yaml", DEPLOY_DIR / "computenest" / "config.yaml",
             DEPLOY_DIR / "computenest" / "ros_templates" / "template.yaml",
-            DEPLOY_DIR / "terraform" / "cloud-init.yaml.tftpl", HERE / "yamllint.yaml"]
+            DEPLOY_DIR / "terraform" / "cloud-init.yaml.tftpl", HERE / "yamllint.yaml",
+            *sorted((DEPLOY_DIR / "kubernetes").rglob("*.yaml"))]
 
 
 def yamllint(paths: list[Path] | None = None, text: str | None = None) -> tuple[bool, str]:

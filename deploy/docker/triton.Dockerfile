@@ -33,6 +33,9 @@ RUN python3 /tmp/runtime-requirements.py pyproject.toml --gpu "onnxruntime-gpu==
     && if python3 -c "import torch" 2>/dev/null; then echo "torch must not be in the Triton image" >&2; exit 1; fi \
     && rm -rf /src /tmp/requirements.txt /tmp/runtime-requirements.py
 
+# The Kubernetes preStop hook: waits until the replica has no generation in flight (deploy/kubernetes).
+COPY deploy/docker/triton-drain.py /usr/local/bin/musicgen-drain
+
 WORKDIR /opt/tritonserver
 EXPOSE 8000 8001 8002
 # Liveness for `docker run`; compose sets the same check. Readiness that matters (a real small

@@ -69,7 +69,7 @@ def test_export_image_uses_the_cpu_torch_and_the_export_extra():
     assert "ENTRYPOINT [\"/usr/local/bin/musicgen-export\"]" in text
 
 
-@pytest.mark.parametrize("name", ["triton", "ui", "export"])
+@pytest.mark.parametrize("name", ["triton", "ui", "export", "token-auth"])
 def test_dockerignore_admits_what_each_image_copies_and_no_weights(name):
     df = (DOCKER / f"{name}.Dockerfile").read_text()
     ignore = (DOCKER / f"{name}.Dockerfile.dockerignore").read_text().splitlines()
@@ -120,7 +120,7 @@ def test_gpu_requirements_refuse_a_pyproject_without_onnxruntime(tmp_path):
 
 def _triton_side_python_files():
     files = sorted((REPO_ROOT / "musicgen_runtime").rglob("*.py")) + sorted(REPO_ROOT.glob("model_repository/*/1/*.py"))
-    files += [DOCKER / "runtime-requirements.py", DEPLOY_DIR / "host" / "smoke.py"]
+    files += [DOCKER / "runtime-requirements.py", DOCKER / "triton-drain.py", DEPLOY_DIR / "host" / "smoke.py"]
     # the client and the page declare Python 3.10-3.13 (pyproject.toml): the same check holds for them
     files += sorted((REPO_ROOT / "client").glob("*.py")) + sorted((REPO_ROOT / "ui").glob("*.py"))
     return [f for f in files if "__pycache__" not in f.parts]
