@@ -23,9 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
-from local_procs import LocalProcs, wait_for
+from local_procs import LocalProcs, install_debian, wait_for
 
-SETUP_SCRIPT = Path(__file__).resolve().parent / "haproxy_setup.sh"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +37,8 @@ class HealthCheck:
 
 
 def ensure_haproxy() -> str:
-    """The haproxy binary, installed from Debian's packages when missing (tests/haproxy_setup.sh)."""
-    p = subprocess.run(["bash", str(SETUP_SCRIPT)], check=False, capture_output=True, text=True, timeout=600)
-    if p.returncode != 0:
-        raise RuntimeError(f"haproxy setup failed:\n{p.stdout}\n{p.stderr}")
+    """The haproxy binary, installed from Debian's packages when missing (tests/debian_setup.sh)."""
+    install_debian("haproxy")
     return "haproxy"
 
 

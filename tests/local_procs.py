@@ -9,13 +9,18 @@ from pathlib import Path
 
 import pytest
 
-SETUP = Path(__file__).resolve().parent / "secure_api_setup.sh"
+SETUP = Path(__file__).resolve().parent / "debian_setup.sh"
+
+
+def install_debian(*packages: str) -> None:
+    """Debian's `packages`, installed by tests/debian_setup.sh when missing (root; CI runs as root)."""
+    r = subprocess.run(["bash", str(SETUP), *packages], capture_output=True, text=True, timeout=900, check=False)
+    assert r.returncode == 0, f"installing {' '.join(packages)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
 
 
 def install_debian_tools() -> None:
-    """Debian's caddy and prometheus (+ promtool), installed by tests/secure_api_setup.sh when missing."""
-    r = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900, check=False)
-    assert r.returncode == 0, f"installing caddy/prometheus failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    """Debian's caddy and prometheus (+ promtool)."""
+    install_debian("caddy", "prometheus")
 
 
 class LocalProcs:

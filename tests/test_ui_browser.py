@@ -5,7 +5,7 @@
 checks the progress events the page showed (the page records them: how often a poll here happens to
 catch the bar depends on the machine's speed), and saves screenshots (progress when caught, and the
 result) under build/test-output/ui/ (or $MUSICGEN_TEST_OUTPUT/ui/).
-Chromium is installed by tests/ui_browser_setup.sh (apt-get, as root) when missing.
+Chromium is installed by tests/debian_setup.sh (apt-get, as root) when missing.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 import urllib.request
@@ -33,6 +32,8 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from local_procs import LocalProcs, install_debian, wait_for  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -50,11 +51,7 @@ def output_dir() -> Path:
 @pytest.fixture(scope="module")
 def chromium():
     if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK) and os.path.exists(CJK_FONT)):
-        if os.geteuid() != 0:
-            pytest.skip("chromium/chromedriver missing and not root: run tests/ui_browser_setup.sh with sudo")
-        r = subprocess.run(["bash", str(ROOT / "tests" / "ui_browser_setup.sh")], capture_output=True, text=True,
-                           timeout=900)
-        assert r.returncode == 0, f"installing chromium failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        install_debian("chromium", "chromium-driver", "fonts-wqy-microhei")  # the font: the page's Chinese
     return CHROMIUM, CHROMEDRIVER
 
 
@@ -69,30 +66,19 @@ def page_url(triton, tmp_path_factory):
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"), "--server.headless", "true",
            "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
            "--client.toolbarMode", "viewer", "--server.fileWatcherType", "none"]
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    procs = LocalProcs()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
+        proc = procs.start(cmd, log, cwd=ROOT, env=env)
+        url = f"http://127.0.0.1:{port}"
+
+        def healthy():
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                return r.status == 200
+
+        wait_for("streamlit", healthy, proc, log)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        procs.stop()
 
 
 def _browser(chromium, lang: str):
