@@ -4,7 +4,11 @@ codes, progress streamed.
 
 An audio prompt is encoded here, in process (audio_prompt.AudioPromptEncoder on this folder's
 audio_encoder.onnx): its codes go nowhere but into this engine's generation, its length limit is this
-engine's window, and no other model instance (a process, a round trip per request) is needed."""
+engine's window, and no other model instance (a process, a round trip per request) is needed. It runs
+on a worker thread of its own: a long prompt takes seconds to encode, and meanwhile this model keeps
+admitting other requests (and the engine thread keeps stepping)."""
+
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -38,8 +42,10 @@ class TritonPythonModel:
                                       blockwise_int8_max_rows=blockwise)
         self.dims = self.lm.dims
         enc = d / names.AUDIO_ENCODER_FILE  # text-only exports: continuation from an audio prompt
-        self.prompt_encoder = (audio_prompt.AudioPromptEncoder(enc, self.dims, triton_io.device(args))
-                               if enc.exists() else None)
+        self.prompt_encoder, self.prompt_worker = None, None
+        if enc.exists():
+            self.prompt_encoder = audio_prompt.AudioPromptEncoder(enc, self.dims, triton_io.device(args))
+            self.prompt_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audio-prompt")
         c = self.lm.cache
         print(f"lm_engine: KV cache {c.max_rows} rows x {c.capacity} positions, {c.nbytes / 2**30:.2f} GiB "
               f"({'allocated on the GPU' if c.device == 'cuda' else 'reserved; pages used as written'})", flush=True)
@@ -58,13 +64,19 @@ class TritonPythonModel:
                     pb_utils.Tensor("event", np.array([b"cancel_sent" if found else b"cancel_unknown"], dtype=object))]),
                     flags=FINAL)
                 continue
-            try:
-                job = self._job(request, sender)
-            except Exception as exc:
-                sender.send(triton_io.error_response(pb_utils, exc), flags=FINAL)
-                continue
-            self.scheduler.submit(job)
+            if self.prompt_worker is not None and pb_utils.get_input_tensor_by_name(request, audio_prompt.INPUT) is not None:
+                self.prompt_worker.submit(self._submit, request, sender)  # encoding the prompt: off this thread
+            else:
+                self._submit(request, sender)
         return None
+
+    def _submit(self, request, sender):
+        try:
+            job = self._job(request, sender)
+        except Exception as exc:
+            sender.send(triton_io.error_response(pb_utils, exc), flags=FINAL)
+            return
+        self.scheduler.submit(job)
 
     def _job(self, request, sender):
         get = lambda n: triton_io.scalar(pb_utils, request, n)  # noqa: E731
@@ -148,6 +160,8 @@ class TritonPythonModel:
             raise ValidationError(str(exc)) from None
 
     def finalize(self):
+        if self.prompt_worker is not None:
+            self.prompt_worker.shutdown(wait=False, cancel_futures=True)
         self.scheduler.close()
         del self.in_flight, self.outcome, self.frames  # metrics before their families
         self._families.clear()
