@@ -62,6 +62,7 @@ STREAM_MODEL = "musicgen_stream"
 INFO_MODEL = "musicgen_info"
 ENGINE_MODEL = "lm_engine"  # holds the `max_duration` parameter
 OUTPUTS = ("audio", "sample_rate", "audio_codes", "seed_used")
+PROMPT_FRAMES = "prompt_frames"  # where the new music starts in a continuation (0 without an audio prompt)
 
 
 def parse_server_url(url: str | None, protocol: str | None = None) -> tuple[str, str, bool]:
@@ -121,6 +122,7 @@ class BearerToken(InferenceServerClientPlugin if InferenceServerClientPlugin els
 
 
 MELODY_SECONDS = 30.0  # the melody models condition on at most 30 s of melody
+PROMPT_SECONDS = 30.0  # an audio prompt shares one window (30 s by default) with the new music
 
 
 @dataclass
@@ -135,6 +137,7 @@ class GenerationResult:
     params: GenerationParams
     elapsed: float  # wall seconds, request sent -> result received
     time_to_first_chunk: float | None = None  # streaming only: wall seconds to the first audio chunk
+    prompt_frames: int = 0  # continuation: codec frames of the audio prompt at the start of codes and audio
 
     @property
     def channels(self) -> int:
@@ -360,33 +363,43 @@ class MusicGenClient:
         return text, params
 
     @staticmethod
-    def prepare_melody(melody) -> tuple[np.ndarray, int] | None:
+    def _prepare_audio(audio, what: str, max_seconds: float) -> tuple[np.ndarray, int] | None:
+        """Audio as the server takes it: float32 [channels, samples] and its sample rate; at most
+        `max_seconds` + 1 s are read and sent. Unusable audio -> InvalidParameter naming `what`."""
+        if audio is None:
+            return None
+        from musicgen_runtime import chroma
+
+        try:
+            if isinstance(audio, tuple):
+                wave, rate = audio
+                wave = np.asarray(wave, dtype=np.float32)
+            else:
+                wave, rate = chroma.read_audio(audio, max_seconds=max_seconds, what=what)
+            wave = chroma.channels_first(wave, what)
+            wave = np.ascontiguousarray(wave[:, : int((max_seconds + 1) * int(rate))])
+            chroma.check_wave(chroma.to_mono(wave, what), rate, what)
+        except chroma.AudioInputError as exc:
+            raise InvalidParameter(f"invalid {what}: {exc}") from None
+        return wave, int(rate)
+
+    @classmethod
+    def prepare_melody(cls, melody) -> tuple[np.ndarray, int] | None:
         """A melody as the server takes it: float32 [channels, samples] and its sample rate.
 
         `melody`: a file path, file bytes or file object (WAV/FLAC/OGG, MP3 where libsndfile reads it),
         or a (waveform [samples] or [channels, samples], sample_rate) pair. Only the first
         MELODY_SECONDS are sent (the model uses no more). Unusable audio -> InvalidParameter.
         """
-        if melody is None:
-            return None
-        from musicgen_runtime import chroma
+        return cls._prepare_audio(melody, "melody", MELODY_SECONDS)
 
-        try:
-            if isinstance(melody, tuple):
-                wave, rate = melody
-                wave = np.asarray(wave, dtype=np.float32)
-            else:
-                wave, rate = chroma.read_audio(melody, max_seconds=MELODY_SECONDS)
-            wave = np.atleast_2d(wave)
-            if wave.ndim != 2:
-                raise chroma.MelodyInputError(f"melody must be [samples] or [channels, samples], got {wave.shape}")
-            wave = np.ascontiguousarray(wave[:, : int((MELODY_SECONDS + 1) * int(rate))])
-            chroma.check_wave(chroma.to_mono(wave), rate)
-        except chroma.MelodyInputError as exc:
-            raise InvalidParameter(f"invalid melody: {exc}") from None
-        return wave, int(rate)
+    @classmethod
+    def prepare_audio_prompt(cls, audio_prompt) -> tuple[np.ndarray, int] | None:
+        """An audio prompt to continue, as the server takes it (same forms as `prepare_melody`). A prompt
+        longer than PROMPT_SECONDS is sent cut just past it, so the server's refusal names the limit."""
+        return cls._prepare_audio(audio_prompt, "audio_prompt", PROMPT_SECONDS)
 
-    def _inputs(self, prompt: str, params: GenerationParams, melody=None) -> list:
+    def _inputs(self, prompt: str, params: GenerationParams, melody=None, audio_prompt=None) -> list:
         mod = self._module()
 
         def tensor(name, value, dtype, triton_type):
@@ -406,14 +419,15 @@ class MusicGenClient:
                   tensor("guidance_scale", params.guidance_scale, np.float32, "FP32")]
         if params.seed is not None:
             inputs.append(tensor("seed", params.seed, np.int64, "INT64"))
-        if melody is not None:
-            wave, rate = melody
-            t = mod.InferInput("melody", list(wave.shape), "FP32")
-            if self.protocol == "http":
-                t.set_data_from_numpy(wave, binary_data=True)
-            else:
-                t.set_data_from_numpy(wave)
-            inputs += [t, tensor("melody_sample_rate", rate, np.int32, "INT32")]
+        for name, audio in (("melody", melody), ("audio_prompt", audio_prompt)):
+            if audio is not None:
+                wave, rate = audio
+                t = mod.InferInput(name, list(wave.shape), "FP32")
+                if self.protocol == "http":
+                    t.set_data_from_numpy(wave, binary_data=True)
+                else:
+                    t.set_data_from_numpy(wave)
+                inputs += [t, tensor(f"{name}_sample_rate", rate, np.int32, "INT32")]
         return inputs
 
     def _outputs(self, names):
@@ -430,23 +444,28 @@ class MusicGenClient:
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim == 1:
             audio = audio[None]
+        prompt_frames = get(PROMPT_FRAMES)
         return GenerationResult(audio=audio, sample_rate=int(np.asarray(rate).reshape(-1)[0]),
                                 codes=np.asarray(codes, dtype=np.int64),
                                 seed_used=int(np.asarray(seed).reshape(-1)[0]), prompt=prompt, params=params,
-                                elapsed=elapsed, time_to_first_chunk=ttfc)
+                                elapsed=elapsed, time_to_first_chunk=ttfc,
+                                prompt_frames=0 if prompt_frames is None else int(np.asarray(prompt_frames).reshape(-1)[0]))
 
     def generate(self, prompt: str, duration: float, *, top_k: int | None = None, top_p: float | None = None,
                  temperature: float | None = None, guidance_scale: float | None = None, seed: int | None = None,
                  stream: bool = False, on_event: Callable[[StreamEvent], None] | None = None,
-                 melody=None) -> GenerationResult:
+                 melody=None, audio_prompt=None) -> GenerationResult:
         """Generate one clip. None means the server default (top_k 250, top_p 0, temperature 1,
         guidance 3, random seed). With `stream` (gRPC only) the clip comes through `musicgen_stream`
         and `on_event` sees every progress/audio event as it arrives. `melody` (melody checkpoints
-        only): see `prepare_melody`."""
+        only): see `prepare_melody`. `audio_prompt` (a file, or (wave, rate)): the clip continues it;
+        `duration` is then the new music's, and the result holds the prompt's part first
+        (`prompt_frames`)."""
         if stream:
             result = None
             for event in self.stream(prompt, duration, top_k=top_k, top_p=top_p, temperature=temperature,
-                                     guidance_scale=guidance_scale, seed=seed, melody=melody):
+                                     guidance_scale=guidance_scale, seed=seed, melody=melody,
+                                     audio_prompt=audio_prompt):
                 if on_event is not None:
                     on_event(event)
                 if event.kind == "final":
@@ -455,17 +474,19 @@ class MusicGenClient:
             return result
         text, params = self.validate(prompt, duration, top_k, top_p, temperature, guidance_scale, seed)
         mel = self.prepare_melody(melody)
+        cont = self.prepare_audio_prompt(audio_prompt)
         conn = self._conn()
         kw = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         t0 = time.perf_counter()
-        resp = self._call(conn.infer, self.model, self._inputs(text, params, mel), outputs=self._outputs(OUTPUTS),
+        resp = self._call(conn.infer, self.model, self._inputs(text, params, mel, cont),
+                          outputs=self._outputs((*OUTPUTS, PROMPT_FRAMES)),
                           model=self.model, timeout=self.timeout, **kw)
         elapsed = time.perf_counter() - t0
         return self._result(resp.as_numpy, text, params, elapsed)
 
     def stream(self, prompt: str, duration: float, *, top_k: int | None = None, top_p: float | None = None,
                temperature: float | None = None, guidance_scale: float | None = None,
-               seed: int | None = None, melody=None) -> Iterator[StreamEvent]:
+               seed: int | None = None, melody=None, audio_prompt=None) -> Iterator[StreamEvent]:
         """Yield progress and audio-chunk events, then one "final" event with the result (gRPC only).
 
         Leaving the loop early cancels the request on the server.
@@ -475,6 +496,7 @@ class MusicGenClient:
                                    "use a grpc:// URL, or generate without streaming")
         text, params = self.validate(prompt, duration, top_k, top_p, temperature, guidance_scale, seed)
         mel = self.prepare_melody(melody)
+        cont = self.prepare_audio_prompt(audio_prompt)
         mod = self._module()
         conn = self._new_conn()  # one stream per connection
         q: queue.Queue = queue.Queue()
@@ -485,9 +507,10 @@ class MusicGenClient:
             self._call(conn.start_stream, lambda result, error: q.put((result, error)),
                        stream_timeout=self.timeout, model=self.stream_model)
             outputs = [mod.InferRequestedOutput(n) for n in
-                       ("event", "frames_done", "frames_total", "audio_chunk", "chunk_start", *OUTPUTS)]
+                       ("event", "frames_done", "frames_total", "audio_chunk", "chunk_start", *OUTPUTS,
+                        PROMPT_FRAMES)]
             try:
-                conn.async_stream_infer(self.stream_model, self._inputs(text, params, mel), outputs=outputs,
+                conn.async_stream_infer(self.stream_model, self._inputs(text, params, mel, cont), outputs=outputs,
                                         enable_empty_final_response=True)
             except Exception as exc:  # the real cause (e.g. connection refused) went to the callback
                 try:

@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance-scale", type=float, help="classifier-free guidance in [1, 100] (default 3)")
     s.add_argument("--seed", type=int, help="random seed in [0, 2^63) to reproduce a clip (default random)")
     s.add_argument("--melody", metavar="FILE", help="a tune to follow (WAV/FLAC/OGG/MP3; melody models only)")
+    s.add_argument("--continue-from", metavar="FILE",
+                   help="an audio file to continue (WAV/FLAC/OGG/MP3): the output starts with it and "
+                        "--duration seconds of new music follow")
     o = gen.add_argument_group("output")
     o.add_argument("--normalize", choices=NORMALIZE, default="loudness",
                    help="loudness: -14 LUFS with a -1 dBFS peak ceiling (default); peak: -1 dBFS; "
@@ -234,6 +237,7 @@ def cmd_generate(args, client: MusicGenClient) -> int:
     if language_warning and not args.quiet:
         _err(f"warning: {language_warning}")
     melody = client.prepare_melody(args.melody) if args.melody else None  # unreadable file: fail now
+    params["audio_prompt"] = client.prepare_audio_prompt(args.continue_from) if args.continue_from else None
 
     stream = client.protocol == "grpc" and not args.no_stream
     show = not args.quiet and (args.progress or sys.stderr.isatty())
@@ -265,7 +269,8 @@ def cmd_generate(args, client: MusicGenClient) -> int:
             pass
     summary = {"path": str(path), "prompt": result.prompt, "duration": round(result.duration, 4),
                "sample_rate": result.sample_rate, "channels": result.channels,
-               "frames": int(result.codes.shape[-1]), "seed_used": result.seed_used,
+               "frames": int(result.codes.shape[-1]), "prompt_frames": result.prompt_frames,
+               "seed_used": result.seed_used,
                "top_k": result.params.top_k, "top_p": result.params.top_p,
                "temperature": result.params.temperature, "guidance_scale": result.params.guidance_scale,
                "elapsed": round(result.elapsed, 4), "rtf": round(result.rtf, 4),

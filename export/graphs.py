@@ -265,3 +265,18 @@ def prefix_step_io_names(num_layers: int):
         inputs += [names.past(i, "decoder", "key"), names.past(i, "decoder", "value")]
         outputs += [names.present(i, "key"), names.present(i, "value")]
     return inputs, outputs
+
+
+class AudioEncoder(nn.Module):
+    """EnCodec encoder + quantizer: waveform [B, C, samples] at the codec's rate -> codes [B, K, frames],
+    frames = ceil(samples / hop); as transformers' `generate(input_values=...)` encodes a prompt (one
+    chunk, the default bandwidth, no normalisation)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.codec = model.audio_encoder
+        if getattr(self.codec.config, "normalize", False):
+            raise ValueError("an EnCodec that normalizes its input needs the audio scales: not exported")
+
+    def forward(self, input_values):
+        return self.codec.encode(input_values).audio_codes[0]

@@ -70,6 +70,18 @@ def _export_audio_decoder(model, raw: Path, generator=None) -> None:
                                    names.AUDIO_VALUES: {0: "batch", 2: "samples"}})
 
 
+def _export_audio_encoder(model, raw: Path, generator=None) -> None:
+    """EnCodec encoder + quantizer (continuation prompts), at fp32 whatever the LM's precision: its codes
+    are compared exactly. Legacy exporter: dynamo bakes the example's frame count into the LSTM."""
+    import torch
+
+    wave = 0.3 * torch.randn(2, model.config.decoder.audio_channels, 7 * model.config.audio_encoder.hop_length + 123,
+                             generator=generator)
+    _export(graphs.AudioEncoder(model), (wave,), raw / names.AUDIO_ENCODER_FILE, [names.INPUT_VALUES],
+            [names.AUDIO_CODES], {names.INPUT_VALUES: {0: "batch", 2: "samples"},
+                                  names.AUDIO_CODES: {0: "batch", 2: "frames"}})
+
+
 def _cache_axes(n_layers: int, cross: bool) -> dict:
     axes = {}
     for i in range(n_layers):
@@ -82,7 +94,8 @@ def _cache_axes(n_layers: int, cross: bool) -> dict:
 
 
 def export_text_graphs(model, out: Path, precision: str = "fp32") -> dict:
-    """Text-only MusicGen: text_encoder, cross_kv, decoder_step (cross-attention), audio_decoder into `out`;
+    """Text-only MusicGen: text_encoder, cross_kv, decoder_step (cross-attention), audio_decoder and
+    audio_encoder (continuation) into `out`;
     returns {file: graph-level info}. Example shapes use sizes >= 2."""
     import torch
 
@@ -122,6 +135,7 @@ def export_text_graphs(model, out: Path, precision: str = "fp32") -> dict:
     step = graphs.DecoderStep(model, fused_cross_attention=precision != "fp16")
     _export(step, tuple(step_args), raw / names.DECODER_STEP_FILE, in_names, out_names, axes)
     _export_audio_decoder(model, raw)
+    _export_audio_encoder(model, raw)
 
     return finish_graphs(raw, out, precision, fp16={
         names.CROSS_KV_FILE: [names.ENCODER_HIDDEN_STATES],

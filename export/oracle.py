@@ -24,6 +24,7 @@ class OracleRun:
     guidance_scale: float = 3.0
     chroma: np.ndarray | None = None  # melody features [Tc, num_chroma]
     label: dict = field(default_factory=dict)  # what the report says about this run
+    audio_prompt: tuple | None = None  # (wave [channels, samples], sample_rate): continued
 
 
 @dataclass
@@ -33,8 +34,14 @@ class Oracle:
 
 
 def text_oracle(lm) -> Oracle:
-    """Both prompts, with guidance."""
-    return Oracle([OracleRun(p) for p in PROMPTS])
+    """Both prompts, with guidance; continuations of audio prompts (resampled and mixed down by the
+    runtime, then the same waveform given to transformers), with and without guidance."""
+    sr = lm.dims.sample_rate
+    prompts = {"stereo 44.1 kHz, 0.5 s": (synth_melody(0.5, 44100, 2, seed=4), 44100),
+               f"mono {sr / 1000:g} kHz, 0.37 s": (synth_melody(0.37, sr, 1, seed=5), sr)}
+    runs = [OracleRun(PROMPTS[i % 2], g, audio_prompt=w, label={"audio_prompt": name})
+            for i, ((name, w), g) in enumerate(zip(prompts.items(), (3.0, 1.0)))]
+    return Oracle([OracleRun(p) for p in PROMPTS] + runs)
 
 
 def melody_oracle(lm) -> Oracle:
@@ -62,25 +69,37 @@ def melody_oracle(lm) -> Oracle:
                                                                                       gens[3].codes()))})
 
 
-def greedy_oracle(oracle: Oracle, lm, tokenizer, encoder, codec, model, hf_tokenizer, steps: int) -> dict:
-    """Every run batched together in our loop, each alone in transformers; {"runs": [...], "checks": {...}}."""
+def greedy_oracle(oracle: Oracle, lm, tokenizer, encoder, codec, model, hf_tokenizer, steps: int,
+                  prompt_encoder=None) -> dict:
+    """Every run batched together in our loop, each alone in transformers; {"runs": [...], "checks": {...}}.
+    `prompt_encoder` (audio_prompt.AudioPromptEncoder) encodes the runs' audio prompts (runs with one are
+    left out without it)."""
     dims = lm.dims
     frames = steps - int(delay.delays(dims.num_codebooks, dims.audio_channels).max())
-    gens, t0 = [], time.time()
-    for r in oracle.runs:
+    runs = [r for r in oracle.runs if r.audio_prompt is None or prompt_encoder is not None]
+    gens, prompt_waves, t0 = [], [], time.time()
+    for r in runs:
         ids, mask = tokenizer.encode([r.prompt])
         params = GenerationParams(duration=1, top_k=1, seed=0, guidance_scale=r.guidance_scale)
-        gens.append(lm.prepare(GenerationRequest(encoder(ids, mask)[0], mask[0], params, frames, chroma=r.chroma)))
+        prompt_codes, prompt_wave = None, None
+        if r.audio_prompt is not None:  # what the server does: check, resample, mix, encode
+            prompt_wave = prompt_encoder.prepare(*r.audio_prompt, max_frames=lm.max_frames(0) - frames)
+            prompt_codes = prompt_encoder.encode(prompt_wave)
+        n = frames + (0 if prompt_codes is None else prompt_codes.shape[1])
+        gens.append(lm.prepare(GenerationRequest(encoder(ids, mask)[0], mask[0], params, n, chroma=r.chroma,
+                                                 prompt_codes=prompt_codes)))
+        prompt_waves.append(prompt_wave)
     lm.run_together(gens)
     ours_s = time.time() - t0
     out = []
-    for r, gen in zip(oracle.runs, gens):
+    for r, gen, prompt_wave in zip(runs, gens, prompt_waves):
         t1 = time.time()
-        ref_codes, ref_wave = hf_greedy_codes(model, hf_tokenizer, r.prompt, steps, r.guidance_scale, r.chroma)
+        ref_codes, ref_wave = hf_greedy_codes(model, hf_tokenizer, r.prompt, steps, r.guidance_scale, r.chroma,
+                                              audio_prompt=prompt_wave)
         our_codes = gen.codes()
         agree = float((our_codes == ref_codes).mean()) if our_codes.shape == ref_codes.shape else 0.0
         entry = {"prompt": r.prompt, **r.label, "guidance_scale": r.guidance_scale, "prefix_len": gen.prefix_len,
-                 "frames": frames, "token_agreement": agree, "identical": bool(agree == 1.0),
+                 "prompt_frames": gen.prompt_frames, "frames": gen.frames, "token_agreement": agree, "identical": bool(agree == 1.0),
                  "hf_seconds": round(time.time() - t1, 2)}
         if gen.error is not None:
             entry["error"] = str(gen.error)

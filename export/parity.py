@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 PROMPTS = ["lofi hip hop beat with mellow piano", "90s rock song with loud guitars and heavy drums, energetic"]
+MIN_CODE_AGREEMENT = 0.99  # audio_encoder codes equal to PyTorch's (see encoder_parity)
 FP32_TOL = 1e-3  # max abs error allowed for fp32 graphs (seen: ~1e-6)
 REDUCED_TOL = {"fp16": 0.01, "int8": 0.10}  # logits rel-L2 vs fp32 PyTorch (measured on random weights)
 STEP_GRAPHS = ("decoder_step", "decoder_step_blockwise_int8")  # report keys of the LM step graphs
@@ -53,6 +54,26 @@ def codec_parity(model, dec, dims, rng) -> dict:
     return error_stats(dec(codes), ref_audio)
 
 
+def encoder_parity(model, enc, dims) -> dict:
+    """audio_encoder graph vs EnCodec's `encode` on a 1.3 s test melody (export example: 2 x 4603 samples):
+    the fraction of codes equal. Codes are nearest-codeword indices, and ORT and PyTorch sum the distances
+    in different orders: a frame whose two nearest codewords are within float rounding of each other may
+    pick the other one (and residual quantization carries that into the frame's later codebooks). Such
+    ties are rare on real audio, so >= MIN_CODE_AGREEMENT is required rather than exact equality."""
+    import torch
+
+    from .signals import synth_melody
+
+    wave = synth_melody(1.3, dims.sample_rate, 1, seed=3)
+    wave = np.repeat(wave, dims.audio_channels, axis=0)
+    with torch.no_grad():
+        ref = model.audio_encoder.encode(torch.tensor(wave)[None]).audio_codes[0, 0].numpy()
+    ours = enc.encode(wave)
+    agree = float((ours == ref).mean()) if ours.shape == ref.shape else 0.0
+    return {"code_agreement": agree, "shape": list(ours.shape), "reference_shape": list(ref.shape),
+            "required": MIN_CODE_AGREEMENT, "passed": agree >= MIN_CODE_AGREEMENT}
+
+
 def step_graphs_parity(lm, run, ref, report: dict) -> np.ndarray:
     """Logits of `run()` (steps of 2 rows) vs `ref` for the main step graph, and for an int8 export's
     blockwise-int8 graph too (it runs such steps in service). Returns the main graph's logits."""
@@ -88,10 +109,13 @@ def causality(full, changed, ref, precision: str) -> dict:
     return {"causal_max_change": change, "causal_allowed": allowed, "causal": bool(change <= allowed)}
 
 
-def hf_greedy_codes(model, tokenizer, prompt: str, steps: int, guidance: float = 3.0, chroma=None):
+def hf_greedy_codes(model, tokenizer, prompt: str, steps: int, guidance: float = 3.0, chroma=None,
+                    audio_prompt=None):
     """Codes [K, frames] and audio that transformers' generate decodes (recorded at audio_encoder.decode).
 
     `chroma` [frames, 12]: the melody features of a MusicGen-Melody model (None: text only).
+    `audio_prompt` [channels, samples] at the codec's rate: continued (`input_values`); the codes then
+    start with the prompt's, and `steps` new steps follow.
     """
     import torch
 
@@ -107,6 +131,9 @@ def hf_greedy_codes(model, tokenizer, prompt: str, steps: int, guidance: float =
         inp = dict(tokenizer([prompt], return_tensors="pt"))
         if chroma is not None:
             inp["input_features"] = torch.tensor(chroma, dtype=torch.float32)[None]
+        if audio_prompt is not None:
+            inp["input_values"] = torch.tensor(audio_prompt, dtype=torch.float32)[None]
+            inp["padding_mask"] = torch.ones_like(inp["input_values"], dtype=torch.long)
         with torch.no_grad():
             audio = model.generate(**inp, do_sample=False, guidance_scale=guidance, max_new_tokens=steps)
     finally:

@@ -56,7 +56,8 @@ def melody_manifest(model, checkpoint_path: Path | None, dims) -> dict:
 
 TEXT = ExportVariant(
     model_type=text_lm.MODEL_TYPE,
-    lm_files=(names.CROSS_KV_FILE, names.DECODER_STEP_FILE, names.DECODER_STEP_BLOCKWISE_INT8_FILE),
+    lm_files=(names.CROSS_KV_FILE, names.DECODER_STEP_FILE, names.DECODER_STEP_BLOCKWISE_INT8_FILE,
+              names.AUDIO_ENCODER_FILE),  # + the prompt encoder: lm_engine encodes audio prompts in process
     export_graphs=lambda model, out, precision, extra: export_text_graphs(model, out, precision),
     manifest_extra=lambda model, checkpoint_path, dims: {},
     step_checks=step_parity.cross_attention_checks,

@@ -1,7 +1,8 @@
 """`python -m export verify`: proof that the staged graphs compute what the PyTorch model computes.
 
 Per graph: max abs / relative error of ONNX Runtime against the HF model, at shapes different from
-the export example (the variant's parity checks, export/step_parity.py). Causality of the step
+the export example (the variant's parity checks, export/step_parity.py); the audio prompt encoder's
+codes against EnCodec's (export/parity.py encoder_parity). Causality of the step
 graph. The variant's greedy oracle (export/oracle.py): generation through the runtime compared token
 for token with `transformers` `generate(do_sample=False)`.
 """
@@ -13,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from musicgen_runtime import codec, manifest as manifest_mod, names, text
+from musicgen_runtime.audio_prompt import AudioPromptEncoder
 from musicgen_runtime.variants import open_language_model
 
 from . import checkpoints
 from .oracle import greedy_oracle
-from .parity import FP32_TOL, REDUCED_TOL, codec_parity, reduced_graphs_ok, text_encoder_parity
+from .parity import FP32_TOL, REDUCED_TOL, codec_parity, encoder_parity, reduced_graphs_ok, text_encoder_parity
 from .variants import variant_for
 
 
@@ -43,9 +45,13 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
     variant.step_checks(model, lm, rng, report, precision)
     dec = codec.AudioDecoder(repository / "audio_decoder" / "1" / names.AUDIO_DECODER_FILE, dims.hop_length)
     report["graphs"]["audio_decoder"] = codec_parity(model, dec, dims, rng)
+    prompt_encoder = None
+    if (lm_dir / names.AUDIO_ENCODER_FILE).exists():  # continuation: codes, compared exactly
+        prompt_encoder = AudioPromptEncoder(lm_dir / names.AUDIO_ENCODER_FILE, dims)
+        report["codes"] = {"audio_encoder": encoder_parity(model, prompt_encoder, dims)}
 
     tok = text.PromptTokenizer(repository / "tokenizer" / "1" / names.TOKENIZER_FILE, dims.max_text_tokens)
-    oracle = greedy_oracle(variant.oracle(lm), lm, tok, enc, dec, model, tokenizer, steps)
+    oracle = greedy_oracle(variant.oracle(lm), lm, tok, enc, dec, model, tokenizer, steps, prompt_encoder)
     report["checks"].update(oracle.pop("checks"))
     report["greedy_oracle"] = oracle
 
@@ -56,5 +62,6 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
         graph_ok = reduced_graphs_ok(report, REDUCED_TOL[precision])
         oracle_ok = True
     report["tolerance"] = FP32_TOL if precision == "fp32" else REDUCED_TOL[precision]
-    report["passed"] = bool(graph_ok and oracle_ok and report["checks"]["causal"])
+    codes_ok = all(c["passed"] for c in report.get("codes", {}).values())
+    report["passed"] = bool(graph_ok and codes_ok and oracle_ok and report["checks"]["causal"])
     return report

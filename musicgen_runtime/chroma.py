@@ -42,8 +42,12 @@ SILENCE_PEAK = 1e-4  # -80 dBFS: a melody whose peak is below this is treated as
 _MAX_KERNEL_ELEMENTS = 8_000_000  # polyphase table size above which the direct (per-output) resampler is used
 
 
-class MelodyInputError(ValueError):
-    """Melody audio that cannot be used (unreadable, empty, silent, wrong shape or rate), with a clear message."""
+class AudioInputError(ValueError):
+    """Input audio (a melody, an audio prompt) that cannot be used: unreadable, empty, silent, wrong shape or
+    rate; the message names the input."""
+
+
+MelodyInputError = AudioInputError
 
 
 @dataclass(frozen=True)
@@ -79,19 +83,19 @@ class ChromaConfig:
 # ------------------------------------------------------------------------------------------------
 
 
-def read_audio(source, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+def read_audio(source, max_seconds: float | None = None, what: str = "melody") -> tuple[np.ndarray, int]:
     """(wave float32 [channels, samples], sample_rate) from a file path, raw file bytes or a binary file object.
 
     WAV, FLAC, OGG/Vorbis, and MP3 where the installed libsndfile supports it (>= 1.1). Only the first
     `max_seconds` (plus a little margin for the resampler) are decoded. Raises MelodyInputError with a
-    readable message for missing, empty, unreadable or zero-length audio.
+    readable message for missing, empty, unreadable or zero-length audio, naming `what` (the input).
     """
     import soundfile as sf
 
-    label = "melody audio"
+    label = f"{what} audio"
     if isinstance(source, (str, Path)):
         path = Path(source)
-        label = f"melody file {path.name!r}"
+        label = f"{what} file {path.name!r}"
         if not path.is_file():
             raise MelodyInputError(f"{label}: no such file")
         if path.stat().st_size == 0:
@@ -99,12 +103,12 @@ def read_audio(source, max_seconds: float | None = None) -> tuple[np.ndarray, in
         handle = str(path)
     elif isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
-            raise MelodyInputError("melody audio is empty (0 bytes)")
+            raise MelodyInputError(f"{label} is empty (0 bytes)")
         handle = io.BytesIO(bytes(source))
     elif hasattr(source, "read"):
         handle = source
     else:
-        raise MelodyInputError(f"melody audio must be a file path, bytes or a file object, not {type(source).__name__}")
+        raise MelodyInputError(f"{label} must be a file path, bytes or a file object, not {type(source).__name__}")
     try:
         with sf.SoundFile(handle) as f:
             sr = int(f.samplerate)
@@ -126,33 +130,39 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:300] if text else type(exc).__name__
 
 
-def to_mono(wave: np.ndarray) -> np.ndarray:
-    """[samples] or [channels, samples] -> float32 [samples] (channel mean, as the feature extractor)."""
+def channels_first(wave: np.ndarray, label: str = "melody audio") -> np.ndarray:
+    """[samples] or [channels, samples] -> float32 [channels, samples]; [samples, channels] is refused."""
     wave = np.asarray(wave)
     if wave.ndim == 1:
-        return wave.astype(np.float32, copy=False)
+        wave = wave[None]
     if wave.ndim != 2:
-        raise MelodyInputError(f"melody audio must be [samples] or [channels, samples], got shape {wave.shape}")
+        raise AudioInputError(f"{label} must be [samples] or [channels, samples], got shape {wave.shape}")
     if wave.shape[0] > 16 and wave.shape[1] <= 16:
-        raise MelodyInputError(f"melody audio of shape {wave.shape} looks like [samples, channels]: "
-                               "pass [channels, samples]")
-    return wave.astype(np.float32, copy=False).mean(axis=0, dtype=np.float32)
+        raise AudioInputError(f"{label} of shape {wave.shape} looks like [samples, channels]: "
+                              "pass [channels, samples]")
+    return wave.astype(np.float32, copy=False)
 
 
-def check_wave(wave: np.ndarray, sample_rate) -> None:
+def to_mono(wave: np.ndarray, label: str = "melody audio") -> np.ndarray:
+    """[samples] or [channels, samples] -> float32 [samples] (channel mean, as the feature extractor)."""
+    return channels_first(wave, label).mean(axis=0, dtype=np.float32)
+
+
+def check_wave(wave: np.ndarray, sample_rate, label: str = "melody audio",
+               silent_means: str = "it would carry no melody") -> None:
     if not isinstance(sample_rate, (int, np.integer)) and not float(sample_rate).is_integer():
-        raise MelodyInputError(f"melody sample rate must be a whole number of Hz, got {sample_rate}")
+        raise AudioInputError(f"{label} sample rate must be a whole number of Hz, got {sample_rate}")
     if not MIN_SAMPLE_RATE <= int(sample_rate) <= MAX_SAMPLE_RATE:
-        raise MelodyInputError(f"melody sample rate {sample_rate} Hz is out of range "
-                               f"[{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}]")
+        raise AudioInputError(f"{label} sample rate {sample_rate} Hz is out of range "
+                              f"[{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}]")
     if wave.size == 0:
-        raise MelodyInputError("melody audio is empty (0 samples)")
+        raise AudioInputError(f"{label} is empty (0 samples)")
     if not np.all(np.isfinite(wave)):
-        raise MelodyInputError("melody audio contains NaN or infinite samples")
+        raise AudioInputError(f"{label} contains NaN or infinite samples")
     peak = float(np.max(np.abs(wave)))
     if peak < SILENCE_PEAK:
-        raise MelodyInputError(f"melody audio is silent (peak {20 * math.log10(max(peak, 1e-12)):.0f} dBFS, "
-                               f"below {20 * math.log10(SILENCE_PEAK):.0f} dBFS): it would carry no melody")
+        raise AudioInputError(f"{label} is silent (peak {20 * math.log10(max(peak, 1e-12)):.0f} dBFS, "
+                              f"below {20 * math.log10(SILENCE_PEAK):.0f} dBFS): {silent_means}")
 
 
 # ------------------------------------------------------------------------------------------------

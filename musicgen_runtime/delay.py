@@ -29,6 +29,21 @@ def valid_mask(frames: int, num_codebooks: int, audio_channels: int = 1) -> np.n
     return (t > d) & (t <= frames + d)
 
 
+def delay_prompt(codes: np.ndarray, columns: int, pad_token_id: int, audio_channels: int = 1
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Prompt codes [K, P] into a delayed sequence of `columns` columns (column 0 = BOS, the rest padding
+    until generated): (sequence int64 [K, columns], known bool [K, columns] where the prompt put a token).
+    The prompt's columns are 0..P; column P+1 is the first with an unknown position (codebook 0)."""
+    k, p = codes.shape
+    known = np.zeros((k, columns), bool)
+    known[:, : p + int(delays(k, audio_channels).max()) + 1] = valid_mask(p, k, audio_channels)
+    seq = np.full((k, columns), pad_token_id, np.int64)
+    d = delays(k, audio_channels)
+    for i in range(k):
+        seq[i, 1 + d[i]: 1 + d[i] + p] = codes[i]
+    return seq, known
+
+
 def undelay(sequence: np.ndarray, frames: int, audio_channels: int = 1) -> np.ndarray:
     """Delayed sequence [..., K, steps+1] (column 0 = BOS) -> codes [..., K, frames]."""
     k = sequence.shape[-2]

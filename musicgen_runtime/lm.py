@@ -9,7 +9,9 @@ Generations share one batched decoder step: each feeds one token per step, so a 
 joins a running batch at any step, in free rows of the cache, with its own positions, sampling
 parameters and random generator; finished ones leave and their rows are reused. A generation whose
 conditioning comes before its first token (`prefix_len` > 0, e.g. melody's prepended chroma and
-text) is first prefilled on its own rows — prefix and BOS in one step — then decodes with the others.
+text) or that continues an audio prompt (`prompt_codes`) is first prefilled on its own rows — prefix,
+BOS and the prompt's delayed columns in one step — then decodes with the others. A prompt's codes
+fill the delay pattern; only the positions they leave unknown are sampled (as transformers does).
 
     lm = open_language_model(model_dir)
     gen = lm.prepare(GenerationRequest(text_states, text_mask, params, frames, chroma=None))
@@ -43,8 +45,9 @@ class GenerationRequest:
     text_states: np.ndarray  # [T, H] projected text states (text_encoder graph)
     text_mask: np.ndarray  # [T]; 0 = padding
     params: GenerationParams
-    frames: int  # audio frames to generate
+    frames: int  # audio frames of the clip (the prompt's included)
     chroma: np.ndarray | None = None  # [Tc, num_chroma] melody features (melody models)
+    prompt_codes: np.ndarray | None = None  # [K, P] codes the clip starts with (continuation), P < frames
     on_step: Callable[["Generation"], None] | None = None
 
 
@@ -57,12 +60,14 @@ class Generation:
     steps: int
     tokens: np.ndarray  # [K, steps + 1] delayed sequence, column 0 = BOS
     valid: np.ndarray  # [K, steps + 1] where real tokens go
+    known: np.ndarray  # [K, steps + 1] where the audio prompt put its tokens (never sampled)
     rng: np.random.Generator
     condition: object  # the variant's per-request conditioning (see its `condition`)
-    prefix_len: int = 0  # conditioning positions before BOS; > 0: prefilled on its own rows when it joins
+    prefix_len: int = 0  # conditioning positions before BOS
+    prompt_frames: int = 0  # frames of the audio prompt, the clip's first
     audio_channels: int = 1
     on_step: Callable[["Generation"], None] | None = None
-    t: int = 0  # columns filled after BOS
+    t: int = 0  # columns filled after BOS (a prompt's columns are filled from the start)
     id: int = field(default_factory=lambda: next(_ids))
     error: BaseException | None = None
     cancelled: bool = False
@@ -71,6 +76,11 @@ class Generation:
     def rows(self) -> int:
         """Batch rows: the conditional row, plus the null row with classifier-free guidance."""
         return 2 if self.params.guidance_scale > 1.0 else 1
+
+    @property
+    def needs_prefill(self) -> bool:
+        """A prefix or a prompt: prefilled on its own rows when it joins."""
+        return self.prefix_len > 0 or self.prompt_frames > 0
 
     @property
     def first_position(self) -> int:
@@ -108,7 +118,8 @@ class Generation:
             nxt = sampling.sample(sampling.guide(cond, uncond, p.guidance_scale), p.top_k, p.top_p,
                                   p.temperature, self.rng)
             col = self.t + 1
-            self.tokens[:, col] = np.where(self.valid[:, col], nxt, pad_token_id)
+            new = np.where(self.valid[:, col], nxt, pad_token_id)
+            self.tokens[:, col] = np.where(self.known[:, col], self.tokens[:, col], new)
             self.t = col
             if self.on_step is not None:
                 self.on_step(self)
@@ -190,22 +201,37 @@ class LanguageModel:
         if request.frames < 1:
             raise ValueError("frames must be >= 1")
         params = request.params.with_seed()
-        condition, prefix_len = self.condition(request, params)
         steps = delay.num_steps(request.frames, d.num_codebooks, d.audio_channels)
+        prompt = self._prompt_codes(request)
+        condition, prefix_len = self.condition(request, params)
         if prefix_len + steps + 1 > self.cache.capacity:
             raise ValueError(f"{request.frames} frames after a {prefix_len}-position conditioning need "
                              f"{prefix_len + steps + 1} positions; this engine holds {self.cache.capacity}")
-        tokens = np.full((d.num_codebooks, steps + 1), d.pad_token_id, np.int64)
+        tokens, known = delay.delay_prompt(prompt, steps + 1, d.pad_token_id, d.audio_channels)
         return Generation(params=params, frames=request.frames, steps=steps, tokens=tokens,
-                          valid=delay.valid_mask(request.frames, d.num_codebooks, d.audio_channels),
-                          condition=condition, prefix_len=prefix_len, rng=np.random.default_rng(params.seed),
+                          valid=delay.valid_mask(request.frames, d.num_codebooks, d.audio_channels), known=known,
+                          condition=condition, prefix_len=prefix_len, prompt_frames=prompt.shape[1],
+                          t=prompt.shape[1], rng=np.random.default_rng(params.seed),
                           audio_channels=d.audio_channels, on_step=request.on_step)
+
+    def _prompt_codes(self, request: GenerationRequest) -> np.ndarray:
+        """The request's prompt codes, checked ([K, 0] without a prompt)."""
+        d = self.dims
+        if request.prompt_codes is None:
+            return np.zeros((d.num_codebooks, 0), np.int64)
+        codes = np.asarray(request.prompt_codes)
+        if codes.ndim != 2 or codes.shape[0] != d.num_codebooks or not 1 <= codes.shape[1] < request.frames:
+            raise ValueError(f"prompt codes must be [{d.num_codebooks}, P] with 1 <= P < frames ({request.frames}), "
+                             f"got {list(codes.shape)}")
+        if codes.min() < 0 or codes.max() >= d.vocab_size:
+            raise ValueError(f"prompt codes must be in [0, {d.vocab_size})")
+        return codes.astype(np.int64)
 
     def add(self, gen: Generation) -> None:
         """Join the running batch: at once in the lowest free rows (nothing is copied; RuntimeError when
-        full), or, with a prefix, at the next step, prefilled on its own rows."""
+        full), or, with a prefix or a prompt, at the next step, prefilled on its own rows."""
         with self._lock:
-            if gen.prefix_len:
+            if gen.needs_prefill:
                 self.pending.append(gen)
             else:
                 self.rows.take(gen)
@@ -264,9 +290,10 @@ class LanguageModel:
                 gen.advance(logits, self.rows.start[gen.id], d.pad_token_id)
 
     def _prefill(self, gen: Generation, start: int) -> None:
-        """Prefix + BOS on the generation's own rows (their cache positions are free), then its first token."""
-        ids = np.repeat(gen.tokens[None, :, :1], gen.rows, axis=0)  # BOS
-        pos = np.tile(np.arange(gen.prefix_len + 1, dtype=np.int64), (gen.rows, 1))
+        """Prefix, BOS and the prompt's columns (0..t) in one step on the generation's own rows (their
+        cache positions are free), then its first unknown column."""
+        ids = np.repeat(gen.tokens[None, :, :gen.t + 1], gen.rows, axis=0)
+        pos = np.tile(np.arange(gen.prefix_len + gen.t + 1, dtype=np.int64), (gen.rows, 1))
         try:
             logits = self.decoder.run(ids, pos, self.cache, first_row=start, **self.prefill_inputs(gen))
         except Exception as exc:

@@ -10,6 +10,7 @@ ENCODER_HIDDEN_STATES = "encoder_hidden_states"
 LOGITS = "logits"
 AUDIO_CODES = "audio_codes"
 AUDIO_VALUES = "audio_values"
+INPUT_VALUES = "input_values"  # audio_encoder graph input: waveform [B, C, samples] at the codec's rate
 
 # graph file names inside model_repository/<model>/1/
 TEXT_ENCODER_FILE = "text_encoder.onnx"
@@ -18,6 +19,7 @@ DECODER_STEP_FILE = "decoder_step.onnx"
 # int8 exports also carry the step with blockwise int8 weights (MatMulNBits): the faster one at 1-2 rows
 DECODER_STEP_BLOCKWISE_INT8_FILE = "decoder_step_blockwise_int8.onnx"
 AUDIO_DECODER_FILE = "audio_decoder.onnx"
+AUDIO_ENCODER_FILE = "audio_encoder.onnx"  # EnCodec encoder + quantizer (continuation), in lm_engine/1
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
 

@@ -3,7 +3,8 @@
 Graphs (lm_engine/1 of a text-only export, names in names.py): cross_kv (text states -> every
 layer's cross-attention K/V, once per request) and decoder_step (+ decoder_step_blockwise_int8 for
 int8 exports), which takes the cross K/V and the text mask of every row. MusicGen's prefill is the
-single BOS step, so a new generation joins the next batched step directly.
+single BOS step, so a new generation joins the next batched step directly; one that continues an
+audio prompt is first prefilled (BOS + the prompt's columns) on its own rows.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class TextLanguageModel(LanguageModel):
         if self._batch[0] != self.rows.layout:
             self._batch = (self.rows.layout, self._cross_inputs(self.rows.active, self.rows.start, self.rows.used))
         return self._batch[1]
+
+    def prefill_inputs(self, gen: Generation) -> dict:
+        """A prompt's prefill: this generation's cross-attention K/V and mask on its own rows."""
+        return self._cross_inputs([gen], {gen.id: 0}, gen.rows)
 
     def _cross_inputs(self, gens: list[Generation], start: dict, rows: int) -> dict:
         t_max = max(g.condition.enc_mask.shape[1] for g in gens)

@@ -22,6 +22,7 @@ class BlsError(RuntimeError):
 
 PARAM_NAMES = ("top_k", "top_p", "temperature", "guidance_scale", "seed")
 MELODY_NAMES = ("melody", "melody_sample_rate")
+AUDIO_PROMPT_NAMES = ("audio_prompt", "audio_prompt_sample_rate")  # continuation (audio_prompt.py)
 
 
 def scalar(pb_utils, request, name: str, required: bool = False):

@@ -132,3 +132,16 @@ def test_client_and_cli_send_a_melody(melody_triton, triton, tmp_path):
     run = subprocess.run([sys.executable, "-m", "client.cli", "generate", PROMPT, "--melody", str(tmp_path / "nope.wav"),
                           "--url", melody_triton.grpc_endpoint, "-q"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "no such file" in run.stderr
+
+
+def test_melody_model_refuses_an_audio_prompt(melody_triton):
+    """Continuation is exported for text-only models: a melody export has no audio encoder and says so."""
+    c = httpclient.InferenceServerClient(melody_triton.http_endpoint, network_timeout=120)
+    inputs = _request(httpclient, PROMPT, 0.5)
+    for name, arr, dt in (("audio_prompt", synth_melody(1.0, 16000, 1, seed=0), "FP32"),
+                          ("audio_prompt_sample_rate", np.array([16000], np.int32), "INT32")):
+        i = httpclient.InferInput(name, list(arr.shape), dt)
+        i.set_data_from_numpy(arr)
+        inputs.append(i)
+    with pytest.raises(InferenceServerException, match="does not take an audio_prompt"):
+        c.infer("musicgen", inputs)

@@ -19,7 +19,8 @@ from tritonclient.utils import InferenceServerException
 
 PROMPT = "lofi hip hop beat with mellow piano"
 TYPES = {"prompt": "BYTES", "duration": "FP32", "top_k": "INT32", "top_p": "FP32", "temperature": "FP32",
-         "guidance_scale": "FP32", "seed": "INT64"}
+         "guidance_scale": "FP32", "seed": "INT64", "audio_prompt": "FP32", "audio_prompt_sample_rate": "INT32"}
+OUTPUTS = ("audio", "sample_rate", "audio_codes", "seed_used", "prompt_frames")
 NP = {"BYTES": object, "FP32": np.float32, "INT32": np.int32, "INT64": np.int64}
 
 
@@ -27,7 +28,8 @@ def _inputs(mod, **params):
     out = []
     for name, value in params.items():
         dt = TYPES[name]
-        arr = np.array([value.encode() if isinstance(value, str) else value], dtype=NP[dt])
+        arr = (np.asarray(value, NP[dt]) if isinstance(value, np.ndarray)
+               else np.array([value.encode() if isinstance(value, str) else value], dtype=NP[dt]))
         i = mod.InferInput(name, list(arr.shape), dt)
         i.set_data_from_numpy(arr)
         out.append(i)
@@ -38,7 +40,7 @@ def generate_http(srv, **params):
     c = httpclient.InferenceServerClient(srv.http_endpoint, network_timeout=120)
     try:
         r = c.infer("musicgen", _inputs(httpclient, **params))
-        return {n: r.as_numpy(n) for n in ("audio", "sample_rate", "audio_codes", "seed_used")}
+        return {n: r.as_numpy(n) for n in OUTPUTS}
     finally:
         c.close()
 
@@ -47,7 +49,7 @@ def generate_grpc(srv, **params):
     c = grpcclient.InferenceServerClient(srv.grpc_endpoint)
     try:
         r = c.infer("musicgen", _inputs(grpcclient, **params), client_timeout=120)
-        return {n: r.as_numpy(n) for n in ("audio", "sample_rate", "audio_codes", "seed_used")}
+        return {n: r.as_numpy(n) for n in OUTPUTS}
     finally:
         c.close()
 

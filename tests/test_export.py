@@ -26,6 +26,9 @@ def test_verify_fp32_parity_and_greedy_oracle(tiny_repo):
     assert report["checks"]["causal"]
     assert all(r["identical"] for r in report["greedy_oracle"]["runs"])
     assert all(r["audio"]["max_abs"] < 1e-4 for r in report["greedy_oracle"]["runs"])
+    # continuation: the prompt encoder's codes equal EnCodec's, and continued runs are in the oracle
+    assert report["codes"]["audio_encoder"]["code_agreement"] == 1.0
+    assert sum(r["prompt_frames"] > 0 for r in report["greedy_oracle"]["runs"]) == 2
 
 
 def test_manifest_records_source_dims_and_hashes(tiny_repo):

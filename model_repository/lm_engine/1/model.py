@@ -1,10 +1,19 @@
 """The LM engine: the one instance that holds the LM graphs and batches every in-flight request step by
-step (continuous batching); text states + sampling parameters (+ melody) -> audio codes, progress streamed."""
+step (continuous batching); text states + sampling parameters (+ melody, + an audio prompt to continue) -> audio
+codes, progress streamed.
+
+An audio prompt is encoded here, in process (audio_prompt.AudioPromptEncoder on this folder's
+audio_encoder.onnx): its codes go nowhere but into this engine's generation, its length limit is this
+engine's window, and no other model instance (a process, a round trip per request) is needed. It runs
+on a worker thread of its own: a long prompt takes seconds to encode, and meanwhile this model keeps
+admitting other requests (and the engine thread keeps stepping)."""
+
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from musicgen_runtime import chroma, delay, manifest, triton_io
+from musicgen_runtime import audio_prompt, chroma, delay, manifest, names, triton_io
 from musicgen_runtime.engine_metrics import EngineMetrics
 from musicgen_runtime.lm import GenerationRequest
 from musicgen_runtime.scheduler import Job, Scheduler
@@ -32,6 +41,11 @@ class TritonPythonModel:
         self.lm = open_language_model(d, device=triton_io.device(args), max_rows=2 * max_active, max_steps=steps,
                                       blockwise_int8_max_rows=blockwise)
         self.dims = self.lm.dims
+        enc = d / names.AUDIO_ENCODER_FILE  # text-only exports: continuation from an audio prompt
+        self.prompt_encoder, self.prompt_worker = None, None
+        if enc.exists():
+            self.prompt_encoder = audio_prompt.AudioPromptEncoder(enc, self.dims, triton_io.device(args))
+            self.prompt_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audio-prompt")
         c = self.lm.cache
         print(f"lm_engine: KV cache {c.max_rows} rows x {c.capacity} positions, {c.nbytes / 2**30:.2f} GiB "
               f"({'allocated on the GPU' if c.device == 'cuda' else 'reserved; pages used as written'})", flush=True)
@@ -50,13 +64,19 @@ class TritonPythonModel:
                     pb_utils.Tensor("event", np.array([b"cancel_sent" if found else b"cancel_unknown"], dtype=object))]),
                     flags=FINAL)
                 continue
-            try:
-                job = self._job(request, sender)
-            except Exception as exc:
-                sender.send(triton_io.error_response(pb_utils, exc), flags=FINAL)
-                continue
-            self.scheduler.submit(job)
+            if self.prompt_worker is not None and pb_utils.get_input_tensor_by_name(request, audio_prompt.INPUT) is not None:
+                self.prompt_worker.submit(self._submit, request, sender)  # encoding the prompt: off this thread
+            else:
+                self._submit(request, sender)
         return None
+
+    def _submit(self, request, sender):
+        try:
+            job = self._job(request, sender)
+        except Exception as exc:
+            sender.send(triton_io.error_response(pb_utils, exc), flags=FINAL)
+            return
+        self.scheduler.submit(job)
 
     def _job(self, request, sender):
         get = lambda n: triton_io.scalar(pb_utils, request, n)  # noqa: E731
@@ -66,19 +86,29 @@ class TritonPythonModel:
         mask = triton_io.array(pb_utils, request, "attention_mask")
         if states.ndim != 2 or states.shape[1] != self.dims.hidden_size or mask.shape != states.shape[:1]:
             raise ValidationError(f"encoder_hidden_states must be [T, {self.dims.hidden_size}] with a [T] mask")
-        frames = delay.frames_for_duration(p.duration, self.dims.frame_rate)
+        rate = self.dims.frame_rate
+        frames = delay.frames_for_duration(p.duration, rate)
         melody = self._melody(request)
         limit = self.lm.max_frames(int(mask.sum()))
+        # a window: the prompt's frames and the new ones (at least one new frame)
+        window = min(limit, delay.frames_for_duration(self.max_duration, rate))
+        prompt = self._audio_prompt(request, window - 1)
+        n_prompt = 0 if prompt is None else prompt.shape[1]
+        if n_prompt and frames + n_prompt > window:
+            raise ValidationError(f"duration too long after a {n_prompt / rate:.2f} s audio_prompt: at most "
+                                  f"{(window - n_prompt) / rate:.2f} s of new music (a window holds {window / rate:.1f} s)")
         if frames > limit:
-            raise ValidationError(f"duration too long for this prompt: at most {limit / self.dims.frame_rate:.1f} s")
-        seq = self.lm.prepare(GenerationRequest(states, mask, p, frames, chroma=melody))
+            raise ValidationError(f"duration too long for this prompt: at most {limit / rate:.1f} s")
+        seq = self.lm.prepare(GenerationRequest(states, mask, p, frames + n_prompt, chroma=melody,
+                                                prompt_codes=prompt))
         every = int(get("progress_every") or 0)
 
         def respond(event, s, codes=None):
             outs = [pb_utils.Tensor("event", np.array([event.encode()], dtype=object)),
                     pb_utils.Tensor("frames_done", np.array([s.frames_ready], np.int32)),
                     pb_utils.Tensor("frames_total", np.array([s.frames], np.int32)),
-                    pb_utils.Tensor("seed_used", np.array([s.params.seed], np.int64))]
+                    pb_utils.Tensor("seed_used", np.array([s.params.seed], np.int64)),
+                    pb_utils.Tensor(audio_prompt.PROMPT_FRAMES, np.array([s.prompt_frames], np.int32))]
             if codes is not None:
                 outs.append(pb_utils.Tensor("audio_codes", codes))
             return pb_utils.InferenceResponse(outs)
@@ -113,7 +143,25 @@ class TritonPythonModel:
         except chroma.MelodyInputError as exc:
             raise ValidationError(str(exc)) from None
 
+    def _audio_prompt(self, request, max_frames: int):
+        """Codes [K, P] of the request's audio prompt, or None. A model without the encoder refuses it clearly."""
+        t = pb_utils.get_input_tensor_by_name(request, audio_prompt.INPUT)
+        if t is None:
+            return None
+        if self.prompt_encoder is None:
+            raise ValidationError(f"this model ({self.lm.manifest.get('source')}) does not take an "
+                                  f"{audio_prompt.INPUT}: its export has no audio encoder")
+        rate = triton_io.scalar(pb_utils, request, audio_prompt.RATE_INPUT)
+        if rate is None:
+            raise ValidationError(f"{audio_prompt.RATE_INPUT} is required with an {audio_prompt.INPUT}")
+        try:
+            return self.prompt_encoder(t.as_numpy(), rate, max_frames)
+        except chroma.AudioInputError as exc:
+            raise ValidationError(str(exc)) from None
+
     def finalize(self):
+        if self.prompt_worker is not None:
+            self.prompt_worker.shutdown(wait=False, cancel_futures=True)
         self.scheduler.close()
         del self.in_flight, self.outcome, self.frames  # metrics before their families
         self._families.clear()

@@ -5,7 +5,9 @@ import triton_python_backend_utils as pb_utils
 
 from musicgen_runtime import triton_io
 
-INPUTS = ("encoder_hidden_states", "attention_mask", "duration") + triton_io.PARAM_NAMES + triton_io.MELODY_NAMES
+INPUTS = (("encoder_hidden_states", "attention_mask", "duration") + triton_io.PARAM_NAMES + triton_io.MELODY_NAMES
+          + triton_io.AUDIO_PROMPT_NAMES)
+OUTPUTS = ("audio_codes", "seed_used", "prompt_frames")
 
 
 class TritonPythonModel:
@@ -15,7 +17,7 @@ class TritonPythonModel:
             try:
                 inputs = [t for t in (pb_utils.get_input_tensor_by_name(request, n) for n in INPUTS) if t is not None]
                 bls = pb_utils.InferenceRequest(model_name="lm_engine", inputs=inputs,
-                                                requested_output_names=["audio_codes", "seed_used"])
+                                                requested_output_names=list(OUTPUTS))
                 final = None
                 for resp in bls.exec(decoupled=True):
                     if resp.has_error():
@@ -25,8 +27,7 @@ class TritonPythonModel:
                 if final is None:
                     raise RuntimeError("lm_engine ended without codes")
                 responses.append(pb_utils.InferenceResponse(
-                    [pb_utils.get_output_tensor_by_name(final, "audio_codes"),
-                     pb_utils.get_output_tensor_by_name(final, "seed_used")]))
+                    [pb_utils.get_output_tensor_by_name(final, n) for n in OUTPUTS]))
             except Exception as exc:
                 responses.append(triton_io.error_response(pb_utils, exc))
         return responses

@@ -48,7 +48,8 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             inputs = {n: pb_utils.get_input_tensor_by_name(request, n)
-                      for n in ("prompt", "duration") + triton_io.PARAM_NAMES + triton_io.MELODY_NAMES}
+                      for n in ("prompt", "duration") + triton_io.PARAM_NAMES + triton_io.MELODY_NAMES
+                      + triton_io.AUDIO_PROMPT_NAMES}
             self.pool.submit(self._stream, {k: v for k, v in inputs.items() if v is not None}, sender, request)
         return None
 
@@ -71,7 +72,7 @@ class TritonPythonModel:
         key = uuid.uuid4().hex
         bls = pb_utils.InferenceRequest(model_name="lm_engine", inputs=lm_inputs, request_id=key,
                                         requested_output_names=["event", "frames_done", "frames_total",
-                                                                "audio_codes", "seed_used"])
+                                                                "audio_codes", "seed_used", "prompt_frames"])
         next_frame, hop, cancelled, chunks = 0, self.dims.hop_length, False, []
         for resp in bls.exec(decoupled=True):
             if not cancelled and request.is_cancelled():  # the client went away: stop the engine's work
@@ -88,6 +89,7 @@ class TritonPythonModel:
             total = int(triton_io.output(pb_utils, resp, "frames_total")[0])
             codes = triton_io.output(pb_utils, resp, "audio_codes")
             seed = triton_io.output(pb_utils, resp, "seed_used")
+            prompt_frames = triton_io.output(pb_utils, resp, "prompt_frames")
             sender.send(self._status("progress", done, total))
             ready = total if event == "final" else done
             for a, b, w0, w1 in self.plan.ready_chunks(next_frame, ready, total):
@@ -103,7 +105,8 @@ class TritonPythonModel:
                 rate = np.array([self.dims.sample_rate], np.int32)
                 sender.send(self._status("final", total, total, [
                     pb_utils.Tensor("audio", audio), pb_utils.Tensor("sample_rate", rate),
-                    pb_utils.Tensor("audio_codes", codes), pb_utils.Tensor("seed_used", seed)]), flags=FINAL)
+                    pb_utils.Tensor("audio_codes", codes), pb_utils.Tensor("seed_used", seed),
+                    pb_utils.Tensor("prompt_frames", prompt_frames)]), flags=FINAL)
                 return
         if not cancelled:
             raise RuntimeError("lm_engine ended without a final response")
