@@ -112,6 +112,19 @@ def test_reference_tuning_alternates_settings():
     assert res["settings"]["default"]["vs_first"] == 1.0 and res["settings"]["threads_1"]["torch_threads"] == 1
 
 
+def test_reference_setting_is_chosen_only_when_clearly_faster():
+    from bench.harness import clear_winner
+
+    def st(median, rounds):
+        return {"step_ms_median": median, "round_medians_ms": rounds}
+
+    base = st(200.0, [200, 210, 190, 205, 200, 198])
+    assert clear_winner({"default": base, "a": st(150.0, [150, 160, 140, 150, 155, 300])}) == "a"
+    assert clear_winner({"default": base, "a": st(185.0, [180] * 6)}) == "default"  # not 10 % faster
+    assert clear_winner({"default": base, "a": st(150.0, [150, 400, 400, 150, 400, 150])}) == "default"  # 3 of 6
+    assert clear_winner({"default": base, "a": st(250.0, [250] * 6)}) == "default"
+
+
 def test_bandwidth_and_decode_step_measurements(tiny_repo):
     bw = measure.memory_bandwidth(64, 2)
     assert bw["read_gbps"] > 0.5 and bw["copy_gbps"] > 0.5
