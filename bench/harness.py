@@ -41,9 +41,17 @@ DEFAULT_OUT = ROOT / "bench" / "results"
 WORK = ROOT / ".work" / "bench"
 PROMPT = "lo-fi hip hop beat with warm piano chords"
 SEED = 1234
-# what the A/B of the reference's settings (bench/reference_tuning.py) found where it was run; recorded
-# in results.json when a run does not search itself
-REFERENCE_TUNING_NOTE = "TODO"
+# What the A/B of the reference's settings (bench/reference_tuning.py) found where it was run, recorded in
+# results.json by the runs that do not search (short, quick); the full run searches on its own machine.
+REFERENCE_TUNING_NOTE = (
+    "AMD EPYC (family 23 model 49, KVM, 2 vCPUs), small-random decoder step at 250 past positions, 6-8 "
+    "alternating rounds with other processes on the cores: in the quietest rounds every setting took "
+    "205-260 ms (default, 1 thread, OMP_WAIT_POLICY=PASSIVE, MKL_ENABLE_INSTRUCTIONS=AVX2, MKL_DEBUG_CPU_TYPE=5, "
+    "oneDNN off, ATEN_CPU_CAPABILITY=default); 1 thread = 2 threads there and numpy read 7.1 GB/s on one "
+    "thread, so the step is bound by memory reads, not by a vendor code path. With the cores shared, the "
+    "default 2 OpenMP threads (spin-waiting) slowed to 550-8700 ms round medians while 1 thread and "
+    "OMP_WAIT_POLICY=PASSIVE stayed at 220-540 ms (medians 2179 vs 370 and 349 ms): the short run uses "
+    "omp_passive.")
 
 
 @dataclass
@@ -86,10 +94,12 @@ class Config:
     def short_defaults(cls, **kw) -> "Config":
         """The regression guard: small-random int8, the full run's ratios in about 5 minutes on a quiet
         2-core machine (one wave per concurrency level, one pair per duration, 3 s clips for batching,
-        the reference timed on a 2 s clip and extrapolated)."""
+        the reference timed on a 2 s clip and extrapolated, under OMP_WAIT_POLICY=PASSIVE: see
+        REFERENCE_TUNING_NOTE)."""
         base = dict(precision="int8", durations=[5.0, 10.0], concurrency=[1, 8], concurrency_duration=3.0, waves=1,
                     step_clips=2, profile_top=False, bandwidth_mb=256, perf_analyzer=False, pairs=1,
-                    reference_extrapolate_from=2.0, tune_reference=False, short=True)
+                    reference_extrapolate_from=2.0, tune_reference=False, reference_setting="omp_passive",
+                    short=True)
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)
 

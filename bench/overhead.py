@@ -8,13 +8,14 @@ Pairs run alternately (in-process, then through Triton) with the same seed; the 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from . import print_json
 
 
 class InProcessEngine:
@@ -86,11 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    res = measure(args.repository, args.duration, args.pairs)
-    text = json.dumps(res, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    print_json(measure(args.repository, args.duration, args.pairs), args.out)
     return 0
 
 

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import print_json
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # name -> (environment added, torch threads or None, torch.backends.mkldnn.enabled)
@@ -108,8 +110,9 @@ def search(checkpoint: str, settings: list[str], rounds: int = 8, steps: int = 2
     if profile:
         p = _spawn("default", checkpoint, past, profile=True)
         res["profile_default"] = json.loads(p.communicate()[0].strip().splitlines()[-1])["profile_ms_per_step"]
-    workers = {name: _spawn(name, checkpoint, past) for name in settings}  # loading is not measured
-    for w in workers.values():
+    workers = {}
+    for name in settings:  # one after another: each load peaks at the whole checkpoint's memory
+        workers[name] = w = _spawn(name, checkpoint, past)
         json.loads(w.stdout.readline())
     rounds_ms: dict = {n: [] for n in settings}
     all_ms: dict = {n: [] for n in settings}
@@ -157,11 +160,7 @@ def main(argv=None) -> int:
     if a.worker:
         _worker(a.checkpoint, a.past, a.threads, bool(a.mkldnn), a.profile)
         return 0
-    res = search(a.checkpoint, a.settings, a.rounds, a.steps, a.past, profile=not a.no_profile)
-    text = json.dumps(res, indent=2)
-    print(text)
-    if a.out:
-        a.out.write_text(text)
+    print_json(search(a.checkpoint, a.settings, a.rounds, a.steps, a.past, profile=not a.no_profile), a.out)
     return 0
 
 
