@@ -47,11 +47,12 @@ REFERENCE_TUNING_NOTE = (
     "AMD EPYC (family 23 model 49, KVM, 2 vCPUs), small-random decoder step at 250 past positions, 6-8 "
     "alternating rounds with other processes on the cores: in the quietest rounds every setting took "
     "205-260 ms (default, 1 thread, OMP_WAIT_POLICY=PASSIVE, MKL_ENABLE_INSTRUCTIONS=AVX2, MKL_DEBUG_CPU_TYPE=5, "
-    "oneDNN off, ATEN_CPU_CAPABILITY=default); 1 thread = 2 threads there and numpy read 7.1 GB/s on one "
-    "thread, so the step is bound by memory reads, not by a vendor code path. With the cores shared, the "
-    "default 2 OpenMP threads (spin-waiting) slowed to 550-8700 ms round medians while 1 thread and "
-    "OMP_WAIT_POLICY=PASSIVE stayed at 220-540 ms (medians 2179 vs 370 and 349 ms): the short run uses "
-    "omp_passive.")
+    "oneDNN off, ATEN_CPU_CAPABILITY=default), 1 thread as fast as 2. At load 2 the reference's step took "
+    "207 ms while numpy read 24 GB/s: it reads its ~1.5 GB of weights at ~7 GB/s, far below the machine's "
+    "rate (Xeon: 75 ms), and no setting tried changes that (MKL's path on AMD is a likely cause, not "
+    "confirmed). With the cores shared, the default 2 OpenMP threads (spin-waiting) slowed to 550-8700 ms "
+    "round medians while 1 thread and OMP_WAIT_POLICY=PASSIVE stayed at 220-540 ms (medians 2179 vs 370 "
+    "and 349 ms): the short run uses omp_passive.")
 
 
 @dataclass
