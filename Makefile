@@ -12,7 +12,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 UI_PORT ?= 8501
 
-.PHONY: setup export verify serve stop run ui lint test deploy-check bench bench-quick clean
+.PHONY: setup export verify serve stop run ui lint test deploy-check bench bench-short bench-quick clean
 
 # Idempotent: reinstalls only when pyproject.toml changed since the last install.
 setup: $(STAMP)
@@ -65,11 +65,15 @@ deploy-check: setup
 	$(BIN)/python -m pytest -q tests/deploy
 
 # Benchmarks (bench/README.md): our server vs transformers on the same checkpoint and machine.
-# `make bench` (small-random) runs for many minutes on 2 cores; `make bench-quick` is the CI smoke run.
+# `make bench` (small-random) runs for many minutes on 2 cores; `make bench-short` (small-random int8) gives
+# the same ratios (results.json `ratios`) in about 5 minutes; `make bench-quick` is the CI smoke run (tiny-random).
 BENCH_CHECKPOINT ?= small-random
 BENCH_ARGS ?=
 bench: setup
 	$(BIN)/python -m bench --checkpoint $(BENCH_CHECKPOINT) --precision $(PRECISION) $(BENCH_ARGS)
+
+bench-short: setup
+	$(BIN)/python -m bench --short $(BENCH_ARGS)
 
 bench-quick: setup
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)

@@ -183,6 +183,32 @@ def decode_steps(model_dir: Path, duration: float, guidance_scale: float = 3.0, 
             "step_graph": graph_file, "step_read_bytes": int(read_bytes)}
 
 
+def sampling_cost(num_codebooks: int, vocab_size: int, top_k: int = 250, guidance_scale: float = 3.0,
+                  repeats: int = 300) -> dict:
+    """Microseconds of one request's per-step numpy work (`SequenceState.advance`'s guidance and top-k
+    sampling over [K, V] logits of its 2 CFG rows), the median of 5 batches of `repeats`: on one core,
+    what every request adds to every batched step on top of the graph."""
+    from musicgen_runtime import sampling
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, num_codebooks, 1, vocab_size)).astype(np.float32)
+
+    def one():
+        cond, uncond = logits[0, :, -1, :].astype(np.float32), logits[1, :, -1, :].astype(np.float32)
+        sampling.sample(sampling.guide(cond, uncond, guidance_scale), top_k, 0.0, 1.0, rng)
+
+    for _ in range(20):
+        one()
+    batches = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            one()
+        batches.append((time.perf_counter() - t) / repeats * 1e6)
+    return {"us_per_request_step": float(np.median(batches)), "codebooks": num_codebooks, "vocab": vocab_size,
+            "top_k": top_k}
+
+
 def batch_scaling(repository: Path, duration: float, requests: int, text_tokens: int = 12, seed: int = 0,
                   threads: int | None = None) -> dict:
     """What batching can give on this machine before any server work: the LM alone generating one clip,

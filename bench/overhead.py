@@ -8,7 +8,6 @@ Pairs run alternately (in-process, then through Triton) with the same seed; the 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -16,29 +15,52 @@ from pathlib import Path
 
 import numpy as np
 
+from . import print_json
+
+
+class InProcessEngine:
+    """The server's engine in this process: tokenizer, text encoder, the LM (`open_language_model`), codec (one request,
+    start to end, as the ensemble runs it). `run()` also keeps the time of every LM step."""
+
+    def __init__(self, repo: Path):
+        from musicgen_runtime import manifest, names
+        from musicgen_runtime.codec import AudioDecoder
+        from musicgen_runtime.text import PromptTokenizer, TextEncoder
+        from musicgen_runtime.variants import open_language_model
+
+        repo = Path(repo)
+        self.dims = d = manifest.dims(manifest.read(repo / "lm_engine" / "1"))
+        self.tok = PromptTokenizer(repo / "tokenizer" / "1" / names.TOKENIZER_FILE, d.max_text_tokens)
+        self.enc = TextEncoder(repo / "text_encoder" / "1" / names.TEXT_ENCODER_FILE)
+        self.lm = open_language_model(repo / "lm_engine" / "1")
+        self.codec = AudioDecoder(repo / "audio_decoder" / "1" / names.AUDIO_DECODER_FILE, d.hop_length)
+        self.step_ms: list[float] = []  # the last run's LM steps
+
+    def run(self, prompt: str, duration: float, seed: int):
+        """(audio, codes) of one request; the LM's step times in `step_ms`."""
+        from musicgen_runtime import delay
+        from musicgen_runtime.lm import GenerationRequest
+        from musicgen_runtime.validation import GenerationParams
+
+        stamps = []
+        ids, mask = self.tok.encode([prompt])
+        hidden = self.enc(ids, mask)[0]
+        frames = delay.frames_for_duration(duration, self.dims.frame_rate)
+        stamps.append(time.perf_counter())
+        codes = self.lm.generate(GenerationRequest(hidden, mask[0], GenerationParams(duration=duration, seed=seed),
+                                                   frames, on_step=lambda _gen: stamps.append(time.perf_counter())))
+        self.step_ms = list(np.diff(stamps) * 1000.0)
+        return self.codec(codes[None])[0], codes
+
 
 def measure(repo: Path, duration: float, pairs: int, prompt: str = "lofi hip hop beat") -> dict:
     from client import MusicGenClient
-    from musicgen_runtime import delay, manifest, names
-    from musicgen_runtime.codec import AudioDecoder
-    from musicgen_runtime.lm import GenerationRequest
-    from musicgen_runtime.text import PromptTokenizer, TextEncoder
-    from musicgen_runtime.validation import GenerationParams
-    from musicgen_runtime.variants import open_language_model
     from server import TritonServer
 
-    d = manifest.dims(manifest.read(repo / "lm_engine" / "1"))
-    tok = PromptTokenizer(repo / "tokenizer" / "1" / names.TOKENIZER_FILE, d.max_text_tokens)
-    enc = TextEncoder(repo / "text_encoder" / "1" / names.TEXT_ENCODER_FILE)
-    lm = open_language_model(repo / "lm_engine" / "1")
-    codec = AudioDecoder(repo / "audio_decoder" / "1" / names.AUDIO_DECODER_FILE, d.hop_length)
-    frames = delay.frames_for_duration(duration, d.frame_rate)
+    engine = InProcessEngine(repo)
 
     def in_process(seed):
-        ids, mask = tok.encode([prompt])
-        codes = lm.generate(GenerationRequest(enc(ids, mask)[0], mask[0], GenerationParams(duration=duration, seed=seed),
-                                                frames))
-        return codec(codes[None])[0], codes
+        return engine.run(prompt, duration, seed)
 
     local, served = [], []
     with TritonServer(repo) as srv, MusicGenClient(srv.grpc_endpoint) as client:
@@ -65,11 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    res = measure(args.repository, args.duration, args.pairs)
-    text = json.dumps(res, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    print_json(measure(args.repository, args.duration, args.pairs), args.out)
     return 0
 
 

@@ -12,7 +12,9 @@ def plot_all(results: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     files = []
-    title = f"{results['config']['checkpoint']} ({results['config']['precision']}), {results['machine']['cpus']} CPUs"
+    m = results["machine"]
+    title = (f"{results['config']['checkpoint']} ({results['config']['precision']}), "
+             f"{m.get('cpu_model') or '?'}, {m['cpus']} CPUs")
     srv = results.get("server", {})
     ref = {r["duration"]: r for r in results.get("reference", {}).get("runs", [])}
 

@@ -115,3 +115,66 @@ class PeakSampler:
         self._stop.set()
         self._thread.join()
         time.sleep(0)
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_s(stat_path: Path) -> float | None:
+    """utime + stime of a /proc/.../stat, in seconds (None when the process or thread is gone)."""
+    try:
+        stat = stat_path.read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # fields from `state` on: utime, stime are 12th, 13th
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def process_label(pid: int) -> str:
+    """A Triton python stub by its model's name (its command line holds <model>/1/model.py), else the command."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return str(pid)
+    for a in args:
+        if a.endswith(b"/model.py"):
+            return Path(a.decode(errors="replace")).parent.parent.name
+    return Path(args[0].decode(errors="replace")).name if args and args[0] else str(pid)
+
+
+def tree_cpu(root: int) -> dict[str, dict]:
+    """CPU seconds used so far by `root` and its descendants, by process label (the instances of one
+    model summed): {"cpu_s", "processes", "threads": {tid: cpu_s}}. Subtract two snapshots (cpu_delta)
+    to see where a request's CPU time went."""
+    out: dict[str, dict] = {}
+    for pid in tree_pids(root):
+        total = _cpu_s(Path(f"/proc/{pid}/stat"))
+        if total is None:
+            continue
+        threads = {}
+        try:
+            for t in Path(f"/proc/{pid}/task").iterdir():
+                s = _cpu_s(t / "stat")
+                if s is not None:
+                    threads[t.name] = s
+        except OSError:
+            pass
+        entry = out.setdefault(process_label(pid), {"cpu_s": 0.0, "processes": 0, "threads": {}})
+        entry["cpu_s"] += total
+        entry["processes"] += 1
+        entry["threads"].update(threads)
+    return out
+
+
+def cpu_delta(before: dict, after: dict, top_threads: int = 3) -> dict[str, dict]:
+    """Per process label that used CPU: seconds between two tree_cpu snapshots, how many threads used
+    CPU in between, and the busiest threads' seconds (a spinning thread pool shows as many busy threads)."""
+    out = {}
+    for label, a in after.items():
+        b = before.get(label, {"cpu_s": 0.0, "threads": {}})
+        per_thread = sorted((s - b["threads"].get(tid, 0.0) for tid, s in a["threads"].items()), reverse=True)
+        busy = [s for s in per_thread if s >= 0.01]
+        used = round(a["cpu_s"] - b["cpu_s"], 3)
+        if used > 0 or busy:
+            out[label] = {"cpu_s": used, "threads_busy": len(busy), "top_threads_s": [round(s, 3) for s in busy[:top_threads]]}
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["cpu_s"]))

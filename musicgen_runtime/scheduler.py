@@ -8,6 +8,7 @@ or `on_error(seq, exc)`.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -18,6 +19,7 @@ from .lm import Generation, LanguageModel
 
 log = logging.getLogger(__name__)
 CANCEL_CHECK_EVERY = 10  # steps
+STEP_TIMES_ENV = "MUSICGEN_STEP_TIMES"  # a file path: each batched step's rows and ms are appended (bench/)
 
 
 @dataclass(eq=False)
@@ -54,8 +56,19 @@ class Scheduler:
         self._keys: dict[str, Job] = {}
         self._keys_lock = threading.Lock()
         self._stop = threading.Event()
+        self._step_times = self._open_step_times(os.environ.get(STEP_TIMES_ENV))
         self._thread = threading.Thread(target=self._run, name="lm-engine", daemon=True)
         self._thread.start()
+
+    @staticmethod
+    def _open_step_times(path: str | None):
+        if not path:
+            return None
+        try:
+            return open(path, "a", buffering=1)  # closed in close()
+        except OSError as exc:  # a measuring aid: never a reason for the engine not to start
+            log.warning("%s=%s: cannot write step times: %s", STEP_TIMES_ENV, path, exc)
+            return None
 
     def submit(self, job: Job) -> None:
         job._submitted = time.monotonic()
@@ -81,6 +94,8 @@ class Scheduler:
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
+        if self._step_times is not None:
+            self._step_times.close()
 
     def _on_step(self, job: Job) -> None:
         if not job._first_audio and job.seq.frames_ready > 0:
@@ -133,7 +148,11 @@ class Scheduler:
                 self._admit(block=True)
                 if not self._jobs:
                     continue
-                for seq in self.lm.step():
+                rows, t = self.lm.rows_used, time.perf_counter()
+                finished = self.lm.step()
+                if self._step_times is not None:
+                    self._step_times.write(f"{rows} {(time.perf_counter() - t) * 1000.0:.3f}\n")
+                for seq in finished:
                     self._finish(self._jobs.pop(seq.id), seq)
             except Exception as exc:  # never let the engine thread die: fail what is in flight, go on
                 log.exception("engine step failed")
