@@ -39,6 +39,13 @@ class GenerationError(MusicGenError):
     """The server accepted the request and failed while generating."""
 
 
+# what the transport says when the server itself cannot be reached
+_NETWORK = re.compile(
+    r"failed to connect|connection refused|connect failed|socket closed|connection reset|"
+    r"name resolution|dns resolution|broken pipe|unreachable|Connection aborted|"
+    r"server not (live|ready)|ssl handshake",
+    re.IGNORECASE)
+
 # Triton / python-backend messages -> class. Checked in order; the first match wins.
 _PATTERNS: list[tuple[type[MusicGenError], re.Pattern]] = [
     (InvalidParameter, re.compile(
@@ -53,11 +60,7 @@ _PATTERNS: list[tuple[type[MusicGenError], re.Pattern]] = [
         r"failed to load|unloading|is being unloaded",
         re.IGNORECASE)),
     (RequestTimeout, re.compile(r"deadline exceeded|timed out|timeout", re.IGNORECASE)),
-    (ServerUnavailable, re.compile(
-        r"failed to connect|connection refused|connect failed|socket closed|connection reset|"
-        r"name resolution|dns resolution|broken pipe|unreachable|Connection aborted|"
-        r"server not (live|ready)|ssl handshake",
-        re.IGNORECASE)),
+    (ServerUnavailable, _NETWORK),
 ]
 
 
@@ -65,7 +68,7 @@ def _strip(message: str) -> str:
     """Drop Triton's wrappers ("in ensemble 'musicgen', ...", "[StatusCode.X] ...") for display."""
     msg = re.sub(r"^\[StatusCode\.\w+\]\s*", "", message.strip())
     msg = re.sub(r"^in ensemble '[^']*',\s*", "", msg)
-    msg = re.sub(r"^invalid request:\s*", "", msg)
+    msg = re.sub(r"^(invalid request|unavailable):\s*", "", msg)
     return msg
 
 
@@ -88,6 +91,13 @@ def classify(exc: BaseException, *, url: str = "", model: str = "", timeout: flo
     status = exc.status() if callable(getattr(exc, "status", None)) else None
     status = str(status or "")
     text = f"{status} {raw}"
+    # the server's own verdict first: its models answer input errors with 400 / INVALID_ARGUMENT and a
+    # model that cannot serve now (engine restarting or stalled) with 503 / UNAVAILABLE
+    if status in ("400", "StatusCode.INVALID_ARGUMENT"):
+        return InvalidParameter(f"invalid parameter: {_strip(raw)}", detail=raw)
+    if status == "503" or ("UNAVAILABLE" in status and not _NETWORK.search(raw)):
+        name = f" '{model}'" if model else ""
+        return ModelNotReady(f"model{name} is not ready on the server{where}: {_strip(raw)}", detail=raw)
     if "UNAVAILABLE" in status and "model" not in raw.lower():
         reason = _strip(raw).rsplit(": ", 1)[-1]  # grpc: "failed to connect ...; last error: ...: Connection refused"
         return ServerUnavailable(f"cannot reach the MusicGen server{where} ({reason}). "

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from .errors import Cancelled
 from .lm import LanguageModel, Sequence
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ class Job:
 class Scheduler:
     """`on_report(stats)` runs on the engine thread at most every `report_every` seconds: Triton's
     python-backend metric calls crash the server when made from two threads at once, so every
-    metric update happens here, on one thread."""
+    metric update happens here, on one thread. It is also the engine's heartbeat: called on every turn
+    of the loop (idle turns last at most 0.2 s), it stops when a step hangs or the thread died."""
 
     def __init__(self, lm: LanguageModel, max_active: int = 16, on_report=None, report_every: float = 0.2):
         self.lm = lm
@@ -139,7 +141,7 @@ class Scheduler:
             self._safe(job.on_error, seq, seq.error)
         elif seq.cancelled:
             self.stats["cancelled"] += 1
-            self._safe(job.on_error, seq, RuntimeError("request cancelled"))
+            self._safe(job.on_error, seq, Cancelled("request cancelled"))
         else:
             self.stats["ok"] += 1
             self.stats["frames"] += seq.frames

@@ -18,8 +18,7 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 def _call(model, inputs, outputs):
     resp = pb_utils.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=outputs).exec()
-    if resp.has_error():
-        raise triton_io.BlsError(resp.error().message())
+    triton_io.raise_for_error(resp)
     return [triton_io.output(pb_utils, resp, n) for n in outputs]
 
 
@@ -79,8 +78,7 @@ class TritonPythonModel:
                 _cancel(key)
             if cancelled:
                 continue  # drain until the engine's final response
-            if resp.has_error():
-                raise triton_io.BlsError(resp.error().message())
+            triton_io.raise_for_error(resp)
             if pb_utils.get_output_tensor_by_name(resp, "event") is None:
                 continue  # an empty closing response
             event = triton_io.output(pb_utils, resp, "event")[0].decode()
