@@ -283,15 +283,24 @@ def build(source: str, repository: Path, precision: str = "fp32", fallback: str 
 STAGING_PREFIX = ".export-"  # + the exporting process's pid: a staging folder inside the repository
 
 
+def _pid_exists(pid: int) -> bool:
+    """kill(pid, 0): the export image has no server/ package (nor psutil) to ask."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
 def remove_abandoned_staging(repository: Path) -> list[Path]:
     """Delete staging folders left by exports that were killed (their process is gone): Triton reads
     every folder of a repository as a model and refuses to start with one of them in it."""
-    from server import pid_alive  # the launcher's check (stdlib only)
-
     removed = []
     for d in Path(repository).glob(STAGING_PREFIX + "*"):
         pid = d.name[len(STAGING_PREFIX):].split("-", 1)[0]
-        if d.is_dir() and not (pid.isdigit() and pid_alive(int(pid))):
+        if d.is_dir() and not (pid.isdigit() and _pid_exists(int(pid))):
             shutil.rmtree(d, ignore_errors=True)
             log.warning("removed %s, left by an export that did not finish", d)
             removed.append(d)

@@ -84,7 +84,7 @@ def error_response(pb_utils, exc: BaseException):
     """A response carrying `exc` as a coded error: the one place exceptions become client errors.
 
     ValidationError -> INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT); Unavailable -> UNAVAILABLE
-    (503); Cancelled -> CANCELLED; a BLS callee's error keeps its code and message (a dead callee
+    (503); a BLS callee's error keeps its code and message (a dead callee
     stub is UNAVAILABLE: the supervisor restarts it); anything else -> INTERNAL (500) with a generic
     message and an id, the details (which may name server paths) only in the server log.
     """
@@ -93,8 +93,8 @@ def error_response(pb_utils, exc: BaseException):
         msg, code = f"{INVALID_PREFIX}{exc}", E.INVALID_ARG
     elif isinstance(exc, Unavailable):
         msg, code = f"{UNAVAILABLE_PREFIX}{exc}", E.UNAVAILABLE
-    elif isinstance(exc, Cancelled):
-        msg, code = str(exc) or "request cancelled", E.CANCELLED
+    elif isinstance(exc, Cancelled):  # not E.CANCELLED: with it, a BLS caller's response iterator never ends
+        msg, code = str(exc) or "request cancelled", E.INTERNAL
     elif isinstance(exc, BlsError):
         # Triton 2.51 hands a BLS caller every callee error as INTERNAL: the code is read back from the
         # message prefixes set above (and Triton's own message for a dead stub)

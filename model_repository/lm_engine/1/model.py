@@ -1,5 +1,7 @@
 """Continuous-batching LM engine: text states + sampling parameters -> audio codes (streamed progress)."""
 
+import time
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -43,10 +45,14 @@ class TritonPythonModel:
             pb_utils.MetricFamily("musicgen_lm_requests_finished_total", "requests ended, by outcome",
                                   pb_utils.MetricFamily.COUNTER),
             pb_utils.MetricFamily("musicgen_lm_frames_total", "audio frames generated", pb_utils.MetricFamily.COUNTER),
+            # the supervisor's watchdog (server/supervisor.py): stale while a step hangs or the thread is dead
+            pb_utils.MetricFamily("musicgen_lm_heartbeat_timestamp_seconds", "unix time the engine thread last looped",
+                                  pb_utils.MetricFamily.GAUGE),
         ]
         self.in_flight = self._families[0].Metric(labels={})
         self.outcome = {k: self._families[1].Metric(labels={"outcome": k}) for k in ("ok", "error", "cancelled")}
         self.frames = self._families[2].Metric(labels={})
+        self.heartbeat = self._families[3].Metric(labels={})
         self.scheduler = Scheduler(self.lm, max_active=max_active, on_report=self._report)
 
     def execute(self, requests):
@@ -69,6 +75,7 @@ class TritonPythonModel:
 
     def _report(self, stats):
         """Runs on the engine thread only (see Scheduler): gauge set, counters advanced by their deltas."""
+        self.heartbeat.set(time.time())
         self.in_flight.set(stats["in_flight"])
         for key, metric in [*self.outcome.items(), ("frames", self.frames)]:
             delta = stats[key] - self._reported.get(key, 0)
@@ -120,8 +127,8 @@ class TritonPythonModel:
         if t is None:
             return None
         if not self.melody:
-            raise ValidationError(f"this model ({self.lm.manifest.get('source')}, a text-only MusicGen) does not "
-                                  "take a melody: send the prompt alone, or serve a MusicGen-Melody checkpoint")
+            raise ValidationError("this model (a text-only MusicGen) does not take a melody: "
+                                  "send the prompt alone, or serve a MusicGen-Melody checkpoint")
         rate = triton_io.scalar(pb_utils, request, "melody_sample_rate")
         if rate is None:
             raise ValidationError("melody_sample_rate is required with a melody")
@@ -136,5 +143,5 @@ class TritonPythonModel:
 
     def finalize(self):
         self.scheduler.close()
-        del self.in_flight, self.outcome, self.frames  # metrics before their families
+        del self.in_flight, self.outcome, self.frames, self.heartbeat  # metrics before their families
         self._families.clear()
