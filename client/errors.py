@@ -41,7 +41,7 @@ class GenerationError(MusicGenError):
 
 # what the transport says when the server itself cannot be reached
 _NETWORK = re.compile(
-    r"failed to connect|connection refused|connect failed|socket closed|connection reset|"
+    r"failed to connect|connection refused|connect failed|socket closed|connection reset|connection closed|"
     r"name resolution|dns resolution|broken pipe|unreachable|Connection aborted|"
     r"server not (live|ready)|ssl handshake",
     re.IGNORECASE)

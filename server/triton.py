@@ -398,10 +398,10 @@ def terminate_process(pid: int, *, timeout: float = 30.0, poll: Callable[[], boo
     it gets reaped). Returns ``"terminated"``, ``"killed"`` or ``"not running"``."""
     alive = poll or (lambda: pid_alive(pid))
     try:  # the tree first: stubs outlive a SIGKILLed server (re-parented, same process group)
-        tree = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
+        rest = psutil.Process(pid).children(recursive=True)
     except psutil.Error:
-        tree = []
-    tree += [p for p in _group_members(pid) if p.pid not in {t.pid for t in tree}]
+        rest = []
+    rest += [p for p in _group_members(pid) if p.pid not in {r.pid for r in rest}]
     result = "not running"
     if alive():
         result = "terminated"
@@ -412,10 +412,10 @@ def terminate_process(pid: int, *, timeout: float = 30.0, poll: Callable[[], boo
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _wait_until(lambda: not alive(), 10.0)
-    for proc in tree[1:] if tree else []:
+    for proc in rest:
         with contextlib.suppress(psutil.Error):
             proc.kill()
-    psutil.wait_procs([p for p in tree[1:]], timeout=5)
+    psutil.wait_procs(rest, timeout=5)
     return result
 
 
