@@ -249,7 +249,7 @@ def metric_value(metrics_url: str, name: str) -> float | None:
     if status != 200:
         return None
     for line in body.decode(errors="replace").splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
+        if line.startswith((name + " ", name + "{")):
             return float(line.rsplit(" ", 1)[1])
     return None
 

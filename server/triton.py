@@ -588,6 +588,7 @@ class TritonServer:
         self._supervisor_options = dict(supervisor_options or {})
         self.process: subprocess.Popen | None = None
         self.restarts = 0
+        self._stopping = False
         self.returncode: int | None = None
         self._work: WorkDir | None = None
 
@@ -664,6 +665,7 @@ class TritonServer:
             raise ServerError(f"server already running (pid {self.pid})")
         if not self.model_repository.is_dir():
             raise ServerStartError(f"model repository {self.model_repository} is not a directory")
+        self._stopping = False
         self._work = None if self.binary else prepare_work_dir(self.work_dir)
         attempts = 3 if None in self._requested_ports else 1
         for attempt in range(attempts):
@@ -705,6 +707,8 @@ class TritonServer:
             proc = self.process
             terminate_process(proc.pid, sig=signal.SIGKILL, poll=lambda: proc.poll() is None)
             self._after_exit()
+        if self._stopping:  # stop() runs on another thread: no new server behind its back
+            raise ServerError("the server is being stopped")
         self.restarts += 1
         with open(self.log_path, "ab") as log:
             log.write(f"# supervisor: restarting tritonserver ({reason or 'asked to'})\n".encode())
@@ -789,6 +793,7 @@ class TritonServer:
 
     def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM, wait ``timeout`` s (default ``stop_timeout``), SIGKILL; clean shm. Returns the exit code."""
+        self._stopping = True
         if self.supervisor is not None:
             self.supervisor.stop()
             self.supervisor = None

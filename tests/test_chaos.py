@@ -28,7 +28,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from client import InvalidParameter, ModelNotReady, MusicGenClient, MusicGenError, ServerUnavailable
+from client import (
+    InvalidParameter,
+    ModelNotReady,
+    MusicGenClient,
+    MusicGenError,
+    ServerUnavailable,
+)
 from client.errors import classify
 from server import TritonServer
 from server.supervisor import _get, metric_value
@@ -194,7 +200,7 @@ def _fault(srv, load: Load, name: str, act) -> dict:
     act()
     saw_503 = False
     while time.monotonic() - t0 < RECOVERY_BOUND:
-        status, body = _readyz(srv)
+        status, _ = _readyz(srv)
         saw_503 |= status == 503
         if status == 200 and len(srv.supervisor.recoveries) > before:
             break
