@@ -44,7 +44,7 @@ class Scheduler:
         self.on_report = on_report
         self.report_every = report_every
         self.stats = {"in_flight": 0, "ok": 0, "error": 0, "cancelled": 0, "frames": 0}
-        self._last_report = 0.0
+        self._last_report = time.monotonic()  # the first report after initialize() returned: not during it
         self.max_active = max_active  # requests beyond this wait in the queue
         self._queue: "queue.Queue[Job]" = queue.Queue()
         self._jobs: dict[int, Job] = {}

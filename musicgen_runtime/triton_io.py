@@ -93,7 +93,7 @@ def error_response(pb_utils, exc: BaseException):
         msg, code = f"{INVALID_PREFIX}{exc}", E.INVALID_ARG
     elif isinstance(exc, Unavailable):
         msg, code = f"{UNAVAILABLE_PREFIX}{exc}", E.UNAVAILABLE
-    elif isinstance(exc, Cancelled):  # not E.CANCELLED: with it, a BLS caller's response iterator never ends
+    elif isinstance(exc, Cancelled):  # its client went away: no one reads the code (INTERNAL, as before)
         msg, code = str(exc) or "request cancelled", E.INTERNAL
     elif isinstance(exc, BlsError):
         # Triton 2.51 hands a BLS caller every callee error as INTERNAL: the code is read back from the

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .supervisor import DEFAULT_HEALTH_PORT
+from .supervisor import DEFAULT_HEALTH_PORT, http_get
 from .triton import (
     LOOPBACK,
     ServerError,
@@ -319,9 +319,7 @@ def cmd_status(args: argparse.Namespace, work_dir: Path) -> int:
 
 def _readyz(health_url: str) -> dict:
     """The supervisor's /readyz JSON ({} when it does not answer)."""
-    from .supervisor import _get
-
-    status, body = _get(f"{health_url}/readyz", 2.0)
+    status, body = http_get(f"{health_url}/readyz", 2.0)
     try:
         return json.loads(body) if status in (200, 503) else {}
     except ValueError:

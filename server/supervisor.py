@@ -138,7 +138,7 @@ class Supervisor:
         for model, count in self._stubs.items():
             if now.get(model, 0) < count:
                 return "restart", f"a process of model {model} died ({now.get(model, 0)} of {count} left)", model
-        if _get(f"{srv.http_url}/v2/health/live", 2.0)[0] != 200:
+        if http_get(f"{srv.http_url}/v2/health/live", 2.0)[0] != 200:
             self._not_live += 1
             if self._not_live >= self.live_failures:
                 return "restart", f"tritonserver did not answer /v2/health/live {self._not_live} times", None
@@ -209,7 +209,7 @@ class Supervisor:
 # ---- probes (stdlib HTTP + psutil, so the container's interpreter needs nothing else) -------------
 
 
-def _get(url: str, timeout: float) -> tuple[int | None, bytes]:
+def http_get(url: str, timeout: float) -> tuple[int | None, bytes]:
     return _request(urllib.request.Request(url), timeout)
 
 
@@ -245,7 +245,7 @@ def model_states(http_url: str) -> dict[str, str] | None:
 
 def metric_value(metrics_url: str, name: str) -> float | None:
     """The value of an unlabelled Prometheus metric, or None when absent (or no answer)."""
-    status, body = _get(metrics_url, 5.0)
+    status, body = http_get(metrics_url, 5.0)
     if status != 200:
         return None
     for line in body.decode(errors="replace").splitlines():

@@ -38,8 +38,6 @@ import subprocess
 import sys
 import sysconfig
 import time
-import urllib.error
-import urllib.request
 import weakref
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -48,31 +46,7 @@ import psutil
 
 from musicgen_runtime import memory
 
-from .supervisor import Supervisor
-
-__all__ = [
-    "DEFAULT_WORK_DIR",
-    "PROJECT_ROOT",
-    "ServerError",
-    "ServerStartError",
-    "TritonInstall",
-    "TritonNotFoundError",
-    "TritonServer",
-    "WorkDir",
-    "build_command",
-    "build_environment",
-    "cleanup_shm",
-    "default_work_dir",
-    "find_free_port",
-    "find_free_ports",
-    "find_triton_install",
-    "log_excerpt",
-    "new_shm_prefix",
-    "pid_alive",
-    "port_in_use",
-    "prepare_work_dir",
-    "terminate_process",
-]
+from .supervisor import Supervisor, http_get
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORK_DIR = PROJECT_ROOT / ".work" / "triton"
@@ -469,18 +443,9 @@ def log_excerpt(path: str | os.PathLike, tail_lines: int = 40, max_errors: int =
     return "\n".join(parts)
 
 
-_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
 def http_status(url: str, timeout: float = 1.0) -> int | None:
     """HTTP status of a GET (proxies ignored: the server is local), or None if unreachable."""
-    try:
-        with _NO_PROXY_OPENER.open(url, timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError):
-        return None
+    return http_get(url, timeout)[0]
 
 
 def client_host(address: str) -> str:
@@ -777,9 +742,6 @@ class TritonServer:
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
-
-    def is_live(self) -> bool:
-        return http_status(f"{self.http_url}/v2/health/live") == 200
 
     def is_ready(self) -> bool:
         return http_status(f"{self.http_url}/v2/health/ready") == 200

@@ -37,7 +37,7 @@ from client import (
 )
 from client.errors import classify
 from server import TritonServer
-from server.supervisor import _get, metric_value
+from server.supervisor import http_get, metric_value
 
 LOAD_SECONDS = float(os.environ.get("MUSICGEN_CHAOS_SECONDS", "3"))
 REPORT = os.environ.get("MUSICGEN_CHAOS_REPORT")
@@ -55,7 +55,7 @@ def chaos_server(tiny_repo):
 
 
 def _readyz(srv) -> tuple[int | None, dict]:
-    status, body = _get(f"{srv.health_url}/readyz", 5.0)
+    status, body = http_get(f"{srv.health_url}/readyz", 5.0)
     return status, (json.loads(body) if status in (200, 503) else {})
 
 
