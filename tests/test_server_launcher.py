@@ -352,8 +352,9 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def test_cli_start_status_stop(echo_repo, tmp_path):
     work = tmp_path / "work"
-    http, grpc, metrics = find_free_ports(3)
-    ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    http, grpc, metrics, health = find_free_ports(4)
+    ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+             "--health-port", str(health)]
     start = ["start", "--work-dir", str(work), "--repository", str(echo_repo), *ports, "--timeout", "60"]
     try:
         r = _cli("status", "--work-dir", str(work))
@@ -395,9 +396,9 @@ def test_cli_start_status_stop(echo_repo, tmp_path):
 
         r = _cli(*start)  # the same server again: fine
         assert r.returncode == 0 and "already running" in r.stdout
-        other = find_free_ports(3)
+        other = find_free_ports(4)
         r = _cli("start", "--work-dir", str(work), "--repository", str(echo_repo), "--http-port", str(other[0]),
-                 "--grpc-port", str(other[1]), "--metrics-port", str(other[2]))
+                 "--grpc-port", str(other[1]), "--metrics-port", str(other[2]), "--health-port", str(other[3]))
         assert r.returncode == 1 and "already running" in r.stderr and "stop it first" in r.stderr
 
         r = _cli("stop", "--work-dir", str(work))
@@ -417,10 +418,10 @@ def test_cli_start_status_stop(echo_repo, tmp_path):
 def test_cli_start_broken_repository_fails_with_log(tmp_path):
     repo = _make_repo(tmp_path / "repo", "broken", BROKEN_MODEL)
     work = tmp_path / "work"
-    http, grpc, metrics = find_free_ports(3)
+    http, grpc, metrics, health = find_free_ports(4)
     t0 = time.monotonic()
     r = _cli("start", "--work-dir", str(work), "--repository", str(repo), "--http-port", str(http),
-             "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--timeout", "60")
+             "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--health-port", str(health), "--timeout", "60")
     assert time.monotonic() - t0 < 30
     assert r.returncode == 1
     assert "exited with code 1 before becoming ready" in r.stderr
