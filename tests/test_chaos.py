@@ -175,7 +175,8 @@ class Load:
             c.async_stream_infer("musicgen_stream", ins)
             got.wait(CLIENT_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - a bare tritonclient: judged as the project's client would
-            cause = next((e for e in errors if e is not None), exc)  # the stream's real cause, as the client does
+            got.wait(1.0)  # the real cause reaches the callback, maybe a moment later (as the client does it)
+            cause = next((e for e in errors if e is not None), exc)
             raise classify(cause, url=self.srv.grpc_url, model="musicgen_stream") from None
         finally:
             c.close()  # gone mid-stream without a word
