@@ -12,7 +12,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 UI_PORT ?= 8501
 
-.PHONY: setup export verify serve stop run ui lint test deploy-check bench bench-short bench-quick clean
+.PHONY: setup export verify serve stop run ui lint test chaos-soak deploy-check bench bench-short bench-quick clean
 
 # Idempotent: reinstalls only when pyproject.toml changed since the last install.
 setup: $(STAMP)
@@ -29,8 +29,11 @@ export: setup
 verify: setup
 	$(BIN)/python -m export verify --repository $(REPO)
 
+HEALTH_PORT ?= 8003
+# Triton under its supervisor (restarts it when a model's process dies or the engine stalls);
+# /livez and /readyz on HEALTH_PORT (docs/operations.md).
 serve: setup
-	$(BIN)/python -m server start --repository $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	$(BIN)/python -m server start --repository $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --health-port $(HEALTH_PORT)
 
 stop:
 	$(BIN)/python -m server stop
@@ -58,6 +61,14 @@ lint: setup
 
 test: setup lint
 	$(BIN)/python -m pytest -q tests
+
+# The chaos test's long form: mixed clients for CHAOS_SECONDS before each fault (engine stub killed,
+# engine stalled, tritonserver killed) and after the last; figures in build/chaos-soak.json.
+CHAOS_SECONDS ?= 300
+chaos-soak: setup
+	mkdir -p build
+	MUSICGEN_CHAOS_SECONDS=$(CHAOS_SECONDS) MUSICGEN_CHAOS_REPORT=build/chaos-soak.json \
+		$(BIN)/python -m pytest -q -s tests/test_chaos.py
 
 # Offline checks of deploy/ (shellcheck, ROS/Terraform/compose/cloud-init, Kubernetes overlays, bootstrap dry run).
 # Also part of `make test`; no cloud account or docker engine is needed.

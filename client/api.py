@@ -504,8 +504,10 @@ class MusicGenClient:
         t0 = time.perf_counter()
         deadline = t0 + self.timeout
         try:
+            # triton_grpc_error: an error ends the stream with its gRPC status (INVALID_ARGUMENT, ...)
+            # instead of a bare message, so it is classified like a unary call's
             self._call(conn.start_stream, lambda result, error: q.put((result, error)),
-                       stream_timeout=self.timeout, model=self.stream_model)
+                       stream_timeout=self.timeout, headers={"triton_grpc_error": "true"}, model=self.stream_model)
             outputs = [mod.InferRequestedOutput(n) for n in
                        ("event", "frames_done", "frames_total", "audio_chunk", "chunk_start", *OUTPUTS,
                         PROMPT_FRAMES)]

@@ -65,6 +65,14 @@ def _auth_or_tls(exc: BaseException, raw: str, status: str, where: str) -> Music
     return None
 
 
+
+# what the transport says when the server itself cannot be reached
+_NETWORK = re.compile(
+    r"failed to connect|connection refused|connect failed|socket closed|connection reset|connection closed|"
+    r"name resolution|dns resolution|broken pipe|unreachable|Connection aborted|"
+    r"server not (live|ready)|ssl handshake|stream removed",
+    re.IGNORECASE)
+
 # Triton / python-backend messages -> class. Checked in order; the first match wins.
 _PATTERNS: list[tuple[type[MusicGenError], re.Pattern]] = [
     (InvalidParameter, re.compile(
@@ -79,11 +87,7 @@ _PATTERNS: list[tuple[type[MusicGenError], re.Pattern]] = [
         r"failed to load|unloading|is being unloaded",
         re.IGNORECASE)),
     (RequestTimeout, re.compile(r"deadline exceeded|timed out|timeout", re.IGNORECASE)),
-    (ServerUnavailable, re.compile(
-        r"failed to connect|connection refused|connect failed|socket closed|connection reset|"
-        r"name resolution|dns resolution|broken pipe|unreachable|Connection aborted|"
-        r"server not (live|ready)|ssl handshake|connection closed|stream removed",
-        re.IGNORECASE)),
+    (ServerUnavailable, _NETWORK),
 ]
 # A load balancer's own answer when the replica serving the request died or none is ready.
 _GATEWAY = re.compile(r"\b(502 Bad Gateway|503 Service Unavailable|504 Gateway Time-?out)\b", re.IGNORECASE)
@@ -93,7 +97,7 @@ def _strip(message: str) -> str:
     """Drop Triton's wrappers ("in ensemble 'musicgen', ...", "[StatusCode.X] ...") for display."""
     msg = re.sub(r"^\[StatusCode\.\w+\]\s*", "", message.strip())
     msg = re.sub(r"^in ensemble '[^']*',\s*", "", msg)
-    msg = re.sub(r"^invalid request:\s*", "", msg)
+    msg = re.sub(r"^(invalid request|unavailable):\s*", "", msg)
     return msg
 
 
@@ -121,6 +125,13 @@ def classify(exc: BaseException, *, url: str = "", model: str = "", timeout: flo
     refused = _auth_or_tls(exc, raw, status, where)
     if refused is not None:
         return refused
+    # the server's own verdict first: its models answer input errors with 400 / INVALID_ARGUMENT and a
+    # model that cannot serve now (engine restarting or stalled) with 503 / UNAVAILABLE
+    if status in ("400", "StatusCode.INVALID_ARGUMENT"):
+        return InvalidParameter(f"invalid parameter: {_strip(raw)}", detail=raw)
+    if status == "503" or ("UNAVAILABLE" in status and not _NETWORK.search(raw)):
+        name = f" '{model}'" if model else ""
+        return ModelNotReady(f"model{name} is not ready on the server{where}: {_strip(raw)}", detail=raw)
     if "UNAVAILABLE" in status and "model" not in raw.lower():
         reason = _strip(raw).rsplit(": ", 1)[-1]  # grpc: "failed to connect ...; last error: ...: Connection refused"
         return ServerUnavailable(f"cannot reach the MusicGen server{where} ({reason}). "

@@ -12,9 +12,14 @@ only: the python backend's metric calls crash the server when made from two thre
     musicgen_lm_audio_seconds_total            counter  seconds of audio of finished requests
                                                         (rate() of it is the real-time factor)
     musicgen_lm_time_to_first_audio_seconds    histogram  submit -> first audio frame ready
+    musicgen_lm_heartbeat_timestamp_seconds    gauge    unix time of the engine thread's last report: the
+                                                        supervisor's watchdog (server/supervisor.py) sees it
+                                                        go stale while a step hangs or the thread is dead
 """
 
 from __future__ import annotations
+
+import time
 
 # seconds; the first frame needs the text encoder, queueing and K (4) steps of the delay pattern
 TTFA_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]
@@ -46,10 +51,13 @@ class EngineMetrics:
         self.ttfa = family("musicgen_lm_time_to_first_audio_seconds",
                            "time from a request's arrival at the engine to its first audio frame",
                            mf.HISTOGRAM).Metric(labels={}, buckets=TTFA_BUCKETS)
+        self.heartbeat = family("musicgen_lm_heartbeat_timestamp_seconds", "unix time the engine thread last looped",
+                                mf.GAUGE).Metric(labels={})
         self._reported: dict = {}
 
     def report(self, stats: dict) -> None:
         """Gauges set, counters advanced by their deltas since the last report, new TTFAs observed."""
+        self.heartbeat.set(time.time())
         self.in_flight.set(stats["in_flight"])
         self.queue_depth.set(stats["queue_depth"])
         self.active_rows.set(stats["active_rows"])
@@ -62,3 +70,10 @@ class EngineMetrics:
         for seconds in stats.get("time_to_first_audio", ()):
             self.ttfa.observe(seconds)
         self._reported = stats
+
+    def close(self) -> None:
+        """Drop the metrics, then their families (Triton wants them released in that order)."""
+        for name in ("in_flight", "queue_depth", "active_rows", "outcome", "frames", "audio_seconds", "ttfa",
+                     "heartbeat"):
+            self.__dict__.pop(name, None)
+        self._families.clear()

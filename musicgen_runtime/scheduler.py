@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from .errors import Cancelled
 from .lm import Generation, LanguageModel
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ class Job:
 class Scheduler:
     """`on_report(stats)` runs on the engine thread at most every `report_every` seconds: Triton's
     python-backend metric calls crash the server when made from two threads at once, so every
-    metric update happens here, on one thread."""
+    metric update happens here, on one thread. It is also the engine's heartbeat: called on every turn
+    of the loop (idle turns last at most 0.2 s), it stops when a step hangs or the thread died."""
 
     def __init__(self, lm: LanguageModel, max_active: int = 16, on_report=None, report_every: float = 0.2):
         self.lm = lm
@@ -49,7 +51,7 @@ class Scheduler:
         # time_to_first_audio: seconds (submit -> first frame ready) observed since the last report
         self.stats = {"in_flight": 0, "queue_depth": 0, "active_rows": 0, "ok": 0, "error": 0, "cancelled": 0,
                       "frames": 0, "time_to_first_audio": []}
-        self._last_report = 0.0
+        self._last_report = time.monotonic()  # the first report after initialize() returned: not during it
         self.max_active = max_active  # requests beyond this wait in the queue
         self._queue: "queue.Queue[Job]" = queue.Queue()
         self._jobs: dict[int, Job] = {}
@@ -171,7 +173,7 @@ class Scheduler:
             self._safe(job.on_error, seq, seq.error)
         elif seq.cancelled:
             self.stats["cancelled"] += 1
-            self._safe(job.on_error, seq, RuntimeError("request cancelled"))
+            self._safe(job.on_error, seq, Cancelled("request cancelled"))
         else:
             self.stats["ok"] += 1
             self.stats["frames"] += seq.frames

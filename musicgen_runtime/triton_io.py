@@ -7,17 +7,35 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import traceback
 from pathlib import Path
 
 import numpy as np
 
+from .errors import Cancelled, Unavailable
 from .validation import ValidationError
 
 log = logging.getLogger("musicgen")
 
+
 class BlsError(RuntimeError):
-    """A model this one called (BLS) answered with an error; its message is passed on as is."""
+    """A model this one called (BLS) answered with an error; its message and code are passed on as is."""
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+STUB_DEAD = "is not healthy"  # Triton's "Stub process '<instance>' is not healthy."
+INVALID_PREFIX, UNAVAILABLE_PREFIX = "invalid request: ", "unavailable: "
+
+
+def raise_for_error(response) -> None:
+    """Raise BlsError (keeping Triton's error code) if a BLS response carries an error."""
+    if response.has_error():
+        err = response.error()
+        raise BlsError(err.message(), err.code())
 
 
 PARAM_NAMES = ("top_k", "top_p", "temperature", "guidance_scale", "seed")
@@ -64,15 +82,35 @@ def device(args: dict) -> str:
 
 
 def error_response(pb_utils, exc: BaseException):
-    """A response carrying a clear error; unexpected exceptions are logged with their traceback."""
+    """A response carrying `exc` as a coded error: the one place exceptions become client errors.
+
+    ValidationError -> INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT); Unavailable -> UNAVAILABLE
+    (503); a BLS callee's error keeps its code and message (a dead callee
+    stub is UNAVAILABLE: the supervisor restarts it); anything else -> INTERNAL (500) with a generic
+    message and an id, the details (which may name server paths) only in the server log.
+    """
+    E = pb_utils.TritonError
     if isinstance(exc, ValidationError):
-        msg = f"invalid request: {exc}"
+        msg, code = f"{INVALID_PREFIX}{exc}", E.INVALID_ARG
+    elif isinstance(exc, Unavailable):
+        msg, code = f"{UNAVAILABLE_PREFIX}{exc}", E.UNAVAILABLE
+    elif isinstance(exc, Cancelled):  # its client went away: no one reads the code (INTERNAL, as before)
+        msg, code = str(exc) or "request cancelled", E.INTERNAL
     elif isinstance(exc, BlsError):
+        # Triton 2.51 hands a BLS caller every callee error as INTERNAL: the code is read back from the
+        # message prefixes set above (and Triton's own message for a dead stub)
         msg = str(exc)
+        if msg.startswith(INVALID_PREFIX):
+            code = E.INVALID_ARG
+        elif msg.startswith(UNAVAILABLE_PREFIX) or STUB_DEAD in msg:
+            code = E.UNAVAILABLE
+        else:
+            code = E.INTERNAL if exc.code is None else exc.code
     else:
-        log.error("internal error: %s", "".join(traceback.format_exception(exc)))
-        msg = f"{type(exc).__name__}: {exc}"
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(msg))
+        ref = secrets.token_hex(4)
+        log.error("internal error [%s]: %s", ref, "".join(traceback.format_exception(exc)))
+        msg, code = f"internal error [{ref}] (details in the server log)", E.INTERNAL
+    return pb_utils.InferenceResponse(output_tensors=[], error=E(msg, code))
 
 
 

@@ -7,9 +7,12 @@ Library use (tests, benchmarks)::
         tritonclient.http.InferenceServerClient(srv.http_endpoint)
         tritonclient.grpc.InferenceServerClient(srv.grpc_endpoint)
 
-Command line: ``python -m server start|stop|status`` (see :mod:`server.cli`).
+``srv.health_url`` serves the supervisor's ``/livez`` and ``/readyz`` (see :mod:`server.supervisor`).
+
+Command line: ``python -m server start|stop|status|run`` (see :mod:`server.cli`).
 """
 
+from .supervisor import DEFAULT_HEALTH_PORT, Supervisor
 from .triton import (
     DEFAULT_WORK_DIR,
     ServerError,
@@ -34,9 +37,11 @@ from .triton import (
 )
 
 __all__ = [
+    "DEFAULT_HEALTH_PORT",
     "DEFAULT_WORK_DIR",
     "ServerError",
     "ServerStartError",
+    "Supervisor",
     "TritonInstall",
     "TritonNotFoundError",
     "TritonServer",

@@ -8,11 +8,14 @@ python backend. It is not usable in place: the python backend expects its stub n
 * prepares a work dir with ``backends/`` and ``caches/`` and the right stub
   (:func:`prepare_work_dir`, idempotent),
 * builds the environment and the command line (:func:`build_environment`, :func:`build_command`),
-* runs a server as a subprocess (:class:`TritonServer`, also a context manager for tests),
+* runs a server as a subprocess (:class:`TritonServer`, also a context manager for tests), supervised
+  by :class:`server.supervisor.Supervisor` (restarts it when a model's process dies or the engine
+  stalls; ``/livez`` and ``/readyz`` on the health port),
 * and cleans the ``/dev/shm`` regions a server leaves behind (:func:`cleanup_shm`).
 
 Nothing here depends on PyTriton's Python API, and nothing reads files outside the project, the
-interpreter's site-packages and the work dir.
+interpreter's site-packages and the work dir. A container passes ``binary=`` (its own tritonserver,
+backends in their default place) instead of the wheel's.
 """
 
 from __future__ import annotations
@@ -35,38 +38,16 @@ import subprocess
 import sys
 import sysconfig
 import time
-import urllib.error
-import urllib.request
 import weakref
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from musicgen_runtime import memory
-from musicgen_runtime.processes import pid_alive, proc_stat as _proc_stat
+import psutil
 
-__all__ = [
-    "DEFAULT_WORK_DIR",
-    "PROJECT_ROOT",
-    "ServerError",
-    "ServerStartError",
-    "TritonInstall",
-    "TritonNotFoundError",
-    "TritonServer",
-    "WorkDir",
-    "build_command",
-    "build_environment",
-    "cleanup_shm",
-    "default_work_dir",
-    "find_free_port",
-    "find_free_ports",
-    "find_triton_install",
-    "log_excerpt",
-    "new_shm_prefix",
-    "pid_alive",
-    "port_in_use",
-    "prepare_work_dir",
-    "terminate_process",
-]
+from musicgen_runtime import memory
+from musicgen_runtime.processes import pid_alive
+
+from .supervisor import Supervisor, http_get
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORK_DIR = PROJECT_ROOT / ".work" / "triton"
@@ -224,10 +205,11 @@ def prepare_work_dir(work_dir: str | os.PathLike | None = None, install: TritonI
         except (OSError, ValueError):
             return False
 
-    if up_to_date():
+    if up_to_date() and _runtime_linked(wd):
         return wd
     with _file_lock(wd.path / ".prepare.lock"):
         if up_to_date():
+            _link_runtime(wd)
             return wd
         stamp.unlink(missing_ok=True)
         for dst, src in ((wd.backend_dir, install.backends_src), (wd.cache_dir, install.caches_src)):
@@ -236,10 +218,26 @@ def prepare_work_dir(work_dir: str | os.PathLike | None = None, install: TritonI
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(stub_src, wd.stub)
         wd.stub.chmod(0o755)
+        _link_runtime(wd)
         tmp = stamp.with_suffix(".tmp")
         tmp.write_text(json.dumps(wanted, indent=2) + "\n")
         tmp.replace(stamp)
     return wd
+
+
+def _runtime_linked(wd: WorkDir) -> bool:
+    link = wd.backend_dir / "python" / "musicgen_runtime"
+    return link.is_symlink() and os.readlink(link) == str(PROJECT_ROOT / "musicgen_runtime")
+
+
+def _link_runtime(wd: WorkDir) -> None:
+    """The stubs run an isolated interpreter (PYTHONPATH ignored) whose sys.path holds backends/python
+    ahead of the venv's editable-install finder: a link there makes every model import THIS checkout's
+    musicgen_runtime, not the one the venv was installed from."""
+    if not _runtime_linked(wd):
+        link = wd.backend_dir / "python" / "musicgen_runtime"
+        link.unlink(missing_ok=True)
+        link.symlink_to(PROJECT_ROOT / "musicgen_runtime")
 
 
 def build_environment(
@@ -286,16 +284,16 @@ def build_command(
         f"--model-repository={Path(model_repository).resolve()}",
         f"--backend-directory={work.backend_dir}",
         f"--cache-directory={work.cache_dir}",
-        f"--http-address={address}",
-        f"--http-port={http_port}",
-        f"--grpc-address={address}",
-        f"--grpc-port={grpc_port}",
-        f"--metrics-address={address}",
-        f"--metrics-port={metrics_port}",
+        *_listen_args(address, http_port, grpc_port, metrics_port),
         "--allow-gpu-metrics=false",
         f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
         *extra_args,
     ]
+
+
+def _listen_args(address: str, http_port: int, grpc_port: int, metrics_port: int) -> list[str]:
+    return [f"--{kind}-{key}={value}" for kind, port in (("http", http_port), ("grpc", grpc_port), ("metrics", metrics_port))
+            for key, value in (("address", address), ("port", port))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,60 +353,47 @@ def glob_escape(text: str) -> str:
 
 def process_cmdline(pid: int) -> list[str]:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
         return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Live processes of process group ``pgid`` (the server and its python stubs)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        st = _proc_stat(int(entry.name))
-        if st and st[1] == pgid and st[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
-
-
-def terminate_process(
-    pid: int,
-    *,
-    timeout: float = 30.0,
-    process_group: bool = True,
-    poll: Callable[[], bool] | None = None,
-) -> str:
-    """SIGTERM ``pid``, wait up to ``timeout`` s, then SIGKILL (its whole group if ``process_group``).
-
-    ``poll()`` -> bool "still alive" may be given for a child of ours (so it gets reaped); other
-    processes are watched through /proc. After the leader is gone, leftover members of its process
-    group (python stubs) are killed too. Returns ``"terminated"``, ``"killed"`` or ``"not running"``.
-    """
+def terminate_process(pid: int, *, timeout: float = 30.0, poll: Callable[[], bool] | None = None,
+                      sig: int = signal.SIGTERM) -> str:
+    """Send ``sig`` (SIGTERM) to ``pid``, wait up to ``timeout`` s, then SIGKILL it and what is left of
+    its process tree (python stubs). ``poll()`` -> "still alive" may be given for a child of ours (so
+    it gets reaped). Returns ``"terminated"``, ``"killed"`` or ``"not running"``."""
     alive = poll or (lambda: pid_alive(pid))
-    if not alive():
-        result = "not running"
-    else:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    try:  # the tree first: stubs outlive a SIGKILLed server (re-parented, same process group)
+        rest = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        rest = []
+    rest += [p for p in _group_members(pid) if p.pid not in {r.pid for r in rest}]
+    result = "not running"
+    if alive():
         result = "terminated"
-        if not _wait_until(lambda: not alive(), timeout):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        if sig == signal.SIGKILL or not _wait_until(lambda: not alive(), timeout):
             result = "killed"
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if process_group:
-                    os.killpg(pid, signal.SIGKILL)
-                else:
-                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
             _wait_until(lambda: not alive(), 10.0)
-    if process_group:
-        # only processes of ours: the group id may outlive the leader, check the command line too
-        stragglers = [p for p in _group_members(pid) if p != pid and "triton" in " ".join(process_cmdline(p))]
-        for p in stragglers:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(p, signal.SIGKILL)
-        _wait_until(lambda: not any(pid_alive(p) for p in stragglers), 5.0)
+    for proc in rest:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(rest, timeout=5)
     return result
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    """Our processes left in process group ``pgid`` (stubs whose server is already gone)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.pid != pgid and os.getpgid(proc.pid) == pgid and "triton" in " ".join(proc.info["cmdline"] or ()):
+                found.append(proc)
+    return found
 
 
 def _wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
@@ -451,18 +436,9 @@ def log_excerpt(path: str | os.PathLike, tail_lines: int = 40, max_errors: int =
     return "\n".join(parts)
 
 
-_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
 def http_status(url: str, timeout: float = 1.0) -> int | None:
     """HTTP status of a GET (proxies ignored: the server is local), or None if unreachable."""
-    try:
-        with _NO_PROXY_OPENER.open(url, timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError):
-        return None
+    return http_get(url, timeout)[0]
 
 
 def client_host(address: str) -> str:
@@ -507,6 +483,10 @@ class TritonServer:
     ``exit_timeout`` is passed as ``--exit-timeout-secs`` (grace period for in-flight requests and
     open HTTP connections on SIGTERM; ``None`` keeps Triton's 30 s). ``stop()`` sends SIGKILL
     ``stop_timeout`` s after SIGTERM (default: exit timeout + 10 s).
+
+    With ``supervise`` (the default) a :class:`~server.supervisor.Supervisor` watches the server once
+    it is ready, restarts it on failure, and serves ``/livez`` / ``/readyz`` on ``health_port``
+    (``None``: a free port); ``supervisor_options`` go to it (``stall_seconds``, ``probe_every``, ...).
     """
 
     def __init__(
@@ -526,6 +506,10 @@ class TritonServer:
         exit_timeout: int | None = 5,
         stop_timeout: float | None = None,
         detach: bool = False,
+        binary: str | os.PathLike | None = None,
+        supervise: bool = True,
+        health_port: int | None = None,
+        supervisor_options: Mapping | None = None,
     ):
         self.model_repository = Path(model_repository).expanduser().resolve()
         self.address = address
@@ -556,7 +540,13 @@ class TritonServer:
             stop_timeout = (30 if self.exit_timeout is None else self.exit_timeout) + 10.0
         self.stop_timeout = stop_timeout
         self.detach = detach
+        self.binary = Path(binary) if binary else None
+        self.health_port = (health_port or find_free_port(client_host(address))) if supervise else None
+        self.supervisor: Supervisor | None = None
+        self._supervisor_options = dict(supervisor_options or {})
         self.process: subprocess.Popen | None = None
+        self.restarts = 0
+        self._stopping = False
         self.returncode: int | None = None
         self._work: WorkDir | None = None
 
@@ -589,11 +579,20 @@ class TritonServer:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
     @property
+    def health_url(self) -> str | None:
+        """``http://host:port`` of the supervisor's ``/livez`` and ``/readyz`` (None unsupervised)."""
+        return f"http://{self.host}:{self.health_port}" if self.health_port else None
+
+    @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
     @property
     def command(self) -> list[str]:
+        if self.binary:  # a tritonserver installation of its own (the container's)
+            return [str(self.binary), f"--model-repository={self.model_repository}",
+                    *_listen_args(self.address, self.http_port, self.grpc_port, self.metrics_port),
+                    f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}", *self.extra_args]
         return build_command(
             self._work or prepare_work_dir(self.work_dir),
             self.model_repository,
@@ -606,11 +605,10 @@ class TritonServer:
         )
 
     def endpoints(self) -> dict[str, str]:
-        return {
-            "http": self.http_url,
-            "grpc": self.grpc_endpoint,
-            "metrics": self.metrics_url,
-        }
+        eps = {"http": self.http_url, "grpc": self.grpc_endpoint, "metrics": self.metrics_url}
+        if self.health_url:
+            eps["health"] = self.health_url
+        return eps
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -625,7 +623,8 @@ class TritonServer:
             raise ServerError(f"server already running (pid {self.pid})")
         if not self.model_repository.is_dir():
             raise ServerStartError(f"model repository {self.model_repository} is not a directory")
-        self._work = prepare_work_dir(self.work_dir)
+        self._stopping = False
+        self._work = None if self.binary else prepare_work_dir(self.work_dir)
         attempts = 3 if None in self._requested_ports else 1
         for attempt in range(attempts):
             self._check_ports()
@@ -634,6 +633,7 @@ class TritonServer:
                 return self
             try:
                 self.wait_until_ready(timeout)
+                self.start_supervisor()
                 return self
             except ServerStartError as exc:
                 if attempt + 1 < attempts and exc.returncode is not None and self._lost_port_race():
@@ -643,17 +643,35 @@ class TritonServer:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _check_ports(self) -> None:
-        if len({self.http_port, self.grpc_port, self.metrics_port}) < 3:
-            raise ServerStartError(
-                f"HTTP, gRPC and metrics ports must differ (got {self.http_port}, {self.grpc_port}, {self.metrics_port})"
-            )
-        busy = [
-            f"{name} port {port}"
-            for name, port in (("HTTP", self.http_port), ("gRPC", self.grpc_port), ("metrics", self.metrics_port))
-            if port_in_use(port, self.address)
-        ]
+        ports = {"HTTP": self.http_port, "gRPC": self.grpc_port, "metrics": self.metrics_port}
+        if self.health_port and self.supervisor is None:
+            ports["health"] = self.health_port
+        if len(set(ports.values())) < len(ports):
+            raise ServerStartError(f"the {', '.join(ports)} ports must differ (got {', '.join(map(str, ports.values()))})")
+        busy = [f"{name} port {port}" for name, port in ports.items() if port_in_use(port, self.address)]
         if busy:
             raise ServerStartError(f"cannot start tritonserver: {', '.join(busy)} already in use on {self.address}")
+
+    def start_supervisor(self) -> None:
+        """Watch the (ready) server from now on: restarts, ``/livez``, ``/readyz`` (idempotent)."""
+        if self.health_port and self.supervisor is None:
+            self.supervisor = Supervisor(self, **self._supervisor_options)
+            self.supervisor.start()
+
+    def restart(self, timeout: float | None = None, reason: str = "") -> None:
+        """Kill the server and its stubs at once (in-flight requests end with a connection error
+        instead of hanging on a dead stub), start it again on the same ports, wait until ready."""
+        if self.process is not None:
+            proc = self.process
+            terminate_process(proc.pid, sig=signal.SIGKILL, poll=lambda: proc.poll() is None)
+            self._after_exit()
+        if self._stopping:  # stop() runs on another thread: no new server behind its back
+            raise ServerError("the server is being stopped")
+        self.restarts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"# supervisor: restarting tritonserver ({reason or 'asked to'})\n".encode())
+        self._launch()
+        self.wait_until_ready(timeout, stop_on_timeout=False)
 
     def _lost_port_race(self) -> bool:
         return any("already in use" in ln for ln in _read_tail(self.log_path, 200))
@@ -661,8 +679,12 @@ class TritonServer:
     def _launch(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = self.command
-        env = build_environment(self._work.install, extra=self.extra_env)
-        with open(self.log_path, "wb") as log:
+        if self.binary:
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
+        else:
+            env = build_environment(self._work.install, extra=self.extra_env)
+        # a restarted server appends: the log keeps why the previous one was restarted
+        with open(self.log_path, "ab" if self.restarts else "wb") as log:
             log.write(("# " + " ".join(cmd) + "\n").encode())
             log.flush()
             self.process = subprocess.Popen(
@@ -671,10 +693,7 @@ class TritonServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                # the python stubs' embedded interpreter ignores PYTHONPATH (isolated mode) and puts its
-                # working directory first on sys.path: from here they import this checkout's musicgen_runtime
-                # (not whatever an editable install of the venv points to)
-                cwd=str(PROJECT_ROOT),
+                cwd=str(self.work_dir) if self.work_dir.is_dir() else None,
                 start_new_session=True,
                 close_fds=True,
                 preexec_fn=None if self.detach else _set_parent_death_signal,
@@ -683,7 +702,7 @@ class TritonServer:
         if not self.detach:
             _LIVE_SERVERS.add(self)
 
-    def wait_until_ready(self, timeout: float | None = None) -> None:
+    def wait_until_ready(self, timeout: float | None = None, stop_on_timeout: bool = True) -> None:
         """Poll ``/v2/health/ready``; fail fast if the process exits. Raises :class:`ServerStartError`."""
         if self.process is None:
             raise ServerError("server was not started")
@@ -704,7 +723,8 @@ class TritonServer:
             if http_status(ready_url, timeout=1.0) == 200:
                 return
             if time.monotonic() >= deadline:
-                self.stop(timeout=5)
+                if stop_on_timeout:
+                    self.stop(timeout=5)
                 raise ServerStartError(
                     f"tritonserver was not ready after {timeout:.0f} s (stopped it; repository "
                     f"{self.model_repository})\n{log_excerpt(self.log_path)}",
@@ -715,9 +735,6 @@ class TritonServer:
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
-
-    def is_live(self) -> bool:
-        return http_status(f"{self.http_url}/v2/health/live") == 200
 
     def is_ready(self) -> bool:
         return http_status(f"{self.http_url}/v2/health/ready") == 200
@@ -731,6 +748,10 @@ class TritonServer:
 
     def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM, wait ``timeout`` s (default ``stop_timeout``), SIGKILL; clean shm. Returns the exit code."""
+        self._stopping = True
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
         proc = self.process
         if proc is not None:
             terminate_process(
@@ -746,7 +767,7 @@ class TritonServer:
     def _after_exit(self) -> None:
         _LIVE_SERVERS.discard(self)
         if self.process is not None and self.process.poll() is not None:
-            # the server's stubs may outlive a crashed server for a moment
+            # the server's stubs outlive a crashed server (same process group)
             terminate_process(self.process.pid, timeout=5, poll=lambda: False)
         cleanup_shm(self.shm_prefix)
 

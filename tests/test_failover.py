@@ -40,8 +40,9 @@ DRAIN = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(DRAIN)
 
 # The replicas' readiness as HAProxy checks it: Triton's /v2/health/ready on its HTTP port notices a
-# dead replica (port closed) and a stopping one (not ready after SIGTERM). With the supervisor's
-# health port, the real-work check: HealthCheck(path="/readyz", port_of=<the replica's health port>).
+# dead replica (port closed) and a stopping one (not ready after SIGTERM). The replicas here run
+# unsupervised (supervise=False): the test itself kills and restarts them, as a kubelet would; a pod
+# runs the supervisor, whose /readyz the Kubernetes probes ask (deploy/kubernetes).
 READINESS = HealthCheck(path="/v2/health/ready", port_of=lambda r: r.http_port)
 
 CLIP_SECONDS = 2.0
@@ -168,7 +169,7 @@ def replicas(tiny_repo, tmp_path):
     for i in range(2):
         http, grpc, metrics = find_free_ports(3)
         servers.append(TritonServer(tiny_repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                                    exit_timeout=EXIT_TIMEOUT, log_path=tmp_path / f"triton-r{i}.log"))
+                                    exit_timeout=EXIT_TIMEOUT, log_path=tmp_path / f"triton-r{i}.log", supervise=False))
     try:
         for s in servers:
             s.start(wait=False)

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -62,6 +63,16 @@ def _proxyless_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url, timeout=timeout) as resp:
         return resp.status, resp.read().decode()
+
+
+def _readyz(health_url: str) -> tuple[int | None, dict]:
+    try:
+        status, text = _proxyless_get(f"{health_url}/readyz")
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode()
+    except OSError:
+        return None, {}
+    return status, json.loads(text)
 
 
 def _shm_files(prefix: str) -> list[Path]:
@@ -223,6 +234,23 @@ def test_metrics_and_endpoints(echo_server):
     assert _shm_files(s.shm_prefix), "a running python model should hold a shm region with the prefix"
 
 
+
+def test_supervisor_health_endpoints(echo_server):
+    """No `musicgen` model here: ready means up, every model READY, every stub there (no real-work probe)."""
+    s = echo_server
+    assert s.health_url == f"http://127.0.0.1:{s.health_port}" and s.endpoints()["health"] == s.health_url
+    status, body = _proxyless_get(f"{s.health_url}/livez")
+    assert status == 200 and json.loads(body)["status"] == "alive"
+    deadline = time.monotonic() + 60
+    while _readyz(s.health_url)[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    status, body = _readyz(s.health_url)
+    assert status == 200 and body["status"] == "ready" and body["tritonserver_pid"] == s.pid, body
+    with pytest.raises(urllib.error.HTTPError) as info:
+        _proxyless_get(f"{s.health_url}/nope")
+    assert info.value.code == 404
+
+
 # ---- stopping -----------------------------------------------------------------------------------
 
 
@@ -242,7 +270,8 @@ def test_stop_leaves_no_process_and_no_shm(echo_repo, work_dir, tmp_path):
 
 def test_crashed_server_is_cleaned_up(echo_repo, work_dir, tmp_path):
     """A SIGKILLed server leaks its shm region and leaves its stub behind: stop() clears both."""
-    server = TritonServer(echo_repo, work_dir=work_dir, log_path=tmp_path / "s.log", ready_timeout=60).start()
+    server = TritonServer(echo_repo, work_dir=work_dir, log_path=tmp_path / "s.log", ready_timeout=60,
+                          supervise=False).start()
     prefix = server.shm_prefix
     os.kill(server.pid, signal.SIGKILL)
     server.process.wait(timeout=10)
@@ -323,8 +352,9 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def test_cli_start_status_stop(echo_repo, tmp_path):
     work = tmp_path / "work"
-    http, grpc, metrics = find_free_ports(3)
-    ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    http, grpc, metrics, health = find_free_ports(4)
+    ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+             "--health-port", str(health)]
     start = ["start", "--work-dir", str(work), "--repository", str(echo_repo), *ports, "--timeout", "60"]
     try:
         r = _cli("status", "--work-dir", str(work))
@@ -343,15 +373,32 @@ def test_cli_start_status_stop(echo_repo, tmp_path):
         assert _proxyless_get(f"http://127.0.0.1:{http}/v2/health/ready")[0] == 200
 
         r = _cli("status", "--work-dir", str(work))
-        assert r.returncode == 0 and f"running (pid {pid}), ready" in r.stdout
+        assert r.returncode == 0 and f"running (supervisor pid {pid}), ready" in r.stdout
         r = _cli("status", "--work-dir", str(work), "--json")
         assert r.returncode == 0 and json.loads(r.stdout)["ready"] is True
+        health = state["endpoints"]["health"]
+        assert _proxyless_get(f"{health}/livez")[0] == 200
+        ready = json.loads(_proxyless_get(f"{health}/readyz")[1])
+        assert ready["status"] == "ready" and ready["restarts"] == 0
+
+        # the supervisor restarts a tritonserver that died, on the same ports
+        os.kill(ready["tritonserver_pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status, body = _readyz(health)
+            if status == 200 and body["restarts"] == 1:
+                break
+            time.sleep(0.2)
+        assert status == 200 and body["restarts"] == 1, body
+        assert "tritonserver exited" in body["last_recovery"]["reason"]
+        assert _proxyless_get(f"http://127.0.0.1:{http}/v2/health/ready")[0] == 200
+        assert "restarting tritonserver (tritonserver exited" in (work / "tritonserver.log").read_text()
 
         r = _cli(*start)  # the same server again: fine
         assert r.returncode == 0 and "already running" in r.stdout
-        other = find_free_ports(3)
+        other = find_free_ports(4)
         r = _cli("start", "--work-dir", str(work), "--repository", str(echo_repo), "--http-port", str(other[0]),
-                 "--grpc-port", str(other[1]), "--metrics-port", str(other[2]))
+                 "--grpc-port", str(other[1]), "--metrics-port", str(other[2]), "--health-port", str(other[3]))
         assert r.returncode == 1 and "already running" in r.stderr and "stop it first" in r.stderr
 
         r = _cli("stop", "--work-dir", str(work))
@@ -371,10 +418,10 @@ def test_cli_start_status_stop(echo_repo, tmp_path):
 def test_cli_start_broken_repository_fails_with_log(tmp_path):
     repo = _make_repo(tmp_path / "repo", "broken", BROKEN_MODEL)
     work = tmp_path / "work"
-    http, grpc, metrics = find_free_ports(3)
+    http, grpc, metrics, health = find_free_ports(4)
     t0 = time.monotonic()
     r = _cli("start", "--work-dir", str(work), "--repository", str(repo), "--http-port", str(http),
-             "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--timeout", "60")
+             "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--health-port", str(health), "--timeout", "60")
     assert time.monotonic() - t0 < 30
     assert r.returncode == 1
     assert "exited with code 1 before becoming ready" in r.stderr

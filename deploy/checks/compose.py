@@ -126,8 +126,9 @@ def check_compose(doc: dict) -> list[str]:
         out.append("triton: needs a GPU reservation (deploy.resources.reservations.devices: nvidia, [gpu])")
     if parse_size(triton.get("shm_size", 0)) < MIN_SHM_BYTES:
         out.append(f"triton: shm_size {triton.get('shm_size')!r} is too small (>= 1 GB; the python backend uses /dev/shm)")
-    if "/v2/health/ready" not in json.dumps(triton.get("healthcheck") or {}):
-        out.append("triton: the healthcheck must probe /v2/health/ready")
+    if ":8003/readyz" not in json.dumps(triton.get("healthcheck") or {}):
+        out.append("triton: the healthcheck must probe the supervisor's :8003/readyz (/v2/health/ready stays 200 "
+                   "after a model's process died)")
     if not any(str(v).startswith("models:/models") for v in triton.get("volumes", []) or []):
         out.append("triton: must mount the models volume at /models")
     if _depends(services["ui"], "triton") != "service_healthy":

@@ -3,10 +3,11 @@
 
 Reads pyproject.toml (the single source of the pins): the core `[project] dependencies` with the
 `runtime` extra's pins in place of the core's ranges (numpy 1.26.4 for Triton's python backend), and
-replaces the CPU `onnxruntime` with the given onnxruntime-gpu requirement. Standard library only and
+replaces the CPU `onnxruntime` with the given onnxruntime-gpu requirement; `--with NAME` adds NAME's pin
+from any extra (the supervisor's psutil). Standard library only and
 no tomllib: it runs with the Triton image's Python 3.10.
 
-    python3 runtime-requirements.py pyproject.toml --gpu onnxruntime-gpu==1.23.2 > requirements.txt
+    python3 runtime-requirements.py pyproject.toml --gpu onnxruntime-gpu==1.23.2 --with psutil > requirements.txt
 """
 
 from __future__ import annotations
@@ -65,16 +66,26 @@ def gpu_requirements(pyproject_text: str, gpu: str) -> list[str]:
     return out + [gpu]
 
 
+def pinned(pyproject_text: str, name: str) -> str:
+    """The `name==X` pin written anywhere in pyproject.toml (an extra's list)."""
+    for req in re.findall(r'"([^"]+==[^"]+)"', pyproject_text):
+        if requirement_name(req) == name.lower():
+            return req
+    raise SystemExit(f"pyproject.toml pins no {name}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pyproject")
     ap.add_argument("--gpu", required=True, help="the onnxruntime-gpu requirement, e.g. onnxruntime-gpu==1.23.2")
+    ap.add_argument("--with", dest="extra", action="append", default=[], metavar="NAME",
+                    help="also NAME, pinned as in pyproject.toml's extras")
     args = ap.parse_args(argv)
     if requirement_name(args.gpu) != "onnxruntime-gpu" or "==" not in args.gpu:
         raise SystemExit("--gpu must pin onnxruntime-gpu with ==")
     with open(args.pyproject, encoding="utf-8") as f:
         text = f.read()
-    print("\n".join(gpu_requirements(text, args.gpu)))
+    print("\n".join(gpu_requirements(text, args.gpu) + [pinned(text, n) for n in args.extra]))
     return 0
 
 

@@ -26,7 +26,7 @@ def test_caddyfile_passes():
 def test_only_the_proxy_is_published(doc):
     pub = {name: compose.published(svc) for name, svc in doc["services"].items()}
     assert sorted(pub["proxy"]) == [("0.0.0.0", "443", "443"), ("0.0.0.0", "80", "80")]
-    assert {p[0] for p in pub["triton"]} == {"127.0.0.1"} and {p[2] for p in pub["triton"]} == {"8000", "8001", "8002"}
+    assert {p[0] for p in pub["triton"]} == {"127.0.0.1"} and {p[2] for p in pub["triton"]} == {"8000", "8001", "8002", "8003"}
     assert pub["ui"] == [] and pub["export"] == [] and pub["auth"] == [] and pub["grafana"] == []
     assert pub["prometheus"] == [("127.0.0.1", "9090", "9090")]
 
@@ -37,7 +37,7 @@ MUTATIONS = [
     (lambda d: d["services"]["triton"].update(shm_size="64m"), "shm_size '64m' is too small"),
     (lambda d: d["services"]["triton"].pop("shm_size"), "is too small"),
     (lambda d: d["services"]["triton"].pop("healthcheck"), "triton: needs a healthcheck"),
-    (lambda d: d["services"]["triton"]["healthcheck"].update(test=["CMD", "true"]), "must probe /v2/health/ready"),
+    (lambda d: d["services"]["triton"]["healthcheck"].update(test=["CMD", "true"]), "must probe the supervisor's :8003/readyz"),
     (lambda d: d["services"]["triton"].update(restart="no"), "triton: restart policy"),
     (lambda d: d["services"]["triton"]["ports"].append("8000:8000"), "triton publishes port 8000 on 0.0.0.0"),
     (lambda d: d["services"]["triton"].update(ports=[{"target": 8001, "published": 8001}]), "triton publishes port 8001 on 0.0.0.0"),

@@ -106,6 +106,11 @@ def test_gpu_requirements_follow_pyproject():
     out = subprocess.run(["python3", str(DOCKER / "runtime-requirements.py"), str(REPO_ROOT / "pyproject.toml"),
                           "--gpu", f"onnxruntime-gpu=={ORT_GPU}"], capture_output=True, text=True, check=True).stdout
     assert out.split() == reqs
+    # the supervisor's psutil, pinned as in the serve extra
+    out = subprocess.run(["python3", str(DOCKER / "runtime-requirements.py"), str(REPO_ROOT / "pyproject.toml"),
+                          "--gpu", f"onnxruntime-gpu=={ORT_GPU}", "--with", "psutil"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split() == [*reqs, mod.pinned(text, "psutil")] and mod.pinned(text, "psutil").startswith("psutil==")
 
 
 def test_gpu_requirements_refuse_a_pyproject_without_onnxruntime(tmp_path):
@@ -120,6 +125,7 @@ def test_gpu_requirements_refuse_a_pyproject_without_onnxruntime(tmp_path):
 
 def _triton_side_python_files():
     files = sorted((REPO_ROOT / "musicgen_runtime").rglob("*.py")) + sorted(REPO_ROOT.glob("model_repository/*/1/*.py"))
+    files += sorted((REPO_ROOT / "server").glob("*.py"))  # the container's entrypoint (supervisor)
     files += [DOCKER / "runtime-requirements.py", DOCKER / "triton-drain.py", DEPLOY_DIR / "host" / "smoke.py"]
     # the client and the page declare Python 3.10-3.13 (pyproject.toml): the same check holds for them
     files += sorted((REPO_ROOT / "client").glob("*.py")) + sorted((REPO_ROOT / "ui").glob("*.py"))

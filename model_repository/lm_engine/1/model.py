@@ -129,8 +129,8 @@ class TritonPythonModel:
         if t is None:
             return None
         if self.lm.chroma_config is None:
-            raise ValidationError(f"this model ({self.lm.manifest.get('source')}, a text-only MusicGen) does not "
-                                  "take a melody: send the prompt alone, or serve a MusicGen-Melody checkpoint")
+            raise ValidationError("this model (a text-only MusicGen) does not take a melody: "
+                                  "send the prompt alone, or serve a MusicGen-Melody checkpoint")
         rate = triton_io.scalar(pb_utils, request, "melody_sample_rate")
         if rate is None:
             raise ValidationError("melody_sample_rate is required with a melody")
@@ -149,8 +149,8 @@ class TritonPythonModel:
         if t is None:
             return None
         if self.prompt_encoder is None:
-            raise ValidationError(f"this model ({self.lm.manifest.get('source')}) does not take an "
-                                  f"{audio_prompt.INPUT}: its export has no audio encoder")
+            raise ValidationError(f"this model does not take an {audio_prompt.INPUT}: its export has no audio "
+                                  "encoder (MusicGen-Melody checkpoints continue no audio prompt)")
         rate = triton_io.scalar(pb_utils, request, audio_prompt.RATE_INPUT)
         if rate is None:
             raise ValidationError(f"{audio_prompt.RATE_INPUT} is required with an {audio_prompt.INPUT}")
@@ -163,5 +163,4 @@ class TritonPythonModel:
         if self.prompt_worker is not None:
             self.prompt_worker.shutdown(wait=False, cancel_futures=True)
         self.scheduler.close()
-        del self.in_flight, self.outcome, self.frames  # metrics before their families
-        self._families.clear()
+        self.metrics.close()

@@ -20,8 +20,7 @@ class TritonPythonModel:
                                                 requested_output_names=list(OUTPUTS))
                 final = None
                 for resp in bls.exec(decoupled=True):
-                    if resp.has_error():
-                        raise triton_io.BlsError(resp.error().message())
+                    triton_io.raise_for_error(resp)
                     if pb_utils.get_output_tensor_by_name(resp, "audio_codes") is not None:
                         final = resp
                 if final is None:

@@ -18,8 +18,7 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 def _call(model, inputs, outputs):
     resp = pb_utils.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=outputs).exec()
-    if resp.has_error():
-        raise triton_io.BlsError(resp.error().message())
+    triton_io.raise_for_error(resp)
     return [triton_io.output(pb_utils, resp, n) for n in outputs]
 
 
@@ -73,15 +72,15 @@ class TritonPythonModel:
         bls = pb_utils.InferenceRequest(model_name="lm_engine", inputs=lm_inputs, request_id=key,
                                         requested_output_names=["event", "frames_done", "frames_total",
                                                                 "audio_codes", "seed_used", "prompt_frames"])
-        next_frame, hop, cancelled, chunks = 0, self.dims.hop_length, False, []
+        next_frame, hop, chunks = 0, self.dims.hop_length, []
         for resp in bls.exec(decoupled=True):
-            if not cancelled and request.is_cancelled():  # the client went away: stop the engine's work
-                cancelled = True
+            if request.is_cancelled():  # the client went away: stop the engine's work and leave.
+                # No draining: once the client cancelled, the engine's final response may never reach
+                # this iterator (measured: 16 streams cancelled early left every worker waiting on it).
                 _cancel(key)
-            if cancelled:
-                continue  # drain until the engine's final response
-            if resp.has_error():
-                raise triton_io.BlsError(resp.error().message())
+                sender.send(flags=FINAL)
+                return
+            triton_io.raise_for_error(resp)
             if pb_utils.get_output_tensor_by_name(resp, "event") is None:
                 continue  # an empty closing response
             event = triton_io.output(pb_utils, resp, "event")[0].decode()
@@ -108,8 +107,7 @@ class TritonPythonModel:
                     pb_utils.Tensor("audio_codes", codes), pb_utils.Tensor("seed_used", seed),
                     pb_utils.Tensor("prompt_frames", prompt_frames)]), flags=FINAL)
                 return
-        if not cancelled:
-            raise RuntimeError("lm_engine ended without a final response")
+        raise RuntimeError("lm_engine ended without a final response")
 
     @staticmethod
     def _status(event, done, total, extra=()):
