@@ -217,13 +217,14 @@ def test_health_models_and_manifest(clients):
 
 
 def test_one_client_shared_by_threads(clients):
+    threads_before = threading.active_count()  # what earlier tests left running is not this client's
     for c in clients.values():
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(lambda s: c.generate(PROMPT, 0.4, seed=s), range(4)))
         assert [r.seed_used for r in results] == [0, 1, 2, 3]
         solo = c.generate(PROMPT, 0.4, seed=2)
         np.testing.assert_array_equal(solo.codes, results[2].codes)
-    assert threading.active_count() < 50
+    assert threading.active_count() - threads_before < 20, [t.name for t in threading.enumerate()]
 
 
 def test_saving_results(clients, tmp_path):
