@@ -52,7 +52,8 @@ REFERENCE_TUNING_NOTE = (
     "rate (Xeon: 75 ms), and no setting tried changes that (MKL's path on AMD is a likely cause, not "
     "confirmed). With the cores shared, the default 2 OpenMP threads (spin-waiting) slowed to 550-8700 ms "
     "round medians while 1 thread and OMP_WAIT_POLICY=PASSIVE stayed at 220-540 ms (medians 2179 vs 370 "
-    "and 349 ms): the short run uses omp_passive.")
+    "and 349 ms): the short run uses omp_passive."
+)
 
 
 @dataclass
@@ -85,9 +86,19 @@ class Config:
     @classmethod
     def quick_defaults(cls, **kw) -> "Config":
         """The CI smoke run: tiny-random, framework overheads only (not the model's speed)."""
-        base = dict(checkpoint="tiny-random", durations=[1.0, 2.0], concurrency=[1, 2, 4], concurrency_duration=1.0,
-                    step_duration=1.0, bandwidth_mb=128, perf_analyzer=False, perf_duration=0.5, quick=True,
-                    pairs=1, tune_reference=False)
+        base = dict(
+            checkpoint="tiny-random",
+            durations=[1.0, 2.0],
+            concurrency=[1, 2, 4],
+            concurrency_duration=1.0,
+            step_duration=1.0,
+            bandwidth_mb=128,
+            perf_analyzer=False,
+            perf_duration=0.5,
+            quick=True,
+            pairs=1,
+            tune_reference=False,
+        )
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)
 
@@ -97,10 +108,22 @@ class Config:
         2-core machine (one wave per concurrency level, one pair per duration, 3 s clips for batching,
         the reference timed on a 2 s clip and extrapolated, under OMP_WAIT_POLICY=PASSIVE: see
         REFERENCE_TUNING_NOTE)."""
-        base = dict(precision="int8", durations=[5.0, 10.0], concurrency=[1, 8], concurrency_duration=3.0, waves=1,
-                    step_clips=2, profile_top=False, bandwidth_mb=256, perf_analyzer=False, pairs=1,
-                    reference_extrapolate_from=2.0, tune_reference=False, reference_setting="omp_passive",
-                    short=True)
+        base = dict(
+            precision="int8",
+            durations=[5.0, 10.0],
+            concurrency=[1, 8],
+            concurrency_duration=3.0,
+            waves=1,
+            step_clips=2,
+            profile_top=False,
+            bandwidth_mb=256,
+            perf_analyzer=False,
+            pairs=1,
+            reference_extrapolate_from=2.0,
+            tune_reference=False,
+            reference_setting="omp_passive",
+            short=True,
+        )
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)
 
@@ -124,9 +147,24 @@ def stage_repository(dst: Path, checkpoint: str, precision: str) -> Path:
 
     copy_model_repository(dst)
     # `export.build.build` in its own process: torch and the checkpoint (GBs) leave with it
-    proc = subprocess.run([sys.executable, "-m", "export", "build", "--checkpoint", checkpoint, "--precision",
-                           precision, "--repository", str(dst), "--skip-if-current"], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export",
+            "build",
+            "--checkpoint",
+            checkpoint,
+            "--precision",
+            precision,
+            "--repository",
+            str(dst),
+            "--skip-if-current",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
         raise RuntimeError(f"export of {checkpoint} ({precision}) failed: {tail}")
@@ -139,8 +177,21 @@ def run_reference(cfg: Config, out: Path, setting: str | None = None) -> dict:
     from .reference_tuning import SETTINGS
 
     path = out / "reference.json"
-    cmd = [sys.executable, "-m", "bench.reference", "--checkpoint", cfg.checkpoint, "--durations",
-           *[str(d) for d in cfg.durations], "--prompt", cfg.prompt, "--seed", str(cfg.seed), "--out", str(path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.reference",
+        "--checkpoint",
+        cfg.checkpoint,
+        "--durations",
+        *[str(d) for d in cfg.durations],
+        "--prompt",
+        cfg.prompt,
+        "--seed",
+        str(cfg.seed),
+        "--out",
+        str(path),
+    ]
     if cfg.reference_extrapolate_from:
         cmd += ["--extrapolate-from", str(cfg.reference_extrapolate_from)]
     env_add, threads, mkldnn = SETTINGS[setting or "default"]
@@ -224,30 +275,53 @@ def _served_vs_in_process(cfg: Config, duration: float, engine, client, server_p
         for kind in ("unary", "stream"):
             events: list = []
             n0, c0, tree0 = len(_step_lines(step_log)), _self_cpu_s(), tree_cpu(server_pid)
-            r = client.generate(cfg.prompt, duration, seed=cfg.seed, stream=kind == "stream",
-                                on_event=events.append if kind == "stream" else None)
+            r = client.generate(
+                cfg.prompt,
+                duration,
+                seed=cfg.seed,
+                stream=kind == "stream",
+                on_event=events.append if kind == "stream" else None,
+            )
             cpu[kind] = {"client": round(_self_cpu_s() - c0, 3), **cpu_delta(tree0, tree_cpu(server_pid))}
             step_ms[kind] += [ms for _, ms in _step_lines(step_log)[n0:]][1:]
             walls[kind].append(r.elapsed)
             if kind == "unary":
                 unary = r
-                row.update({"audio_s": r.duration, "frames": int(r.codes.shape[-1]),
-                            "served_codes_equal_in_process": bool(np.array_equal(r.codes, codes_local))})
+                row.update(
+                    {
+                        "audio_s": r.duration,
+                        "frames": int(r.codes.shape[-1]),
+                        "served_codes_equal_in_process": bool(np.array_equal(r.codes, codes_local)),
+                    }
+                )
             else:
-                row.update({"time_to_first_chunk_s": r.time_to_first_chunk,
-                            "time_to_first_event_s": events[0].elapsed if events else None,
-                            "stream_codes_equal_unary": bool(np.array_equal(unary.codes, r.codes)),
-                            # the streamed audio is its chunks (windowed decodes); unary is one decode
-                            "stream_audio_max_abs_diff": float(np.abs(unary.audio - r.audio).max())
-                            if unary.audio.shape == r.audio.shape else None})
+                row.update(
+                    {
+                        "time_to_first_chunk_s": r.time_to_first_chunk,
+                        "time_to_first_event_s": events[0].elapsed if events else None,
+                        "stream_codes_equal_unary": bool(np.array_equal(unary.codes, r.codes)),
+                        # the streamed audio is its chunks (windowed decodes); unary is one decode
+                        "stream_audio_max_abs_diff": float(np.abs(unary.audio - r.audio).max())
+                        if unary.audio.shape == r.audio.shape
+                        else None,
+                    }
+                )
     med = {k: float(np.median(v)) for k, v in walls.items()}
     audio_s = row["audio_s"]
-    row.update({"wall_s": med["unary"], "rtf": med["unary"] / audio_s, "stream_wall_s": med["stream"],
-                "stream_rtf": med["stream"] / audio_s, "in_process_s": med["in_process"],
-                "walls_s": walls, "served_over_in_process": _ratio(med["unary"], med["in_process"]),
-                "stream_over_in_process": _ratio(med["stream"], med["in_process"]),
-                "cpu_s_last_pair": cpu,
-                "engine_step_ms_median": {k: float(np.median(v)) if v else None for k, v in step_ms.items()}})
+    row.update(
+        {
+            "wall_s": med["unary"],
+            "rtf": med["unary"] / audio_s,
+            "stream_wall_s": med["stream"],
+            "stream_rtf": med["stream"] / audio_s,
+            "in_process_s": med["in_process"],
+            "walls_s": walls,
+            "served_over_in_process": _ratio(med["unary"], med["in_process"]),
+            "stream_over_in_process": _ratio(med["stream"], med["in_process"]),
+            "cpu_s_last_pair": cpu,
+            "engine_step_ms_median": {k: float(np.median(v)) if v else None for k, v in step_ms.items()},
+        }
+    )
     return row
 
 
@@ -276,7 +350,9 @@ def _server_phase(cfg: Config, repo: Path, out: Path, res: dict) -> None:
     log("in-process engine (tokenizer, text encoder, LM, codec): load and warm up")
     engine = InProcessEngine(repo)
     engine.run("warm up", 0.5, seed=0)
-    step_log = out.resolve() / "engine_steps.txt"  # the engine's step times inside the server (scheduler.STEP_TIMES_ENV)
+    step_log = (
+        out.resolve() / "engine_steps.txt"
+    )  # the engine's step times inside the server (scheduler.STEP_TIMES_ENV)
     step_log.unlink(missing_ok=True)
     t0 = time.perf_counter()
     with TritonServer(repo, log_path=out / "tritonserver.log", env={STEP_TIMES_ENV: str(step_log)}) as srv:
@@ -325,11 +401,21 @@ def _server_phase(cfg: Config, repo: Path, out: Path, res: dict) -> None:
                 wall = time.perf_counter() - s
                 lat = [x[0] for x in done]
                 audio = sum(x[1] for x in done)
-                levels.append({"concurrency": c, "requests": n, "clip_s": cfg.concurrency_duration, "wall_s": wall,
-                               "latency_p50_s": _pct(lat, 50), "latency_p95_s": _pct(lat, 95),
-                               "latency_max_s": max(lat), "throughput_audio_s_per_s": audio / wall,
-                               "requests_per_s": n / wall, "peak_rss_mb": mem.phases[f"concurrency_{c}"]["rss_mb"],
-                               "peak_pss_mb": mem.phases[f"concurrency_{c}"]["pss_mb"]})
+                levels.append(
+                    {
+                        "concurrency": c,
+                        "requests": n,
+                        "clip_s": cfg.concurrency_duration,
+                        "wall_s": wall,
+                        "latency_p50_s": _pct(lat, 50),
+                        "latency_p95_s": _pct(lat, 95),
+                        "latency_max_s": max(lat),
+                        "throughput_audio_s_per_s": audio / wall,
+                        "requests_per_s": n / wall,
+                        "peak_rss_mb": mem.phases[f"concurrency_{c}"]["rss_mb"],
+                        "peak_pss_mb": mem.phases[f"concurrency_{c}"]["pss_mb"],
+                    }
+                )
 
             if cfg.perf_analyzer:
                 mem.mark("perf_analyzer")
@@ -339,14 +425,23 @@ def _server_phase(cfg: Config, repo: Path, out: Path, res: dict) -> None:
                     top = max(c for c in cfg.concurrency if c <= 4)
                     res["perf_analyzer"] = {
                         "musicgen_info": pa.run(srv.grpc_endpoint, "musicgen_info", out, request_count=50),
-                        "musicgen": pa.run(srv.grpc_endpoint, "musicgen", out, data=data, concurrency=f"1:{top}",
-                                           request_count=4 if not cfg.quick else 10),
-                        "musicgen_clip_s": cfg.perf_duration}
+                        "musicgen": pa.run(
+                            srv.grpc_endpoint,
+                            "musicgen",
+                            out,
+                            data=data,
+                            concurrency=f"1:{top}",
+                            request_count=4 if not cfg.quick else 10,
+                        ),
+                        "musicgen_clip_s": cfg.perf_duration,
+                    }
                 except pa.PerfAnalyzerUnavailable as exc:
                     res["perf_analyzer"] = {"error": str(exc)}
             else:
-                res["perf_analyzer"] = {"skipped": ("quick mode" if cfg.quick else "--no-perf-analyzer")
-                                        + " (pass --perf-analyzer to run it)"}
+                res["perf_analyzer"] = {
+                    "skipped": ("quick mode" if cfg.quick else "--no-perf-analyzer")
+                    + " (pass --perf-analyzer to run it)"
+                }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -365,24 +460,37 @@ def summarize(results: dict) -> dict:
     out = {"rtf": []}
     for d, r in srv.items():
         rr = ref.get(d, {})
-        out["rtf"].append({"duration": d, "ours": r["rtf"], "ours_stream": r["stream_rtf"], "reference": rr.get("rtf"),
-                           "ours_over_reference": _ratio(r["rtf"], rr.get("rtf")),
-                           "speedup": _ratio(rr.get("rtf"), r["rtf"])})
+        out["rtf"].append(
+            {
+                "duration": d,
+                "ours": r["rtf"],
+                "ours_stream": r["stream_rtf"],
+                "reference": rr.get("rtf"),
+                "ours_over_reference": _ratio(r["rtf"], rr.get("rtf")),
+                "speedup": _ratio(rr.get("rtf"), r["rtf"]),
+            }
+        )
     steps = results.get("steps", {})
     ref_runs = results.get("reference", {}).get("runs", [])
     ref_step = ref_runs[-1].get("step_ms_median") if ref_runs else None
-    out["step_ms"] = {"ours": steps.get("step_ms_median"), "reference": ref_step,
-                      "floor": steps.get("floor_ms"), "ours_over_reference": _ratio(steps.get("step_ms_median"), ref_step),
-                      "ours_over_floor": _ratio(steps.get("step_ms_median"), steps.get("floor_ms"))}
+    out["step_ms"] = {
+        "ours": steps.get("step_ms_median"),
+        "reference": ref_step,
+        "floor": steps.get("floor_ms"),
+        "ours_over_reference": _ratio(steps.get("step_ms_median"), ref_step),
+        "ours_over_floor": _ratio(steps.get("step_ms_median"), steps.get("floor_ms")),
+    }
     levels = results.get("server", {}).get("concurrency", [])
     one = next((c for c in levels if c["concurrency"] == 1), None)
     bs = results.get("batch_scaling") or {}
     if one and len(levels) > 1:  # top concurrency's throughput over one request's, and the in-process ceilings
         top = max(levels, key=lambda c: c["concurrency"])
-        out["batching"] = {"concurrency": top["concurrency"],
-                           "server": _ratio(top["throughput_audio_s_per_s"], one["throughput_audio_s_per_s"]),
-                           "lm_only_in_process": bs.get("lm_only_ratio"),
-                           "bound_with_codec_in_process": bs.get("bound_with_codec")}
+        out["batching"] = {
+            "concurrency": top["concurrency"],
+            "server": _ratio(top["throughput_audio_s_per_s"], one["throughput_audio_s_per_s"]),
+            "lm_only_in_process": bs.get("lm_only_ratio"),
+            "bound_with_codec_in_process": bs.get("bound_with_codec"),
+        }
     return out
 
 
@@ -395,11 +503,16 @@ def ratios(results: dict, summary: dict) -> dict:
     ref = results.get("reference") or {}
     at10 = rtf.get(10.0, {})
     single = {r["duration"]: r for r in results.get("server", {}).get("single", [])}
-    out = {"machine": results.get("machine", {}).get("label"),
-           "ours_vs_reference_10s": at10.get("ours_over_reference"), "speedup_vs_reference_10s": at10.get("speedup"),
-           "reference_setting": ref.get("setting"), "reference_extrapolated": ref.get("extrapolated"),
-           "step_over_floor": summary["step_ms"]["ours_over_floor"],
-           "served_over_inprocess": {}, "streamed_rtf": {}}
+    out = {
+        "machine": results.get("machine", {}).get("label"),
+        "ours_vs_reference_10s": at10.get("ours_over_reference"),
+        "speedup_vs_reference_10s": at10.get("speedup"),
+        "reference_setting": ref.get("setting"),
+        "reference_extrapolated": ref.get("extrapolated"),
+        "step_over_floor": summary["step_ms"]["ours_over_floor"],
+        "served_over_inprocess": {},
+        "streamed_rtf": {},
+    }
     for d, r in single.items():
         out["served_over_inprocess"][f"unary_{d:g}s"] = r.get("served_over_in_process")
         out["served_over_inprocess"][f"streamed_{d:g}s"] = r.get("stream_over_in_process")
@@ -436,78 +549,115 @@ def table(results: dict) -> str:
     ort = (m.get("onnxruntime") or {}).get("version")
     how = " (extrapolated from a shorter clip)" if ref.get("extrapolated") else ""
     load = "/".join(f"{x:.1f}" for x in results.get("load_average_at_start", []))
-    lines = [f"machine: {m.get('label') or m.get('cpu_model')}; onnxruntime {ort}; load at start {load}",
-             f"torch (reference): {torch_line}",
-             f"reference setting: {ref.get('setting', '-')}{how}",
-             f"checkpoint {results['config']['checkpoint']} ({results['config']['precision']}); times are wall "
-             + "seconds; RTF = wall s per audio s (lower is better)",
-             f"{'metric':<40}{'ours':>12}{'reference':>12}{'ours/ref':>10}"]
+    lines = [
+        f"machine: {m.get('label') or m.get('cpu_model')}; onnxruntime {ort}; load at start {load}",
+        f"torch (reference): {torch_line}",
+        f"reference setting: {ref.get('setting', '-')}{how}",
+        f"checkpoint {results['config']['checkpoint']} ({results['config']['precision']}); times are wall "
+        + "seconds; RTF = wall s per audio s (lower is better)",
+        f"{'metric':<40}{'ours':>12}{'reference':>12}{'ours/ref':>10}",
+    ]
     for r in s["rtf"]:
-        lines.append(f"{'RTF ' + _fmt(r['duration']) + ' s (unary; stream ' + _fmt(r['ours_stream']) + ')':<40}"
-                     f"{_fmt(r['ours']):>12}{_fmt(r['reference']):>12}{_fmt(r['ours_over_reference']):>10}")
+        lines.append(
+            f"{'RTF ' + _fmt(r['duration']) + ' s (unary; stream ' + _fmt(r['ours_stream']) + ')':<40}"
+            f"{_fmt(r['ours']):>12}{_fmt(r['reference']):>12}{_fmt(r['ours_over_reference']):>10}"
+        )
     st = s["step_ms"]
-    lines.append(f"{'decode step ms (median, 1 request)':<40}{_fmt(st['ours']):>12}{_fmt(st['reference']):>12}"
-                 f"{_fmt(st['ours_over_reference']):>10}")
+    lines.append(
+        f"{'decode step ms (median, 1 request)':<40}{_fmt(st['ours']):>12}{_fmt(st['reference']):>12}"
+        f"{_fmt(st['ours_over_reference']):>10}"
+    )
     lines.append(f"{'  floor ms (bytes read / bandwidth)':<40}{_fmt(st['floor']):>12}")
     sampling = results.get("steps", {}).get("sampling")
     if sampling:
-        lines.append(f"{'  guidance + top-k sampling ms / request':<40}{_fmt(sampling['us_per_request_step'] / 1000):>12}")
+        lines.append(
+            f"{'  guidance + top-k sampling ms / request':<40}{_fmt(sampling['us_per_request_step'] / 1000):>12}"
+        )
     if results.get("steps", {}).get("read_gbps_source"):
-        lines.append(f"{'    read GB/s: ' + results['steps']['read_gbps_source']:<40}"
-                     f"{_fmt(results['steps']['read_gbps_used']):>12}")
+        lines.append(
+            f"{'    read GB/s: ' + results['steps']['read_gbps_source']:<40}"
+            f"{_fmt(results['steps']['read_gbps_used']):>12}"
+        )
     for sp in results.get("step_profile", []):  # profiled: the shares matter, the profiler adds its own cost
-        lines.append(f"{'  profiled, ' + str(sp['requests']) + ' req: MatMuls ms (GB/s)':<40}"
-                     f"{_fmt(sp['weights_ms']) + ' (' + _fmt(sp['weights_gbps']) + ')':>12}")
-        lines.append(f"{'    self-attn / cross-attn / other ms':<40}"
-                     f"{'/'.join(_fmt(sp[k], 2) for k in ('self_attention_ms', 'cross_attention_ms', 'other_ms')):>12}")
+        lines.append(
+            f"{'  profiled, ' + str(sp['requests']) + ' req: MatMuls ms (GB/s)':<40}"
+            f"{_fmt(sp['weights_ms']) + ' (' + _fmt(sp['weights_gbps']) + ')':>12}"
+        )
+        lines.append(
+            f"{'    self-attn / cross-attn / other ms':<40}"
+            f"{'/'.join(_fmt(sp[k], 2) for k in ('self_attention_ms', 'cross_attention_ms', 'other_ms')):>12}"
+        )
     srv = results.get("server", {})
     ref_runs = {r["duration"]: r for r in results.get("reference", {}).get("runs", [])}
     for r in srv.get("single", []):
         ref_wall = ref_runs.get(r["duration"], {}).get("wall_s")  # generate returns all audio at the end
-        lines.append(f"{'first audio s, ' + _fmt(r['duration']) + ' s clip (ours: 1st chunk)':<40}"
-                     f"{_fmt(r['time_to_first_chunk_s']):>12}{_fmt(ref_wall):>12}"
-                     f"{_fmt(_ratio(r['time_to_first_chunk_s'], ref_wall)):>10}")
+        lines.append(
+            f"{'first audio s, ' + _fmt(r['duration']) + ' s clip (ours: 1st chunk)':<40}"
+            f"{_fmt(r['time_to_first_chunk_s']):>12}{_fmt(ref_wall):>12}"
+            f"{_fmt(_ratio(r['time_to_first_chunk_s'], ref_wall)):>10}"
+        )
     for r in srv.get("single", []):  # the server against the same engine in this process
         d = _fmt(r["duration"])
-        lines.append(f"{'served / in-process, ' + d + ' s: unary, stream':<40}"
-                     f"{_fmt(r.get('served_over_in_process')) + ', ' + _fmt(r.get('stream_over_in_process')):>12}"
-                     f"{'(in-process ' + _fmt(r.get('in_process_s')) + ' s)':>22}")
+        lines.append(
+            f"{'served / in-process, ' + d + ' s: unary, stream':<40}"
+            f"{_fmt(r.get('served_over_in_process')) + ', ' + _fmt(r.get('stream_over_in_process')):>12}"
+            f"{'(in-process ' + _fmt(r.get('in_process_s')) + ' s)':>22}"
+        )
         st = r.get("engine_step_ms_median") or {}
-        lines.append(f"{'  LM step ms: in-process/unary/stream':<40}"
-                     f"{'/'.join(_fmt(st.get(k)) for k in ('in_process', 'unary', 'stream')):>12}")
+        lines.append(
+            f"{'  LM step ms: in-process/unary/stream':<40}"
+            f"{'/'.join(_fmt(st.get(k)) for k in ('in_process', 'unary', 'stream')):>12}"
+        )
     diffs = [r.get("stream_audio_max_abs_diff") for r in srv.get("single", [])]
     if any(d is not None for d in diffs):
         lines.append(f"{'streamed vs unary audio, max abs diff':<40}{max(d for d in diffs if d is not None):>12.2g}")
     lines.append(f"{'concurrency c: latency p50/p95 s':<40}{'ours':>12}{'':>12}")
     for c in srv.get("concurrency", []):
-        lines.append(f"{'  c=' + str(c['concurrency']) + ' (' + _fmt(c['clip_s']) + ' s clips)':<40}"
-                     f"{_fmt(c['latency_p50_s']) + '/' + _fmt(c['latency_p95_s']):>12}")
+        lines.append(
+            f"{'  c=' + str(c['concurrency']) + ' (' + _fmt(c['clip_s']) + ' s clips)':<40}"
+            f"{_fmt(c['latency_p50_s']) + '/' + _fmt(c['latency_p95_s']):>12}"
+        )
     for c in srv.get("concurrency", []):
         rr = ref_runs.get(c["clip_s"], {})
         serial = 1.0 / rr["rtf"] if rr.get("rtf") else None  # generate serves one request at a time
-        lines.append(f"{'  c=' + str(c['concurrency']) + ' throughput, audio s per wall s':<40}"
-                     f"{_fmt(c['throughput_audio_s_per_s']):>12}{_fmt(serial):>12}"
-                     f"{_fmt(_ratio(c['throughput_audio_s_per_s'], serial)):>10}")
+        lines.append(
+            f"{'  c=' + str(c['concurrency']) + ' throughput, audio s per wall s':<40}"
+            f"{_fmt(c['throughput_audio_s_per_s']):>12}{_fmt(serial):>12}"
+            f"{_fmt(_ratio(c['throughput_audio_s_per_s'], serial)):>10}"
+        )
     b = s.get("batching")
     if b:  # the batching target: top level's throughput over one request's; then the same in-process
         n = b["concurrency"]
         lines.append(f"{'  c=' + str(n) + ' / c=1 throughput':<40}{_fmt(b['server']):>12}")
         if b.get("lm_only_in_process") is not None:
             lines.append(f"{'    in-process: LM alone ' + str(n) + ' / 1':<40}{_fmt(b['lm_only_in_process']):>12}")
-            lines.append(f"{'    in-process: LM + codec bound ' + str(n) + ' / 1':<40}"
-                         f"{_fmt(b['bound_with_codec_in_process']):>12}")
+            lines.append(
+                f"{'    in-process: LM + codec bound ' + str(n) + ' / 1':<40}"
+                f"{_fmt(b['bound_with_codec_in_process']):>12}"
+            )
     mem = srv.get("memory", {}).get("peak", {})
-    lines.append(f"{'peak memory MB (server tree PSS / ref RSS)':<40}{_fmt(mem.get('pss_mb')):>12}"
-                 f"{_fmt(ref.get('peak_rss_mb')):>12}{_fmt(_ratio(mem.get('pss_mb'), ref.get('peak_rss_mb'))):>10}")
+    lines.append(
+        f"{'peak memory MB (server tree PSS / ref RSS)':<40}{_fmt(mem.get('pss_mb')):>12}"
+        f"{_fmt(ref.get('peak_rss_mb')):>12}{_fmt(_ratio(mem.get('pss_mb'), ref.get('peak_rss_mb'))):>10}"
+    )
     lines.append(f"{'  server tree RSS sum (double-counts shared)':<40}{_fmt(mem.get('rss_mb')):>12}")
     pa = srv.get("perf_analyzer", {})
     for model in ("musicgen_info", "musicgen"):
         for r in (pa.get(model) or {}).get("rows", []) if isinstance(pa.get(model), dict) else []:
-            lines.append(f"{'perf_analyzer ' + model + ' c=' + str(r['concurrency']) + ' p50 ms, inf/s':<40}"
-                         f"{_fmt(r['p50_ms']):>12}{'':>12}{_fmt(r['infer_per_s']):>10}")
-    lines.append("ratios (results.json `ratios`): " + ", ".join(
-        f"{k} {_fmt(v)}" if not isinstance(v, dict) else f"{k} " + "/".join(f"{kk} {_fmt(vv)}" for kk, vv in v.items())
-        for k, v in results.get("ratios", {}).items() if k not in ("machine", "reference_setting")))
+            lines.append(
+                f"{'perf_analyzer ' + model + ' c=' + str(r['concurrency']) + ' p50 ms, inf/s':<40}"
+                f"{_fmt(r['p50_ms']):>12}{'':>12}{_fmt(r['infer_per_s']):>10}"
+            )
+    lines.append(
+        "ratios (results.json `ratios`): "
+        + ", ".join(
+            f"{k} {_fmt(v)}"
+            if not isinstance(v, dict)
+            else f"{k} " + "/".join(f"{kk} {_fmt(vv)}" for kk, vv in v.items())
+            for k, v in results.get("ratios", {}).items()
+            if k not in ("machine", "reference_setting")
+        )
+    )
     return "\n".join(lines)
 
 
@@ -517,14 +667,22 @@ def write_outputs(results: dict, out: Path) -> list[Path]:
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     srv = results.get("server", {})
     ref = {r["duration"]: r for r in results.get("reference", {}).get("runs", [])}
-    rtf_rows = [{**r, "reference_wall_s": ref.get(r["duration"], {}).get("wall_s"),
-                 "reference_rtf": ref.get(r["duration"], {}).get("rtf")} for r in srv.get("single", [])]
+    rtf_rows = [
+        {
+            **r,
+            "reference_wall_s": ref.get(r["duration"], {}).get("wall_s"),
+            "reference_rtf": ref.get(r["duration"], {}).get("rtf"),
+        }
+        for r in srv.get("single", [])
+    ]
     write_csv(out / "rtf.csv", rtf_rows)
     write_csv(out / "concurrency.csv", srv.get("concurrency", []))
     steps = results.get("steps", {})
-    write_csv(out / "steps.csv", [{"implementation": "ours (LanguageModel.step)", **{k: v for k, v in steps.items()
-                                                                                   if not isinstance(v, dict)}}] +
-              [{"implementation": f"reference decoder forward, {r['duration']:g} s", **r} for r in ref.values()])
+    write_csv(
+        out / "steps.csv",
+        [{"implementation": "ours (LanguageModel.step)", **{k: v for k, v in steps.items() if not isinstance(v, dict)}}]
+        + [{"implementation": f"reference decoder forward, {r['duration']:g} s", **r} for r in ref.values()],
+    )
     files += [out / n for n in ("rtf.csv", "concurrency.csv", "steps.csv")]
     from .plots import plot_all
 
@@ -557,9 +715,12 @@ def run(cfg: Config) -> dict:
     t_all = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()},
-                     "machine": machine.describe(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                     "load_average_at_start": os.getloadavg()}
+    results: dict = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()},
+        "machine": machine.describe(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "load_average_at_start": os.getloadavg(),
+    }
     timings = results.setdefault("phase_seconds", {})
 
     t = time.perf_counter()
@@ -580,8 +741,11 @@ def run(cfg: Config) -> dict:
     bwn = measure.memory_bandwidth(cfg.bandwidth_mb, repeats, threads=os.cpu_count() or 1)
     bwo = measure.matmul_read(cfg.bandwidth_mb, repeats)
     results["bandwidth"] = {"single_thread": bw1, "all_threads": bwn, "onnxruntime_matmul": bwo}
-    probes = {"numpy sum, 1 thread": bw1["read_gbps"], f"numpy sum, {bwn['threads']} threads": bwn["read_gbps"],
-              "onnxruntime MatMul, 2 rows": bwo["read_gbps"]}
+    probes = {
+        "numpy sum, 1 thread": bw1["read_gbps"],
+        f"numpy sum, {bwn['threads']} threads": bwn["read_gbps"],
+        "onnxruntime MatMul, 2 rows": bwo["read_gbps"],
+    }
     results["machine"]["memory_read_gbps"] = max(bw1["read_gbps"], bwn["read_gbps"])  # numpy sum
     results["machine"]["label"] = machine.label(results["machine"])
     log(f"machine: {results['machine']['label']}")
@@ -600,8 +764,14 @@ def run(cfg: Config) -> dict:
     if top > 1 and cfg.profile_top:
         results["step_profile"].append(measure.step_profile(lm_dir, cfg.concurrency_duration, top, seed=cfg.seed))
     source, read = best_read_rate(probes, results["step_profile"])
-    steps.update({"weight_bytes": measure.weight_bytes(lm_dir), "read_gbps_used": read, "read_gbps_source": source,
-                  "floor_ms": steps["step_read_bytes"] / (read * 1e9) * 1000.0})
+    steps.update(
+        {
+            "weight_bytes": measure.weight_bytes(lm_dir),
+            "read_gbps_used": read,
+            "read_gbps_source": source,
+            "floor_ms": steps["step_read_bytes"] / (read * 1e9) * 1000.0,
+        }
+    )
     timings["bandwidth_and_steps"] = time.perf_counter() - t
 
     if cfg.reference:
@@ -612,13 +782,18 @@ def run(cfg: Config) -> dict:
             results["reference_tuning"] = tune_reference(cfg)
             setting = results["reference_tuning"]["chosen"]
         else:
-            results["reference_tuning"] = {"searched": False, "setting": setting or "default",
-                                           "note": REFERENCE_TUNING_NOTE}
+            results["reference_tuning"] = {
+                "searched": False,
+                "setting": setting or "default",
+                "note": REFERENCE_TUNING_NOTE,
+            }
         timings["reference_tuning"] = time.perf_counter() - t
         t = time.perf_counter()
         how = f"a {cfg.reference_extrapolate_from:g} s clip, extrapolated" if cfg.reference_extrapolate_from else ""
-        log(f"reference: transformers generate on {cfg.checkpoint} for {cfg.durations} s {how} "
-            f"(setting: {setting or 'default'})")
+        log(
+            f"reference: transformers generate on {cfg.checkpoint} for {cfg.durations} s {how} "
+            f"(setting: {setting or 'default'})"
+        )
         results["reference"] = run_reference(cfg, out, setting)
         timings["reference"] = time.perf_counter() - t
         if "error" in results["reference"]:
@@ -642,10 +817,16 @@ def run(cfg: Config) -> dict:
 def parse_args(argv=None) -> Config:
     p = argparse.ArgumentParser(prog="python -m bench", description="MusicGen on Triton vs transformers, one run.")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true",
-                      help="CI smoke run on tiny-random (well under 2 minutes): framework overheads, not speed")
-    mode.add_argument("--short", action="store_true",
-                      help="the regression guard: small-random int8, the full run's ratios in about 5 minutes")
+    mode.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI smoke run on tiny-random (well under 2 minutes): framework overheads, not speed",
+    )
+    mode.add_argument(
+        "--short",
+        action="store_true",
+        help="the regression guard: small-random int8, the full run's ratios in about 5 minutes",
+    )
     p.add_argument("--checkpoint", help="preset, HF directory or hub id (default small-random; quick: tiny-random)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="LM precision of the export (default fp32)")
     p.add_argument("--repository", type=Path, help="an already staged model repository (skips the export)")
@@ -654,19 +835,35 @@ def parse_args(argv=None) -> Config:
     p.add_argument("--concurrency-duration", type=float, help="clip seconds at each level (default 5; quick 1)")
     p.add_argument("--requests-per-level", type=int, help="requests per level (default 2 x concurrency)")
     p.add_argument("--no-reference", action="store_true", help="skip the transformers reference")
-    p.add_argument("--reference-setting", choices=list(REFERENCE_SETTINGS),
-                   help="run the reference under this setting (bench/reference_tuning.py) without searching")
-    p.add_argument("--no-reference-tuning", action="store_true",
-                   help="skip the A/B search of the reference's settings (the full run does it; short and quick do not)")
+    p.add_argument(
+        "--reference-setting",
+        choices=list(REFERENCE_SETTINGS),
+        help="run the reference under this setting (bench/reference_tuning.py) without searching",
+    )
+    p.add_argument(
+        "--no-reference-tuning",
+        action="store_true",
+        help="skip the A/B search of the reference's settings (the full run does it; short and quick do not)",
+    )
     p.add_argument("--pairs", type=int, help="in-process / unary / streamed rounds per duration (default 2; short 1)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--perf-analyzer", action="store_true", default=None, help="run perf_analyzer (default: not in quick)")
+    g.add_argument(
+        "--perf-analyzer", action="store_true", default=None, help="run perf_analyzer (default: not in quick)"
+    )
     g.add_argument("--no-perf-analyzer", action="store_true", help="skip perf_analyzer")
     p.add_argument("--out", type=Path, help="output folder (default bench/results/<checkpoint>)")
     a = p.parse_args(argv)
-    kw = dict(checkpoint=a.checkpoint, precision=a.precision, repository=a.repository, durations=a.durations,
-              concurrency=a.concurrency, concurrency_duration=a.concurrency_duration,
-              requests_per_level=a.requests_per_level, pairs=a.pairs, reference_setting=a.reference_setting)
+    kw = dict(
+        checkpoint=a.checkpoint,
+        precision=a.precision,
+        repository=a.repository,
+        durations=a.durations,
+        concurrency=a.concurrency,
+        concurrency_duration=a.concurrency_duration,
+        requests_per_level=a.requests_per_level,
+        pairs=a.pairs,
+        reference_setting=a.reference_setting,
+    )
     if a.quick:
         cfg = Config.quick_defaults(**kw)
     elif a.short:

@@ -14,15 +14,27 @@ import re
 import subprocess
 
 # CPU flags that change which kernels MLAS, MKL and oneDNN run
-FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni",
-                     "amx_tile", "amx_int8", "amx_bf16")
+FLAGS_OF_INTEREST = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 
 
 def lscpu() -> dict:
     """lscpu's fields as a dict ({} when lscpu is missing); /proc/cpuinfo's flags when lscpu has none."""
     try:
-        text = subprocess.run(["lscpu"], check=False, capture_output=True, text=True, timeout=20,
-                              env={**os.environ, "LC_ALL": "C"}).stdout
+        text = subprocess.run(
+            ["lscpu"], check=False, capture_output=True, text=True, timeout=20, env={**os.environ, "LC_ALL": "C"}
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         text = ""
     fields = {}
@@ -51,20 +63,34 @@ def describe(read_gbps: float | None = None) -> dict:
         ort_info = {"version": ort.__version__, "providers": ort.get_available_providers()}
     except ImportError:
         ort_info = None
-    return {"cpu_model": f.get("Model name") or platform.processor() or None,
-            "cpu_vendor": f.get("Vendor ID"), "cpu_family": f.get("CPU family"), "cpu_model_number": f.get("Model"),
-            "cpus": os.cpu_count(), "cores_per_socket": _int(f.get("Core(s) per socket")),
-            "sockets": _int(f.get("Socket(s)")), "threads_per_core": _int(f.get("Thread(s) per core")),
-            "hypervisor": f.get("Hypervisor vendor"), "l3_cache": f.get("L3 cache"),
-            "flags": [x for x in FLAGS_OF_INTEREST if x in flags],
-            "onnxruntime": ort_info, "numpy": __import__("numpy").__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "memory_read_gbps": read_gbps, "environment": library_environment()}
+    return {
+        "cpu_model": f.get("Model name") or platform.processor() or None,
+        "cpu_vendor": f.get("Vendor ID"),
+        "cpu_family": f.get("CPU family"),
+        "cpu_model_number": f.get("Model"),
+        "cpus": os.cpu_count(),
+        "cores_per_socket": _int(f.get("Core(s) per socket")),
+        "sockets": _int(f.get("Socket(s)")),
+        "threads_per_core": _int(f.get("Thread(s) per core")),
+        "hypervisor": f.get("Hypervisor vendor"),
+        "l3_cache": f.get("L3 cache"),
+        "flags": [x for x in FLAGS_OF_INTEREST if x in flags],
+        "onnxruntime": ort_info,
+        "numpy": __import__("numpy").__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "memory_read_gbps": read_gbps,
+        "environment": library_environment(),
+    }
 
 
 def library_environment() -> dict:
     """The environment variables that steer the math libraries' threads and code paths, as set."""
-    return {k: v for k, v in os.environ.items()
-            if k.startswith(("OMP_", "MKL_", "OPENBLAS_", "DNNL_", "ONEDNN_", "ATEN_", "GOMP_", "KMP_", "GLIBC_TUNABLES"))}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(("OMP_", "MKL_", "OPENBLAS_", "DNNL_", "ONEDNN_", "ATEN_", "GOMP_", "KMP_", "GLIBC_TUNABLES"))
+    }
 
 
 def torch_build() -> dict:
@@ -76,9 +102,13 @@ def torch_build() -> dict:
     keep = ("Math Kernel Library", "MKL-DNN", "oneDNN", "OpenMP", "CPU capability", "BLAS", "LAPACK")
     lines = [ln.strip(" -") for ln in show.splitlines() if any(k in ln for k in keep) and "Build settings" not in ln]
     blas = re.search(r"BLAS_INFO=(\w+)", show)
-    return {"version": torch.__version__, "threads": torch.get_num_threads(), "blas": blas.group(1) if blas else None,
-            "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
-            "build": lines}
+    return {
+        "version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "blas": blas.group(1) if blas else None,
+        "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+        "build": lines,
+    }
 
 
 def label(m: dict) -> str:

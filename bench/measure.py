@@ -41,15 +41,23 @@ def memory_bandwidth(mb: int = 512, repeats: int = 5, threads: int = 1) -> dict:
                 t.start()
             for t in ts:
                 t.join()
+
         return run
 
-    read_s = _best(parallel(lambda lo, hi: a[lo:hi].sum()), repeats) if threads > 1 else \
-        _best(lambda: a.sum(), repeats)
-    copy_s = _best(parallel(lambda lo, hi: np.copyto(b[lo:hi], a[lo:hi])), repeats) if threads > 1 else \
-        _best(lambda: np.copyto(b, a), repeats)
+    read_s = _best(parallel(lambda lo, hi: a[lo:hi].sum()), repeats) if threads > 1 else _best(lambda: a.sum(), repeats)
+    copy_s = (
+        _best(parallel(lambda lo, hi: np.copyto(b[lo:hi], a[lo:hi])), repeats)
+        if threads > 1
+        else _best(lambda: np.copyto(b, a), repeats)
+    )
     nbytes = a.nbytes
-    return {"array_mb": mb, "threads": threads, "read_gbps": nbytes / read_s / 1e9,
-            "copy_gbps": 2 * nbytes / copy_s / 1e9, "repeats": repeats}
+    return {
+        "array_mb": mb,
+        "threads": threads,
+        "read_gbps": nbytes / read_s / 1e9,
+        "copy_gbps": 2 * nbytes / copy_s / 1e9,
+        "repeats": repeats,
+    }
 
 
 def matmul_read(mb: int = 512, repeats: int = 5, threads: int | None = None) -> dict:
@@ -67,8 +75,9 @@ def matmul_read(mb: int = 512, repeats: int = 5, threads: int | None = None) -> 
         inits.append(numpy_helper.from_array(rng.random((1024, n), np.float32), f"w{i}"))
         nodes.append(helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"]))
         outs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [2, n]))
-    graph = helper.make_graph(nodes, "read", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 1024])],
-                              outs, inits)
+    graph = helper.make_graph(
+        nodes, "read", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 1024])], outs, inits
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     so = ort.SessionOptions()
@@ -77,8 +86,11 @@ def matmul_read(mb: int = 512, repeats: int = 5, threads: int | None = None) -> 
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     x = np.ones((2, 1024), np.float32)
     seconds = _best(lambda: sess.run(None, {"x": x}), repeats)
-    return {"weights_mb": parts * 1024 * n * 4 / (1 << 20), "read_gbps": parts * 1024 * n * 4 / seconds / 1e9,
-            "repeats": repeats}
+    return {
+        "weights_mb": parts * 1024 * n * 4 / (1 << 20),
+        "read_gbps": parts * 1024 * n * 4 / seconds / 1e9,
+        "repeats": repeats,
+    }
 
 
 def lm_model_dir(repository: Path) -> Path:
@@ -125,8 +137,9 @@ def step_cache_bytes(lm, rows: int, positions: int, text_tokens: int) -> int:
     return per_position * (positions + text_tokens) * np.dtype(lm.cache_dtype).itemsize  # cross K/V: same dtype
 
 
-def _lm_and_prompt(model_dir: Path, duration: float, text_tokens: int, seed: int, threads: int | None,
-                   max_rows: int = 32):
+def _lm_and_prompt(
+    model_dir: Path, duration: float, text_tokens: int, seed: int, threads: int | None, max_rows: int = 32
+):
     """An in-process LM and a stand-in prompt for timing it: random projected text states of
     `text_tokens` tokens (a step's cost does not depend on their values), an all-ones mask, the frame
     count of `duration`, and the generator that made the states."""
@@ -139,8 +152,15 @@ def _lm_and_prompt(model_dir: Path, duration: float, text_tokens: int, seed: int
     return lm, hidden, np.ones(text_tokens, np.int64), delay.frames_for_duration(duration, lm.dims.frame_rate), rng
 
 
-def decode_steps(model_dir: Path, duration: float, guidance_scale: float = 3.0, seed: int = 0,
-                 text_tokens: int = 12, threads: int | None = None, clips: int = 3) -> dict:
+def decode_steps(
+    model_dir: Path,
+    duration: float,
+    guidance_scale: float = 3.0,
+    seed: int = 0,
+    text_tokens: int = 12,
+    threads: int | None = None,
+    clips: int = 3,
+) -> dict:
     """Time every `LanguageModel.step()` of one request alone (CFG: 2 rows) for `duration` seconds of audio,
     `clips` times over; the step time is the median of the clips' medians (a single clip's median moved by
     up to a fifth between runs on a shared 2-core machine).
@@ -168,23 +188,40 @@ def decode_steps(model_dir: Path, duration: float, guidance_scale: float = 3.0, 
     ms = np.concatenate(per_clip)
     medians = [float(np.median(c)) for c in per_clip]
     median = float(np.median(medians))
-    tail = np.concatenate([c[-max(1, c.size // 10):] for c in per_clip])
+    tail = np.concatenate([c[-max(1, c.size // 10) :] for c in per_clip])
     # what the median step reads: the weights of the graph that ran it, and the cache at mid-clip
-    graph_file = (names.DECODER_STEP_BLOCKWISE_INT8_FILE
-                  if lm.decoder.select(seq.rows) is lm.decoder.blockwise_int8_sess else names.DECODER_STEP_FILE)
-    read_bytes = (step_weight_bytes(model_dir, graph_file)
-                  + step_cache_bytes(lm, seq.rows, (len(times) + 1) // 2, text_tokens))
-    return {"model_dir": str(model_dir), "load_s": load_s, "steps": len(times), "frames": frames,
-            "rows": seq.rows, "past_max": len(times), "clips": len(per_clip), "step_ms_median": median,
-            "step_ms_median_per_clip": medians,
-            "step_ms_p10": float(np.percentile(ms, 10)), "step_ms_p90": float(np.percentile(ms, 90)),
-            "step_ms_last10pct": float(np.median(tail)), "steps_per_s": 1000.0 / median,
-            "precision": lm.manifest.get("precision"), "cache_dtype": np.dtype(lm.cache_dtype).name,
-            "step_graph": graph_file, "step_read_bytes": int(read_bytes)}
+    graph_file = (
+        names.DECODER_STEP_BLOCKWISE_INT8_FILE
+        if lm.decoder.select(seq.rows) is lm.decoder.blockwise_int8_sess
+        else names.DECODER_STEP_FILE
+    )
+    read_bytes = step_weight_bytes(model_dir, graph_file) + step_cache_bytes(
+        lm, seq.rows, (len(times) + 1) // 2, text_tokens
+    )
+    return {
+        "model_dir": str(model_dir),
+        "load_s": load_s,
+        "steps": len(times),
+        "frames": frames,
+        "rows": seq.rows,
+        "past_max": len(times),
+        "clips": len(per_clip),
+        "step_ms_median": median,
+        "step_ms_median_per_clip": medians,
+        "step_ms_p10": float(np.percentile(ms, 10)),
+        "step_ms_p90": float(np.percentile(ms, 90)),
+        "step_ms_last10pct": float(np.median(tail)),
+        "steps_per_s": 1000.0 / median,
+        "precision": lm.manifest.get("precision"),
+        "cache_dtype": np.dtype(lm.cache_dtype).name,
+        "step_graph": graph_file,
+        "step_read_bytes": int(read_bytes),
+    }
 
 
-def sampling_cost(num_codebooks: int, vocab_size: int, top_k: int = 250, guidance_scale: float = 3.0,
-                  repeats: int = 300) -> dict:
+def sampling_cost(
+    num_codebooks: int, vocab_size: int, top_k: int = 250, guidance_scale: float = 3.0, repeats: int = 300
+) -> dict:
     """Microseconds of one request's per-step numpy work (`SequenceState.advance`'s guidance and top-k
     sampling over [K, V] logits of its 2 CFG rows), the median of 5 batches of `repeats`: on one core,
     what every request adds to every batched step on top of the graph."""
@@ -205,12 +242,17 @@ def sampling_cost(num_codebooks: int, vocab_size: int, top_k: int = 250, guidanc
         for _ in range(repeats):
             one()
         batches.append((time.perf_counter() - t) / repeats * 1e6)
-    return {"us_per_request_step": float(np.median(batches)), "codebooks": num_codebooks, "vocab": vocab_size,
-            "top_k": top_k}
+    return {
+        "us_per_request_step": float(np.median(batches)),
+        "codebooks": num_codebooks,
+        "vocab": vocab_size,
+        "top_k": top_k,
+    }
 
 
-def batch_scaling(repository: Path, duration: float, requests: int, text_tokens: int = 12, seed: int = 0,
-                  threads: int | None = None) -> dict:
+def batch_scaling(
+    repository: Path, duration: float, requests: int, text_tokens: int = 12, seed: int = 0, threads: int | None = None
+) -> dict:
     """What batching can give on this machine before any server work: the LM alone generating one clip,
     then `requests` clips together (continuous batching's step, all joined at the first step), and the
     codec decoding one clip.
@@ -224,13 +266,16 @@ def batch_scaling(repository: Path, duration: float, requests: int, text_tokens:
     from musicgen_runtime.codec import AudioDecoder
     from musicgen_runtime.validation import GenerationParams
 
-    lm, hidden, mask, frames, rng = _lm_and_prompt(lm_model_dir(repository), duration, text_tokens, seed, threads,
-                                                   max_rows=2 * requests)
+    lm, hidden, mask, frames, rng = _lm_and_prompt(
+        lm_model_dir(repository), duration, text_tokens, seed, threads, max_rows=2 * requests
+    )
     d = lm.dims
 
     def generate(n: int) -> dict:
-        seqs = [lm.prepare(GenerationRequest(hidden, mask, GenerationParams(duration=duration, seed=seed + i), frames))
-                for i in range(n)]
+        seqs = [
+            lm.prepare(GenerationRequest(hidden, mask, GenerationParams(duration=duration, seed=seed + i), frames))
+            for i in range(n)
+        ]
         t = time.perf_counter()
         lm.run_together(seqs)
         wall = time.perf_counter() - t
@@ -238,20 +283,30 @@ def batch_scaling(repository: Path, duration: float, requests: int, text_tokens:
             if s.error is not None:
                 raise s.error
         steps = seqs[0].steps  # all joined at the first step and equally long: one batched step each
-        return {"requests": n, "wall_s": wall, "steps": steps, "step_ms_mean": wall / steps * 1000.0,
-                "audio_s_per_s": n * duration / wall}
+        return {
+            "requests": n,
+            "wall_s": wall,
+            "steps": steps,
+            "step_ms_mean": wall / steps * 1000.0,
+            "audio_s_per_s": n * duration / wall,
+        }
 
     lm_runs = [generate(1), generate(requests)]
     codec_dir = Path(repository) / "audio_decoder" / "1"
-    codec = AudioDecoder(codec_dir / names.AUDIO_DECODER_FILE, manifest.dims(manifest.read(codec_dir)).hop_length,
-                         threads=threads)
+    codec = AudioDecoder(
+        codec_dir / names.AUDIO_DECODER_FILE, manifest.dims(manifest.read(codec_dir)).hop_length, threads=threads
+    )
     codes = rng.integers(0, d.vocab_size, (1, d.num_codebooks, frames))  # [B, K, T]
     codec(codes)  # first run: allocations
     codec_s = float(np.median([_timed(lambda: codec(codes)) for _ in range(3)]))
     one, many = lm_runs
-    return {"clip_s": duration, "lm": lm_runs, "codec_s_per_clip": codec_s,
-            "lm_only_ratio": many["audio_s_per_s"] / one["audio_s_per_s"],
-            "bound_with_codec": requests * (one["wall_s"] + codec_s) / (many["wall_s"] + requests * codec_s)}
+    return {
+        "clip_s": duration,
+        "lm": lm_runs,
+        "codec_s_per_clip": codec_s,
+        "lm_only_ratio": many["audio_s_per_s"] / one["audio_s_per_s"],
+        "bound_with_codec": requests * (one["wall_s"] + codec_s) / (many["wall_s"] + requests * codec_s),
+    }
 
 
 def _timed(fn) -> float:
@@ -260,13 +315,27 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-WEIGHT_OPS = {"MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMul", "FusedMatMul",
-              "Gemm"}
+WEIGHT_OPS = {
+    "MatMulNBits",
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "MatMul",
+    "FusedMatMul",
+    "Gemm",
+}
 ATTENTION_OPS = {"GroupQueryAttention": "self_attention", "MultiHeadAttention": "cross_attention"}
 
 
-def step_profile(model_dir: Path, duration: float, requests: int = 1, steps: int = 20, text_tokens: int = 12,
-                 seed: int = 0, threads: int | None = None) -> dict:
+def step_profile(
+    model_dir: Path,
+    duration: float,
+    requests: int = 1,
+    steps: int = 20,
+    text_tokens: int = 12,
+    seed: int = 0,
+    threads: int | None = None,
+) -> dict:
     """Where a decode step's time goes, by ORT's node profiler: `requests` requests (2 CFG rows each)
     generate to mid-clip, then `steps` steps run on a profiling session of the graph the batch uses.
 
@@ -281,10 +350,11 @@ def step_profile(model_dir: Path, duration: float, requests: int = 1, steps: int
     from musicgen_runtime.onnx_session import open_graph
     from musicgen_runtime.validation import GenerationParams
 
-    lm, hidden, mask, frames, _ = _lm_and_prompt(model_dir, duration, text_tokens, seed, threads,
-                                                 max_rows=2 * requests)
-    seqs = [lm.prepare(GenerationRequest(hidden, mask, GenerationParams(duration=duration, seed=seed + i), frames))
-            for i in range(requests)]
+    lm, hidden, mask, frames, _ = _lm_and_prompt(model_dir, duration, text_tokens, seed, threads, max_rows=2 * requests)
+    seqs = [
+        lm.prepare(GenerationRequest(hidden, mask, GenerationParams(duration=duration, seed=seed + i), frames))
+        for i in range(requests)
+    ]
     for s in seqs:
         lm.add(s)
     warm = seqs[0].steps // 2
@@ -314,8 +384,16 @@ def step_profile(model_dir: Path, duration: float, requests: int = 1, steps: int
     for op, ms in by_op.items():
         groups["weights" if op in WEIGHT_OPS else ATTENTION_OPS.get(op, "other")] += ms
     weight_bytes = step_weight_bytes(model_dir, graph_file)
-    return {"requests": requests, "rows": rows, "graph": graph_file, "position": warm, "steps": steps,
-            "wall_ms_per_step": wall / steps * 1000.0, "kernel_ms_per_step": sum(by_op.values()),
-            "by_op_ms": dict(by_op.most_common()), **{f"{k}_ms": v for k, v in groups.items()},
-            "weight_bytes": weight_bytes,
-            "weights_gbps": weight_bytes / (groups["weights"] / 1000.0) / 1e9 if groups["weights"] else None}
+    return {
+        "requests": requests,
+        "rows": rows,
+        "graph": graph_file,
+        "position": warm,
+        "steps": steps,
+        "wall_ms_per_step": wall / steps * 1000.0,
+        "kernel_ms_per_step": sum(by_op.values()),
+        "by_op_ms": dict(by_op.most_common()),
+        **{f"{k}_ms": v for k, v in groups.items()},
+        "weight_bytes": weight_bytes,
+        "weights_gbps": weight_bytes / (groups["weights"] / 1000.0) / 1e9 if groups["weights"] else None,
+    }

@@ -47,8 +47,15 @@ class InProcessEngine:
         hidden = self.enc(ids, mask)[0]
         frames = delay.frames_for_duration(duration, self.dims.frame_rate)
         stamps.append(time.perf_counter())
-        codes = self.lm.generate(GenerationRequest(hidden, mask[0], GenerationParams(duration=duration, seed=seed),
-                                                   frames, on_step=lambda _gen: stamps.append(time.perf_counter())))
+        codes = self.lm.generate(
+            GenerationRequest(
+                hidden,
+                mask[0],
+                GenerationParams(duration=duration, seed=seed),
+                frames,
+                on_step=lambda _gen: stamps.append(time.perf_counter()),
+            )
+        )
         self.step_ms = list(np.diff(stamps) * 1000.0)
         return self.codec(codes[None])[0], codes
 
@@ -76,8 +83,15 @@ def measure(repo: Path, duration: float, pairs: int, prompt: str = "lofi hip hop
             if not np.array_equal(result.codes, codes):
                 raise RuntimeError("the server's codes differ from the in-process engine's")
     a, b = statistics.median(local), statistics.median(served)
-    return {"duration": duration, "pairs": pairs, "in_process_s": local, "triton_s": served,
-            "in_process_median_s": a, "triton_median_s": b, "overhead_pct": 100.0 * (b - a) / a}
+    return {
+        "duration": duration,
+        "pairs": pairs,
+        "in_process_s": local,
+        "triton_s": served,
+        "in_process_median_s": a,
+        "triton_median_s": b,
+        "overhead_pct": 100.0 * (b - a) / a,
+    }
 
 
 def main(argv=None) -> int:

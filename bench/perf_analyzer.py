@@ -44,9 +44,25 @@ def ensure_perf_analyzer(cache_dir: Path | None = None, timeout: float = 300.0) 
         cache.mkdir(parents=True, exist_ok=True)
         wheels = sorted(cache.glob("tritonclient-2.51.0-*.whl"))
         if not wheels:
-            proc = subprocess.run([sys.executable, "-m", "pip", "download", WHEEL, "--no-deps", "-q",
-                                   "--only-binary=:all:", "--platform", "manylinux1_x86_64", "-d", str(cache)],
-                                  capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    WHEEL,
+                    "--no-deps",
+                    "-q",
+                    "--only-binary=:all:",
+                    "--platform",
+                    "manylinux1_x86_64",
+                    "-d",
+                    str(cache),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
             wheels = sorted(cache.glob("tritonclient-2.51.0-*.whl"))
             if proc.returncode != 0 or not wheels:
                 raise PerfAnalyzerUnavailable(f"pip download {WHEEL} failed: {proc.stderr.strip()[-500:]}")
@@ -75,38 +91,92 @@ def ensure_perf_analyzer(cache_dir: Path | None = None, timeout: float = 300.0) 
 
 def input_data(path: Path, prompt: str, duration: float, seed: int = 1) -> Path:
     """perf_analyzer --input-data JSON for `musicgen`: every input given, so no random values are sent."""
-    data = {"data": [{"prompt": {"content": [prompt], "shape": [1]}, "duration": [duration], "top_k": [250],
-                      "top_p": [0.0], "temperature": [1.0], "guidance_scale": [3.0], "seed": [seed]}]}
+    data = {
+        "data": [
+            {
+                "prompt": {"content": [prompt], "shape": [1]},
+                "duration": [duration],
+                "top_k": [250],
+                "top_p": [0.0],
+                "temperature": [1.0],
+                "guidance_scale": [3.0],
+                "seed": [seed],
+            }
+        ]
+    }
     path.write_text(json.dumps(data))
     return path
 
 
-def run(endpoint: str, model: str, out_dir: Path, *, protocol: str = "grpc", concurrency: str = "1",
-        data: Path | None = None, request_count: int = 10, max_trials: int = 5, timeout: float = 300.0,
-        cache_dir: Path | None = None, stability: int = 25, relaxed_stability: int | None = 50) -> dict:
+def run(
+    endpoint: str,
+    model: str,
+    out_dir: Path,
+    *,
+    protocol: str = "grpc",
+    concurrency: str = "1",
+    data: Path | None = None,
+    request_count: int = 10,
+    max_trials: int = 5,
+    timeout: float = 300.0,
+    cache_dir: Path | None = None,
+    stability: int = 25,
+    relaxed_stability: int | None = 50,
+) -> dict:
     """Run perf_analyzer (count_windows, stability 25 %, as a 2-core host needs); parse its CSV.
 
     When no concurrency level reaches a stable measurement (a busy host), it is run once more with
     `relaxed_stability` % and twice the trials; the result records which percentage produced it.
     """
-    res = _run_once(endpoint, model, out_dir, protocol, concurrency, data, request_count, max_trials, timeout,
-                    cache_dir, stability)
+    res = _run_once(
+        endpoint, model, out_dir, protocol, concurrency, data, request_count, max_trials, timeout, cache_dir, stability
+    )
     if not res["rows"] and res.get("unstable_all") and relaxed_stability:
-        res = _run_once(endpoint, model, out_dir, protocol, concurrency, data, request_count, 2 * max_trials,
-                        timeout, cache_dir, relaxed_stability)
+        res = _run_once(
+            endpoint,
+            model,
+            out_dir,
+            protocol,
+            concurrency,
+            data,
+            request_count,
+            2 * max_trials,
+            timeout,
+            cache_dir,
+            relaxed_stability,
+        )
     return res
 
 
-def _run_once(endpoint, model, out_dir, protocol, concurrency, data, request_count, max_trials, timeout,
-              cache_dir, stability) -> dict:
+def _run_once(
+    endpoint, model, out_dir, protocol, concurrency, data, request_count, max_trials, timeout, cache_dir, stability
+) -> dict:
     binary, env = ensure_perf_analyzer(cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / f"perf_analyzer_{model}.csv"
     if csv_path.exists():
         csv_path.unlink()
-    cmd = [str(binary), "-m", model, "-u", endpoint, "-i", protocol, "--concurrency-range", concurrency,
-           "--measurement-mode", "count_windows", "--measurement-request-count", str(request_count),
-           "--stability-percentage", str(stability), "--max-trials", str(max_trials), "-f", str(csv_path)]
+    cmd = [
+        str(binary),
+        "-m",
+        model,
+        "-u",
+        endpoint,
+        "-i",
+        protocol,
+        "--concurrency-range",
+        concurrency,
+        "--measurement-mode",
+        "count_windows",
+        "--measurement-request-count",
+        str(request_count),
+        "--stability-percentage",
+        str(stability),
+        "--max-trials",
+        str(max_trials),
+        "-f",
+        str(csv_path),
+    ]
     if data is not None:
         cmd += ["--input-data", str(data)]
     try:
@@ -118,15 +188,27 @@ def _run_once(endpoint, model, out_dir, protocol, concurrency, data, request_cou
     if csv_path.exists():
         with csv_path.open() as f:
             for r in csv.DictReader(f):
-                rows.append({"concurrency": int(r["Concurrency"]), "infer_per_s": float(r["Inferences/Second"]),
-                             "p50_ms": float(r["p50 latency"]) / 1000.0, "p95_ms": float(r["p95 latency"]) / 1000.0,
-                             "p99_ms": float(r["p99 latency"]) / 1000.0,
-                             "server_queue_ms": float(r["Server Queue"]) / 1000.0,
-                             "server_compute_ms": float(r["Server Compute Infer"]) / 1000.0,
-                             "network_server_ms": float(r["Network+Server Send/Recv"]) / 1000.0})
+                rows.append(
+                    {
+                        "concurrency": int(r["Concurrency"]),
+                        "infer_per_s": float(r["Inferences/Second"]),
+                        "p50_ms": float(r["p50 latency"]) / 1000.0,
+                        "p95_ms": float(r["p95 latency"]) / 1000.0,
+                        "p99_ms": float(r["p99 latency"]) / 1000.0,
+                        "server_queue_ms": float(r["Server Queue"]) / 1000.0,
+                        "server_compute_ms": float(r["Server Compute Infer"]) / 1000.0,
+                        "network_server_ms": float(r["Network+Server Send/Recv"]) / 1000.0,
+                    }
+                )
     text = proc.stdout + proc.stderr
     unstable = sorted({line.strip() for line in text.splitlines() if "Failed to obtain stable" in line})
-    return {"model": model, "command": " ".join(cmd), "returncode": proc.returncode, "rows": rows,
-            "stability_percentage": stability, "unstable": unstable,
-            "unstable_all": not rows and bool(unstable),
-            "error": None if rows else text.strip()[-500:]}
+    return {
+        "model": model,
+        "command": " ".join(cmd),
+        "returncode": proc.returncode,
+        "rows": rows,
+        "stability_percentage": stability,
+        "unstable": unstable,
+        "unstable_all": not rows and bool(unstable),
+        "error": None if rows else text.strip()[-500:],
+    }

@@ -13,8 +13,10 @@ def plot_all(results: dict, out: Path) -> list[Path]:
 
     files = []
     m = results["machine"]
-    title = (f"{results['config']['checkpoint']} ({results['config']['precision']}), "
-             f"{m.get('cpu_model') or '?'}, {m['cpus']} CPUs")
+    title = (
+        f"{results['config']['checkpoint']} ({results['config']['precision']}), "
+        f"{m.get('cpu_model') or '?'}, {m['cpus']} CPUs"
+    )
     srv = results.get("server", {})
     ref = {r["duration"]: r for r in results.get("reference", {}).get("runs", [])}
 
@@ -49,8 +51,12 @@ def plot_all(results: dict, out: Path) -> list[Path]:
             clip = levels[0]["clip_s"]
             rr = ref.get(clip) or min(ref.values(), key=lambda r: abs(r["duration"] - clip))
             if rr.get("rtf"):
-                a1.axhline(1.0 / rr["rtf"], color="C1", ls="--",
-                           label=f"transformers, one at a time ({rr['duration']:g} s clips)")
+                a1.axhline(
+                    1.0 / rr["rtf"],
+                    color="C1",
+                    ls="--",
+                    label=f"transformers, one at a time ({rr['duration']:g} s clips)",
+                )
         a1.set_xlabel("concurrent requests")
         a1.set_ylabel("throughput (audio s per wall s)")
         a1.set_xticks(c)

@@ -23,7 +23,7 @@ def _children_map() -> dict[int, list[int]]:
         except OSError:
             continue
         # pid (comm) state ppid ...: comm may hold spaces and parentheses
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
         kids.setdefault(ppid, []).append(int(d.name))
     return kids
 
@@ -126,7 +126,7 @@ def _cpu_s(stat_path: Path) -> float | None:
         stat = stat_path.read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # fields from `state` on: utime, stime are 12th, 13th
+    fields = stat[stat.rindex(")") + 2 :].split()  # fields from `state` on: utime, stime are 12th, 13th
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
@@ -176,5 +176,9 @@ def cpu_delta(before: dict, after: dict, top_threads: int = 3) -> dict[str, dict
         busy = [s for s in per_thread if s >= 0.01]
         used = round(a["cpu_s"] - b["cpu_s"], 3)
         if used > 0 or busy:
-            out[label] = {"cpu_s": used, "threads_busy": len(busy), "top_threads_s": [round(s, 3) for s in busy[:top_threads]]}
+            out[label] = {
+                "cpu_s": used,
+                "threads_busy": len(busy),
+                "top_threads_s": [round(s, 3) for s in busy[:top_threads]],
+            }
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["cpu_s"]))

@@ -21,9 +21,20 @@ from pathlib import Path
 import numpy as np
 
 
-def run(checkpoint: str, durations: list[float], *, prompt: str, seed: int, top_k: int, top_p: float,
-        temperature: float, guidance_scale: float, threads: int | None = None, mkldnn: bool = True,
-        extrapolate_from: float | None = None) -> dict:
+def run(
+    checkpoint: str,
+    durations: list[float],
+    *,
+    prompt: str,
+    seed: int,
+    top_k: int,
+    top_p: float,
+    temperature: float,
+    guidance_scale: float,
+    threads: int | None = None,
+    mkldnn: bool = True,
+    extrapolate_from: float | None = None,
+) -> dict:
     """`extrapolate_from`: generate only a clip of that many seconds and extrapolate each duration's wall
     time from it (its wall + the missing steps x the median of its later half's decoder forwards; the
     longer clip's codec time is left out, so the extrapolated reference is if anything fast)."""
@@ -57,8 +68,9 @@ def run(checkpoint: str, durations: list[float], *, prompt: str, seed: int, top_
         return out
 
     model.decoder.forward = timed_forward
-    sample_kw = dict(do_sample=True, top_k=top_k if top_k > 0 else None, temperature=temperature,
-                     guidance_scale=guidance_scale)
+    sample_kw = dict(
+        do_sample=True, top_k=top_k if top_k > 0 else None, temperature=temperature, guidance_scale=guidance_scale
+    )
     sample_kw["top_p"] = top_p if top_p > 0 else 1.0
 
     def generate(steps: int):
@@ -68,7 +80,7 @@ def run(checkpoint: str, durations: list[float], *, prompt: str, seed: int, top_
 
     generate(8)  # warm-up
     runs = []
-    for d in ([extrapolate_from] if extrapolate_from else durations):
+    for d in [extrapolate_from] if extrapolate_from else durations:
         frames = int(d * frame_rate)
         steps = delay.num_steps(frames, k, channels)
         step_times.clear()
@@ -77,30 +89,56 @@ def run(checkpoint: str, durations: list[float], *, prompt: str, seed: int, top_
         wall = time.perf_counter() - s
         audio_s = audio.shape[-1] / sr
         st = np.array(step_times[1:] or step_times) * 1000.0  # the first call is the BOS/prefill step
-        runs.append({"duration": d, "frames": frames, "steps": steps, "wall_s": wall, "audio_s": audio_s,
-                     "rtf": wall / audio_s if audio_s else None, "steps_per_s": steps / wall,
-                     "step_ms_median": float(np.median(st)) if st.size else None,
-                     "step_ms_p90": float(np.percentile(st, 90)) if st.size else None,
-                     "step_ms_last10pct": float(np.median(st[-max(1, st.size // 10):])) if st.size else None,
-                     "step_ms_last_half": float(np.median(st[st.size // 2:])) if st.size else None,
-                     "decoder_calls": len(step_times)})
+        runs.append(
+            {
+                "duration": d,
+                "frames": frames,
+                "steps": steps,
+                "wall_s": wall,
+                "audio_s": audio_s,
+                "rtf": wall / audio_s if audio_s else None,
+                "steps_per_s": steps / wall,
+                "step_ms_median": float(np.median(st)) if st.size else None,
+                "step_ms_p90": float(np.percentile(st, 90)) if st.size else None,
+                "step_ms_last10pct": float(np.median(st[-max(1, st.size // 10) :])) if st.size else None,
+                "step_ms_last_half": float(np.median(st[st.size // 2 :])) if st.size else None,
+                "decoder_calls": len(step_times),
+            }
+        )
     if extrapolate_from:
         runs = [_extrapolate(runs[0], d, delay.num_steps(int(d * frame_rate), k, channels)) for d in durations]
-    return {"implementation": f"transformers {__import__('transformers').__version__} "
-                              f"MusicgenForConditionalGeneration.generate (torch {torch.__version__}, eager, fp32)",
-            "checkpoint": checkpoint, "checkpoint_path": str(resolved.path), "random_weights": resolved.random_weights,
-            "torch_threads": torch.get_num_threads(), "mkldnn": mkldnn, "torch_build": torch_build(),
-            "environment": library_environment(), "load_s": load_s, "sample_rate": sr,
-            "params": {"prompt": prompt, "seed": seed, **sample_kw}, "runs": runs,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    return {
+        "implementation": f"transformers {__import__('transformers').__version__} "
+        f"MusicgenForConditionalGeneration.generate (torch {torch.__version__}, eager, fp32)",
+        "checkpoint": checkpoint,
+        "checkpoint_path": str(resolved.path),
+        "random_weights": resolved.random_weights,
+        "torch_threads": torch.get_num_threads(),
+        "mkldnn": mkldnn,
+        "torch_build": torch_build(),
+        "environment": library_environment(),
+        "load_s": load_s,
+        "sample_rate": sr,
+        "params": {"prompt": prompt, "seed": seed, **sample_kw},
+        "runs": runs,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
 
 
 def _extrapolate(measured: dict, duration: float, steps: int) -> dict:
     late_ms = measured["step_ms_last_half"]
     wall = measured["wall_s"] + (steps - measured["steps"]) * late_ms / 1000.0
-    return {"duration": duration, "steps": steps, "wall_s": wall, "audio_s": duration, "rtf": wall / duration,
-            "steps_per_s": steps / wall, "step_ms_median": measured["step_ms_median"],
-            "step_ms_p90": measured["step_ms_p90"], "extrapolated_from": measured}
+    return {
+        "duration": duration,
+        "steps": steps,
+        "wall_s": wall,
+        "audio_s": duration,
+        "rtf": wall / duration,
+        "steps_per_s": steps / wall,
+        "step_ms_median": measured["step_ms_median"],
+        "step_ms_p90": measured["step_ms_p90"],
+        "extrapolated_from": measured,
+    }
 
 
 def main(argv=None) -> int:
@@ -118,9 +156,19 @@ def main(argv=None) -> int:
     p.add_argument("--extrapolate-from", type=float, help="generate this many seconds only; extrapolate the durations")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    res = run(a.checkpoint, a.durations, prompt=a.prompt, seed=a.seed, top_k=a.top_k, top_p=a.top_p,
-              temperature=a.temperature, guidance_scale=a.guidance_scale, threads=a.threads,
-              mkldnn=not a.no_mkldnn, extrapolate_from=a.extrapolate_from)
+    res = run(
+        a.checkpoint,
+        a.durations,
+        prompt=a.prompt,
+        seed=a.seed,
+        top_k=a.top_k,
+        top_p=a.top_p,
+        temperature=a.temperature,
+        guidance_scale=a.guidance_scale,
+        threads=a.threads,
+        mkldnn=not a.no_mkldnn,
+        extrapolate_from=a.extrapolate_from,
+    )
     Path(a.out).write_text(json.dumps(res, indent=2))
     return 0
 

@@ -55,8 +55,9 @@ def _worker(checkpoint: str, past: int, threads: int | None, mkldnn: bool, profi
     torch.manual_seed(0)
     enc = torch.randn(2, 12, cfg.hidden_size) * 0.1
     with torch.inference_mode():
-        cache = dec(input_ids=torch.randint(0, cfg.vocab_size, (2 * k, past)), encoder_hidden_states=enc,
-                    use_cache=True).past_key_values
+        cache = dec(
+            input_ids=torch.randint(0, cfg.vocab_size, (2 * k, past)), encoder_hidden_states=enc, use_cache=True
+        ).past_key_values
         ids = torch.randint(0, cfg.vocab_size, (2 * k, 1))
 
         def step():
@@ -77,8 +78,9 @@ def _worker(checkpoint: str, past: int, threads: int | None, mkldnn: bool, profi
                     step()
             rewind()
             rows = sorted(p.key_averages(), key=lambda e: -e.self_cpu_time_total)[:8]
-            print(json.dumps({"profile_ms_per_step": {e.key: e.self_cpu_time_total / 5000.0 for e in rows}}),
-                  flush=True)
+            print(
+                json.dumps({"profile_ms_per_step": {e.key: e.self_cpu_time_total / 5000.0 for e in rows}}), flush=True
+            )
             return
         print(json.dumps({"ready": True, "threads": torch.get_num_threads()}), flush=True)
         for line in sys.stdin:
@@ -94,19 +96,39 @@ def _worker(checkpoint: str, past: int, threads: int | None, mkldnn: bool, profi
 
 def _spawn(name: str, checkpoint: str, past: int, profile: bool = False) -> subprocess.Popen:
     env_add, threads, mkldnn = SETTINGS[name]
-    cmd = [sys.executable, "-m", "bench.reference_tuning", "--worker", "--checkpoint", checkpoint, "--past", str(past),
-           "--mkldnn", str(int(mkldnn))] + (["--threads", str(threads)] if threads else []) + (
-        ["--profile"] if profile else [])
-    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env_add}, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    cmd = (
+        [
+            sys.executable,
+            "-m",
+            "bench.reference_tuning",
+            "--worker",
+            "--checkpoint",
+            checkpoint,
+            "--past",
+            str(past),
+            "--mkldnn",
+            str(int(mkldnn)),
+        ]
+        + (["--threads", str(threads)] if threads else [])
+        + (["--profile"] if profile else [])
+    )
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env={**os.environ, **env_add}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
 
 
-def search(checkpoint: str, settings: list[str], rounds: int = 8, steps: int = 20, past: int = 250,
-           profile: bool = True) -> dict:
+def search(
+    checkpoint: str, settings: list[str], rounds: int = 8, steps: int = 20, past: int = 250, profile: bool = True
+) -> dict:
     """Median decoder-step ms per setting over `rounds` alternations of `steps` steps, each setting's
     ratio to the default's, and the spread (p10-p90 of the per-round medians)."""
-    res: dict = {"checkpoint": checkpoint, "past": past, "rounds": rounds, "steps_per_round": steps,
-                 "cpu_count": os.cpu_count()}
+    res: dict = {
+        "checkpoint": checkpoint,
+        "past": past,
+        "rounds": rounds,
+        "steps_per_round": steps,
+        "cpu_count": os.cpu_count(),
+    }
     if profile:
         p = _spawn("default", checkpoint, past, profile=True)
         res["profile_default"] = json.loads(p.communicate()[0].strip().splitlines()[-1])["profile_ms_per_step"]
@@ -135,11 +157,14 @@ def search(checkpoint: str, settings: list[str], rounds: int = 8, steps: int = 2
     for name in settings:
         med = sorted(rounds_ms[name])
         res["settings"][name] = {
-            "env": SETTINGS[name][0], "torch_threads": SETTINGS[name][1], "mkldnn": SETTINGS[name][2],
+            "env": SETTINGS[name][0],
+            "torch_threads": SETTINGS[name][1],
+            "mkldnn": SETTINGS[name][2],
             "step_ms_median": statistics.median(all_ms[name]),
             "round_medians_ms": rounds_ms[name],
             "round_median_p10_p90_ms": [med[len(med) // 10], med[min(len(med) - 1, (9 * len(med)) // 10)]],
-            "vs_first": statistics.median(all_ms[name]) / base}
+            "vs_first": statistics.median(all_ms[name]) / base,
+        }
     return res
 
 

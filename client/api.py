@@ -153,11 +153,25 @@ class GenerationResult:
         """Real-time factor: wall seconds per second of audio (lower is faster; < 1 is faster than real time)."""
         return self.elapsed / self.duration if self.duration else math.inf
 
-    def save(self, path: str | Path, *, format: str | None = None, normalize: str | None = None,
-             subtype: str | None = None, **normalize_kw) -> Path:
+    def save(
+        self,
+        path: str | Path,
+        *,
+        format: str | None = None,
+        normalize: str | None = None,
+        subtype: str | None = None,
+        **normalize_kw,
+    ) -> Path:
         """Write the audio (WAV/FLAC/OGG/MP3 by extension); see :mod:`musicgen_runtime.audio_io`."""
-        return audio_io.write_audio(path, self.audio, self.sample_rate, format=format, subtype=subtype,
-                                    normalize_strategy=normalize, **normalize_kw)
+        return audio_io.write_audio(
+            path,
+            self.audio,
+            self.sample_rate,
+            format=format,
+            subtype=subtype,
+            normalize_strategy=normalize,
+            **normalize_kw,
+        )
 
     def to_bytes(self, format: str = "wav", normalize: str | None = None) -> bytes:
         return audio_io.encode_audio(self.audio, self.sample_rate, format, normalize_strategy=normalize)
@@ -206,16 +220,32 @@ class HealthReport:
 
     @property
     def ok(self) -> bool:
-        return (self.live and self.ready and self.manifest is not None and self.error is None
-                and self.generation_ok is not False)
+        return (
+            self.live
+            and self.ready
+            and self.manifest is not None
+            and self.error is None
+            and self.generation_ok is not False
+        )
 
     def as_dict(self) -> dict:
         m = self.manifest or {}
-        return {"ok": self.ok, "url": self.url, "protocol": self.protocol, "live": self.live, "ready": self.ready,
-                "models": self.models, "checkpoint": m.get("source"), "precision": m.get("precision"),
-                "random_weights": self.random_weights, "info_seconds": self.info_seconds,
-                "generation_ok": self.generation_ok, "generation_seconds": self.generation_seconds,
-                "error": self.error, "error_kind": self.error_kind}
+        return {
+            "ok": self.ok,
+            "url": self.url,
+            "protocol": self.protocol,
+            "live": self.live,
+            "ready": self.ready,
+            "models": self.models,
+            "checkpoint": m.get("source"),
+            "precision": m.get("precision"),
+            "random_weights": self.random_weights,
+            "info_seconds": self.info_seconds,
+            "generation_ok": self.generation_ok,
+            "generation_seconds": self.generation_seconds,
+            "error": self.error,
+            "error_kind": self.error_kind,
+        }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,10 +261,21 @@ class MusicGenClient:
     Safe to share between threads: each thread gets its own underlying tritonclient connection.
     """
 
-    def __init__(self, url: str | None = None, protocol: str | None = None, *, timeout: float = 600.0,
-                 connect_timeout: float = 10.0, model: str = MODEL, stream_model: str = STREAM_MODEL,
-                 info_model: str = INFO_MODEL, max_duration: float | None = None, token: str | None = None,
-                 ca_bundle: str | Path | None = None, tls: bool | None = None):
+    def __init__(
+        self,
+        url: str | None = None,
+        protocol: str | None = None,
+        *,
+        timeout: float = 600.0,
+        connect_timeout: float = 10.0,
+        model: str = MODEL,
+        stream_model: str = STREAM_MODEL,
+        info_model: str = INFO_MODEL,
+        max_duration: float | None = None,
+        token: str | None = None,
+        ca_bundle: str | Path | None = None,
+        tls: bool | None = None,
+    ):
         self.endpoint, self.protocol, url_tls = parse_server_url(url, protocol)
         # TLS from the URL scheme (https://, grpcs://) or asked for; a CA bundle implies it
         self.tls = bool(url_tls or tls or ca_bundle)
@@ -284,8 +325,9 @@ class MusicGenClient:
                 tls_kw = {}
                 if self.tls:  # verified TLS (geventhttpclient's default context): our CA bundle if given
                     tls_kw = {"ssl": True, "ssl_options": {"ca_certs": self.ca_bundle} if self.ca_bundle else None}
-                conn = mod.InferenceServerClient(self.endpoint, connection_timeout=self.connect_timeout,
-                                                 network_timeout=self.timeout, **tls_kw)
+                conn = mod.InferenceServerClient(
+                    self.endpoint, connection_timeout=self.connect_timeout, network_timeout=self.timeout, **tls_kw
+                )
         except Exception as exc:
             raise classify(exc, url=self.url) from None
         if self._auth is not None:
@@ -347,14 +389,16 @@ class MusicGenClient:
             self._max_duration = value
         return self._max_duration
 
-    def validate(self, prompt, duration, top_k=None, top_p=None, temperature=None, guidance_scale=None,
-                 seed=None) -> tuple[str, GenerationParams]:
+    def validate(
+        self, prompt, duration, top_k=None, top_p=None, temperature=None, guidance_scale=None, seed=None
+    ) -> tuple[str, GenerationParams]:
         """The cleaned prompt and parameters, or InvalidParameter naming the bad one. A prompt with CJK
         characters gives a :class:`musicgen_runtime.prompt_language.PromptLanguageWarning`."""
         try:
             text = validate_prompt(prompt)
-            params = validate_params(duration, top_k, top_p, temperature, guidance_scale, seed,
-                                     max_duration=self.max_duration)
+            params = validate_params(
+                duration, top_k, top_p, temperature, guidance_scale, seed, max_duration=self.max_duration
+            )
         except ValidationError as exc:
             raise InvalidParameter(f"invalid parameter: {exc}") from None
         warning = prompt_language.warning_for(text)
@@ -411,12 +455,14 @@ class MusicGenClient:
                 t.set_data_from_numpy(arr)
             return t
 
-        inputs = [tensor("prompt", prompt.encode("utf-8"), object, "BYTES"),
-                  tensor("duration", params.duration, np.float32, "FP32"),
-                  tensor("top_k", params.top_k, np.int32, "INT32"),
-                  tensor("top_p", params.top_p, np.float32, "FP32"),
-                  tensor("temperature", params.temperature, np.float32, "FP32"),
-                  tensor("guidance_scale", params.guidance_scale, np.float32, "FP32")]
+        inputs = [
+            tensor("prompt", prompt.encode("utf-8"), object, "BYTES"),
+            tensor("duration", params.duration, np.float32, "FP32"),
+            tensor("top_k", params.top_k, np.int32, "INT32"),
+            tensor("top_p", params.top_p, np.float32, "FP32"),
+            tensor("temperature", params.temperature, np.float32, "FP32"),
+            tensor("guidance_scale", params.guidance_scale, np.float32, "FP32"),
+        ]
         if params.seed is not None:
             inputs.append(tensor("seed", params.seed, np.int64, "INT64"))
         for name, audio in (("melody", melody), ("audio_prompt", audio_prompt)):
@@ -445,16 +491,33 @@ class MusicGenClient:
         if audio.ndim == 1:
             audio = audio[None]
         prompt_frames = get(PROMPT_FRAMES)
-        return GenerationResult(audio=audio, sample_rate=int(np.asarray(rate).reshape(-1)[0]),
-                                codes=np.asarray(codes, dtype=np.int64),
-                                seed_used=int(np.asarray(seed).reshape(-1)[0]), prompt=prompt, params=params,
-                                elapsed=elapsed, time_to_first_chunk=ttfc,
-                                prompt_frames=0 if prompt_frames is None else int(np.asarray(prompt_frames).reshape(-1)[0]))
+        return GenerationResult(
+            audio=audio,
+            sample_rate=int(np.asarray(rate).reshape(-1)[0]),
+            codes=np.asarray(codes, dtype=np.int64),
+            seed_used=int(np.asarray(seed).reshape(-1)[0]),
+            prompt=prompt,
+            params=params,
+            elapsed=elapsed,
+            time_to_first_chunk=ttfc,
+            prompt_frames=0 if prompt_frames is None else int(np.asarray(prompt_frames).reshape(-1)[0]),
+        )
 
-    def generate(self, prompt: str, duration: float, *, top_k: int | None = None, top_p: float | None = None,
-                 temperature: float | None = None, guidance_scale: float | None = None, seed: int | None = None,
-                 stream: bool = False, on_event: Callable[[StreamEvent], None] | None = None,
-                 melody=None, audio_prompt=None) -> GenerationResult:
+    def generate(
+        self,
+        prompt: str,
+        duration: float,
+        *,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        stream: bool = False,
+        on_event: Callable[[StreamEvent], None] | None = None,
+        melody=None,
+        audio_prompt=None,
+    ) -> GenerationResult:
         """Generate one clip. None means the server default (top_k 250, top_p 0, temperature 1,
         guidance 3, random seed). With `stream` (gRPC only) the clip comes through `musicgen_stream`
         and `on_event` sees every progress/audio event as it arrives. `melody` (melody checkpoints
@@ -463,9 +526,17 @@ class MusicGenClient:
         (`prompt_frames`)."""
         if stream:
             result = None
-            for event in self.stream(prompt, duration, top_k=top_k, top_p=top_p, temperature=temperature,
-                                     guidance_scale=guidance_scale, seed=seed, melody=melody,
-                                     audio_prompt=audio_prompt):
+            for event in self.stream(
+                prompt,
+                duration,
+                top_k=top_k,
+                top_p=top_p,
+                temperature=temperature,
+                guidance_scale=guidance_scale,
+                seed=seed,
+                melody=melody,
+                audio_prompt=audio_prompt,
+            ):
                 if on_event is not None:
                     on_event(event)
                 if event.kind == "final":
@@ -478,22 +549,40 @@ class MusicGenClient:
         conn = self._conn()
         kw = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         t0 = time.perf_counter()
-        resp = self._call(conn.infer, self.model, self._inputs(text, params, mel, cont),
-                          outputs=self._outputs((*OUTPUTS, PROMPT_FRAMES)),
-                          model=self.model, timeout=self.timeout, **kw)
+        resp = self._call(
+            conn.infer,
+            self.model,
+            self._inputs(text, params, mel, cont),
+            outputs=self._outputs((*OUTPUTS, PROMPT_FRAMES)),
+            model=self.model,
+            timeout=self.timeout,
+            **kw,
+        )
         elapsed = time.perf_counter() - t0
         return self._result(resp.as_numpy, text, params, elapsed)
 
-    def stream(self, prompt: str, duration: float, *, top_k: int | None = None, top_p: float | None = None,
-               temperature: float | None = None, guidance_scale: float | None = None,
-               seed: int | None = None, melody=None, audio_prompt=None) -> Iterator[StreamEvent]:
+    def stream(
+        self,
+        prompt: str,
+        duration: float,
+        *,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        melody=None,
+        audio_prompt=None,
+    ) -> Iterator[StreamEvent]:
         """Yield progress and audio-chunk events, then one "final" event with the result (gRPC only).
 
         Leaving the loop early cancels the request on the server.
         """
         if self.protocol != "grpc":
-            raise InvalidParameter("streaming needs gRPC (Triton's HTTP endpoint refuses decoupled models): "
-                                   "use a grpc:// URL, or generate without streaming")
+            raise InvalidParameter(
+                "streaming needs gRPC (Triton's HTTP endpoint refuses decoupled models): "
+                "use a grpc:// URL, or generate without streaming"
+            )
         text, params = self.validate(prompt, duration, top_k, top_p, temperature, guidance_scale, seed)
         mel = self.prepare_melody(melody)
         cont = self.prepare_audio_prompt(audio_prompt)
@@ -506,14 +595,24 @@ class MusicGenClient:
         try:
             # triton_grpc_error: an error ends the stream with its gRPC status (INVALID_ARGUMENT, ...)
             # instead of a bare message, so it is classified like a unary call's
-            self._call(conn.start_stream, lambda result, error: q.put((result, error)),
-                       stream_timeout=self.timeout, headers={"triton_grpc_error": "true"}, model=self.stream_model)
-            outputs = [mod.InferRequestedOutput(n) for n in
-                       ("event", "frames_done", "frames_total", "audio_chunk", "chunk_start", *OUTPUTS,
-                        PROMPT_FRAMES)]
+            self._call(
+                conn.start_stream,
+                lambda result, error: q.put((result, error)),
+                stream_timeout=self.timeout,
+                headers={"triton_grpc_error": "true"},
+                model=self.stream_model,
+            )
+            outputs = [
+                mod.InferRequestedOutput(n)
+                for n in ("event", "frames_done", "frames_total", "audio_chunk", "chunk_start", *OUTPUTS, PROMPT_FRAMES)
+            ]
             try:
-                conn.async_stream_infer(self.stream_model, self._inputs(text, params, mel, cont), outputs=outputs,
-                                        enable_empty_final_response=True)
+                conn.async_stream_infer(
+                    self.stream_model,
+                    self._inputs(text, params, mel, cont),
+                    outputs=outputs,
+                    enable_empty_final_response=True,
+                )
             except Exception as exc:  # the real cause (e.g. connection refused) went to the callback
                 try:
                     _, cause = q.get(timeout=1.0)
@@ -543,9 +642,14 @@ class MusicGenClient:
                 if kind == "audio_chunk":
                     if first_chunk is None:
                         first_chunk = elapsed
-                    yield StreamEvent(kind, done, total, elapsed, audio=np.asarray(result.as_numpy("audio_chunk"),
-                                                                                   dtype=np.float32),
-                                      chunk_start=int(result.as_numpy("chunk_start").reshape(-1)[0]))
+                    yield StreamEvent(
+                        kind,
+                        done,
+                        total,
+                        elapsed,
+                        audio=np.asarray(result.as_numpy("audio_chunk"), dtype=np.float32),
+                        chunk_start=int(result.as_numpy("chunk_start").reshape(-1)[0]),
+                    )
                 elif kind == "final":
                     res = self._result(result.as_numpy, text, params, elapsed, first_chunk)
                     finished = True
@@ -572,8 +676,15 @@ class MusicGenClient:
             raw = raw.get("models", [])
         else:
             raw = self._call(conn.get_model_repository_index)
-        return [{"name": m.get("name", ""), "version": str(m.get("version", "")), "state": m.get("state", ""),
-                 "reason": m.get("reason", "")} for m in raw]
+        return [
+            {
+                "name": m.get("name", ""),
+                "version": str(m.get("version", "")),
+                "state": m.get("state", ""),
+                "reason": m.get("reason", ""),
+            }
+            for m in raw
+        ]
 
     def model_config(self, name: str) -> dict:
         conn = self._conn()
@@ -591,8 +702,15 @@ class MusicGenClient:
             q.set_data_from_numpy(np.array([b"manifest"], dtype=object), binary_data=True)
         else:
             q.set_data_from_numpy(np.array([b"manifest"], dtype=object))
-        resp = self._call(conn.infer, self.info_model, [q], outputs=self._outputs(["manifest"]),
-                          model=self.info_model, timeout=self.connect_timeout, **self._small_kw())
+        resp = self._call(
+            conn.infer,
+            self.info_model,
+            [q],
+            outputs=self._outputs(["manifest"]),
+            model=self.info_model,
+            timeout=self.connect_timeout,
+            **self._small_kw(),
+        )
         raw = resp.as_numpy("manifest")
         if raw is None:
             raise GenerationError(f"{self.info_model} returned no manifest")
@@ -623,8 +741,10 @@ class MusicGenClient:
             rep.info_seconds = round(time.perf_counter() - t0, 4)
             missing = [m for m in (self.model,) if rep.models.get(m) != "READY"]
             if missing:
-                raise ModelNotReady(f"model '{missing[0]}' is {rep.models.get(missing[0], 'missing').lower()} "
-                                    f"on the server at {self.url}")
+                raise ModelNotReady(
+                    f"model '{missing[0]}' is {rep.models.get(missing[0], 'missing').lower()} "
+                    f"on the server at {self.url}"
+                )
             if generate:
                 rep.generation_ok = False
                 t0 = time.perf_counter()
@@ -645,8 +765,11 @@ class MusicGenClient:
             if rep.ok:
                 return rep
             if time.monotonic() >= end:
-                cls = {"ServerUnavailable": ServerUnavailable, "InvalidParameter": InvalidParameter,
-                       "RequestTimeout": RequestTimeout, "GenerationError": GenerationError}.get(
-                    rep.error_kind or "", ModelNotReady)
+                cls = {
+                    "ServerUnavailable": ServerUnavailable,
+                    "InvalidParameter": InvalidParameter,
+                    "RequestTimeout": RequestTimeout,
+                    "GenerationError": GenerationError,
+                }.get(rep.error_kind or "", ModelNotReady)
                 raise cls(rep.error or f"the server at {self.url} is not ready after {timeout:g} s")
             time.sleep(interval)

@@ -15,10 +15,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="export a checkpoint into the model repository")
-    b.add_argument("--checkpoint", default="facebook/musicgen-small",
-                   help="HF checkpoint directory, hub id, or preset (tiny-random, small-random)")
-    b.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
-                   help="LM precision: fp32 (reference, CPU), fp16 (GPU), int8 (fast CPU)")
+    b.add_argument(
+        "--checkpoint",
+        default="facebook/musicgen-small",
+        help="HF checkpoint directory, hub id, or preset (tiny-random, small-random)",
+    )
+    b.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "fp16", "int8"],
+        help="LM precision: fp32 (reference, CPU), fp16 (GPU), int8 (fast CPU)",
+    )
     b.add_argument("--repository", type=Path, default=DEFAULT_REPO)
     b.add_argument("--fallback", default=None, help="preset to use (loudly) when the checkpoint cannot be fetched")
     b.add_argument("--skip-if-current", action="store_true", help="do nothing if this export is already staged")

@@ -40,14 +40,18 @@ def resolve(source: str, cache_dir: Path | None = None, hub_timeout: float = 20.
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise CheckpointError(f"{source}: not a directory. Pass a HuggingFace MusicGen checkpoint "
-                                  "directory (config.json + weights), a hub id, or a preset "
-                                  f"({', '.join(sorted(presets.PRESETS))}).")
+            raise CheckpointError(
+                f"{source}: not a directory. Pass a HuggingFace MusicGen checkpoint "
+                "directory (config.json + weights), a hub id, or a preset "
+                f"({', '.join(sorted(presets.PRESETS))})."
+            )
         _check_dir(path)
         return Resolved(source, "directory", path.resolve(), (path / presets.RANDOM_MARKER).exists())
     if source.count("/") != 1 or source.startswith((".", "/")):
-        raise CheckpointError(f"{source}: no such directory, and not a hub id of the form 'owner/name'. "
-                              f"Presets: {', '.join(sorted(presets.PRESETS))}.")
+        raise CheckpointError(
+            f"{source}: no such directory, and not a hub id of the form 'owner/name'. "
+            f"Presets: {', '.join(sorted(presets.PRESETS))}."
+        )
     return Resolved(source, "hub", _download(source, cache_dir, hub_timeout), False)
 
 
@@ -57,14 +61,20 @@ def _download(repo_id: str, cache_dir: Path, timeout: float) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        path = Path(snapshot_download(repo_id, cache_dir=str(cache_dir / "hub"),
-                                      allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        path = Path(
+            snapshot_download(
+                repo_id,
+                cache_dir=str(cache_dir / "hub"),
+                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"],
+            )
+        )
     except Exception as exc:  # offline, unknown id, auth: all end the same way for the user
         raise CheckpointError(
             f"could not fetch {repo_id!r} from the model hub ({type(exc).__name__}: {str(exc)[:300]}). "
             "If this machine is offline, download the checkpoint elsewhere and pass its local directory "
             "(--checkpoint /path/to/musicgen-small), or use a built-in preset "
-            f"({', '.join(sorted(presets.PRESETS))}) whose weights are random.") from None
+            f"({', '.join(sorted(presets.PRESETS))}) whose weights are random."
+        ) from None
     _check_dir(path)
     return path
 
@@ -78,8 +88,10 @@ def _check_dir(path: Path) -> None:
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg}: unreadable config ({exc})") from None
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise CheckpointError(f"{path}: model_type {model_type!r} is not a MusicGen checkpoint "
-                              f"(expected one of {sorted(SUPPORTED_MODEL_TYPES)})")
+        raise CheckpointError(
+            f"{path}: model_type {model_type!r} is not a MusicGen checkpoint "
+            f"(expected one of {sorted(SUPPORTED_MODEL_TYPES)})"
+        )
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise CheckpointError(f"{path}: no weights (*.safetensors or *.bin)")
 

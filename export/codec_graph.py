@@ -9,6 +9,7 @@ longer than its padding: the runtime decodes at least MIN_FRAMES frames, and the
 short-input branch out anyway); a transposed convolution whose trim is symmetric trims inside the
 ConvTranspose (its `pads`). The export parity test compares the result with HF's `decode`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,8 +23,16 @@ from musicgen_runtime.codec import MIN_FRAMES
 def plain_conv(conv: nn.Module) -> nn.Module:
     """A plain copy of Conv1d / ConvTranspose1d `conv` holding its current weight (weight norm folded)."""
     kind = nn.ConvTranspose1d if isinstance(conv, nn.ConvTranspose1d) else nn.Conv1d
-    out = kind(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding=conv.padding,
-               dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None)
+    out = kind(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+    )
     with torch.no_grad():
         out.weight.copy_(conv.weight)
         if conv.bias is not None:

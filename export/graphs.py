@@ -64,8 +64,9 @@ def packed_projection(h, *linears: nn.Linear):
     weight = torch.cat([lin.weight for lin in linears])
     bias = None
     if any(lin.bias is not None for lin in linears):
-        bias = torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
-                          for lin in linears])
+        bias = torch.cat(
+            [lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features) for lin in linears]
+        )
     return nn.functional.linear(h, weight, bias)
 
 
@@ -89,7 +90,7 @@ class InPlaceAttention(torch.autograd.Function):
         present_k = past_k.clone().scatter(2, idx, k.view(b, s, heads, d).transpose(1, 2))
         present_v = past_v.clone().scatter(2, idx, v.view(b, s, heads, d).transpose(1, 2))
         allowed = torch.arange(cap)[None, None, None, :] <= start[:, None, :, None]
-        w = torch.matmul(q.view(b, s, heads, d).transpose(1, 2), present_k.transpose(2, 3)) * d ** -0.5
+        w = torch.matmul(q.view(b, s, heads, d).transpose(1, 2), present_k.transpose(2, 3)) * d**-0.5
         w = torch.softmax(w.masked_fill(~allowed, torch.finfo(w.dtype).min), dim=-1)
         out = torch.matmul(w, present_v).transpose(1, 2).reshape(b, s, hidden)
         return out, present_k, present_v
@@ -97,15 +98,27 @@ class InPlaceAttention(torch.autograd.Function):
     @staticmethod
     def symbolic(g, qkv, past_k, past_v, seqlens_k, total_len, heads: int, head_dim: int):
         packed = symbolic_helper._optional_input_placeholder_tensor(g)  # key, value: inside qkv
-        return g.op("com.microsoft::GroupQueryAttention", qkv, packed, packed, past_k, past_v, seqlens_k, total_len,
-                    num_heads_i=heads, kv_num_heads_i=heads, scale_f=float(head_dim) ** -0.5, outputs=3)
+        return g.op(
+            "com.microsoft::GroupQueryAttention",
+            qkv,
+            packed,
+            packed,
+            past_k,
+            past_v,
+            seqlens_k,
+            total_len,
+            num_heads_i=heads,
+            kv_num_heads_i=heads,
+            scale_f=float(head_dim) ** -0.5,
+            outputs=3,
+        )
 
 
 def cross_attention(q, k, v, key_mask, heads: int, head_dim: int):
     """q [B,S,H*D] attending to k, v [B,H,T,D] where key_mask [B,T] is nonzero -> [B,S,H*D]."""
     b, s, hidden = q.shape
     q = q.view(b, s, heads, head_dim).transpose(1, 2)
-    w = torch.matmul(q, k.transpose(2, 3)) * head_dim ** -0.5
+    w = torch.matmul(q, k.transpose(2, 3)) * head_dim**-0.5
     w = w.masked_fill(key_mask[:, None, None, :] == 0, torch.finfo(w.dtype).min)
     return torch.matmul(torch.softmax(w, dim=-1), v).transpose(1, 2).reshape(b, s, hidden)
 
@@ -126,8 +139,16 @@ class CrossAttention(torch.autograd.Function):
     @staticmethod
     def symbolic(g, q, k, v, key_mask, heads: int, head_dim: int):
         no_bias = symbolic_helper._optional_input_placeholder_tensor(g)
-        return g.op("com.microsoft::MultiHeadAttention", q, k, v, no_bias, key_mask, num_heads_i=heads,
-                    scale_f=float(head_dim) ** -0.5)
+        return g.op(
+            "com.microsoft::MultiHeadAttention",
+            q,
+            k,
+            v,
+            no_bias,
+            key_mask,
+            num_heads_i=heads,
+            scale_f=float(head_dim) ** -0.5,
+        )
 
 
 class DecoderStep(nn.Module):
@@ -172,8 +193,15 @@ class DecoderStep(nn.Module):
         """x + the layer's self-attention over the in-place cache; also the updated cache."""
         att = layer.self_attn
         h = layer.self_attn_layer_norm(x)
-        o, nk, nv = InPlaceAttention.apply(packed_projection(h, att.q_proj, att.k_proj, att.v_proj), past_k, past_v,
-                                           seqlens_k, total_len, self.heads, self.head_dim)
+        o, nk, nv = InPlaceAttention.apply(
+            packed_projection(h, att.q_proj, att.k_proj, att.v_proj),
+            past_k,
+            past_v,
+            seqlens_k,
+            total_len,
+            self.heads,
+            self.head_dim,
+        )
         return x + att.out_proj(o), nk, nv
 
     def feed_forward(self, layer, x):
@@ -190,7 +218,7 @@ class DecoderStep(nn.Module):
 
         presents = []
         for i, layer in enumerate(self.layers):
-            pk, pv, ck, cv = past[4 * i: 4 * i + 4]
+            pk, pv, ck, cv = past[4 * i : 4 * i + 4]
             x, nk, nv = self.self_attention(layer, x, pk, pv, seqlens_k, total_len)
             presents += [nk, nv]
             h = layer.encoder_attn_layer_norm(x)
@@ -216,7 +244,7 @@ class PrefixDecoderStep(DecoderStep):
             x, nk, nv = self.self_attention(layer, x, past[2 * i], past[2 * i + 1], seqlens_k, total_len)
             presents += [nk, nv]
             x = self.feed_forward(layer, x)
-        return (self.logits(x[:, inputs_embeds.shape[1]:]), *presents)
+        return (self.logits(x[:, inputs_embeds.shape[1] :]), *presents)
 
 
 class MelodyCondition(nn.Module):
@@ -247,12 +275,21 @@ class AudioDecoder(nn.Module):
 
 def step_io_names(num_layers: int):
     """Input and output names of the (cross-attention) decoder step graph, in argument order."""
-    inputs = [names.INPUT_IDS, names.POSITION_IDS, names.SEQLENS_K, names.TOTAL_SEQUENCE_LENGTH,
-              names.ENCODER_ATTENTION_MASK]
+    inputs = [
+        names.INPUT_IDS,
+        names.POSITION_IDS,
+        names.SEQLENS_K,
+        names.TOTAL_SEQUENCE_LENGTH,
+        names.ENCODER_ATTENTION_MASK,
+    ]
     outputs = [names.LOGITS]
     for i in range(num_layers):
-        inputs += [names.past(i, "decoder", "key"), names.past(i, "decoder", "value"),
-                   names.past(i, "encoder", "key"), names.past(i, "encoder", "value")]
+        inputs += [
+            names.past(i, "decoder", "key"),
+            names.past(i, "decoder", "value"),
+            names.past(i, "encoder", "key"),
+            names.past(i, "encoder", "value"),
+        ]
         outputs += [names.present(i, "key"), names.present(i, "value")]
     return inputs, outputs
 

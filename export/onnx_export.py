@@ -24,9 +24,18 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_axes):
 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=OPSET, input_names=input_names,
-                          output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True,
-                          custom_opsets={"com.microsoft": 1})
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+            custom_opsets={"com.microsoft": 1},
+        )
 
 
 def _save(model_proto, path: Path) -> None:
@@ -36,8 +45,14 @@ def _save(model_proto, path: Path) -> None:
     data = path.name + ".data"
     if (path.parent / data).exists():
         (path.parent / data).unlink()
-    onnx.save_model(model_proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data, size_threshold=1024)
+    onnx.save_model(
+        model_proto,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data,
+        size_threshold=1024,
+    )
 
 
 def _check_precision(precision: str) -> None:
@@ -52,10 +67,18 @@ def _export_text_encoder(model, raw: Path, generator=None) -> None:
     ids = torch.randint(2, 50, (2, 7), generator=generator)
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 4:] = 0
-    _export(graphs.TextEncoder(model), (ids, mask), raw / names.TEXT_ENCODER_FILE,
-            [names.INPUT_IDS, names.ATTENTION_MASK], [names.ENCODER_HIDDEN_STATES],
-            {names.INPUT_IDS: {0: "batch", 1: "text_len"}, names.ATTENTION_MASK: {0: "batch", 1: "text_len"},
-             names.ENCODER_HIDDEN_STATES: {0: "batch", 1: "text_len"}})
+    _export(
+        graphs.TextEncoder(model),
+        (ids, mask),
+        raw / names.TEXT_ENCODER_FILE,
+        [names.INPUT_IDS, names.ATTENTION_MASK],
+        [names.ENCODER_HIDDEN_STATES],
+        {
+            names.INPUT_IDS: {0: "batch", 1: "text_len"},
+            names.ATTENTION_MASK: {0: "batch", 1: "text_len"},
+            names.ENCODER_HIDDEN_STATES: {0: "batch", 1: "text_len"},
+        },
+    )
 
 
 def _export_audio_decoder(model, raw: Path, generator=None) -> None:
@@ -65,9 +88,14 @@ def _export_audio_decoder(model, raw: Path, generator=None) -> None:
     dec = model.config.decoder
     n_q = dec.num_codebooks // dec.audio_channels
     codes = torch.randint(0, model.config.audio_encoder.codebook_size, (1, 2, n_q, 10), generator=generator)
-    _export(graphs.AudioDecoder(model), (codes,), raw / names.AUDIO_DECODER_FILE, [names.AUDIO_CODES],
-            [names.AUDIO_VALUES], {names.AUDIO_CODES: {1: "batch", 3: "frames"},
-                                   names.AUDIO_VALUES: {0: "batch", 2: "samples"}})
+    _export(
+        graphs.AudioDecoder(model),
+        (codes,),
+        raw / names.AUDIO_DECODER_FILE,
+        [names.AUDIO_CODES],
+        [names.AUDIO_VALUES],
+        {names.AUDIO_CODES: {1: "batch", 3: "frames"}, names.AUDIO_VALUES: {0: "batch", 2: "samples"}},
+    )
 
 
 def _export_audio_encoder(model, raw: Path, generator=None) -> None:
@@ -75,11 +103,17 @@ def _export_audio_encoder(model, raw: Path, generator=None) -> None:
     are compared exactly. Legacy exporter: dynamo bakes the example's frame count into the LSTM."""
     import torch
 
-    wave = 0.3 * torch.randn(2, model.config.decoder.audio_channels, 7 * model.config.audio_encoder.hop_length + 123,
-                             generator=generator)
-    _export(graphs.AudioEncoder(model), (wave,), raw / names.AUDIO_ENCODER_FILE, [names.INPUT_VALUES],
-            [names.AUDIO_CODES], {names.INPUT_VALUES: {0: "batch", 2: "samples"},
-                                  names.AUDIO_CODES: {0: "batch", 2: "frames"}})
+    wave = 0.3 * torch.randn(
+        2, model.config.decoder.audio_channels, 7 * model.config.audio_encoder.hop_length + 123, generator=generator
+    )
+    _export(
+        graphs.AudioEncoder(model),
+        (wave,),
+        raw / names.AUDIO_ENCODER_FILE,
+        [names.INPUT_VALUES],
+        [names.AUDIO_CODES],
+        {names.INPUT_VALUES: {0: "batch", 2: "samples"}, names.AUDIO_CODES: {0: "batch", 2: "frames"}},
+    )
 
 
 def _cache_axes(n_layers: int, cross: bool) -> dict:
@@ -111,25 +145,44 @@ def export_text_graphs(model, out: Path, precision: str = "fp32") -> dict:
     # cross-attention K/V, once per request
     states = torch.randn(b, t_text, dec.hidden_size)
     cross_names = [names.cross(i, kv) for i in range(n_layers) for kv in ("key", "value")]
-    _export(graphs.CrossKV(model), (states,), raw / names.CROSS_KV_FILE, [names.ENCODER_HIDDEN_STATES],
-            cross_names, {names.ENCODER_HIDDEN_STATES: {0: "batch", 1: "text_len"},
-                          **{n: {0: "batch", 2: "text_len"} for n in cross_names}})
+    _export(
+        graphs.CrossKV(model),
+        (states,),
+        raw / names.CROSS_KV_FILE,
+        [names.ENCODER_HIDDEN_STATES],
+        cross_names,
+        {
+            names.ENCODER_HIDDEN_STATES: {0: "batch", 1: "text_len"},
+            **{n: {0: "batch", 2: "text_len"} for n in cross_names},
+        },
+    )
 
     # decoder step on a preallocated KV cache (doubles as prefill with an empty cache)
     in_names, out_names = graphs.step_io_names(n_layers)
     capacity = past_len + s + 3
-    step_args = [torch.randint(0, dec.vocab_size, (b, dec.num_codebooks, s)),
-                 torch.tensor([[past_len, past_len + 1], [2, 3], [0, 1]]),
-                 torch.tensor([past_len + 1, 3, 1], dtype=torch.int32),
-                 torch.tensor(past_len + s, dtype=torch.int32),
-                 torch.ones(b, t_text, dtype=torch.long)]
+    step_args = [
+        torch.randint(0, dec.vocab_size, (b, dec.num_codebooks, s)),
+        torch.tensor([[past_len, past_len + 1], [2, 3], [0, 1]]),
+        torch.tensor([past_len + 1, 3, 1], dtype=torch.int32),
+        torch.tensor(past_len + s, dtype=torch.int32),
+        torch.ones(b, t_text, dtype=torch.long),
+    ]
     step_args[4][1, 5:] = 0
     for _ in range(n_layers):
-        step_args += [torch.randn(b, heads, capacity, hd), torch.randn(b, heads, capacity, hd),
-                      torch.randn(b, heads, t_text, hd), torch.randn(b, heads, t_text, hd)]
-    axes = {names.INPUT_IDS: {0: "batch", 2: "seq"}, names.POSITION_IDS: {0: "batch", 1: "seq"},
-            names.SEQLENS_K: {0: "batch"}, names.ENCODER_ATTENTION_MASK: {0: "batch", 1: "text_len"},
-            names.LOGITS: {0: "batch", 2: "seq"}, **_cache_axes(n_layers, cross=True)}
+        step_args += [
+            torch.randn(b, heads, capacity, hd),
+            torch.randn(b, heads, capacity, hd),
+            torch.randn(b, heads, t_text, hd),
+            torch.randn(b, heads, t_text, hd),
+        ]
+    axes = {
+        names.INPUT_IDS: {0: "batch", 2: "seq"},
+        names.POSITION_IDS: {0: "batch", 1: "seq"},
+        names.SEQLENS_K: {0: "batch"},
+        names.ENCODER_ATTENTION_MASK: {0: "batch", 1: "text_len"},
+        names.LOGITS: {0: "batch", 2: "seq"},
+        **_cache_axes(n_layers, cross=True),
+    }
     # CPU graphs take ORT's fused MultiHeadAttention for the cross-attention (fewer kernels per step);
     # the fp16 (GPU) graph keeps plain ops: the CUDA kernel's support for this mask layout is unverified here
     step = graphs.DecoderStep(model, fused_cross_attention=precision != "fp16")
@@ -137,10 +190,17 @@ def export_text_graphs(model, out: Path, precision: str = "fp32") -> dict:
     _export_audio_decoder(model, raw)
     _export_audio_encoder(model, raw)
 
-    return finish_graphs(raw, out, precision, fp16={
-        names.CROSS_KV_FILE: [names.ENCODER_HIDDEN_STATES],
-        names.DECODER_STEP_FILE: [names.ENCODER_HIDDEN_STATES, names.LOGITS]},
-        int8=names.DECODER_STEP_FILE, blockwise_int8=names.DECODER_STEP_BLOCKWISE_INT8_FILE)
+    return finish_graphs(
+        raw,
+        out,
+        precision,
+        fp16={
+            names.CROSS_KV_FILE: [names.ENCODER_HIDDEN_STATES],
+            names.DECODER_STEP_FILE: [names.ENCODER_HIDDEN_STATES, names.LOGITS],
+        },
+        int8=names.DECODER_STEP_FILE,
+        blockwise_int8=names.DECODER_STEP_BLOCKWISE_INT8_FILE,
+    )
 
 
 def export_melody_graphs(model, out: Path, precision: str = "fp32", position_table: int | None = None) -> dict:
@@ -163,36 +223,64 @@ def export_melody_graphs(model, out: Path, precision: str = "fp32", position_tab
     chroma = torch.zeros(2, 5, c.num_chroma)
     chroma[:, :, 3] = 1
     embeds = melody_lm.INPUTS_EMBEDS
-    _export(graphs.MelodyCondition(model), (chroma, torch.randn(2, 7, dec.hidden_size, generator=g)),
-            raw / melody_lm.CONDITION_FILE, [melody_lm.CHROMA, names.ENCODER_HIDDEN_STATES], [embeds],
-            {melody_lm.CHROMA: {0: "batch", 1: "chroma_frames"},
-             names.ENCODER_HIDDEN_STATES: {0: "batch", 1: "text_len"}, embeds: {0: "batch", 1: "prefix_len"}})
+    _export(
+        graphs.MelodyCondition(model),
+        (chroma, torch.randn(2, 7, dec.hidden_size, generator=g)),
+        raw / melody_lm.CONDITION_FILE,
+        [melody_lm.CHROMA, names.ENCODER_HIDDEN_STATES],
+        [embeds],
+        {
+            melody_lm.CHROMA: {0: "batch", 1: "chroma_frames"},
+            names.ENCODER_HIDDEN_STATES: {0: "batch", 1: "text_len"},
+            embeds: {0: "batch", 1: "prefix_len"},
+        },
+    )
 
     # rows at different points: one after 5 cached entries, one prefill of e + s, one with 2 cached
     b, e, s = 3, 4, 2
     capacity = 5 + e + s + 3
     in_names, out_names = graphs.prefix_step_io_names(n_layers)
     starts = [5, 0, 2]
-    args = [torch.randn(b, e, dec.hidden_size, generator=g),
-            torch.randint(0, dec.vocab_size, (b, dec.num_codebooks, s), generator=g),
-            torch.stack([torch.arange(p, p + e + s) for p in starts]),
-            torch.tensor([p + e + s - 1 for p in starts], dtype=torch.int32),
-            torch.tensor(max(starts) + e + s, dtype=torch.int32)]
+    args = [
+        torch.randn(b, e, dec.hidden_size, generator=g),
+        torch.randint(0, dec.vocab_size, (b, dec.num_codebooks, s), generator=g),
+        torch.stack([torch.arange(p, p + e + s) for p in starts]),
+        torch.tensor([p + e + s - 1 for p in starts], dtype=torch.int32),
+        torch.tensor(max(starts) + e + s, dtype=torch.int32),
+    ]
     for _ in range(n_layers):
         args += [torch.randn(b, heads, capacity, hd, generator=g), torch.randn(b, heads, capacity, hd, generator=g)]
-    axes = {embeds: {0: "batch", 1: "embeds_len"}, names.INPUT_IDS: {0: "batch", 2: "seq"},
-            names.POSITION_IDS: {0: "batch", 1: "new_len"}, names.SEQLENS_K: {0: "batch"},
-            names.LOGITS: {0: "batch", 2: "seq"}, **_cache_axes(n_layers, cross=False)}
-    _export(graphs.PrefixDecoderStep(model, position_table), tuple(args), raw / melody_lm.DECODER_STEP_FILE,
-            in_names, out_names, axes)
+    axes = {
+        embeds: {0: "batch", 1: "embeds_len"},
+        names.INPUT_IDS: {0: "batch", 2: "seq"},
+        names.POSITION_IDS: {0: "batch", 1: "new_len"},
+        names.SEQLENS_K: {0: "batch"},
+        names.LOGITS: {0: "batch", 2: "seq"},
+        **_cache_axes(n_layers, cross=False),
+    }
+    _export(
+        graphs.PrefixDecoderStep(model, position_table),
+        tuple(args),
+        raw / melody_lm.DECODER_STEP_FILE,
+        in_names,
+        out_names,
+        axes,
+    )
     _export_audio_decoder(model, raw, g)
 
-    return finish_graphs(raw, out, precision, fp16={melody_lm.DECODER_STEP_FILE: [embeds, names.LOGITS]},
-                         int8=melody_lm.DECODER_STEP_FILE, blockwise_int8=melody_lm.DECODER_STEP_BLOCKWISE_INT8_FILE)
+    return finish_graphs(
+        raw,
+        out,
+        precision,
+        fp16={melody_lm.DECODER_STEP_FILE: [embeds, names.LOGITS]},
+        int8=melody_lm.DECODER_STEP_FILE,
+        blockwise_int8=melody_lm.DECODER_STEP_BLOCKWISE_INT8_FILE,
+    )
 
 
-def finish_graphs(raw: Path, out: Path, precision: str, fp16: dict, int8: str, blockwise_int8: str | None = None
-                  ) -> dict:
+def finish_graphs(
+    raw: Path, out: Path, precision: str, fp16: dict, int8: str, blockwise_int8: str | None = None
+) -> dict:
     """Move the exported graphs from `raw` into `out` at the LM precision, check each, remove `raw`.
 
     fp16: {file: its inputs/outputs that stay fp32} (sampling runs on fp32 logits); int8: the file
@@ -243,8 +331,15 @@ def to_int8(path: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = path.with_name("int8-" + path.name)
-    quantize_dynamic(str(path), str(tmp), op_types_to_quantize=["MatMul"], per_channel=True,
-                     weight_type=QuantType.QInt8, reduce_range=True, use_external_data_format=True)
+    quantize_dynamic(
+        str(path),
+        str(tmp),
+        op_types_to_quantize=["MatMul"],
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        reduce_range=True,
+        use_external_data_format=True,
+    )
     data = path.with_name(path.name + ".data")
     path.unlink()
     data.unlink()

@@ -37,10 +37,14 @@ def text_oracle(lm) -> Oracle:
     """Both prompts, with guidance; continuations of audio prompts (resampled and mixed down by the
     runtime, then the same waveform given to transformers), with and without guidance."""
     sr = lm.dims.sample_rate
-    prompts = {"stereo 44.1 kHz, 0.5 s": (synth_melody(0.5, 44100, 2, seed=4), 44100),
-               f"mono {sr / 1000:g} kHz, 0.37 s": (synth_melody(0.37, sr, 1, seed=5), sr)}
-    runs = [OracleRun(PROMPTS[i % 2], g, audio_prompt=w, label={"audio_prompt": name})
-            for i, ((name, w), g) in enumerate(zip(prompts.items(), (3.0, 1.0)))]
+    prompts = {
+        "stereo 44.1 kHz, 0.5 s": (synth_melody(0.5, 44100, 2, seed=4), 44100),
+        f"mono {sr / 1000:g} kHz, 0.37 s": (synth_melody(0.37, sr, 1, seed=5), sr),
+    }
+    runs = [
+        OracleRun(PROMPTS[i % 2], g, audio_prompt=w, label={"audio_prompt": name})
+        for i, ((name, w), g) in enumerate(zip(prompts.items(), (3.0, 1.0)))
+    ]
     return Oracle([OracleRun(p) for p in PROMPTS] + runs)
 
 
@@ -49,28 +53,40 @@ def melody_oracle(lm) -> Oracle:
     cfg, L = lm.chroma_config, lm.chroma_length
     hop_s = cfg.hop_length / cfg.sample_rate
     melodies = {
-        "stereo 44.1 kHz, shorter than the chroma window (looped)":
-            (synth_melody(max(1.0, 0.5 * L * hop_s), 44100, 2, seed=1), 44100),
-        "mono 22.05 kHz, longer than the chroma window (truncated)":
-            (synth_melody(min(cfg.chunk_length, 1.5 * L * hop_s + 1), 22050, 1, seed=2)[0], 22050),
+        "stereo 44.1 kHz, shorter than the chroma window (looped)": (
+            synth_melody(max(1.0, 0.5 * L * hop_s), 44100, 2, seed=1),
+            44100,
+        ),
+        "mono 22.05 kHz, longer than the chroma window (truncated)": (
+            synth_melody(min(cfg.chunk_length, 1.5 * L * hop_s + 1), 22050, 1, seed=2)[0],
+            22050,
+        ),
     }
     chromas = {name: chroma_mod.chroma(w, sr, cfg) for name, (w, sr) in melodies.items()}
     looped, cut = list(chromas)
 
     def run(prompt, mel, g):
         ch = chromas[mel] if mel else None
-        return OracleRun(prompt, g, ch, {"melody": mel or "none (text only)",
-                                         "chroma_frames": int(ch.shape[0]) if mel else 0})
+        return OracleRun(
+            prompt, g, ch, {"melody": mel or "none (text only)", "chroma_frames": int(ch.shape[0]) if mel else 0}
+        )
 
-    runs = [run(PROMPTS[0], looped, 3.0), run(PROMPTS[1], cut, 3.0), run(PROMPTS[1], None, 3.0),
-            run(PROMPTS[0], None, 3.0), run(PROMPTS[0], cut, 1.0)]
+    runs = [
+        run(PROMPTS[0], looped, 3.0),
+        run(PROMPTS[1], cut, 3.0),
+        run(PROMPTS[1], None, 3.0),
+        run(PROMPTS[0], None, 3.0),
+        run(PROMPTS[0], cut, 1.0),
+    ]
     # informative: the conditioning reaches the tokens (same prompt, melody vs text only)
-    return Oracle(runs, lambda gens: {"melody_changes_codes": bool(not np.array_equal(gens[0].codes(),
-                                                                                      gens[3].codes()))})
+    return Oracle(
+        runs, lambda gens: {"melody_changes_codes": bool(not np.array_equal(gens[0].codes(), gens[3].codes()))}
+    )
 
 
-def greedy_oracle(oracle: Oracle, lm, tokenizer, encoder, codec, model, hf_tokenizer, steps: int,
-                  prompt_encoder=None) -> dict:
+def greedy_oracle(
+    oracle: Oracle, lm, tokenizer, encoder, codec, model, hf_tokenizer, steps: int, prompt_encoder=None
+) -> dict:
     """Every run batched together in our loop, each alone in transformers; {"runs": [...], "checks": {...}}.
     `prompt_encoder` (audio_prompt.AudioPromptEncoder) encodes the runs' audio prompts (runs with one are
     left out without it)."""
@@ -86,21 +102,33 @@ def greedy_oracle(oracle: Oracle, lm, tokenizer, encoder, codec, model, hf_token
             prompt_wave = prompt_encoder.prepare(*r.audio_prompt, max_frames=lm.max_frames(0) - frames)
             prompt_codes = prompt_encoder.encode(prompt_wave)
         n = frames + (0 if prompt_codes is None else prompt_codes.shape[1])
-        gens.append(lm.prepare(GenerationRequest(encoder(ids, mask)[0], mask[0], params, n, chroma=r.chroma,
-                                                 prompt_codes=prompt_codes)))
+        gens.append(
+            lm.prepare(
+                GenerationRequest(encoder(ids, mask)[0], mask[0], params, n, chroma=r.chroma, prompt_codes=prompt_codes)
+            )
+        )
         prompt_waves.append(prompt_wave)
     lm.run_together(gens)
     ours_s = time.time() - t0
     out = []
     for r, gen, prompt_wave in zip(runs, gens, prompt_waves):
         t1 = time.time()
-        ref_codes, ref_wave = hf_greedy_codes(model, hf_tokenizer, r.prompt, steps, r.guidance_scale, r.chroma,
-                                              audio_prompt=prompt_wave)
+        ref_codes, ref_wave = hf_greedy_codes(
+            model, hf_tokenizer, r.prompt, steps, r.guidance_scale, r.chroma, audio_prompt=prompt_wave
+        )
         our_codes = gen.codes()
         agree = float((our_codes == ref_codes).mean()) if our_codes.shape == ref_codes.shape else 0.0
-        entry = {"prompt": r.prompt, **r.label, "guidance_scale": r.guidance_scale, "prefix_len": gen.prefix_len,
-                 "prompt_frames": gen.prompt_frames, "frames": gen.frames, "token_agreement": agree, "identical": bool(agree == 1.0),
-                 "hf_seconds": round(time.time() - t1, 2)}
+        entry = {
+            "prompt": r.prompt,
+            **r.label,
+            "guidance_scale": r.guidance_scale,
+            "prefix_len": gen.prefix_len,
+            "prompt_frames": gen.prompt_frames,
+            "frames": gen.frames,
+            "token_agreement": agree,
+            "identical": bool(agree == 1.0),
+            "hf_seconds": round(time.time() - t1, 2),
+        }
         if gen.error is not None:
             entry["error"] = str(gen.error)
         ch = dims.audio_channels

@@ -16,8 +16,12 @@ def error_stats(a: np.ndarray, b: np.ndarray) -> dict:
     """Max abs, max relative and relative-L2 error of `a` against the reference `b`."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     diff = np.abs(a - b)
-    return {"max_abs": float(diff.max()), "max_rel": float(diff.max() / max(np.abs(b).max(), 1e-12)),
-            "rel_l2": float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)), "shape": list(a.shape)}
+    return {
+        "max_abs": float(diff.max()),
+        "max_rel": float(diff.max() / max(np.abs(b).max(), 1e-12)),
+        "rel_l2": float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)),
+        "shape": list(a.shape),
+    }
 
 
 def topk_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
@@ -70,8 +74,13 @@ def encoder_parity(model, enc, dims) -> dict:
         ref = model.audio_encoder.encode(torch.tensor(wave)[None]).audio_codes[0, 0].numpy()
     ours = enc.encode(wave)
     agree = float((ours == ref).mean()) if ours.shape == ref.shape else 0.0
-    return {"code_agreement": agree, "shape": list(ours.shape), "reference_shape": list(ref.shape),
-            "required": MIN_CODE_AGREEMENT, "passed": agree >= MIN_CODE_AGREEMENT}
+    return {
+        "code_agreement": agree,
+        "shape": list(ours.shape),
+        "reference_shape": list(ref.shape),
+        "required": MIN_CODE_AGREEMENT,
+        "passed": agree >= MIN_CODE_AGREEMENT,
+    }
 
 
 def step_graphs_parity(lm, run, ref, report: dict) -> np.ndarray:
@@ -109,8 +118,7 @@ def causality(full, changed, ref, precision: str) -> dict:
     return {"causal_max_change": change, "causal_allowed": allowed, "causal": bool(change <= allowed)}
 
 
-def hf_greedy_codes(model, tokenizer, prompt: str, steps: int, guidance: float = 3.0, chroma=None,
-                    audio_prompt=None):
+def hf_greedy_codes(model, tokenizer, prompt: str, steps: int, guidance: float = 3.0, chroma=None, audio_prompt=None):
     """Codes [K, frames] and audio that transformers' generate decodes (recorded at audio_encoder.decode).
 
     `chroma` [frames, 12]: the melody features of a MusicGen-Melody model (None: text only).

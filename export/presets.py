@@ -72,26 +72,78 @@ class Preset:
 _TINY = Preset(
     name="tiny-random",
     description="tiny random-weight MusicGen for tests and CI (seconds to build and export)",
-    t5=dict(vocab_size=400, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, relative_attention_max_distance=32),
-    encodec=dict(sampling_rate=32000, hidden_size=16, num_filters=4, upsampling_ratios=[8, 5, 4, 4],
-                 codebook_size=64, target_bandwidths=[1.2], num_lstm_layers=1, use_causal_conv=False,
-                 norm_type="weight_norm", normalize=False),
-    decoder=dict(vocab_size=64, hidden_size=32, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_codebooks=4, max_position_embeddings=2048, pad_token_id=64, bos_token_id=64),
+    t5=dict(
+        vocab_size=400,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+    ),
+    encodec=dict(
+        sampling_rate=32000,
+        hidden_size=16,
+        num_filters=4,
+        upsampling_ratios=[8, 5, 4, 4],
+        codebook_size=64,
+        target_bandwidths=[1.2],
+        num_lstm_layers=1,
+        use_causal_conv=False,
+        norm_type="weight_norm",
+        normalize=False,
+    ),
+    decoder=dict(
+        vocab_size=64,
+        hidden_size=32,
+        ffn_dim=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_codebooks=4,
+        max_position_embeddings=2048,
+        pad_token_id=64,
+        bos_token_id=64,
+    ),
 )
 
 # Exactly musicgen-small's shapes (T5-base, LM 1024/24/16, 4 x 2048 codebooks, EnCodec 32 kHz).
 _SMALL = Preset(
     name="small-random",
     description="random weights with exactly facebook/musicgen-small's shapes, for benchmarks",
-    t5=dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
-            relative_attention_num_buckets=32, feed_forward_proj="relu"),
-    encodec=dict(sampling_rate=32000, hidden_size=128, num_filters=64, upsampling_ratios=[8, 5, 4, 4],
-                 codebook_size=2048, target_bandwidths=[2.2], num_lstm_layers=2, use_causal_conv=False,
-                 norm_type="weight_norm", normalize=False),
-    decoder=dict(vocab_size=2048, hidden_size=1024, ffn_dim=4096, num_hidden_layers=24, num_attention_heads=16,
-                 num_codebooks=4, max_position_embeddings=2048, pad_token_id=2048, bos_token_id=2048),
+    t5=dict(
+        vocab_size=32128,
+        d_model=768,
+        d_kv=64,
+        d_ff=3072,
+        num_layers=12,
+        num_heads=12,
+        relative_attention_num_buckets=32,
+        feed_forward_proj="relu",
+    ),
+    encodec=dict(
+        sampling_rate=32000,
+        hidden_size=128,
+        num_filters=64,
+        upsampling_ratios=[8, 5, 4, 4],
+        codebook_size=2048,
+        target_bandwidths=[2.2],
+        num_lstm_layers=2,
+        use_causal_conv=False,
+        norm_type="weight_norm",
+        normalize=False,
+    ),
+    decoder=dict(
+        vocab_size=2048,
+        hidden_size=1024,
+        ffn_dim=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        num_codebooks=4,
+        max_position_embeddings=2048,
+        pad_token_id=2048,
+        bos_token_id=2048,
+    ),
     tokenizer_vocab=400,
 )
 
@@ -103,8 +155,10 @@ _TINY_MELODY = Preset(
     name="tiny-random-melody",
     description="tiny random-weight MusicGen-Melody for tests and CI",
     t5=dict(_TINY.t5, d_model=48),  # != decoder width, so the text projection (enc_to_dec_proj) exists
-    encodec=_TINY.encodec, decoder=dict(_TINY.decoder, initializer_factor=0.2),
-    model_type="musicgen_melody", melody=dict(num_chroma=12, chroma_length=40),
+    encodec=_TINY.encodec,
+    decoder=dict(_TINY.decoder, initializer_factor=0.2),
+    model_type="musicgen_melody",
+    melody=dict(num_chroma=12, chroma_length=40),
 )
 
 PRESETS = {p.name: p for p in (_TINY, _SMALL, _TINY_MELODY)}
@@ -128,7 +182,7 @@ def train_tokenizer(vocab_size: int):
     total = sum(words.values())
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     budget = vocab_size - len(vocab) - 2 * len(chars)
-    for w, n in sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))[:max(budget, 0)]:
+    for w, n in sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))[: max(budget, 0)]:
         vocab.append(("\u2581" + w, math.log(n / total)))
     floor = math.log(1 / (10 * total))
     vocab += [("\u2581" + c, floor - 1) for c in chars] + [(c, floor - 2) for c in chars] + [("\u2581", floor - 3)]
@@ -136,16 +190,23 @@ def train_tokenizer(vocab_size: int):
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                       special_tokens=[("</s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
     return tok
 
 
 def build(name: str, out_dir: Path) -> Path:
     """Build preset `name` into `out_dir` (HF layout). Deterministic for a given preset."""
     import torch
-    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, PreTrainedTokenizerFast, T5Config)
+    from transformers import (
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        PreTrainedTokenizerFast,
+        T5Config,
+    )
 
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
@@ -159,15 +220,23 @@ def build(name: str, out_dir: Path) -> Path:
     if tok.get_vocab_size() > t5.vocab_size:
         raise RuntimeError("preset tokenizer is larger than the text encoder's vocabulary")
     if p.model_type == "musicgen_melody":
-        from transformers import (MusicgenMelodyConfig, MusicgenMelodyDecoderConfig,
-                                  MusicgenMelodyForConditionalGeneration)
+        from transformers import (
+            MusicgenMelodyConfig,
+            MusicgenMelodyDecoderConfig,
+            MusicgenMelodyForConditionalGeneration,
+        )
 
-        config = MusicgenMelodyConfig(text_encoder=t5, audio_encoder=EncodecConfig(**p.encodec),
-                                      decoder=MusicgenMelodyDecoderConfig(**p.decoder), **(p.melody or {}))
+        config = MusicgenMelodyConfig(
+            text_encoder=t5,
+            audio_encoder=EncodecConfig(**p.encodec),
+            decoder=MusicgenMelodyDecoderConfig(**p.decoder),
+            **(p.melody or {}),
+        )
         model = MusicgenMelodyForConditionalGeneration(config).eval()
     else:
-        config = MusicgenConfig(text_encoder=t5, audio_encoder=EncodecConfig(**p.encodec),
-                                decoder=MusicgenDecoderConfig(**p.decoder))
+        config = MusicgenConfig(
+            text_encoder=t5, audio_encoder=EncodecConfig(**p.encodec), decoder=MusicgenDecoderConfig(**p.decoder)
+        )
         # Building from config (not from sub-model instances) keeps the decoder's causal mask.
         model = MusicgenForConditionalGeneration(config).eval()
     _fill_codebooks(model, torch)
@@ -178,8 +247,9 @@ def build(name: str, out_dir: Path) -> Path:
     gen.do_sample, gen.guidance_scale, gen.top_k, gen.max_length = True, 3.0, 250, 1500
     model.save_pretrained(out_dir)
 
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=512)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
+    )
     fast.save_pretrained(out_dir)
     (out_dir / RANDOM_MARKER).write_text(json.dumps({"preset": name, "seed": p.seed, "random_weights": True}))
     log.info("built preset %s in %s", name, out_dir)

@@ -41,12 +41,21 @@ def model_dims(model, tokenizer) -> manifest_mod.Dims:
     c = model.config
     dec, codec = c.decoder, c.audio_encoder
     return manifest_mod.Dims(
-        num_codebooks=dec.num_codebooks, vocab_size=dec.vocab_size, pad_token_id=int(dec.pad_token_id),
-        hidden_size=dec.hidden_size, num_layers=dec.num_hidden_layers, num_heads=dec.num_attention_heads,
-        head_dim=dec.hidden_size // dec.num_attention_heads, max_positions=dec.max_position_embeddings,
-        audio_channels=dec.audio_channels, sample_rate=codec.sampling_rate, frame_rate=float(codec.frame_rate),
-        hop_length=int(codec.hop_length), text_hidden_size=c.text_encoder.hidden_size,
-        max_text_tokens=min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512))
+        num_codebooks=dec.num_codebooks,
+        vocab_size=dec.vocab_size,
+        pad_token_id=int(dec.pad_token_id),
+        hidden_size=dec.hidden_size,
+        num_layers=dec.num_hidden_layers,
+        num_heads=dec.num_attention_heads,
+        head_dim=dec.hidden_size // dec.num_attention_heads,
+        max_positions=dec.max_position_embeddings,
+        audio_channels=dec.audio_channels,
+        sample_rate=codec.sampling_rate,
+        frame_rate=float(codec.frame_rate),
+        hop_length=int(codec.hop_length),
+        text_hidden_size=c.text_encoder.hidden_size,
+        max_text_tokens=min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512),
+    )
 
 
 def exporter_digest() -> str:
@@ -84,7 +93,7 @@ def remove_abandoned_staging(repository: Path) -> list[Path]:
     every folder of a repository as a model and refuses to start with one of them in it."""
     removed = []
     for d in Path(repository).glob(STAGING_PREFIX + "*"):
-        pid = d.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        pid = d.name[len(STAGING_PREFIX) :].split("-", 1)[0]
         if d.is_dir() and not (pid.isdigit() and pid_alive(int(pid))):
             shutil.rmtree(d, ignore_errors=True)
             log.warning("removed %s, left by an export that did not finish", d)
@@ -137,8 +146,14 @@ def stage(variant, source: str, resolved, model, tokenizer, repository: Path, pr
                 for f in tmp.glob(fname + "*"):
                     shutil.move(str(f), dst / f.name)
             (dst / names.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    log.info("exported %s (%s, %s) into %s in %.1fs", resolved.source, model.config.model_type, precision,
-             repository, time.time() - t0)
+    log.info(
+        "exported %s (%s, %s) into %s in %.1fs",
+        resolved.source,
+        model.config.model_type,
+        precision,
+        repository,
+        time.time() - t0,
+    )
     return manifest
 
 

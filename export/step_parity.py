@@ -15,6 +15,7 @@ from .parity import causality, error_stats, step_graphs_parity, topk_overlap
 
 # -- text-only: cross-attention step ---------------------------------------------------------------------
 
+
 def cross_attention_checks(model, lm, rng, report: dict, precision: str) -> None:
     """decoder_step vs the HF decoder's full (uncached) forward, 2 rows, one with a padded text mask."""
     import torch
@@ -28,9 +29,11 @@ def cross_attention_checks(model, lm, rng, report: dict, precision: str) -> None
     tokens = rng.integers(0, v, (2, k, n_tok))
     tokens[:, :, 0] = dims.pad_token_id
     with torch.no_grad():
-        ref = model.decoder(input_ids=torch.tensor(tokens).reshape(2 * k, n_tok),
-                            encoder_hidden_states=torch.tensor(states),
-                            encoder_attention_mask=torch.tensor(enc_mask)).logits
+        ref = model.decoder(
+            input_ids=torch.tensor(tokens).reshape(2 * k, n_tok),
+            encoder_hidden_states=torch.tensor(states),
+            encoder_attention_mask=torch.tensor(enc_mask),
+        ).logits
     ref = ref.reshape(2, k, n_tok, v).numpy()
     cross = [lm.decoder.value(np.ascontiguousarray(c)) for c in lm.cross_kv(states)]
     ours = step_graphs_parity(lm, lambda: _cross_steps(lm, tokens, cross, enc_mask), ref, report)
@@ -50,8 +53,9 @@ def _cross_steps(lm, tokens, cross, enc_mask):
     """Feed the tokens one step at a time through the in-place cache; logits [rows, K, n, V]."""
     rows, _, n = tokens.shape
     cache = lm.decoder.new_cache(rows, n + 2)
-    out = [lm.run_step(tokens[:, :, t:t + 1], np.full((rows, 1), t, np.int64), enc_mask, cache, cross)
-           for t in range(n)]
+    out = [
+        lm.run_step(tokens[:, :, t : t + 1], np.full((rows, 1), t, np.int64), enc_mask, cache, cross) for t in range(n)
+    ]
     return np.concatenate(out, axis=2).astype(np.float32)
 
 
@@ -63,6 +67,7 @@ def _cross_block(lm, tokens, cross, enc_mask):
 
 
 # -- melody: condition graph and prefix step ---------------------------------------------------------------
+
 
 def _ref_prefix(model, text_states, text_mask, chroma):
     """transformers' conditioning for one row: [proj(chroma) looped/cut to chroma_length | text * mask]."""
@@ -106,8 +111,9 @@ def prefix_checks(model, lm, rng, report: dict, precision: str) -> None:
     tokens = rng.integers(0, v, (2, k, n_tok))
     tokens[:, :, 0] = dims.pad_token_id
     with torch.no_grad():
-        ref = model.decoder(input_ids=torch.tensor(tokens).reshape(2 * k, n_tok),
-                            encoder_hidden_states=torch.tensor(prefix)).logits
+        ref = model.decoder(
+            input_ids=torch.tensor(tokens).reshape(2 * k, n_tok), encoder_hidden_states=torch.tensor(prefix)
+        ).logits
     ref = ref.reshape(2, k, plen + n_tok, v)[:, :, plen:].numpy()
     ours = step_graphs_parity(lm, lambda: _prefix_steps(lm, prefix, tokens), ref, report)
     report["checks"]["argmax_agreement"] = float((ours.argmax(-1) == ref.argmax(-1)).mean())
@@ -123,9 +129,10 @@ def prefix_checks(model, lm, rng, report: dict, precision: str) -> None:
     # rows with prefixes of different lengths in one batch: own rows, own positions
     short = prefix[1:, 5:]  # row 1 with a shorter prefix
     with torch.no_grad():
-        ref_short = model.decoder(input_ids=torch.tensor(tokens[1:]).reshape(k, n_tok),
-                                  encoder_hidden_states=torch.tensor(short)).logits
-    ref_short = ref_short.reshape(1, k, plen - 5 + n_tok, v)[:, :, plen - 5:].numpy()
+        ref_short = model.decoder(
+            input_ids=torch.tensor(tokens[1:]).reshape(k, n_tok), encoder_hidden_states=torch.tensor(short)
+        ).logits
+    ref_short = ref_short.reshape(1, k, plen - 5 + n_tok, v)[:, :, plen - 5 :].numpy()
     mixed = _prefix_mixed(lm, [prefix[0], short[0]], tokens)
     report["graphs"]["decoder_step_mixed_prefix"] = error_stats(mixed, np.concatenate([ref[:1], ref_short]))
 
@@ -138,7 +145,7 @@ def _prefix_steps(lm, prefix, tokens):
     out = [lm.run_step(prefix, tokens[:, :, :1], np.tile(np.arange(plen + 1), (rows, 1)), cache)]
     none = np.zeros((rows, 0, lm.dims.hidden_size), np.float32)
     for t in range(1, n):
-        out.append(lm.run_step(none, tokens[:, :, t:t + 1], np.full((rows, 1), plen + t), cache))
+        out.append(lm.run_step(none, tokens[:, :, t : t + 1], np.full((rows, 1), plen + t), cache))
     return np.concatenate(out, axis=2).astype(np.float32)
 
 
@@ -156,10 +163,12 @@ def _prefix_mixed(lm, prefixes, tokens):
     rows, _, n = tokens.shape
     plens = [p.shape[0] for p in prefixes]
     cache = lm.decoder.new_cache(rows, max(plens) + n + 2)
-    first = [lm.run_step(p[None], tokens[r:r + 1, :, :1], np.arange(plens[r] + 1)[None], cache, first_row=r)
-             for r, p in enumerate(prefixes)]
+    first = [
+        lm.run_step(p[None], tokens[r : r + 1, :, :1], np.arange(plens[r] + 1)[None], cache, first_row=r)
+        for r, p in enumerate(prefixes)
+    ]
     out = [np.concatenate(first)]
     none = np.zeros((rows, 0, lm.dims.hidden_size), np.float32)
     for t in range(1, n):
-        out.append(lm.run_step(none, tokens[:, :, t:t + 1], np.array([[pl + t] for pl in plens]), cache))
+        out.append(lm.run_step(none, tokens[:, :, t : t + 1], np.array([[pl + t] for pl in plens]), cache))
     return np.concatenate(out, axis=2).astype(np.float32)

@@ -42,22 +42,30 @@ def melody_manifest(model, checkpoint_path: Path | None, dims) -> dict:
         fe["sample_rate"] = int(cfg.get("sampling_rate", fe["sample_rate"]))
         fe["num_chroma"] = int(cfg.get("num_chroma", cfg.get("feature_size", fe["num_chroma"])))
     if fe["sample_rate"] != int(c.audio_encoder.sampling_rate) or fe["num_chroma"] != int(c.num_chroma):
-        raise ValueError(f"feature extractor ({fe}) does not match the model (codec rate "
-                         f"{c.audio_encoder.sampling_rate}, num_chroma {c.num_chroma})")
-    return {"melody": {
-        "num_chroma": int(c.num_chroma),
-        "chroma_length": int(c.chroma_length),
-        # the decoder's positions cover the longest prefix plus the model's own position limit
-        "position_table": int(c.decoder.max_position_embeddings) + int(c.chroma_length) + int(dims.max_text_tokens),
-        "feature_extractor": fe,
-        "source_separation": False,  # chroma of the full mix (the reference removes drums/bass first)
-    }}
+        raise ValueError(
+            f"feature extractor ({fe}) does not match the model (codec rate "
+            f"{c.audio_encoder.sampling_rate}, num_chroma {c.num_chroma})"
+        )
+    return {
+        "melody": {
+            "num_chroma": int(c.num_chroma),
+            "chroma_length": int(c.chroma_length),
+            # the decoder's positions cover the longest prefix plus the model's own position limit
+            "position_table": int(c.decoder.max_position_embeddings) + int(c.chroma_length) + int(dims.max_text_tokens),
+            "feature_extractor": fe,
+            "source_separation": False,  # chroma of the full mix (the reference removes drums/bass first)
+        }
+    }
 
 
 TEXT = ExportVariant(
     model_type=text_lm.MODEL_TYPE,
-    lm_files=(names.CROSS_KV_FILE, names.DECODER_STEP_FILE, names.DECODER_STEP_BLOCKWISE_INT8_FILE,
-              names.AUDIO_ENCODER_FILE),  # + the prompt encoder: lm_engine encodes audio prompts in process
+    lm_files=(
+        names.CROSS_KV_FILE,
+        names.DECODER_STEP_FILE,
+        names.DECODER_STEP_BLOCKWISE_INT8_FILE,
+        names.AUDIO_ENCODER_FILE,
+    ),  # + the prompt encoder: lm_engine encodes audio prompts in process
     export_graphs=lambda model, out, precision, extra: export_text_graphs(model, out, precision),
     manifest_extra=lambda model, checkpoint_path, dims: {},
     step_checks=step_parity.cross_attention_checks,
@@ -68,8 +76,9 @@ TEXT = ExportVariant(
 MELODY = ExportVariant(
     model_type=melody_lm.MODEL_TYPE,
     lm_files=(melody_lm.CONDITION_FILE, melody_lm.DECODER_STEP_FILE, melody_lm.DECODER_STEP_BLOCKWISE_INT8_FILE),
-    export_graphs=lambda model, out, precision, extra: export_melody_graphs(model, out, precision,
-                                                                           extra["melody"]["position_table"]),
+    export_graphs=lambda model, out, precision, extra: export_melody_graphs(
+        model, out, precision, extra["melody"]["position_table"]
+    ),
     manifest_extra=melody_manifest,
     step_checks=step_parity.prefix_checks,
     oracle=oracle.melody_oracle,

@@ -33,11 +33,18 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
     resolved = checkpoints.resolve(checkpoint or man["checkpoint_path"])
     model, tokenizer = checkpoints.load(resolved.path)
     if model.config.model_type != variant.model_type:
-        raise checkpoints.CheckpointError(f"{resolved.source} is a {model.config.model_type!r} checkpoint; "
-                                          f"the staged export is {variant.model_type!r}")
+        raise checkpoints.CheckpointError(
+            f"{resolved.source} is a {model.config.model_type!r} checkpoint; "
+            f"the staged export is {variant.model_type!r}"
+        )
     precision = man["precision"]
-    report = {"checkpoint": resolved.source, "model_type": variant.model_type, "precision": precision,
-              "graphs": {}, "checks": {}}
+    report = {
+        "checkpoint": resolved.source,
+        "model_type": variant.model_type,
+        "precision": precision,
+        "graphs": {},
+        "checks": {},
+    }
     rng = np.random.default_rng(0)
 
     enc = text.TextEncoder(repository / "text_encoder" / "1" / names.TEXT_ENCODER_FILE)

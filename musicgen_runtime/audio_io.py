@@ -67,8 +67,10 @@ def format_for(path: str | Path | None = None, fmt: str | None = None) -> tuple[
     import soundfile as sf
 
     if name not in sf.available_formats():
-        raise AudioFormatError(f"this libsndfile ({sf.__libsndfile_version__}) cannot write {name}; "
-                               f"use one of {', '.join(writable_formats())}")
+        raise AudioFormatError(
+            f"this libsndfile ({sf.__libsndfile_version__}) cannot write {name}; "
+            f"use one of {', '.join(writable_formats())}"
+        )
     return name, subtype
 
 
@@ -96,10 +98,12 @@ def k_weighting_coefficients(sample_rate: float) -> list[tuple[np.ndarray, np.nd
     f0, g, q = 1681.974450955533, 3.999843853973347, 0.7071752369554196
     k = math.tan(math.pi * f0 / fs)
     vh = 10.0 ** (g / 20.0)
-    vb = vh ** 0.4996667741545416
+    vb = vh**0.4996667741545416
     a0 = 1.0 + k / q + k * k
-    shelf = (np.array([(vh + vb * k / q + k * k) / a0, 2.0 * (k * k - vh) / a0, (vh - vb * k / q + k * k) / a0]),
-             np.array([1.0, 2.0 * (k * k - 1.0) / a0, (1.0 - k / q + k * k) / a0]))
+    shelf = (
+        np.array([(vh + vb * k / q + k * k) / a0, 2.0 * (k * k - vh) / a0, (vh - vb * k / q + k * k) / a0]),
+        np.array([1.0, 2.0 * (k * k - 1.0) / a0, (1.0 - k / q + k * k) / a0]),
+    )
     # stage 2: high pass (RLB)
     f0, q = 38.13547087602444, 0.5003270373238773
     k = math.tan(math.pi * f0 / fs)
@@ -136,9 +140,9 @@ def loudness(audio, sample_rate: float) -> float:
     block = int(round(0.4 * sample_rate))
     hop = int(round(0.1 * sample_rate))
     if n < block:
-        z = (y ** 2).mean(axis=1, keepdims=True)  # [C, 1]
+        z = (y**2).mean(axis=1, keepdims=True)  # [C, 1]
     else:
-        csum = np.concatenate([np.zeros((y.shape[0], 1)), np.cumsum(y ** 2, axis=1)], axis=1)
+        csum = np.concatenate([np.zeros((y.shape[0], 1)), np.cumsum(y**2, axis=1)], axis=1)
         starts = np.arange(0, n - block + 1, hop)
         z = (csum[:, starts + block] - csum[:, starts]) / block  # [C, blocks]
     power = z.sum(axis=0)  # channel weights G_i = 1 (L, R, C)
@@ -159,10 +163,18 @@ def loudness(audio, sample_rate: float) -> float:
 # ------------------------------------------------------------------------------------------------
 
 
-def normalize(audio, sample_rate: float, strategy: str | None = "loudness", *,
-              loudness_headroom_db: float = 14.0, peak_clip_headroom_db: float = 1.0,
-              rms_headroom_db: float = 18.0, peak_ceiling_db: float = -1.0, compressor: bool = False,
-              energy_floor: float = 2e-3) -> np.ndarray:
+def normalize(
+    audio,
+    sample_rate: float,
+    strategy: str | None = "loudness",
+    *,
+    loudness_headroom_db: float = 14.0,
+    peak_clip_headroom_db: float = 1.0,
+    rms_headroom_db: float = 18.0,
+    peak_ceiling_db: float = -1.0,
+    compressor: bool = False,
+    energy_floor: float = 2e-3,
+) -> np.ndarray:
     """A normalised float32 copy of `audio` [channels, samples]; see the module doc for the strategies."""
     strategy = (strategy or "none").lower()
     if strategy not in STRATEGIES:
@@ -180,7 +192,7 @@ def normalize(audio, sample_rate: float, strategy: str | None = "loudness", *,
         if peak == 0.0:
             return src.copy()
         return (a * (10.0 ** (-peak_clip_headroom_db / 20.0) / peak)).astype(np.float32)
-    rms = float(np.sqrt(np.mean(a ** 2))) if a.size else 0.0
+    rms = float(np.sqrt(np.mean(a**2))) if a.size else 0.0
     if strategy == "rms":
         if rms == 0.0:
             return src.copy()
@@ -218,8 +230,16 @@ def _prepare(audio, subtype: str) -> np.ndarray:
     return np.ascontiguousarray(a.T)
 
 
-def write_audio(path: str | Path, audio, sample_rate: int, *, format: str | None = None,
-                subtype: str | None = None, normalize_strategy: str | None = None, **normalize_kw) -> Path:
+def write_audio(
+    path: str | Path,
+    audio,
+    sample_rate: int,
+    *,
+    format: str | None = None,
+    subtype: str | None = None,
+    normalize_strategy: str | None = None,
+    **normalize_kw,
+) -> Path:
     """Write `audio` [channels, samples] to `path` (format from `format` or the extension).
 
     WAV and FLAC default to 16-bit PCM (as audiocraft's audio_write), OGG to Vorbis, MP3 to
@@ -239,8 +259,15 @@ def write_audio(path: str | Path, audio, sample_rate: int, *, format: str | None
     return path
 
 
-def encode_audio(audio, sample_rate: int, format: str = "wav", *, subtype: str | None = None,
-                 normalize_strategy: str | None = None, **normalize_kw) -> bytes:
+def encode_audio(
+    audio,
+    sample_rate: int,
+    format: str = "wav",
+    *,
+    subtype: str | None = None,
+    normalize_strategy: str | None = None,
+    **normalize_kw,
+) -> bytes:
     """The bytes of an audio file (for downloads and web pages) without touching the disk."""
     import soundfile as sf
 
@@ -259,6 +286,5 @@ def read_audio(source) -> tuple[np.ndarray, int]:
 
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
-    data, sr = sf.read(source if not isinstance(source, Path) else str(source), dtype="float32",
-                       always_2d=True)
+    data, sr = sf.read(source if not isinstance(source, Path) else str(source), dtype="float32", always_2d=True)
     return np.ascontiguousarray(data.T), int(sr)

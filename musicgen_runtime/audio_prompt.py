@@ -39,8 +39,9 @@ class AudioPromptEncoder:
     """audio_encoder graph: a prompt waveform at any rate -> codes [K, frames] for the LM to continue."""
 
     def __init__(self, graph: str | Path, dims, device: str = "cpu", threads: int | None = None):
-        self.sess = open_graph(graph, device, threads, expect_inputs=[names.INPUT_VALUES],
-                               expect_outputs=[names.AUDIO_CODES], spin=False)
+        self.sess = open_graph(
+            graph, device, threads, expect_inputs=[names.INPUT_VALUES], expect_outputs=[names.AUDIO_CODES], spin=False
+        )
         self.dims = dims
         channels = self.sess.get_inputs()[0].shape[1]
         if isinstance(channels, int) and channels != dims.audio_channels:
@@ -62,12 +63,16 @@ class AudioPromptEncoder:
         d, rate = self.dims, int(sample_rate)
         frames = self.frames_for(wave.shape[-1], rate)
         if frames > max_frames:
-            raise AudioInputError(f"{INPUT} is too long: {wave.shape[-1] / rate:.2f} s; at most "
-                                  f"{max_frames / d.frame_rate:.2f} s fit in a window with the new music")
+            raise AudioInputError(
+                f"{INPUT} is too long: {wave.shape[-1] / rate:.2f} s; at most "
+                f"{max_frames / d.frame_rate:.2f} s fit in a window with the new music"
+            )
         wave = to_channels(resample(wave, rate, d.sample_rate), d.audio_channels)
         if wave.shape[-1] < MIN_FRAMES * d.hop_length:
-            raise AudioInputError(f"{INPUT} is too short: {wave.shape[-1] / d.sample_rate:.3f} s; at least "
-                                  f"{MIN_FRAMES * d.hop_length / d.sample_rate:.2f} s")
+            raise AudioInputError(
+                f"{INPUT} is too short: {wave.shape[-1] / d.sample_rate:.3f} s; at least "
+                f"{MIN_FRAMES * d.hop_length / d.sample_rate:.2f} s"
+            )
         return np.ascontiguousarray(wave)
 
     def encode(self, wave: np.ndarray) -> np.ndarray:

@@ -64,9 +64,11 @@ class ChromaConfig:
     def from_manifest(cls, manifest: dict) -> "ChromaConfig":
         fe = (manifest.get("melody") or {}).get("feature_extractor")
         if not fe:
-            raise MelodyInputError("this export has no melody feature-extractor settings: it is not a "
-                                   "MusicGen-Melody export (manifest model_type "
-                                   f"{manifest.get('model_type')!r})")
+            raise MelodyInputError(
+                "this export has no melody feature-extractor settings: it is not a "
+                "MusicGen-Melody export (manifest model_type "
+                f"{manifest.get('model_type')!r})"
+            )
         return cls(**{k: fe[k] for k in ("sample_rate", "n_fft", "hop_length", "num_chroma", "chunk_length")})
 
     @property
@@ -118,8 +120,10 @@ def read_audio(source, max_seconds: float | None = None, what: str = "melody") -
         raise
     except Exception as exc:  # libsndfile: unknown format, truncated file, unsupported codec
         formats = ", ".join(sorted(k for k in ("WAV", "FLAC", "OGG", "MP3") if k in sf.available_formats()))
-        raise MelodyInputError(f"could not read {label}: {_first_line(exc)}. Supported formats here: {formats} "
-                               f"(libsndfile {sf.__libsndfile_version__})") from None
+        raise MelodyInputError(
+            f"could not read {label}: {_first_line(exc)}. Supported formats here: {formats} "
+            f"(libsndfile {sf.__libsndfile_version__})"
+        ) from None
     if data.shape[0] == 0:
         raise MelodyInputError(f"{label} has no audio samples (0 frames)")
     return np.ascontiguousarray(data.T), sr
@@ -138,8 +142,7 @@ def channels_first(wave: np.ndarray, label: str = "melody audio") -> np.ndarray:
     if wave.ndim != 2:
         raise AudioInputError(f"{label} must be [samples] or [channels, samples], got shape {wave.shape}")
     if wave.shape[0] > 16 and wave.shape[1] <= 16:
-        raise AudioInputError(f"{label} of shape {wave.shape} looks like [samples, channels]: "
-                              "pass [channels, samples]")
+        raise AudioInputError(f"{label} of shape {wave.shape} looks like [samples, channels]: pass [channels, samples]")
     return wave.astype(np.float32, copy=False)
 
 
@@ -148,21 +151,25 @@ def to_mono(wave: np.ndarray, label: str = "melody audio") -> np.ndarray:
     return channels_first(wave, label).mean(axis=0, dtype=np.float32)
 
 
-def check_wave(wave: np.ndarray, sample_rate, label: str = "melody audio",
-               silent_means: str = "it would carry no melody") -> None:
+def check_wave(
+    wave: np.ndarray, sample_rate, label: str = "melody audio", silent_means: str = "it would carry no melody"
+) -> None:
     if not isinstance(sample_rate, (int, np.integer)) and not float(sample_rate).is_integer():
         raise AudioInputError(f"{label} sample rate must be a whole number of Hz, got {sample_rate}")
     if not MIN_SAMPLE_RATE <= int(sample_rate) <= MAX_SAMPLE_RATE:
-        raise AudioInputError(f"{label} sample rate {sample_rate} Hz is out of range "
-                              f"[{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}]")
+        raise AudioInputError(
+            f"{label} sample rate {sample_rate} Hz is out of range [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}]"
+        )
     if wave.size == 0:
         raise AudioInputError(f"{label} is empty (0 samples)")
     if not np.all(np.isfinite(wave)):
         raise AudioInputError(f"{label} contains NaN or infinite samples")
     peak = float(np.max(np.abs(wave)))
     if peak < SILENCE_PEAK:
-        raise AudioInputError(f"{label} is silent (peak {20 * math.log10(max(peak, 1e-12)):.0f} dBFS, "
-                              f"below {20 * math.log10(SILENCE_PEAK):.0f} dBFS): {silent_means}")
+        raise AudioInputError(
+            f"{label} is silent (peak {20 * math.log10(max(peak, 1e-12)):.0f} dBFS, "
+            f"below {20 * math.log10(SILENCE_PEAK):.0f} dBFS): {silent_means}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,8 +194,14 @@ def _sinc_kernel(orig: int, new: int, lowpass_filter_width: int, rolloff: float)
     return kernels, width
 
 
-def resample(wave: np.ndarray, orig_sr: int, new_sr: int, lowpass_filter_width: int = LOWPASS_FILTER_WIDTH,
-             rolloff: float = ROLLOFF, max_kernel_elements: int = _MAX_KERNEL_ELEMENTS) -> np.ndarray:
+def resample(
+    wave: np.ndarray,
+    orig_sr: int,
+    new_sr: int,
+    lowpass_filter_width: int = LOWPASS_FILTER_WIDTH,
+    rolloff: float = ROLLOFF,
+    max_kernel_elements: int = _MAX_KERNEL_ELEMENTS,
+) -> np.ndarray:
     """Band-limited resampling of float32 [..., samples], equal to torchaudio.functional.resample.
 
     Polyphase: the rates are reduced by their gcd; output sample n = dot(kernel[n % new], the input window
@@ -219,7 +232,7 @@ def resample(wave: np.ndarray, orig_sr: int, new_sr: int, lowpass_filter_width: 
     for x in flat:
         padded = np.pad(x, (width, width + orig))
         windows = np.lib.stride_tricks.sliding_window_view(padded, taps)[::orig]  # [length // orig + 1, taps]
-        chunks = [windows[i:i + 2048] @ kt for i in range(0, windows.shape[0], 2048)]
+        chunks = [windows[i : i + 2048] @ kt for i in range(0, windows.shape[0], 2048)]
         outs.append(np.concatenate(chunks).reshape(-1)[:target])
     return np.stack(outs).reshape(shape[:-1] + (target,)).astype(np.float32, copy=False)
 
@@ -260,7 +273,7 @@ def chroma_filter_bank(sample_rate: int, n_fft: int, num_chroma: int = 12) -> np
     half = np.round(float(num_chroma) / 2)
     filters = np.remainder(filters + half + 10 * num_chroma, num_chroma) - half
     filters = np.exp(-0.5 * (2 * filters / np.tile(bins_width, (num_chroma, 1))) ** 2)
-    filters = filters / np.sum(filters ** 2, axis=0, keepdims=True) ** 0.5
+    filters = filters / np.sum(filters**2, axis=0, keepdims=True) ** 0.5
     filters *= np.tile(np.exp(-0.5 * (((freq_bins / num_chroma - 5.0) / 2.0) ** 2)), (num_chroma, 1))
     filters = np.roll(filters, -3 * (num_chroma // 12), axis=0)
     return np.ascontiguousarray(filters[:, : int(1 + n_fft / 2)])
@@ -284,9 +297,9 @@ def power_spectrogram(x: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
     windows = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length][:frames]
     power = np.empty((n_fft // 2 + 1, frames))
     for i in range(0, frames, 32):
-        spec = np.fft.rfft(windows[i:i + 32] * window, axis=-1)
-        power[:, i:i + 32] = (spec.real ** 2 + spec.imag ** 2).T
-    return power / np.sum(window ** 2)
+        spec = np.fft.rfft(windows[i : i + 32] * window, axis=-1)
+        power[:, i : i + 32] = (spec.real**2 + spec.imag**2).T
+    return power / np.sum(window**2)
 
 
 def chroma(wave, sample_rate: int, config: ChromaConfig = ChromaConfig(), one_hot: bool = True) -> np.ndarray:

@@ -14,8 +14,9 @@ MIN_FRAMES = 4  # the codec's reflect padding needs at least this many frames
 
 class AudioDecoder:
     def __init__(self, graph: str | Path, hop_length: int, device: str = "cpu", threads: int | None = None):
-        self.sess = open_graph(graph, device, threads, expect_inputs=[names.AUDIO_CODES],
-                               expect_outputs=[names.AUDIO_VALUES], spin=False)
+        self.sess = open_graph(
+            graph, device, threads, expect_inputs=[names.AUDIO_CODES], expect_outputs=[names.AUDIO_VALUES], spin=False
+        )
         self.hop = hop_length
 
     def __call__(self, codes: np.ndarray) -> np.ndarray:

@@ -29,8 +29,9 @@ def valid_mask(frames: int, num_codebooks: int, audio_channels: int = 1) -> np.n
     return (t > d) & (t <= frames + d)
 
 
-def delay_prompt(codes: np.ndarray, columns: int, pad_token_id: int, audio_channels: int = 1
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def delay_prompt(
+    codes: np.ndarray, columns: int, pad_token_id: int, audio_channels: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Prompt codes [K, P] into a delayed sequence of `columns` columns (column 0 = BOS, the rest padding
     until generated): (sequence int64 [K, columns], known bool [K, columns] where the prompt put a token).
     The prompt's columns are 0..P; column P+1 is the first with an unknown position (codebook 0)."""
@@ -40,7 +41,7 @@ def delay_prompt(codes: np.ndarray, columns: int, pad_token_id: int, audio_chann
     seq = np.full((k, columns), pad_token_id, np.int64)
     d = delays(k, audio_channels)
     for i in range(k):
-        seq[i, 1 + d[i]: 1 + d[i] + p] = codes[i]
+        seq[i, 1 + d[i] : 1 + d[i] + p] = codes[i]
     return seq, known
 
 
@@ -50,7 +51,7 @@ def undelay(sequence: np.ndarray, frames: int, audio_channels: int = 1) -> np.nd
     d = delays(k, audio_channels)
     out = np.empty(sequence.shape[:-1] + (frames,), dtype=sequence.dtype)
     for i in range(k):
-        out[..., i, :] = sequence[..., i, 1 + d[i]: 1 + d[i] + frames]
+        out[..., i, :] = sequence[..., i, 1 + d[i] : 1 + d[i] + frames]
     return out
 
 

@@ -37,22 +37,29 @@ class EngineMetrics:
             self._families.append(f)
             return f
 
-        self.in_flight = family("musicgen_lm_requests_in_flight", "requests queued or generating",
-                                mf.GAUGE).Metric(labels={})
-        self.queue_depth = family("musicgen_lm_queue_depth", "requests waiting for a batch slot",
-                                  mf.GAUGE).Metric(labels={})
-        self.active_rows = family("musicgen_lm_active_rows", "KV-cache rows of the running batch",
-                                  mf.GAUGE).Metric(labels={})
+        self.in_flight = family("musicgen_lm_requests_in_flight", "requests queued or generating", mf.GAUGE).Metric(
+            labels={}
+        )
+        self.queue_depth = family("musicgen_lm_queue_depth", "requests waiting for a batch slot", mf.GAUGE).Metric(
+            labels={}
+        )
+        self.active_rows = family("musicgen_lm_active_rows", "KV-cache rows of the running batch", mf.GAUGE).Metric(
+            labels={}
+        )
         finished = family("musicgen_lm_requests_finished_total", "requests ended, by outcome", mf.COUNTER)
         self.outcome = {k: finished.Metric(labels={"outcome": k}) for k in OUTCOMES}
         self.frames = family("musicgen_lm_frames_total", "audio frames generated", mf.COUNTER).Metric(labels={})
-        self.audio_seconds = family("musicgen_lm_audio_seconds_total", "seconds of audio generated",
-                                    mf.COUNTER).Metric(labels={})
-        self.ttfa = family("musicgen_lm_time_to_first_audio_seconds",
-                           "time from a request's arrival at the engine to its first audio frame",
-                           mf.HISTOGRAM).Metric(labels={}, buckets=TTFA_BUCKETS)
-        self.heartbeat = family("musicgen_lm_heartbeat_timestamp_seconds", "unix time the engine thread last looped",
-                                mf.GAUGE).Metric(labels={})
+        self.audio_seconds = family("musicgen_lm_audio_seconds_total", "seconds of audio generated", mf.COUNTER).Metric(
+            labels={}
+        )
+        self.ttfa = family(
+            "musicgen_lm_time_to_first_audio_seconds",
+            "time from a request's arrival at the engine to its first audio frame",
+            mf.HISTOGRAM,
+        ).Metric(labels={}, buckets=TTFA_BUCKETS)
+        self.heartbeat = family(
+            "musicgen_lm_heartbeat_timestamp_seconds", "unix time the engine thread last looped", mf.GAUGE
+        ).Metric(labels={})
         self._reported: dict = {}
 
     def report(self, stats: dict) -> None:
@@ -73,7 +80,15 @@ class EngineMetrics:
 
     def close(self) -> None:
         """Drop the metrics, then their families (Triton wants them released in that order)."""
-        for name in ("in_flight", "queue_depth", "active_rows", "outcome", "frames", "audio_seconds", "ttfa",
-                     "heartbeat"):
+        for name in (
+            "in_flight",
+            "queue_depth",
+            "active_rows",
+            "outcome",
+            "frames",
+            "audio_seconds",
+            "ttfa",
+            "heartbeat",
+        ):
             self.__dict__.pop(name, None)
         self._families.clear()

@@ -18,12 +18,13 @@ class KVCache:
     (memory.lazy_zeros), so a large capacity costs memory only for the positions generated.
     """
 
-    def __init__(self, ort, device: str, dtype, count: int, max_rows: int, heads: int, capacity: int,
-                 head_dim: int):
+    def __init__(self, ort, device: str, dtype, count: int, max_rows: int, heads: int, capacity: int, head_dim: int):
         self.device, self.dtype = device, np.dtype(dtype)
         if device == "cuda" and self.dtype != np.float16:
-            raise GraphError("GPU serving needs the fp16 LM (GroupQueryAttention on CUDA is fp16/bf16 only): "
-                             "export with --precision fp16")
+            raise GraphError(
+                "GPU serving needs the fp16 LM (GroupQueryAttention on CUDA is fp16/bf16 only): "
+                "export with --precision fp16"
+            )
         self.max_rows, self.capacity = max_rows, capacity
         self._tail = [heads, capacity, head_dim]
         self.row_bytes = heads * capacity * head_dim * self.dtype.itemsize
@@ -31,8 +32,9 @@ class KVCache:
         shape = [max_rows, *self._tail]
         if device == "cuda":
             self.host = None
-            self.values = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, "cuda", 0)
-                           for _ in range(count)]
+            self.values = [
+                ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, "cuda", 0) for _ in range(count)
+            ]
         else:
             self.host = [memory.lazy_zeros(shape, self.dtype) for _ in range(count)]
             self.values = [ort.OrtValue.ortvalue_from_numpy(h) for h in self.host]
@@ -50,7 +52,7 @@ class KVCache:
     def move(self, src: int, dst: int, rows: int, upto: int) -> None:
         """Copy positions [0, upto) of rows [src, src + rows) to rows starting at dst (CPU only)."""
         for h in self.host:
-            h[dst:dst + rows, :, :upto] = h[src:src + rows, :, :upto]
+            h[dst : dst + rows, :, :upto] = h[src : src + rows, :, :upto]
 
 
 class RowAllocator:

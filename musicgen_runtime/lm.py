@@ -115,8 +115,9 @@ class Generation:
             cond = logits[row, :, -1, :].astype(np.float32)
             uncond = logits[row + 1, :, -1, :].astype(np.float32) if self.rows == 2 else None
             p = self.params
-            nxt = sampling.sample(sampling.guide(cond, uncond, p.guidance_scale), p.top_k, p.top_p,
-                                  p.temperature, self.rng)
+            nxt = sampling.sample(
+                sampling.guide(cond, uncond, p.guidance_scale), p.top_k, p.top_p, p.temperature, self.rng
+            )
             col = self.t + 1
             new = np.where(self.valid[:, col], nxt, pad_token_id)
             self.tokens[:, col] = np.where(self.known[:, col], self.tokens[:, col], new)
@@ -139,13 +140,22 @@ class LanguageModel:
     model_type: str = ""
     chroma_config = None  # the melody features the model takes (chroma.ChromaConfig); None: it takes no melody
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu", threads: int | None = None, max_rows: int = 32,
-                 max_steps: int | None = None, blockwise_int8_max_rows: int = BLOCKWISE_INT8_MAX_ROWS):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        max_rows: int = 32,
+        max_steps: int | None = None,
+        blockwise_int8_max_rows: int = BLOCKWISE_INT8_MAX_ROWS,
+    ):
         model_dir = Path(model_dir)
         self.manifest = manifest_mod.read(model_dir)
         if self.manifest.get("model_type", "musicgen") != self.model_type:
-            raise GraphError(f"{model_dir}: export of a {self.manifest.get('model_type')!r} checkpoint, not "
-                             f"{self.model_type!r}: open it with variants.open_language_model")
+            raise GraphError(
+                f"{model_dir}: export of a {self.manifest.get('model_type')!r} checkpoint, not "
+                f"{self.model_type!r}: open it with variants.open_language_model"
+            )
         self.dims = manifest_mod.dims(self.manifest)
         self.device = device
         self.decoder: StepGraph = self.open_graphs(model_dir, threads, blockwise_int8_max_rows)
@@ -205,14 +215,26 @@ class LanguageModel:
         prompt = self._prompt_codes(request)
         condition, prefix_len = self.condition(request, params)
         if prefix_len + steps + 1 > self.cache.capacity:
-            raise ValueError(f"{request.frames} frames after a {prefix_len}-position conditioning need "
-                             f"{prefix_len + steps + 1} positions; this engine holds {self.cache.capacity}")
+            raise ValueError(
+                f"{request.frames} frames after a {prefix_len}-position conditioning need "
+                f"{prefix_len + steps + 1} positions; this engine holds {self.cache.capacity}"
+            )
         tokens, known = delay.delay_prompt(prompt, steps + 1, d.pad_token_id, d.audio_channels)
-        return Generation(params=params, frames=request.frames, steps=steps, tokens=tokens,
-                          valid=delay.valid_mask(request.frames, d.num_codebooks, d.audio_channels), known=known,
-                          condition=condition, prefix_len=prefix_len, prompt_frames=prompt.shape[1],
-                          t=prompt.shape[1], rng=np.random.default_rng(params.seed),
-                          audio_channels=d.audio_channels, on_step=request.on_step)
+        return Generation(
+            params=params,
+            frames=request.frames,
+            steps=steps,
+            tokens=tokens,
+            valid=delay.valid_mask(request.frames, d.num_codebooks, d.audio_channels),
+            known=known,
+            condition=condition,
+            prefix_len=prefix_len,
+            prompt_frames=prompt.shape[1],
+            t=prompt.shape[1],
+            rng=np.random.default_rng(params.seed),
+            audio_channels=d.audio_channels,
+            on_step=request.on_step,
+        )
 
     def _prompt_codes(self, request: GenerationRequest) -> np.ndarray:
         """The request's prompt codes, checked ([K, 0] without a prompt)."""
@@ -221,8 +243,10 @@ class LanguageModel:
             return np.zeros((d.num_codebooks, 0), np.int64)
         codes = np.asarray(request.prompt_codes)
         if codes.ndim != 2 or codes.shape[0] != d.num_codebooks or not 1 <= codes.shape[1] < request.frames:
-            raise ValueError(f"prompt codes must be [{d.num_codebooks}, P] with 1 <= P < frames ({request.frames}), "
-                             f"got {list(codes.shape)}")
+            raise ValueError(
+                f"prompt codes must be [{d.num_codebooks}, P] with 1 <= P < frames ({request.frames}), "
+                f"got {list(codes.shape)}"
+            )
         if codes.min() < 0 or codes.max() >= d.vocab_size:
             raise ValueError(f"prompt codes must be in [0, {d.vocab_size})")
         return codes.astype(np.int64)
@@ -276,8 +300,8 @@ class LanguageModel:
         pos = np.zeros((rows, 1), np.int64)
         for gen in self.rows.active:
             r = self.rows.start[gen.id]
-            ids[r:r + gen.rows, :, 0] = gen.tokens[:, gen.t]
-            pos[r:r + gen.rows] = gen.first_position + gen.t
+            ids[r : r + gen.rows, :, 0] = gen.tokens[:, gen.t]
+            pos[r : r + gen.rows] = gen.first_position + gen.t
         try:
             logits = self.decoder.run(ids, pos, self.cache, **self.decode_inputs())
         except Exception as exc:  # a failed batched step fails the generations in it, clearly
@@ -292,7 +316,7 @@ class LanguageModel:
     def _prefill(self, gen: Generation, start: int) -> None:
         """Prefix, BOS and the prompt's columns (0..t) in one step on the generation's own rows (their
         cache positions are free), then its first unknown column."""
-        ids = np.repeat(gen.tokens[None, :, :gen.t + 1], gen.rows, axis=0)
+        ids = np.repeat(gen.tokens[None, :, : gen.t + 1], gen.rows, axis=0)
         pos = np.tile(np.arange(gen.prefix_len + gen.t + 1, dtype=np.int64), (gen.rows, 1))
         try:
             logits = self.decoder.run(ids, pos, self.cache, first_row=start, **self.prefill_inputs(gen))

@@ -49,14 +49,22 @@ class MelodyConditioner:
     """melody_condition graph: chroma projected and looped/truncated to chroma_length, then the text states."""
 
     def __init__(self, graph: str | Path, device: str = "cpu", threads: int | None = None):
-        self.sess = open_graph(graph, device, threads, expect_inputs=[CHROMA, names.ENCODER_HIDDEN_STATES],
-                               expect_outputs=[INPUTS_EMBEDS], spin=False)
+        self.sess = open_graph(
+            graph,
+            device,
+            threads,
+            expect_inputs=[CHROMA, names.ENCODER_HIDDEN_STATES],
+            expect_outputs=[INPUTS_EMBEDS],
+            spin=False,
+        )
         self.num_chroma = int(self.sess.get_inputs()[0].shape[-1])
 
     def __call__(self, chroma: np.ndarray, text_states: np.ndarray) -> np.ndarray:
         """chroma [B, Tc, C], text_states [B, T, H] -> [B, chroma_length + T, H] float32."""
-        out = self.sess.run([INPUTS_EMBEDS], {CHROMA: np.asarray(chroma, np.float32),
-                                              names.ENCODER_HIDDEN_STATES: np.asarray(text_states, np.float32)})[0]
+        out = self.sess.run(
+            [INPUTS_EMBEDS],
+            {CHROMA: np.asarray(chroma, np.float32), names.ENCODER_HIDDEN_STATES: np.asarray(text_states, np.float32)},
+        )[0]
         return out.astype(np.float32, copy=False)
 
 
@@ -77,19 +85,29 @@ class MelodyLanguageModel(LanguageModel):
         self.chroma_config = ChromaConfig.from_manifest(self.manifest)
         self.condition_graph = MelodyConditioner(model_dir / CONDITION_FILE, self.device, threads)
         if self.condition_graph.num_chroma != self.num_chroma:
-            raise GraphError(f"{CONDITION_FILE} takes {self.condition_graph.num_chroma} chroma bins, "
-                             f"manifest says {self.num_chroma}")
-        return StepGraph(model_dir, DECODER_STEP_FILE, DECODER_STEP_BLOCKWISE_INT8_FILE, [INPUTS_EMBEDS], self.dims,
-                         past_per_layer=2, device=self.device, threads=threads,
-                         blockwise_int8_max_rows=blockwise_int8_max_rows)
+            raise GraphError(
+                f"{CONDITION_FILE} takes {self.condition_graph.num_chroma} chroma bins, manifest says {self.num_chroma}"
+            )
+        return StepGraph(
+            model_dir,
+            DECODER_STEP_FILE,
+            DECODER_STEP_BLOCKWISE_INT8_FILE,
+            [INPUTS_EMBEDS],
+            self.dims,
+            past_per_layer=2,
+            device=self.device,
+            threads=threads,
+            blockwise_int8_max_rows=blockwise_int8_max_rows,
+        )
 
     def capacity(self, max_steps: int | None) -> int:
         if max_steps is None:
             return self.position_table
         return min(self.position_table, self.chroma_length + self.dims.max_text_tokens + max_steps + 1)
 
-    def prefix(self, text_states: np.ndarray, text_mask: np.ndarray, chroma: np.ndarray | None,
-               guidance_scale: float) -> np.ndarray:
+    def prefix(
+        self, text_states: np.ndarray, text_mask: np.ndarray, chroma: np.ndarray | None, guidance_scale: float
+    ) -> np.ndarray:
         """[rows, chroma_length + T, H] prefix embeddings for one request (rows = 2 with guidance > 1).
 
         text_states [T, H] projected text states (text_encoder graph), text_mask [T]: padded positions

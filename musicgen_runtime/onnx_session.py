@@ -15,17 +15,25 @@ class GraphError(RuntimeError):
 def providers_for(device: str) -> list:
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise GraphError("device 'cuda' requested but this onnxruntime has no CUDAExecutionProvider "
-                             "(install onnxruntime-gpu matching the CUDA version, or use device 'cpu')")
+            raise GraphError(
+                "device 'cuda' requested but this onnxruntime has no CUDAExecutionProvider "
+                "(install onnxruntime-gpu matching the CUDA version, or use device 'cpu')"
+            )
         return [("CUDAExecutionProvider", {"do_copy_in_default_stream": True}), "CPUExecutionProvider"]
     if device != "cpu":
         raise GraphError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
     return ["CPUExecutionProvider"]
 
 
-def open_graph(path: str | Path, device: str = "cpu", threads: int | None = None,
-               expect_inputs=(), expect_outputs=(), spin: bool = True,
-               profile_prefix: str | None = None) -> ort.InferenceSession:
+def open_graph(
+    path: str | Path,
+    device: str = "cpu",
+    threads: int | None = None,
+    expect_inputs=(),
+    expect_outputs=(),
+    spin: bool = True,
+    profile_prefix: str | None = None,
+) -> ort.InferenceSession:
     """Load a graph; fail clearly if it is missing or lacks the tensor names the runtime uses.
 
     spin=False: the intra-op threads sleep instead of spin-waiting between ops. For graphs run once

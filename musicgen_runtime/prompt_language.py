@@ -8,13 +8,17 @@ from __future__ import annotations
 import re
 
 # CJK ideographs (incl. extension A and compatibility), kana, hangul, CJK punctuation and fullwidth forms
-_CJK = re.compile("[\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff"
-                  "\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
+_CJK = re.compile(
+    "[\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff"
+    "\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]"
+)
 
-WARNING = ("the prompt contains Chinese, Japanese or Korean characters. MusicGen's text encoder (T5) was "
-           "trained on English music descriptions, so this prompt will likely give poor music. Describe "
-           "the music in English: genre, instruments, mood, tempo (e.g. 'calm lo-fi beat with warm piano, "
-           "80 bpm'). The prompt is sent as typed, not translated.")
+WARNING = (
+    "the prompt contains Chinese, Japanese or Korean characters. MusicGen's text encoder (T5) was "
+    "trained on English music descriptions, so this prompt will likely give poor music. Describe "
+    "the music in English: genre, instruments, mood, tempo (e.g. 'calm lo-fi beat with warm piano, "
+    "80 bpm'). The prompt is sent as typed, not translated."
+)
 
 
 class PromptLanguageWarning(UserWarning):

@@ -38,8 +38,7 @@ def filter_logits(logits: np.ndarray, top_k: int, top_p: float, temperature: flo
     return x
 
 
-def sample(logits: np.ndarray, top_k: int, top_p: float, temperature: float,
-           rng: np.random.Generator) -> np.ndarray:
+def sample(logits: np.ndarray, top_k: int, top_p: float, temperature: float, rng: np.random.Generator) -> np.ndarray:
     """[K, V] guided logits -> [K] token ids. top_k == 1 is greedy (argmax) and draws nothing."""
     if top_k == 1:
         return np.argmax(logits, axis=-1).astype(np.int64)

@@ -49,8 +49,16 @@ class Scheduler:
         self.report_every = report_every
         # in_flight, queue_depth, active_rows: now; ok/error/cancelled/frames: since start;
         # time_to_first_audio: seconds (submit -> first frame ready) observed since the last report
-        self.stats = {"in_flight": 0, "queue_depth": 0, "active_rows": 0, "ok": 0, "error": 0, "cancelled": 0,
-                      "frames": 0, "time_to_first_audio": []}
+        self.stats = {
+            "in_flight": 0,
+            "queue_depth": 0,
+            "active_rows": 0,
+            "ok": 0,
+            "error": 0,
+            "cancelled": 0,
+            "frames": 0,
+            "time_to_first_audio": [],
+        }
         self._last_report = time.monotonic()  # the first report after initialize() returned: not during it
         self.max_active = max_active  # requests beyond this wait in the queue
         self._queue: "queue.Queue[Job]" = queue.Queue()
@@ -138,8 +146,11 @@ class Scheduler:
             return
         self._last_report = now
         queued = self._queue.qsize()
-        self.stats.update(in_flight=queued + len(self._jobs), queue_depth=queued,
-                          active_rows=sum(job.seq.rows for job in self._jobs.values()))
+        self.stats.update(
+            in_flight=queued + len(self._jobs),
+            queue_depth=queued,
+            active_rows=sum(job.seq.rows for job in self._jobs.values()),
+        )
         report, self.stats["time_to_first_audio"] = dict(self.stats), []
         self._safe(self.on_report, report)
 

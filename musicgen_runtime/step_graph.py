@@ -31,14 +31,25 @@ class StepGraph:
     layer count and cache dtype are read back from the graph, not assumed.
     """
 
-    def __init__(self, model_dir: Path, step_file: str, blockwise_int8_file: str, inputs: list[str], dims,
-                 past_per_layer: int, device: str = "cpu", threads: int | None = None,
-                 blockwise_int8_max_rows: int = BLOCKWISE_INT8_MAX_ROWS):
+    def __init__(
+        self,
+        model_dir: Path,
+        step_file: str,
+        blockwise_int8_file: str,
+        inputs: list[str],
+        dims,
+        past_per_layer: int,
+        device: str = "cpu",
+        threads: int | None = None,
+        blockwise_int8_max_rows: int = BLOCKWISE_INT8_MAX_ROWS,
+    ):
         import onnxruntime as ort
 
         self._ort, self.device, self.dims = ort, device, dims
-        expect = dict(expect_inputs=[names.INPUT_IDS, names.POSITION_IDS, names.SEQLENS_K,
-                                     names.TOTAL_SEQUENCE_LENGTH, *inputs], expect_outputs=[names.LOGITS])
+        expect = dict(
+            expect_inputs=[names.INPUT_IDS, names.POSITION_IDS, names.SEQLENS_K, names.TOTAL_SEQUENCE_LENGTH, *inputs],
+            expect_outputs=[names.LOGITS],
+        )
         self.sess = open_graph(Path(model_dir) / step_file, device, threads, **expect)
         self.blockwise_int8_max_rows = blockwise_int8_max_rows
         self.blockwise_int8_sess = None  # loaded when exported (int8) and not switched off (max rows 0)
@@ -53,8 +64,11 @@ class StepGraph:
             raise GraphError(f"{step_file} has {self.num_layers} layers, manifest says {dims.num_layers}")
         self.cache_dtype = np.float16 if past[0].type == "tensor(float16)" else np.float32
         # float inputs take the graph's dtype (fp16 exports); integer inputs keep the caller's
-        self.input_dtype = {i.name: np.float16 if i.type == "tensor(float16)" else np.float32
-                            for i in self.sess.get_inputs() if i.type in ("tensor(float)", "tensor(float16)")}
+        self.input_dtype = {
+            i.name: np.float16 if i.type == "tensor(float16)" else np.float32
+            for i in self.sess.get_inputs()
+            if i.type in ("tensor(float)", "tensor(float16)")
+        }
         self._bound: tuple | None = None  # the kept binding: (what it binds, (IOBinding, logits buffer))
 
     def select(self, tokens: int):
@@ -67,8 +81,9 @@ class StepGraph:
     def new_cache(self, rows: int, capacity: int) -> KVCache:
         """A KV cache for this graph (the engine's own, or a scratch one for verification)."""
         d = self.dims
-        return KVCache(self._ort, self.device, self.cache_dtype, 2 * self.num_layers, rows, d.num_heads, capacity,
-                       d.head_dim)
+        return KVCache(
+            self._ort, self.device, self.cache_dtype, 2 * self.num_layers, rows, d.num_heads, capacity, d.head_dim
+        )
 
     def value(self, arr: np.ndarray):
         """An OrtValue on this graph's device (on CPU it shares the numpy buffer)."""
@@ -84,8 +99,7 @@ class StepGraph:
         buffer anew and wrapping every output took 1.21 ms of each one-request int8 step on our 2-core
         VM (≈5 %), 0.14 ms with the kept binding."""
         what = (sess, cache, rows, tokens, first_row, cross)
-        if self._bound is not None and all(a is b or (type(a) is int and a == b)
-                                           for a, b in zip(self._bound[0], what)):
+        if self._bound is not None and all(a is b or (type(a) is int and a == b) for a, b in zip(self._bound[0], what)):
             return self._bound[1]
         io = sess.io_binding()
         out = next(o for o in sess.get_outputs() if o.name == names.LOGITS)
@@ -114,8 +128,15 @@ class StepGraph:
         sess.run_with_iobinding(io)
         return logits.copy()
 
-    def run(self, ids: np.ndarray, pos: np.ndarray, cache: KVCache, first_row: int = 0, extra: dict | None = None,
-            cross: list | None = None) -> np.ndarray:
+    def run(
+        self,
+        ids: np.ndarray,
+        pos: np.ndarray,
+        cache: KVCache,
+        first_row: int = 0,
+        extra: dict | None = None,
+        cross: list | None = None,
+    ) -> np.ndarray:
         """One step on rows [first_row, first_row + len(ids)) of `cache`: ids [rows, K, S], pos [rows, P]
         positions of the P new cache entries (P = S, or prefix + S) → logits [rows, K, S, V]."""
         rows = ids.shape[0]

@@ -30,18 +30,26 @@ class PromptTokenizer:
         ids = np.zeros((len(encs), t), np.int64)
         mask = np.zeros((len(encs), t), np.int64)
         for i, e in enumerate(encs):
-            ids[i, :len(e.ids)] = e.ids
-            mask[i, :len(e.ids)] = 1
+            ids[i, : len(e.ids)] = e.ids
+            mask[i, : len(e.ids)] = 1
         return ids, mask
 
 
 class TextEncoder:
     def __init__(self, graph: str | Path, device: str = "cpu", threads: int | None = None):
-        self.sess = open_graph(graph, device, threads, expect_inputs=[names.INPUT_IDS, names.ATTENTION_MASK],
-                               expect_outputs=[names.ENCODER_HIDDEN_STATES], spin=False)
+        self.sess = open_graph(
+            graph,
+            device,
+            threads,
+            expect_inputs=[names.INPUT_IDS, names.ATTENTION_MASK],
+            expect_outputs=[names.ENCODER_HIDDEN_STATES],
+            spin=False,
+        )
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """[B, T, H] float32 states, zero at padded positions."""
-        out = self.sess.run([names.ENCODER_HIDDEN_STATES],
-                            {names.INPUT_IDS: ids.astype(np.int64), names.ATTENTION_MASK: mask.astype(np.int64)})[0]
+        out = self.sess.run(
+            [names.ENCODER_HIDDEN_STATES],
+            {names.INPUT_IDS: ids.astype(np.int64), names.ATTENTION_MASK: mask.astype(np.int64)},
+        )[0]
         return out.astype(np.float32, copy=False)

@@ -35,13 +35,25 @@ class TextLanguageModel(LanguageModel):
     model_type = MODEL_TYPE
 
     def open_graphs(self, model_dir: Path, threads: int | None, blockwise_int8_max_rows: int) -> StepGraph:
-        decoder = StepGraph(model_dir, names.DECODER_STEP_FILE, names.DECODER_STEP_BLOCKWISE_INT8_FILE,
-                            [names.ENCODER_ATTENTION_MASK], self.dims, past_per_layer=4, device=self.device,
-                            threads=threads, blockwise_int8_max_rows=blockwise_int8_max_rows)
-        self.cross_sess = open_graph(model_dir / names.CROSS_KV_FILE, self.device, threads,
-                                     expect_inputs=[names.ENCODER_HIDDEN_STATES], spin=False)
-        self.hidden_dtype = (np.float16 if self.cross_sess.get_inputs()[0].type == "tensor(float16)"
-                             else np.float32)
+        decoder = StepGraph(
+            model_dir,
+            names.DECODER_STEP_FILE,
+            names.DECODER_STEP_BLOCKWISE_INT8_FILE,
+            [names.ENCODER_ATTENTION_MASK],
+            self.dims,
+            past_per_layer=4,
+            device=self.device,
+            threads=threads,
+            blockwise_int8_max_rows=blockwise_int8_max_rows,
+        )
+        self.cross_sess = open_graph(
+            model_dir / names.CROSS_KV_FILE,
+            self.device,
+            threads,
+            expect_inputs=[names.ENCODER_HIDDEN_STATES],
+            spin=False,
+        )
+        self.hidden_dtype = np.float16 if self.cross_sess.get_inputs()[0].type == "tensor(float16)" else np.float32
         self.cross_out = [o.name for o in self.cross_sess.get_outputs()]
         if len(self.cross_out) != 2 * decoder.num_layers:
             raise GraphError("cross_kv outputs do not match the decoder's layers")
@@ -81,18 +93,18 @@ class TextLanguageModel(LanguageModel):
     def _cross_inputs(self, gens: list[Generation], start: dict, rows: int) -> dict:
         t_max = max(g.condition.enc_mask.shape[1] for g in gens)
         d = self.dims
-        cross = [np.zeros((rows, d.num_heads, t_max, d.head_dim), self.cache_dtype)
-                 for _ in range(2 * self.num_layers)]
+        cross = [np.zeros((rows, d.num_heads, t_max, d.head_dim), self.cache_dtype) for _ in range(2 * self.num_layers)]
         enc_mask = np.zeros((rows, t_max), np.int64)
         for g in gens:
             r, t = start[g.id], g.condition.enc_mask.shape[1]
-            enc_mask[r:r + g.rows, :t] = g.condition.enc_mask
+            enc_mask[r : r + g.rows, :t] = g.condition.enc_mask
             for buf, c in zip(cross, g.condition.cross):
-                buf[r:r + g.rows, :, :t] = c
+                buf[r : r + g.rows, :, :t] = c
         return {"extra": {names.ENCODER_ATTENTION_MASK: enc_mask}, "cross": [self.decoder.value(c) for c in cross]}
 
     def run_step(self, ids: np.ndarray, pos: np.ndarray, enc_mask: np.ndarray, cache, cross: list) -> np.ndarray:
         """The step graph on the first len(ids) rows of `cache` (verification): ids [rows, K, S], pos
         [rows, S], enc_mask [rows, T], cross the K/V values (`decoder.value`) of `cross_kv`."""
-        return self.decoder.run(ids, pos, cache, extra={names.ENCODER_ATTENTION_MASK: np.asarray(enc_mask, np.int64)},
-                                cross=cross)
+        return self.decoder.run(
+            ids, pos, cache, extra={names.ENCODER_ATTENTION_MASK: np.asarray(enc_mask, np.int64)}, cross=cross
+        )

@@ -113,7 +113,6 @@ def error_response(pb_utils, exc: BaseException):
     return pb_utils.InferenceResponse(output_tensors=[], error=E(msg, code))
 
 
-
 def output(pb_utils, response, name: str) -> np.ndarray:
     t = pb_utils.get_output_tensor_by_name(response, name)
     if t is None:

@@ -76,9 +76,17 @@ def validate_prompt(prompt, max_chars: int = MAX_PROMPT_CHARS) -> str:
     return text
 
 
-def validate_params(duration, top_k=None, top_p=None, temperature=None, guidance_scale=None, seed=None,
-                    *, max_duration: float = DEFAULT_MAX_DURATION, vocab_size: int | None = None
-                    ) -> GenerationParams:
+def validate_params(
+    duration,
+    top_k=None,
+    top_p=None,
+    temperature=None,
+    guidance_scale=None,
+    seed=None,
+    *,
+    max_duration: float = DEFAULT_MAX_DURATION,
+    vocab_size: int | None = None,
+) -> GenerationParams:
     """Check every parameter; None means the default. Raises ValidationError with a clear message."""
     d = _finite("duration", duration)
     if not 0 < d <= max_duration:
@@ -98,6 +106,6 @@ def validate_params(duration, top_k=None, top_p=None, temperature=None, guidance
     if not 1.0 <= g <= MAX_GUIDANCE:
         raise ValidationError(f"guidance_scale must be in [1, {MAX_GUIDANCE:g}] (1 = no guidance), got {g:g}")
     s = None if seed is None else _integer("seed", seed)
-    if s is not None and not 0 <= s < 2 ** 63:
+    if s is not None and not 0 <= s < 2**63:
         raise ValidationError(f"seed must be in [0, 2^63), got {s}")
     return GenerationParams(duration=d, top_k=k, top_p=p, temperature=t, guidance_scale=g, seed=s)

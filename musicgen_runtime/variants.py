@@ -10,8 +10,9 @@ from .melody_lm import MelodyLanguageModel
 from .onnx_session import GraphError
 from .text_lm import TextLanguageModel
 
-LANGUAGE_MODELS: dict[str, type[LanguageModel]] = {cls.model_type: cls
-                                                   for cls in (TextLanguageModel, MelodyLanguageModel)}
+LANGUAGE_MODELS: dict[str, type[LanguageModel]] = {
+    cls.model_type: cls for cls in (TextLanguageModel, MelodyLanguageModel)
+}
 
 
 def open_language_model(model_dir: str | Path, **options) -> LanguageModel:
@@ -20,6 +21,7 @@ def open_language_model(model_dir: str | Path, **options) -> LanguageModel:
     try:
         cls = LANGUAGE_MODELS[model_type]
     except KeyError:
-        raise GraphError(f"{model_dir}: no LM for model_type {model_type!r} "
-                         f"(known: {', '.join(sorted(LANGUAGE_MODELS))}): re-export") from None
+        raise GraphError(
+            f"{model_dir}: no LM for model_type {model_type!r} (known: {', '.join(sorted(LANGUAGE_MODELS))}): re-export"
+        ) from None
     return cls(model_dir, **options)

@@ -140,11 +140,12 @@ def cmd_start(args: argparse.Namespace, work_dir: Path) -> int:
     with _file_lock(work_dir / ".cli.lock"):
         state = read_state(work_dir)
         if state and state_is_running(state):
-            same = (
-                state.get("repository") == str(repository)
-                and state.get("ports") == {"http": args.http_port, "grpc": args.grpc_port, "metrics": args.metrics_port,
-                                           "health": args.health_port}
-            )
+            same = state.get("repository") == str(repository) and state.get("ports") == {
+                "http": args.http_port,
+                "grpc": args.grpc_port,
+                "metrics": args.metrics_port,
+                "health": args.health_port,
+            }
             if same:
                 print(f"tritonserver is already running (pid {state['pid']}) with this repository and these ports:")
                 _print_endpoints(state)
@@ -160,22 +161,44 @@ def cmd_start(args: argparse.Namespace, work_dir: Path) -> int:
         _rotate_log(log_path)
         _rotate_log(sup_log)
         prefix, t0 = new_shm_prefix(), time.monotonic()
-        command = [sys.executable, "-m", "server", "run", f"--work-dir={work_dir}", f"--shm-prefix={prefix}",
-                   *_run_args(args), "--", *_extra_args(args)]
+        command = [
+            sys.executable,
+            "-m",
+            "server",
+            "run",
+            f"--work-dir={work_dir}",
+            f"--shm-prefix={prefix}",
+            *_run_args(args),
+            "--",
+            *_extra_args(args),
+        ]
         with open(sup_log, "ab") as out:
-            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True, close_fds=True)
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
         host = client_host(args.address)
         state = {
             "pid": proc.pid,
             "shm_prefix": prefix,
             "repository": str(repository),
             "address": args.address,
-            "ports": {"http": args.http_port, "grpc": args.grpc_port, "metrics": args.metrics_port,
-                      "health": args.health_port},
-            "endpoints": {"http": f"http://{host}:{args.http_port}", "grpc": f"{host}:{args.grpc_port}",
-                          "metrics": f"http://{host}:{args.metrics_port}/metrics",
-                          "health": f"http://{host}:{args.health_port}"},
+            "ports": {
+                "http": args.http_port,
+                "grpc": args.grpc_port,
+                "metrics": args.metrics_port,
+                "health": args.health_port,
+            },
+            "endpoints": {
+                "http": f"http://{host}:{args.http_port}",
+                "grpc": f"{host}:{args.grpc_port}",
+                "metrics": f"http://{host}:{args.metrics_port}/metrics",
+                "health": f"http://{host}:{args.health_port}",
+            },
             "log": str(log_path),
             "supervisor_log": str(sup_log),
             "exit_timeout": args.exit_timeout,
@@ -211,15 +234,24 @@ def cmd_start(args: argparse.Namespace, work_dir: Path) -> int:
 
 def _run_args(args: argparse.Namespace) -> list[str]:
     """The options of `start` that `run` takes as they are."""
-    out = [f"--repository={Path(args.repository).expanduser().resolve()}", f"--address={args.address}",
-           f"--timeout={args.timeout}", f"--exit-timeout={args.exit_timeout}", f"--stall-seconds={args.stall_seconds}"]
-    out += [f"--{n.replace('_', '-')}={getattr(args, n)}" for n in ("http_port", "grpc_port", "metrics_port", "health_port")]
+    out = [
+        f"--repository={Path(args.repository).expanduser().resolve()}",
+        f"--address={args.address}",
+        f"--timeout={args.timeout}",
+        f"--exit-timeout={args.exit_timeout}",
+        f"--stall-seconds={args.stall_seconds}",
+    ]
+    out += [
+        f"--{n.replace('_', '-')}={getattr(args, n)}" for n in ("http_port", "grpc_port", "metrics_port", "health_port")
+    ]
     return out
 
 
 def cmd_run(args: argparse.Namespace, work_dir: Path) -> int:
     """The supervisor in the foreground, until SIGTERM/SIGINT."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s", stream=sys.stdout)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s", stream=sys.stdout
+    )
     repository = Path(args.repository).expanduser().resolve()
     if not repository.is_dir():
         _err(f"error: model repository {repository} does not exist or is not a directory")
@@ -230,10 +262,19 @@ def cmd_run(args: argparse.Namespace, work_dir: Path) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     server = TritonServer(
-        repository, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-        health_port=args.health_port, address=args.address, work_dir=work_dir,
-        log_path=args.log_file or work_dir / LOG_FILE, extra_args=_extra_args(args), ready_timeout=args.timeout,
-        exit_timeout=args.exit_timeout, shm_prefix=args.shm_prefix, binary=args.tritonserver,
+        repository,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+        address=args.address,
+        work_dir=work_dir,
+        log_path=args.log_file or work_dir / LOG_FILE,
+        extra_args=_extra_args(args),
+        ready_timeout=args.timeout,
+        exit_timeout=args.exit_timeout,
+        shm_prefix=args.shm_prefix,
+        binary=args.tritonserver,
         supervisor_options={"stall_seconds": args.stall_seconds},
     )
     try:
@@ -302,8 +343,12 @@ def cmd_status(args: argparse.Namespace, work_dir: Path) -> int:
         health = _readyz(state["endpoints"]["health"])
         ready = health.get("status") == "ready"
     if args.json:
-        print(json.dumps({**(state or {}), "work_dir": str(work_dir), "running": running, "ready": ready,
-                          "health": health}, indent=2))
+        print(
+            json.dumps(
+                {**(state or {}), "work_dir": str(work_dir), "running": running, "ready": ready, "health": health},
+                indent=2,
+            )
+        )
         return EXIT_OK if running else EXIT_NOT_RUNNING
     if not state:
         print(f"tritonserver is not running (no pid file in {work_dir})")
@@ -311,7 +356,11 @@ def cmd_status(args: argparse.Namespace, work_dir: Path) -> int:
     if not running:
         print(f"tritonserver is not running (stale pid file for pid {state['pid']} in {work_dir})")
         return EXIT_NOT_RUNNING
-    how = "ready" if ready else f"NOT ready ({health.get('status', 'no answer')}{': ' + health['reason'] if health.get('reason') else ''})"
+    how = (
+        "ready"
+        if ready
+        else f"NOT ready ({health.get('status', 'no answer')}{': ' + health['reason'] if health.get('reason') else ''})"
+    )
     print(f"tritonserver is running (supervisor pid {state['pid']}), {how}")
     _print_endpoints(state)
     return EXIT_OK
@@ -345,16 +394,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{start,stop,status,run}")
 
     server_opts = argparse.ArgumentParser(add_help=False)
-    server_opts.add_argument("--repository", "--model-repository", default="model_repository",
-                             help="model repository (default: %(default)s)")
+    server_opts.add_argument(
+        "--repository", "--model-repository", default="model_repository", help="model repository (default: %(default)s)"
+    )
     server_opts.add_argument("--http-port", type=int, default=8000)
     server_opts.add_argument("--grpc-port", type=int, default=8001)
     server_opts.add_argument("--metrics-port", type=int, default=8002)
-    server_opts.add_argument("--health-port", type=int, default=DEFAULT_HEALTH_PORT,
-                             help="the supervisor's /livez and /readyz (default: %(default)s)")
+    server_opts.add_argument(
+        "--health-port",
+        type=int,
+        default=DEFAULT_HEALTH_PORT,
+        help="the supervisor's /livez and /readyz (default: %(default)s)",
+    )
     server_opts.add_argument("--address", default=LOOPBACK, help="address to bind (default: %(default)s)")
-    server_opts.add_argument("--timeout", type=float, default=300.0,
-                             help="seconds to wait for readiness (default: %(default)s)")
+    server_opts.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for readiness (default: %(default)s)"
+    )
     server_opts.add_argument(
         "--exit-timeout",
         type=int,
@@ -363,8 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="tritonserver --exit-timeout-secs: on stop, how long in-flight requests and open HTTP "
         "connections may delay the exit (default: %(default)s)",
     )
-    server_opts.add_argument("--stall-seconds", type=float, default=30.0, metavar="S",
-                             help="restart when the LM engine made no progress for this long (default: %(default)s)")
+    server_opts.add_argument(
+        "--stall-seconds",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="restart when the LM engine made no progress for this long (default: %(default)s)",
+    )
 
     start = sub.add_parser(
         "start",
@@ -382,8 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run tritonserver under the supervisor in the foreground. "
         "Arguments after `--` are passed to tritonserver unchanged.",
     )
-    run.add_argument("--tritonserver", default=None, metavar="PATH",
-                     help="a tritonserver binary with its own backends (default: the nvidia-pytriton wheel's)")
+    run.add_argument(
+        "--tritonserver",
+        default=None,
+        metavar="PATH",
+        help="a tritonserver binary with its own backends (default: the nvidia-pytriton wheel's)",
+    )
     run.add_argument("--log-file", default=None, help="tritonserver's log (default: <work dir>/tritonserver.log)")
     run.add_argument("--shm-prefix", default=None, help=argparse.SUPPRESS)
 

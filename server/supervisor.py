@@ -42,18 +42,31 @@ log = logging.getLogger("server.supervisor")
 DEFAULT_HEALTH_PORT = 8003
 HEARTBEAT_METRIC = "musicgen_lm_heartbeat_timestamp_seconds"
 PROBE_MODEL = "musicgen"
-PROBE_REQUEST = json.dumps({
-    "inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": ["supervisor probe"]},
-               {"name": "duration", "datatype": "FP32", "shape": [1], "data": [0.02]}],  # one frame
-}).encode()
+PROBE_REQUEST = json.dumps(
+    {
+        "inputs": [
+            {"name": "prompt", "datatype": "BYTES", "shape": [1], "data": ["supervisor probe"]},
+            {"name": "duration", "datatype": "FP32", "shape": [1], "data": [0.02]},
+        ],  # one frame
+    }
+).encode()
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class Supervisor:
     """Watches ``server`` (a started :class:`server.triton.TritonServer`) on a thread of its own."""
 
-    def __init__(self, server, *, interval: float = 1.0, stall_seconds: float = 30.0, probe_every: float = 60.0,
-                 probe_timeout: float = 60.0, live_failures: int = 5, restart_timeout: float | None = None):
+    def __init__(
+        self,
+        server,
+        *,
+        interval: float = 1.0,
+        stall_seconds: float = 30.0,
+        probe_every: float = 60.0,
+        probe_timeout: float = 60.0,
+        live_failures: int = 5,
+        restart_timeout: float | None = None,
+    ):
         self.server = server
         self.interval, self.stall_seconds = interval, stall_seconds
         self.probe_every, self.probe_timeout = probe_every, probe_timeout
@@ -176,8 +189,7 @@ class Supervisor:
         models = model_states(self.server.http_url) or {}
         if PROBE_MODEL not in models:
             return
-        status, body = _post(f"{self.server.http_url}/v2/models/{PROBE_MODEL}/infer", PROBE_REQUEST,
-                             self.probe_timeout)
+        status, body = _post(f"{self.server.http_url}/v2/models/{PROBE_MODEL}/infer", PROBE_REQUEST, self.probe_timeout)
         error = "" if status == 200 else _error_text(status, body)
         self._probe = {"ok": status == 200, "error": error, "at": time.time()}
 

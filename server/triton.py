@@ -292,8 +292,11 @@ def build_command(
 
 
 def _listen_args(address: str, http_port: int, grpc_port: int, metrics_port: int) -> list[str]:
-    return [f"--{kind}-{key}={value}" for kind, port in (("http", http_port), ("grpc", grpc_port), ("metrics", metrics_port))
-            for key, value in (("address", address), ("port", port))]
+    return [
+        f"--{kind}-{key}={value}"
+        for kind, port in (("http", http_port), ("grpc", grpc_port), ("metrics", metrics_port))
+        for key, value in (("address", address), ("port", port))
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,8 +361,9 @@ def process_cmdline(pid: int) -> list[str]:
         return []
 
 
-def terminate_process(pid: int, *, timeout: float = 30.0, poll: Callable[[], bool] | None = None,
-                      sig: int = signal.SIGTERM) -> str:
+def terminate_process(
+    pid: int, *, timeout: float = 30.0, poll: Callable[[], bool] | None = None, sig: int = signal.SIGTERM
+) -> str:
     """Send ``sig`` (SIGTERM) to ``pid``, wait up to ``timeout`` s, then SIGKILL it and what is left of
     its process tree (python stubs). ``poll()`` -> "still alive" may be given for a child of ours (so
     it gets reaped). Returns ``"terminated"``, ``"killed"`` or ``"not running"``."""
@@ -590,9 +594,13 @@ class TritonServer:
     @property
     def command(self) -> list[str]:
         if self.binary:  # a tritonserver installation of its own (the container's)
-            return [str(self.binary), f"--model-repository={self.model_repository}",
-                    *_listen_args(self.address, self.http_port, self.grpc_port, self.metrics_port),
-                    f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}", *self.extra_args]
+            return [
+                str(self.binary),
+                f"--model-repository={self.model_repository}",
+                *_listen_args(self.address, self.http_port, self.grpc_port, self.metrics_port),
+                f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+                *self.extra_args,
+            ]
         return build_command(
             self._work or prepare_work_dir(self.work_dir),
             self.model_repository,
@@ -647,7 +655,9 @@ class TritonServer:
         if self.health_port and self.supervisor is None:
             ports["health"] = self.health_port
         if len(set(ports.values())) < len(ports):
-            raise ServerStartError(f"the {', '.join(ports)} ports must differ (got {', '.join(map(str, ports.values()))})")
+            raise ServerStartError(
+                f"the {', '.join(ports)} ports must differ (got {', '.join(map(str, ports.values()))})"
+            )
         busy = [f"{name} port {port}" for name, port in ports.items() if port_in_use(port, self.address)]
         if busy:
             raise ServerStartError(f"cannot start tritonserver: {', '.join(busy)} already in use on {self.address}")

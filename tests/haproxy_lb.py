@@ -26,7 +26,6 @@ from typing import Self
 from local_procs import LocalProcs, install_debian, wait_for
 
 
-
 @dataclasses.dataclass(frozen=True)
 class HealthCheck:
     path: str
@@ -42,13 +41,14 @@ def ensure_haproxy() -> str:
     return "haproxy"
 
 
-def render_config(replicas: Sequence, check: HealthCheck, *, http_port: int, grpc_port: int,
-                  stats_socket: Path) -> str:
+def render_config(replicas: Sequence, check: HealthCheck, *, http_port: int, grpc_port: int, stats_socket: Path) -> str:
     """haproxy.cfg for `replicas` (objects with http_port, grpc_port and host)."""
+
     def servers(port_attr: str, extra: str) -> str:
         return "\n".join(
             f"    server r{i} {r.host}:{getattr(r, port_attr)} {extra}check port {check.port_of(r)}"
-            for i, r in enumerate(replicas))
+            for i, r in enumerate(replicas)
+        )
 
     return f"""\
 global
@@ -100,19 +100,24 @@ class HAProxy:
         self.stats_socket = self.work_dir / "haproxy.sock"
         self.config_path = self.work_dir / "haproxy.cfg"
         self.log_path = self.work_dir / "haproxy.log"
-        self.config_path.write_text(render_config(replicas, check, http_port=self.http_port,
-                                                  grpc_port=self.grpc_port, stats_socket=self.stats_socket))
+        self.config_path.write_text(
+            render_config(
+                replicas, check, http_port=self.http_port, grpc_port=self.grpc_port, stats_socket=self.stats_socket
+            )
+        )
         self.binary = binary
         self._procs = LocalProcs()
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> HAProxy:
-        check = subprocess.run([self.binary, "-c", "-f", str(self.config_path)], check=False, capture_output=True,
-                               text=True, timeout=60)
+        check = subprocess.run(
+            [self.binary, "-c", "-f", str(self.config_path)], check=False, capture_output=True, text=True, timeout=60
+        )
         if check.returncode != 0:
             raise RuntimeError(f"haproxy rejected its config:\n{check.stdout}{check.stderr}")
-        self.process = self._procs.start([self.binary, "-db", "-f", str(self.config_path)], self.log_path,
-                                         stdin=subprocess.DEVNULL)
+        self.process = self._procs.start(
+            [self.binary, "-db", "-f", str(self.config_path)], self.log_path, stdin=subprocess.DEVNULL
+        )
         try:
             wait_for("haproxy", lambda: self.stats() is not None, self.process, self.log_path, timeout)
         except BaseException:
@@ -133,8 +138,11 @@ class HAProxy:
     def stats(self) -> dict[tuple[str, str], dict[str, str]]:
         """`show stat` per (backend, server): status, stot (requests sent), scur (in flight), ..."""
         text = self.command("show stat").lstrip("# ")
-        return {(row["pxname"], row["svname"]): row for row in csv.DictReader(io.StringIO(text))
-                if row["svname"] not in ("FRONTEND", "BACKEND")}
+        return {
+            (row["pxname"], row["svname"]): row
+            for row in csv.DictReader(io.StringIO(text))
+            if row["svname"] not in ("FRONTEND", "BACKEND")
+        }
 
     def server_stats(self, server: str) -> dict[str, dict[str, str]]:
         """{backend: row} for one server name (r0, r1, ...)."""

@@ -18,4 +18,3 @@ def stage_repository(dst: Path, checkpoint: str = "tiny-random", precision: str 
 
     build(checkpoint, copy_model_repository(dst), precision)
     return dst
-

@@ -19,9 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_process_tree_memory_counts_children():
-    child = subprocess.Popen([sys.executable, "-c",
-                              "import time; b = bytearray(80 << 20); b[::4096] = b'x' * len(b[::4096]); "
-                              "time.sleep(30)"])
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; b = bytearray(80 << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep(30)",
+        ]
+    )
     try:
         deadline = time.time() + 20
         while time.time() < deadline:
@@ -42,8 +46,10 @@ def test_process_tree_memory_counts_children():
 
 def test_process_tree_cpu_by_model_name():
     """Where a served request's CPU time goes: per process of the tree, a python stub named by its model."""
-    burn = ("import sys, time; sys.stdin.readline(); t = time.process_time(); "
-            "[0 for _ in iter(lambda: time.process_time() - t > 0.5, True)]; time.sleep(30)")
+    burn = (
+        "import sys, time; sys.stdin.readline(); t = time.process_time(); "
+        "[0 for _ in iter(lambda: time.process_time() - t > 0.5, True)]; time.sleep(30)"
+    )
     child = subprocess.Popen([sys.executable, "-c", burn, "/x/lm_engine/1/model.py"], stdin=subprocess.PIPE)
     try:
         deadline = time.time() + 30
@@ -91,14 +97,26 @@ def test_reference_extrapolates_from_a_short_clip_and_records_its_build():
     """The short mode's reference: one short clip generated, longer clips extrapolated from its steps."""
     from bench import reference
 
-    r = reference.run("tiny-random", [1.0, 2.0], prompt="x", seed=0, top_k=250, top_p=0.0, temperature=1.0,
-                      guidance_scale=3.0, extrapolate_from=0.5)
+    r = reference.run(
+        "tiny-random",
+        [1.0, 2.0],
+        prompt="x",
+        seed=0,
+        top_k=250,
+        top_p=0.0,
+        temperature=1.0,
+        guidance_scale=3.0,
+        extrapolate_from=0.5,
+    )
     one, two = r["runs"]
     assert [one["duration"], two["duration"]] == [1.0, 2.0] and two["steps"] > one["steps"]
     assert one["extrapolated_from"]["duration"] == 0.5 and two["wall_s"] > one["wall_s"] > 0
     t = r["torch_build"]  # machine.torch_build(), in the reference's process
-    assert t["version"] and t["threads"] >= 1 and any("MKL" in ln or "oneDNN" in ln or "BLAS" in ln
-                                                       for ln in t["build"] + [str(t["blas"])])
+    assert (
+        t["version"]
+        and t["threads"] >= 1
+        and any("MKL" in ln or "oneDNN" in ln or "BLAS" in ln for ln in t["build"] + [str(t["blas"])])
+    )
     assert r["mkldnn"] is True
 
 
@@ -169,11 +187,24 @@ def test_perf_analyzer_against_the_server(triton, tmp_path):
 def test_quick_mode_writes_json_csv_and_plots(tiny_repo, tmp_path):
     """`python -m bench --quick` on the staged tiny repository (the export itself is the tests' procedure)."""
     out = tmp_path / "bench"
-    p = subprocess.run([sys.executable, "-m", "bench", "--quick", "--repository", str(tiny_repo), "--out", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    p = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--repository", str(tiny_repo), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
-    for name in ("results.json", "rtf.csv", "concurrency.csv", "steps.csv", "summary.txt", "reference.json",
-                 "rtf_by_duration.png", "concurrency.png"):
+    for name in (
+        "results.json",
+        "rtf.csv",
+        "concurrency.csv",
+        "steps.csv",
+        "summary.txt",
+        "reference.json",
+        "rtf_by_duration.png",
+        "concurrency.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert (out / "rtf_by_duration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = json.loads((out / "results.json").read_text())
@@ -233,8 +264,9 @@ def test_batch_scaling_times_the_lm_alone_and_the_codec(tiny_repo):
     assert one["steps"] == many["steps"] == 25 + 3  # all joined at the first step: one step per frame + delays
     assert r["codec_s_per_clip"] > 0 and one["wall_s"] > 0 and many["wall_s"] > 0
     assert r["lm_only_ratio"] == pytest.approx(3 * one["wall_s"] / many["wall_s"])
-    assert r["bound_with_codec"] == pytest.approx(3 * (one["wall_s"] + r["codec_s_per_clip"])
-                                                  / (many["wall_s"] + 3 * r["codec_s_per_clip"]))
+    assert r["bound_with_codec"] == pytest.approx(
+        3 * (one["wall_s"] + r["codec_s_per_clip"]) / (many["wall_s"] + 3 * r["codec_s_per_clip"])
+    )
 
 
 def test_step_profile_splits_a_profiled_step_by_op_type(tiny_repo):

@@ -81,8 +81,9 @@ def _tree_rss(pid: int) -> int:
 
 
 def _stub(srv, model: str) -> psutil.Process:
-    return next(c for c in psutil.Process(srv.pid).children() if any(a.endswith(f"/{model}/1/model.py")
-                                                                       for a in c.cmdline()))
+    return next(
+        c for c in psutil.Process(srv.pid).children() if any(a.endswith(f"/{model}/1/model.py") for a in c.cmdline())
+    )
 
 
 class Load:
@@ -112,7 +113,8 @@ class Load:
         hung = [t for t in self.threads if t.is_alive()]
         frames = sys._current_frames()
         assert not hung, "clients hung:\n" + "\n".join(
-            f"{self.current.get(t.name)}: " + "".join(traceback.format_stack(frames[t.ident])) for t in hung)
+            f"{self.current.get(t.name)}: " + "".join(traceback.format_stack(frames[t.ident])) for t in hung
+        )
 
     def count(self, outcome: str = "ok") -> int:
         with self.lock:
@@ -214,8 +216,13 @@ def _fault(srv, load: Load, name: str, act) -> dict:
     assert saw_503 or "recovering" in states
     ok_before = load.count()
     _wait(lambda: load.count() > ok_before, RECOVERY_BOUND, f"{name}: clients succeed again")
-    return {"fault": name, "ready_again_s": round(seconds, 2), "saw_readyz_503": saw_503,
-            "supervisor": srv.supervisor.recoveries[-1], "server_tree_rss_mb_before": round(rss / 2**20, 1)}
+    return {
+        "fault": name,
+        "ready_again_s": round(seconds, 2),
+        "saw_readyz_503": saw_503,
+        "supervisor": srv.supervisor.recoveries[-1],
+        "server_tree_rss_mb_before": round(rss / 2**20, 1),
+    }
 
 
 def test_chaos(chaos_server):
@@ -224,10 +231,17 @@ def test_chaos(chaos_server):
     rss0, t_start = _tree_rss(srv.pid), time.monotonic()
     faults = []
     with Load(srv) as load:
-        faults.append(_fault(srv, load, "kill -9 lm_engine stub", lambda: os.kill(_stub(srv, "lm_engine").pid,
-                                                                                  signal.SIGKILL)))
-        faults.append(_fault(srv, load, "SIGSTOP lm_engine stub (engine stall)",
-                             lambda: os.kill(_stub(srv, "lm_engine").pid, signal.SIGSTOP)))
+        faults.append(
+            _fault(srv, load, "kill -9 lm_engine stub", lambda: os.kill(_stub(srv, "lm_engine").pid, signal.SIGKILL))
+        )
+        faults.append(
+            _fault(
+                srv,
+                load,
+                "SIGSTOP lm_engine stub (engine stall)",
+                lambda: os.kill(_stub(srv, "lm_engine").pid, signal.SIGSTOP),
+            )
+        )
         faults.append(_fault(srv, load, "kill -9 tritonserver", lambda: os.kill(srv.pid, signal.SIGKILL)))
         rss_after_faults = _tree_rss(srv.pid)
         time.sleep(LOAD_SECONDS)
@@ -243,31 +257,40 @@ def test_chaos(chaos_server):
     allowed = {"ok", *(e.__name__ for e in FAULT_ERRORS)}
     odd = [r for r in records if r[1] not in allowed]
     assert not odd, f"unexpected outcomes: {Counter(r[1] for r in odd)}: " + str(
-        {k: load.messages.get(k, [])[:5] for k in {r[1] for r in odd}})
+        {k: load.messages.get(k, [])[:5] for k in {r[1] for r in odd}}
+    )
 
     # after the recoveries every valid request succeeds, on every path
     for proto in ("http", "grpc"):
-        with MusicGenClient(f"{proto}://{srv.http_endpoint if proto == 'http' else srv.grpc_endpoint}",
-                            timeout=CLIENT_TIMEOUT) as c:
+        with MusicGenClient(
+            f"{proto}://{srv.http_endpoint if proto == 'http' else srv.grpc_endpoint}", timeout=CLIENT_TIMEOUT
+        ) as c:
             for seed in range(3):
                 assert c.generate("after chaos", 0.5, seed=seed).audio.size
             if proto == "grpc":
                 assert any(e.kind == "final" for e in c.stream("after chaos", 1.0, seed=9))
     # cancels and disconnects leave no request (no KV rows) behind in the engine
-    _wait(lambda: metric_value(srv.metrics_url, "musicgen_lm_requests_in_flight") == 0, RECOVERY_BOUND,
-          "the engine's in-flight gauge returns to 0")
+    _wait(
+        lambda: metric_value(srv.metrics_url, "musicgen_lm_requests_in_flight") == 0,
+        RECOVERY_BOUND,
+        "the engine's in-flight gauge returns to 0",
+    )
     assert _readyz(srv)[0] == 200
 
     summary = {
-        "load_seconds_per_phase": LOAD_SECONDS, "soak_seconds": round(time.monotonic() - t_start, 1),
-        "requests": len(records), "outcomes": dict(Counter(r[1] for r in records)),
+        "load_seconds_per_phase": LOAD_SECONDS,
+        "soak_seconds": round(time.monotonic() - t_start, 1),
+        "requests": len(records),
+        "outcomes": dict(Counter(r[1] for r in records)),
         "by_kind": {k: dict(Counter(o for kk, o, _ in records if kk == k)) for k in Load.KINDS},
         "faults": faults,
         # the same server process from `start` to the first fault, and from the last restart to `end`
-        "server_tree_rss_mb": {"start": round(rss0 / 2**20, 1),
-                               "before_first_fault": faults[0]["server_tree_rss_mb_before"],
-                               "after_last_restart": round(rss_after_faults / 2**20, 1),
-                               "end": round(rss_end / 2**20, 1)},
+        "server_tree_rss_mb": {
+            "start": round(rss0 / 2**20, 1),
+            "before_first_fault": faults[0]["server_tree_rss_mb_before"],
+            "after_last_restart": round(rss_after_faults / 2**20, 1),
+            "end": round(rss_end / 2**20, 1),
+        },
     }
     print(json.dumps(summary, indent=2))
     if REPORT:

@@ -32,9 +32,29 @@ def test_console_script_is_installed():
 
 def test_generate_streaming_with_progress_all_parameters(triton, tmp_path):
     out = tmp_path / "clip.wav"
-    p = run("generate", "lofi beat with warm piano", "--duration", "1.5", "--out", out, "--url", triton.grpc_endpoint,
-            "--top-k", 50, "--top-p", 0.9, "--temperature", 0.9, "--guidance-scale", 2.5, "--seed", 42,
-            "--progress", "--codes-out", tmp_path / "codes.npy")
+    p = run(
+        "generate",
+        "lofi beat with warm piano",
+        "--duration",
+        "1.5",
+        "--out",
+        out,
+        "--url",
+        triton.grpc_endpoint,
+        "--top-k",
+        50,
+        "--top-p",
+        0.9,
+        "--temperature",
+        0.9,
+        "--guidance-scale",
+        2.5,
+        "--seed",
+        42,
+        "--progress",
+        "--codes-out",
+        tmp_path / "codes.npy",
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith(f"wrote {out}: 1.50 s, 32000 Hz mono, seed 42"), p.stdout
     assert "generating [" in p.stderr and "100.0%" in p.stderr  # the bar, fed by the stream
@@ -44,15 +64,29 @@ def test_generate_streaming_with_progress_all_parameters(triton, tmp_path):
     assert sr == 32000 and audio.shape == (1, 75 * 640)
     codes = np.load(tmp_path / "codes.npy")
     with MusicGenClient(triton.grpc_endpoint) as c:  # same parameters through the library: same clip
-        ref = c.generate("lofi beat with warm piano", 1.5, top_k=50, top_p=0.9, temperature=0.9,
-                         guidance_scale=2.5, seed=42)
+        ref = c.generate(
+            "lofi beat with warm piano", 1.5, top_k=50, top_p=0.9, temperature=0.9, guidance_scale=2.5, seed=42
+        )
     np.testing.assert_array_equal(codes, ref.codes)
 
 
 def test_generate_http_json_flac_unnormalised(triton, tmp_path):
     out = tmp_path / "clip.flac"
-    p = run("generate", "calm pad", "-d", "1", "-o", out, "--url", f"http://{triton.http_endpoint}",
-            "--seed", 7, "--normalize", "none", "--json")
+    p = run(
+        "generate",
+        "calm pad",
+        "-d",
+        "1",
+        "-o",
+        out,
+        "--url",
+        f"http://{triton.http_endpoint}",
+        "--seed",
+        7,
+        "--normalize",
+        "none",
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     s = json.loads(p.stdout)
     assert s["path"] == str(out) and s["seed_used"] == 7 and s["streamed"] is False
@@ -76,8 +110,10 @@ def test_prompt_in_chinese_is_warned_about_and_sent_as_typed(triton, tmp_path):
     p = run("generate", "calm piano", "-d", "0.5", "-o", tmp_path / "en.wav", "--url", triton.grpc_endpoint)
     assert p.returncode == 0 and "trained on English" not in p.stderr
     # the library says it as a Python warning
-    with MusicGenClient(triton.grpc_endpoint) as c, \
-            pytest.warns(prompt_language.PromptLanguageWarning, match="trained on English"):
+    with (
+        MusicGenClient(triton.grpc_endpoint) as c,
+        pytest.warns(prompt_language.PromptLanguageWarning, match="trained on English"),
+    ):
         c.validate(prompt, 1.0)
 
 
@@ -90,20 +126,44 @@ def test_help_describes_loudness_eta_and_english_prompts():
 
 def test_no_stream_over_grpc_and_protocol_flag(triton, tmp_path):
     host, port = triton.http_endpoint.split(":")
-    p = run("generate", "drums", "-d", "0.5", "-o", tmp_path / "d.wav", "--url", f"{host}:{port}",
-            "--protocol", "http", "-q")
+    p = run(
+        "generate",
+        "drums",
+        "-d",
+        "0.5",
+        "-o",
+        tmp_path / "d.wav",
+        "--url",
+        f"{host}:{port}",
+        "--protocol",
+        "http",
+        "-q",
+    )
     assert p.returncode == 0 and p.stderr == "", p.stderr
-    p = run("generate", "drums", "-d", "0.5", "-o", tmp_path / "e.wav", "--url", triton.grpc_endpoint,
-            "--no-stream", "--json")
+    p = run(
+        "generate",
+        "drums",
+        "-d",
+        "0.5",
+        "-o",
+        tmp_path / "e.wav",
+        "--url",
+        triton.grpc_endpoint,
+        "--no-stream",
+        "--json",
+    )
     assert p.returncode == 0 and json.loads(p.stdout)["streamed"] is False
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--duration", "45"], "duration must be in (0, 30]"),
-    (["--temperature", "0"], "temperature must be in"),
-    (["--guidance-scale", "0.5"], "guidance_scale must be in"),
-    (["--out", "x.aac"], "unsupported audio format '.aac'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--duration", "45"], "duration must be in (0, 30]"),
+        (["--temperature", "0"], "temperature must be in"),
+        (["--guidance-scale", "0.5"], "guidance_scale must be in"),
+        (["--out", "x.aac"], "unsupported audio format '.aac'"),
+    ],
+)
 def test_invalid_parameters_exit_2(triton, tmp_path, args, message):
     p = run("generate", "music", "--url", triton.grpc_endpoint, *args)
     assert p.returncode == 2 and message in p.stderr, (p.returncode, p.stderr)

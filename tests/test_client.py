@@ -64,12 +64,20 @@ def test_parse_url():
         parse_url("http://x:1", "grpc")
 
 
-@pytest.mark.parametrize("kw, name", [
-    (dict(duration=0), "duration"), (dict(duration=31), "duration"), (dict(duration=float("nan")), "duration"),
-    (dict(duration=1, top_k=-1), "top_k"), (dict(duration=1, top_p=1.5), "top_p"),
-    (dict(duration=1, temperature=0), "temperature"), (dict(duration=1, guidance_scale=0.5), "guidance_scale"),
-    (dict(duration=1, seed=-1), "seed"), (dict(duration=1, seed=2 ** 63), "seed"),
-])
+@pytest.mark.parametrize(
+    "kw, name",
+    [
+        (dict(duration=0), "duration"),
+        (dict(duration=31), "duration"),
+        (dict(duration=float("nan")), "duration"),
+        (dict(duration=1, top_k=-1), "top_k"),
+        (dict(duration=1, top_p=1.5), "top_p"),
+        (dict(duration=1, temperature=0), "temperature"),
+        (dict(duration=1, guidance_scale=0.5), "guidance_scale"),
+        (dict(duration=1, seed=-1), "seed"),
+        (dict(duration=1, seed=2**63), "seed"),
+    ],
+)
 def test_client_side_validation_names_the_parameter_before_any_network(dead_endpoint, kw, name):
     c = MusicGenClient(dead_endpoint, max_duration=30)  # would raise ServerUnavailable if it sent anything
     with pytest.raises(InvalidParameter, match=name):
@@ -92,13 +100,16 @@ def test_classify_triton_messages():
     assert isinstance(exc("RuntimeError: decoder step failed: boom"), GenerationError)
     assert isinstance(classify(ConnectionRefusedError(111, "Connection refused")), ServerUnavailable)
     # a load balancer's answers when the replica serving the request died (tests/test_failover.py)
-    bad_gateway = exc("an exception occurred in the client while decoding the response: Parse error at offset 0: "
-                      "<html><body><h1>502 Bad Gateway</h1>\nThe server returned an invalid or incomplete response.")
+    bad_gateway = exc(
+        "an exception occurred in the client while decoding the response: Parse error at offset 0: "
+        "<html><body><h1>502 Bad Gateway</h1>\nThe server returned an invalid or incomplete response."
+    )
     assert isinstance(bad_gateway, ServerUnavailable) and "502 Bad Gateway" in bad_gateway.message
     assert "<html>" not in bad_gateway.message
     assert isinstance(exc("connection closed."), ServerUnavailable)
-    assert isinstance(exc("Stream removed (Data frame with END_STREAM flag received)", "StatusCode.UNKNOWN"),
-                      ServerUnavailable)
+    assert isinstance(
+        exc("Stream removed (Data frame with END_STREAM flag received)", "StatusCode.UNKNOWN"), ServerUnavailable
+    )
 
 
 # ---- against the server ---------------------------------------------------------------------------

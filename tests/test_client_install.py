@@ -42,8 +42,11 @@ def client_venv(tmp_path_factory) -> Path:
     p = _run([sys.executable, "-m", "venv", venv], timeout=300)
     assert p.returncode == 0, p.stderr
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "PIP_"))}
-    p = _run([venv / "bin" / "python", "-m", "pip", "install", "--disable-pip-version-check", "-q",
-              f"{src}[client]"], timeout=PIP_TIMEOUT, env=env)
+    p = _run(
+        [venv / "bin" / "python", "-m", "pip", "install", "--disable-pip-version-check", "-q", f"{src}[client]"],
+        timeout=PIP_TIMEOUT,
+        env=env,
+    )
     assert p.returncode == 0, f"pip install .[client] failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return venv
 
@@ -55,8 +58,12 @@ def _venv_env() -> dict:
 
 def test_client_install_has_numpy_2_and_no_server_runtime(client_venv):
     py = client_venv / "bin" / "python"
-    p = _run([py, "-c", "import numpy, soundfile, tritonclient.grpc, client; print(numpy.__version__)"],
-             timeout=120, env=_venv_env(), cwd=client_venv)
+    p = _run(
+        [py, "-c", "import numpy, soundfile, tritonclient.grpc, client; print(numpy.__version__)"],
+        timeout=120,
+        env=_venv_env(),
+        cwd=client_venv,
+    )
     assert p.returncode == 0, p.stderr
     assert int(p.stdout.strip().split(".")[0]) >= 2, f"numpy {p.stdout.strip()}: the client admits numpy 2"
     for heavy in ("onnxruntime", "tokenizers", "torch", "streamlit", "selenium"):
@@ -68,9 +75,27 @@ def test_client_install_has_numpy_2_and_no_server_runtime(client_venv):
 
 def test_client_install_generates_the_same_clip(client_venv, triton, tmp_path):
     out = tmp_path / "light.wav"
-    p = _run([client_venv / "bin" / "musicgen", "generate", PROMPT, "-d", "1", "--seed", "11", "--top-k", "1",
-              "--url", triton.grpc_endpoint, "--out", out, "--progress"],
-             timeout=300, env=_venv_env(), cwd=tmp_path)
+    p = _run(
+        [
+            client_venv / "bin" / "musicgen",
+            "generate",
+            PROMPT,
+            "-d",
+            "1",
+            "--seed",
+            "11",
+            "--top-k",
+            "1",
+            "--url",
+            triton.grpc_endpoint,
+            "--out",
+            out,
+            "--progress",
+        ],
+        timeout=300,
+        env=_venv_env(),
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr and "ETA" in p.stderr, p.stderr
     assert p.stdout.startswith(f"wrote {out}: 1.00 s, 32000 Hz mono, seed 11"), p.stdout
@@ -94,12 +119,28 @@ def test_page_install_resolves_without_server_runtime_or_test_tools(client_venv,
     import json
 
     report = tmp_path / "ui-report.json"
-    p = _run([client_venv / "bin" / "python", "-m", "pip", "install", "--disable-pip-version-check", "--dry-run",
-              "--ignore-installed", "--report", report, f"{client_venv.parent / 'src'}[ui]"],
-             timeout=PIP_TIMEOUT, env=_venv_env(), cwd=tmp_path)
+    p = _run(
+        [
+            client_venv / "bin" / "python",
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--dry-run",
+            "--ignore-installed",
+            "--report",
+            report,
+            f"{client_venv.parent / 'src'}[ui]",
+        ],
+        timeout=PIP_TIMEOUT,
+        env=_venv_env(),
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, f"pip could not resolve .[ui]:\n{p.stderr[-3000:]}"
-    resolved = {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"]
-                for item in json.loads(report.read_text())["install"]}
+    resolved = {
+        item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"]
+        for item in json.loads(report.read_text())["install"]
+    }
     assert {"streamlit", "matplotlib", "tritonclient", "soundfile"} <= set(resolved), sorted(resolved)
     assert not {"onnxruntime", "tokenizers", "selenium", "pytest", "torch"} & set(resolved), sorted(resolved)
     assert int(resolved["numpy"].split(".")[0]) >= 2, resolved["numpy"]

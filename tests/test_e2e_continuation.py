@@ -27,8 +27,14 @@ def unary(srv, duration=0.4, audio_prompt=None, rate=None, **params):
 
 
 def stream_events(srv, duration, audio_prompt, rate, **params):
-    events, error = stream(srv, prompt=PROMPT, duration=duration, audio_prompt=np.asarray(audio_prompt, np.float32),
-                           audio_prompt_sample_rate=rate, **params)
+    events, error = stream(
+        srv,
+        prompt=PROMPT,
+        duration=duration,
+        audio_prompt=np.asarray(audio_prompt, np.float32),
+        audio_prompt_sample_rate=rate,
+        **params,
+    )
     assert error is None, error
     return events
 
@@ -81,22 +87,38 @@ def test_without_a_prompt_prompt_frames_is_zero(triton):
 TONE = 0.3 * np.sin(np.arange(16000, dtype=np.float32) * 0.05)[None]
 
 
-@pytest.mark.parametrize("audio, rate, duration, message", [
-    (np.zeros((1, 16000), np.float32), 16000, 0.4, "audio_prompt is silent"),
-    (np.full((1, 1000), np.nan, np.float32), 16000, 0.4, "audio_prompt contains NaN"),
-    (np.full((1, 1000), np.inf, np.float32), 16000, 0.4, "audio_prompt contains NaN or infinite"),
-    (np.ones((1, 0), np.float32), 16000, 0.4, "audio_prompt is empty"),
-    (np.ones((2000, 2), np.float32) * 0.5, 16000, 0.4, r"audio_prompt of shape .* looks like \[samples, channels\]"),
-    (np.ones((12, 2000), np.float32) * 0.5, 16000, 0.4, "audio_prompt has 12 channels; at most 8"),
-    (TONE, 500, 0.4, r"audio_prompt sample rate 500 Hz is out of range \[1000, 384000\]"),
-    (TONE, 400000, 0.4, r"audio_prompt sample rate 400000 Hz is out of range"),
-    (TONE, None, 0.4, "audio_prompt_sample_rate is required with an audio_prompt"),
-    (TONE[:, :100], 16000, 0.4, r"audio_prompt is too short: .* at least 0.08 s"),
-    (0.3 * np.sin(np.arange(31000, dtype=np.float32))[None], 1000, 0.4,
-     r"audio_prompt is too long: 31.00 s; at most 29.98 s"),
-    (0.3 * np.sin(np.arange(20000, dtype=np.float32))[None], 1000, 15.0,
-     r"duration too long after a 20.00 s audio_prompt: at most 10.00 s of new music"),
-])
+@pytest.mark.parametrize(
+    "audio, rate, duration, message",
+    [
+        (np.zeros((1, 16000), np.float32), 16000, 0.4, "audio_prompt is silent"),
+        (np.full((1, 1000), np.nan, np.float32), 16000, 0.4, "audio_prompt contains NaN"),
+        (np.full((1, 1000), np.inf, np.float32), 16000, 0.4, "audio_prompt contains NaN or infinite"),
+        (np.ones((1, 0), np.float32), 16000, 0.4, "audio_prompt is empty"),
+        (
+            np.ones((2000, 2), np.float32) * 0.5,
+            16000,
+            0.4,
+            r"audio_prompt of shape .* looks like \[samples, channels\]",
+        ),
+        (np.ones((12, 2000), np.float32) * 0.5, 16000, 0.4, "audio_prompt has 12 channels; at most 8"),
+        (TONE, 500, 0.4, r"audio_prompt sample rate 500 Hz is out of range \[1000, 384000\]"),
+        (TONE, 400000, 0.4, r"audio_prompt sample rate 400000 Hz is out of range"),
+        (TONE, None, 0.4, "audio_prompt_sample_rate is required with an audio_prompt"),
+        (TONE[:, :100], 16000, 0.4, r"audio_prompt is too short: .* at least 0.08 s"),
+        (
+            0.3 * np.sin(np.arange(31000, dtype=np.float32))[None],
+            1000,
+            0.4,
+            r"audio_prompt is too long: 31.00 s; at most 29.98 s",
+        ),
+        (
+            0.3 * np.sin(np.arange(20000, dtype=np.float32))[None],
+            1000,
+            15.0,
+            r"duration too long after a 20.00 s audio_prompt: at most 10.00 s of new music",
+        ),
+    ],
+)
 def test_bad_audio_prompt_is_refused_by_name(triton, audio, rate, duration, message):
     with pytest.raises(InferenceServerException, match=message):
         unary(triton, duration=duration, audio_prompt=audio, rate=rate)
@@ -104,10 +126,12 @@ def test_bad_audio_prompt_is_refused_by_name(triton, audio, rate, duration, mess
 
 def test_plain_request_unaffected_by_concurrent_prompts(triton):
     solo = unary(triton, duration=0.6, seed=21)
-    jobs = [dict(duration=0.6, seed=21),
-            dict(duration=0.4, audio_prompt=synth_melody(0.5, 22050, 1, seed=1), rate=22050, seed=3),
-            dict(duration=0.4, audio_prompt=np.full((1, 500), np.nan, np.float32), rate=16000),
-            dict(duration=0.6, seed=21)]
+    jobs = [
+        dict(duration=0.6, seed=21),
+        dict(duration=0.4, audio_prompt=synth_melody(0.5, 22050, 1, seed=1), rate=22050, seed=3),
+        dict(duration=0.4, audio_prompt=np.full((1, 500), np.nan, np.float32), rate=16000),
+        dict(duration=0.6, seed=21),
+    ]
 
     def run(kw):
         try:
@@ -149,18 +173,51 @@ def test_client_and_cli_continue_a_file(triton, tmp_path):
         with pytest.raises(InvalidParameter, match="could not read audio_prompt file 'bad.wav'"):
             c.generate(PROMPT, 0.5, audio_prompt=str(bad))
     with MusicGenClient(triton.grpc_endpoint) as c:  # streamed, from the array: the same codes
-        streamed = c.generate(PROMPT, 0.3, seed=2, top_k=1, audio_prompt=(sf.read(path, dtype="float32")[0].T, 22050),
-                              stream=True)
+        streamed = c.generate(
+            PROMPT, 0.3, seed=2, top_k=1, audio_prompt=(sf.read(path, dtype="float32")[0].T, 22050), stream=True
+        )
         assert streamed.prompt_frames == p and np.array_equal(streamed.codes, from_file.codes)
     out = tmp_path / "out.wav"
-    run = subprocess.run([sys.executable, "-m", "client.cli", "generate", PROMPT, "--duration", "0.3",
-                          "--continue-from", str(path), "--url", triton.grpc_endpoint, "--out", str(out), "--json"],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "client.cli",
+            "generate",
+            PROMPT,
+            "--duration",
+            "0.3",
+            "--continue-from",
+            str(path),
+            "--url",
+            triton.grpc_endpoint,
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     assert summary["prompt_frames"] == p and summary["frames"] == p + 15
     assert sf.info(out).frames == (p + 15) * HOP
-    run = subprocess.run([sys.executable, "-m", "client.cli", "generate", PROMPT, "--continue-from",
-                          str(tmp_path / "nope.wav"), "--url", triton.grpc_endpoint, "-q"],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "client.cli",
+            "generate",
+            PROMPT,
+            "--continue-from",
+            str(tmp_path / "nope.wav"),
+            "--url",
+            triton.grpc_endpoint,
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2 and "audio_prompt file 'nope.wav': no such file" in run.stderr

@@ -16,8 +16,15 @@ PROMPT = "a sad violin solo over a soft piano accompaniment"
 
 def _request(mod, prompt, duration, melody=None, rate=None, **params):
     arrays = {"prompt": np.array([prompt.encode()], dtype=object), "duration": np.array([duration], np.float32)}
-    types = {"prompt": "BYTES", "duration": "FP32", "top_k": "INT32", "seed": "INT64", "guidance_scale": "FP32",
-             "melody": "FP32", "melody_sample_rate": "INT32"}
+    types = {
+        "prompt": "BYTES",
+        "duration": "FP32",
+        "top_k": "INT32",
+        "seed": "INT64",
+        "guidance_scale": "FP32",
+        "melody": "FP32",
+        "melody_sample_rate": "INT32",
+    }
     if melody is not None:
         arrays["melody"] = np.atleast_2d(melody).astype(np.float32)
     if rate is not None:
@@ -79,13 +86,16 @@ def test_melody_over_grpc_and_streaming(melody_triton):
     assert np.array_equal(result.as_numpy("audio_codes"), r.as_numpy("audio_codes"))
 
 
-@pytest.mark.parametrize("melody, rate, message", [
-    (np.zeros((1, 44100), np.float32), 44100, "silent"),
-    (np.full((1, 1000), np.nan, np.float32), 16000, "NaN"),
-    (np.ones((1, 0), np.float32), 16000, "empty"),
-    (np.ones((1, 1000), np.float32) * 0.5, 10, "sample rate"),
-    (np.ones((1, 1000), np.float32) * 0.5, None, "melody_sample_rate is required"),
-])
+@pytest.mark.parametrize(
+    "melody, rate, message",
+    [
+        (np.zeros((1, 44100), np.float32), 44100, "silent"),
+        (np.full((1, 1000), np.nan, np.float32), 16000, "NaN"),
+        (np.ones((1, 0), np.float32), 16000, "empty"),
+        (np.ones((1, 1000), np.float32) * 0.5, 10, "sample rate"),
+        (np.ones((1, 1000), np.float32) * 0.5, None, "melody_sample_rate is required"),
+    ],
+)
 def test_bad_melody_is_refused_and_server_stays_healthy(melody_triton, melody, rate, message):
     with pytest.raises(InferenceServerException, match=message):
         generate(melody_triton, PROMPT, 0.5, melody, rate)
@@ -124,13 +134,46 @@ def test_client_and_cli_send_a_melody(melody_triton, triton, tmp_path):
         with pytest.raises(InvalidParameter, match="does not take a melody"):
             c.generate(PROMPT, 0.5, melody=str(path))
     out = tmp_path / "out.wav"
-    run = subprocess.run([sys.executable, "-m", "client.cli", "generate", PROMPT, "--duration", "0.5", "--melody",
-                          str(path), "--url", melody_triton.grpc_endpoint, "--out", str(out), "-q"],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "client.cli",
+            "generate",
+            PROMPT,
+            "--duration",
+            "0.5",
+            "--melody",
+            str(path),
+            "--url",
+            melody_triton.grpc_endpoint,
+            "--out",
+            str(out),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert sf.info(out).frames == 16000
-    run = subprocess.run([sys.executable, "-m", "client.cli", "generate", PROMPT, "--melody", str(tmp_path / "nope.wav"),
-                          "--url", melody_triton.grpc_endpoint, "-q"], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "client.cli",
+            "generate",
+            PROMPT,
+            "--melody",
+            str(tmp_path / "nope.wav"),
+            "--url",
+            melody_triton.grpc_endpoint,
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2 and "no such file" in run.stderr
 
 
@@ -138,8 +181,10 @@ def test_melody_model_refuses_an_audio_prompt(melody_triton):
     """Continuation is exported for text-only models: a melody export has no audio encoder and says so."""
     c = httpclient.InferenceServerClient(melody_triton.http_endpoint, network_timeout=120)
     inputs = _request(httpclient, PROMPT, 0.5)
-    for name, arr, dt in (("audio_prompt", synth_melody(1.0, 16000, 1, seed=0), "FP32"),
-                          ("audio_prompt_sample_rate", np.array([16000], np.int32), "INT32")):
+    for name, arr, dt in (
+        ("audio_prompt", synth_melody(1.0, 16000, 1, seed=0), "FP32"),
+        ("audio_prompt_sample_rate", np.array([16000], np.int32), "INT32"),
+    ):
         i = httpclient.InferInput(name, list(arr.shape), dt)
         i.set_data_from_numpy(arr)
         inputs.append(i)

@@ -18,8 +18,17 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 PROMPT = "lofi hip hop beat with mellow piano"
-TYPES = {"prompt": "BYTES", "duration": "FP32", "top_k": "INT32", "top_p": "FP32", "temperature": "FP32",
-         "guidance_scale": "FP32", "seed": "INT64", "audio_prompt": "FP32", "audio_prompt_sample_rate": "INT32"}
+TYPES = {
+    "prompt": "BYTES",
+    "duration": "FP32",
+    "top_k": "INT32",
+    "top_p": "FP32",
+    "temperature": "FP32",
+    "guidance_scale": "FP32",
+    "seed": "INT64",
+    "audio_prompt": "FP32",
+    "audio_prompt_sample_rate": "INT32",
+}
 OUTPUTS = ("audio", "sample_rate", "audio_codes", "seed_used", "prompt_frames")
 NP = {"BYTES": object, "FP32": np.float32, "INT32": np.int32, "INT64": np.int64}
 
@@ -28,8 +37,11 @@ def _inputs(mod, **params):
     out = []
     for name, value in params.items():
         dt = TYPES[name]
-        arr = (np.asarray(value, NP[dt]) if isinstance(value, np.ndarray)
-               else np.array([value.encode() if isinstance(value, str) else value], dtype=NP[dt]))
+        arr = (
+            np.asarray(value, NP[dt])
+            if isinstance(value, np.ndarray)
+            else np.array([value.encode() if isinstance(value, str) else value], dtype=NP[dt])
+        )
         i = mod.InferInput(name, list(arr.shape), dt)
         i.set_data_from_numpy(arr)
         out.append(i)
@@ -183,10 +195,15 @@ def test_bad_input_types_and_shapes(triton):
 
 def test_nan_literal_reaches_the_model_and_is_refused(triton):
     """Triton's JSON parser rejects the string "NaN"; a bare NaN literal reaches the model."""
-    body = ('{"inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": ["x"]},'
-            '{"name": "duration", "datatype": "FP32", "shape": [1], "data": [%s]}]}' % json.dumps(float("nan")))
-    req = urllib.request.Request(f"http://{triton.http_endpoint}/v2/models/musicgen/infer", data=body.encode(),
-                                 headers={"Content-Type": "application/json"})
+    body = (
+        '{"inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": ["x"]},'
+        '{"name": "duration", "datatype": "FP32", "shape": [1], "data": [%s]}]}' % json.dumps(float("nan"))
+    )
+    req = urllib.request.Request(
+        f"http://{triton.http_endpoint}/v2/models/musicgen/infer",
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=30)
     assert "finite" in err.value.read().decode()
@@ -203,8 +220,11 @@ def test_server_stays_healthy_after_bad_inputs(triton):
 def test_eight_concurrent_requests_batch_and_match_solo_runs(triton):
     durations = [0.5, 1.0, 1.5, 0.8, 1.2, 0.6, 1.0, 0.9]
     with ThreadPoolExecutor(8) as pool:
-        outs = list(pool.map(lambda i: generate_http(triton, prompt=f"{PROMPT} {i}", duration=durations[i],
-                                                     seed=100 + i), range(8)))
+        outs = list(
+            pool.map(
+                lambda i: generate_http(triton, prompt=f"{PROMPT} {i}", duration=durations[i], seed=100 + i), range(8)
+            )
+        )
     for d, out in zip(durations, outs):
         frames = int(d * 50)
         assert out["audio_codes"].shape == (4, frames) and out["audio"].shape == (1, frames * 640)
@@ -215,8 +235,12 @@ def test_eight_concurrent_requests_batch_and_match_solo_runs(triton):
 
 
 def test_concurrent_good_and_bad_requests_do_not_disturb_each_other(triton):
-    params = [dict(prompt=PROMPT, duration=1.0, seed=7), dict(prompt="", duration=1.0),
-              dict(prompt=PROMPT, duration=1.0, seed=7), dict(prompt=PROMPT, duration=99.0)]
+    params = [
+        dict(prompt=PROMPT, duration=1.0, seed=7),
+        dict(prompt="", duration=1.0),
+        dict(prompt=PROMPT, duration=1.0, seed=7),
+        dict(prompt=PROMPT, duration=99.0),
+    ]
 
     def run(p):
         try:
@@ -257,8 +281,11 @@ def test_metrics_count_inferences(triton):
 
 def _gauge(srv, name, labels=""):
     text = urllib.request.urlopen(srv.metrics_url, timeout=10).read().decode()
-    pattern = r"^%s\{%s\} ([0-9.e+]+)$" % (re.escape(name), labels) if labels else \
-        r"^%s(?:\{\})? ([0-9.e+]+)$" % re.escape(name)
+    pattern = (
+        r"^%s\{%s\} ([0-9.e+]+)$" % (re.escape(name), labels)
+        if labels
+        else r"^%s(?:\{\})? ([0-9.e+]+)$" % re.escape(name)
+    )
     m = re.search(pattern, text, re.M)
     return float(m.group(1)) if m else None
 
@@ -278,11 +305,14 @@ def test_cancelled_stream_leaves_the_batch_and_others_finish(triton):
         assert error is None
         c.stop_stream(cancel_requests=True)
         deadline = time.time() + 20
-        while time.time() < deadline and (_gauge(triton, "musicgen_lm_requests_finished_total",
-                                                  'outcome="cancelled"') or 0) <= cancelled_before:
+        while (
+            time.time() < deadline
+            and (_gauge(triton, "musicgen_lm_requests_finished_total", 'outcome="cancelled"') or 0) <= cancelled_before
+        ):
             time.sleep(0.1)
-        assert (_gauge(triton, "musicgen_lm_requests_finished_total", 'outcome="cancelled"') or 0) == \
-            cancelled_before + 1
+        assert (
+            _gauge(triton, "musicgen_lm_requests_finished_total", 'outcome="cancelled"') or 0
+        ) == cancelled_before + 1
         out = other.result(timeout=60)
     solo = generate_http(triton, prompt=PROMPT, duration=1.0, seed=9)
     assert np.array_equal(out["audio_codes"], solo["audio_codes"])
@@ -294,6 +324,7 @@ def test_cancelled_stream_leaves_the_batch_and_others_finish(triton):
 
 def test_burst_of_concurrent_requests_keeps_the_server_up(triton):
     """Regression: metric updates from two threads crashed the python backend under load."""
+
     def one(i):
         call = generate_http if i % 2 else generate_grpc
         return call(triton, prompt=PROMPT, duration=0.2, seed=i)["audio_codes"].shape

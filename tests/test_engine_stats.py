@@ -40,8 +40,15 @@ def test_queue_depth_active_rows_and_time_to_first_audio(tiny_repo):
             rng = np.random.default_rng(i)
             h, m = rng.standard_normal((6, lm.dims.hidden_size)).astype(np.float32), np.ones(6, np.int64)
             seq = lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1, seed=i), FRAMES))
-            sched.submit(Job(seq, on_done=lambda s: None, on_error=lambda s, e: None,
-                             on_progress=hold_first if i == 0 else None, progress_every=1))
+            sched.submit(
+                Job(
+                    seq,
+                    on_done=lambda s: None,
+                    on_error=lambda s, e: None,
+                    on_progress=hold_first if i == 0 else None,
+                    progress_every=1,
+                )
+            )
         others_queued.set()
         assert idle.wait(120), reports[-1:]
     finally:

@@ -39,16 +39,34 @@ BAD = [  # (inputs, the input the message must name)
     ({"prompt": "drums", "duration": 1.0, "temperature": 0.0}, "temperature"),
     ({"prompt": "drums", "duration": 1.0, "melody": [[0.1, -0.1] * 1600], "melody_sample_rate": 32000}, "melody"),
 ]
-TYPES = {"prompt": "BYTES", "duration": "FP32", "top_p": "FP32", "temperature": "FP32", "melody": "FP32",
-         "melody_sample_rate": "INT32"}
+TYPES = {
+    "prompt": "BYTES",
+    "duration": "FP32",
+    "top_p": "FP32",
+    "temperature": "FP32",
+    "melody": "FP32",
+    "melody_sample_rate": "INT32",
+}
 
 
 def _http_infer(srv, model: str, inputs: dict) -> tuple[int, str]:
     """POST the JSON protocol by hand: a bare NaN literal reaches the model (tritonclient cannot send it)."""
-    body = {"inputs": [{"name": n, "datatype": TYPES[n], "shape": list(np.shape(v)) or [1],
-                        "data": np.ravel(v).tolist() if np.ndim(v) else [v]} for n, v in inputs.items()]}
-    req = urllib.request.Request(f"{srv.http_url}/v2/models/{model}/infer", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    body = {
+        "inputs": [
+            {
+                "name": n,
+                "datatype": TYPES[n],
+                "shape": list(np.shape(v)) or [1],
+                "data": np.ravel(v).tolist() if np.ndim(v) else [v],
+            }
+            for n, v in inputs.items()
+        ]
+    }
+    req = urllib.request.Request(
+        f"{srv.http_url}/v2/models/{model}/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=60) as resp:
             return resp.status, resp.read().decode()
@@ -124,9 +142,28 @@ def test_client_and_cli_map_server_codes(triton, tmp_path):
 
     tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)
     melody.write_bytes(audio_io.encode_audio(tone[None], 16000, "wav"))
-    r = subprocess.run([sys.executable, "-m", "client.cli", "generate", "drums", "--duration", "0.5", "--melody",
-                        str(melody), "--url", f"grpc://{triton.grpc_endpoint}", "-o", str(tmp_path / "o.wav")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "client.cli",
+            "generate",
+            "drums",
+            "--duration",
+            "0.5",
+            "--melody",
+            str(melody),
+            "--url",
+            f"grpc://{triton.grpc_endpoint}",
+            "-o",
+            str(tmp_path / "o.wav"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     assert "does not take a melody" in r.stderr and not LEAK.search(r.stderr.replace(str(melody), "")), r.stderr
 

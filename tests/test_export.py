@@ -37,8 +37,11 @@ def test_manifest_records_source_dims_and_hashes(tiny_repo):
     assert m["precision"] == "fp32" and m["opset"] == 18
     d = manifest.dims(m)
     assert (d.num_codebooks, d.sample_rate, d.frame_rate, d.hop_length) == (4, 32000, 50.0, 640)
-    for model_name, files in {"lm_engine": ["decoder_step.onnx", "cross_kv.onnx"],
-                              "audio_decoder": ["audio_decoder.onnx"], "tokenizer": ["tokenizer.json"]}.items():
+    for model_name, files in {
+        "lm_engine": ["decoder_step.onnx", "cross_kv.onnx"],
+        "audio_decoder": ["audio_decoder.onnx"],
+        "tokenizer": ["tokenizer.json"],
+    }.items():
         for f in files:
             path = tiny_repo / model_name / "1" / f
             assert m["files"][f]["sha256"] == manifest.sha256(path)
@@ -59,8 +62,13 @@ def test_graph_names_are_explicit(tiny_repo):
 
     g = onnx.load(str(tiny_repo / "lm_engine" / "1" / names.DECODER_STEP_FILE), load_external_data=False).graph
     inputs = [i.name for i in g.input]
-    assert inputs[:5] == [names.INPUT_IDS, names.POSITION_IDS, names.SEQLENS_K, names.TOTAL_SEQUENCE_LENGTH,
-                          names.ENCODER_ATTENTION_MASK]
+    assert inputs[:5] == [
+        names.INPUT_IDS,
+        names.POSITION_IDS,
+        names.SEQLENS_K,
+        names.TOTAL_SEQUENCE_LENGTH,
+        names.ENCODER_ATTENTION_MASK,
+    ]
     # self-attention runs on the preallocated cache, in place (no Concat of the past per step)
     assert sum(n.op_type == "GroupQueryAttention" for n in g.node) == 2
     assert names.past(1, "encoder", "value") in inputs
@@ -103,8 +111,10 @@ def test_int8_export_is_quantized_and_close(tmp_path):
     from musicgen_runtime.text_lm import TextLanguageModel
 
     step = TextLanguageModel(repo / "lm_engine" / "1").decoder
-    assert (step.select(BLOCKWISE_INT8_MAX_ROWS) is step.blockwise_int8_sess
-            and step.select(BLOCKWISE_INT8_MAX_ROWS + 1) is step.sess)
+    assert (
+        step.select(BLOCKWISE_INT8_MAX_ROWS) is step.blockwise_int8_sess
+        and step.select(BLOCKWISE_INT8_MAX_ROWS + 1) is step.sess
+    )
     # lm_engine's "blockwise_int8_max_rows": "0"
     assert TextLanguageModel(repo / "lm_engine" / "1", blockwise_int8_max_rows=0).decoder.blockwise_int8_sess is None
 
@@ -215,13 +225,21 @@ def test_codec_rewrite_matches_encodec_and_drops_the_copies(tiny_checkpoint, tin
 
     graph = onnx.load(str(tiny_repo / "audio_decoder" / "1" / names.AUDIO_DECODER_FILE), load_external_data=False).graph
     made_by = {o: n.op_type for n in graph.node for o in n.output}
-    kernel = {n.name: onnx.helper.get_attribute_value(next(a for a in n.attribute if a.name == "kernel_shape"))[0]
-              for n in graph.node if n.op_type == "Conv"}
+    kernel = {
+        n.name: onnx.helper.get_attribute_value(next(a for a in n.attribute if a.name == "kernel_shape"))[0]
+        for n in graph.node
+        if n.op_type == "Conv"
+    }
     # one static Pad per convolution with a kernel wider than 1, and no Slice of a padded activation
     assert sum(n.op_type == "Pad" for n in graph.node) == sum(k > 1 for k in kernel.values()) == 6
     assert not [n.name for n in graph.node if n.op_type == "Slice" and made_by.get(n.input[0]) == "Pad"]
-    assert sum(n.op_type == "ConvTranspose" and any(a.name == "pads" and any(a.ints) for a in n.attribute)
-               for n in graph.node) == 3  # the even strides trim inside the op; stride 5 keeps a Slice
+    assert (
+        sum(
+            n.op_type == "ConvTranspose" and any(a.name == "pads" and any(a.ints) for a in n.attribute)
+            for n in graph.node
+        )
+        == 3
+    )  # the even strides trim inside the op; stride 5 keeps a Slice
 
 
 def test_causality_check_tells_quantization_noise_from_a_leak():

@@ -79,14 +79,18 @@ class Load:
         self.outcomes: list[Outcome] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._work, args=(proto,), daemon=True)
-                         for proto in ("http", "grpc") for _ in range(WORKERS_PER_PROTOCOL)]
+        self._threads = [
+            threading.Thread(target=self._work, args=(proto,), daemon=True)
+            for proto in ("http", "grpc")
+            for _ in range(WORKERS_PER_PROTOCOL)
+        ]
 
     def _work(self, protocol: str) -> None:
         port = self.lb.http_port if protocol == "http" else self.lb.grpc_port
         # max_duration given: no config lookup through the balancer before each worker's first request
-        client = MusicGenClient(f"{protocol}://127.0.0.1:{port}", timeout=REQUEST_TIMEOUT, connect_timeout=5,
-                                max_duration=30.0)
+        client = MusicGenClient(
+            f"{protocol}://127.0.0.1:{port}", timeout=REQUEST_TIMEOUT, connect_timeout=5, max_duration=30.0
+        )
         deadline = time.monotonic() + LOAD_MAX_SECONDS
         with client:
             while not self._stop.is_set() and time.monotonic() < deadline:
@@ -168,8 +172,17 @@ def replicas(tiny_repo, tmp_path):
     servers = []
     for i in range(2):
         http, grpc, metrics = find_free_ports(3)
-        servers.append(TritonServer(tiny_repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                                    exit_timeout=EXIT_TIMEOUT, log_path=tmp_path / f"triton-r{i}.log", supervise=False))
+        servers.append(
+            TritonServer(
+                tiny_repo,
+                http_port=http,
+                grpc_port=grpc,
+                metrics_port=metrics,
+                exit_timeout=EXIT_TIMEOUT,
+                log_path=tmp_path / f"triton-r{i}.log",
+                supervise=False,
+            )
+        )
     try:
         for s in servers:
             s.start(wait=False)
@@ -192,8 +205,11 @@ def test_failover_and_drain_behind_haproxy(replicas, tmp_path):
         load = Load(lb).start()
         try:
             # 1. spread: leastconn gives both replicas requests, over both protocols
-            wait_until(lambda: all(n >= 10 for s in ("r0", "r1") for n in served(lb, s).values()), 90,
-                       "both replicas served HTTP and gRPC requests")
+            wait_until(
+                lambda: all(n >= 10 for s in ("r0", "r1") for n in served(lb, s).values()),
+                90,
+                "both replicas served HTTP and gRPC requests",
+            )
             figures["served_before_kill"] = {s: served(lb, s) for s in ("r0", "r1")}
             assert not [o.error for o in load.snapshot() if o.error], "failures before any fault"
 
@@ -207,7 +223,9 @@ def test_failover_and_drain_behind_haproxy(replicas, tmp_path):
             wait_until(lambda: status(lb, "r1") <= {"DOWN"}, 30, "HAProxy marks the killed replica DOWN")
             figures["down_after_kill_s"] = round(time.monotonic() - t_kill, 2)
             at_kill = [o for o in load.snapshot() if o.start < t_gone]
-            wait_until(lambda: all(o.end for o in at_kill), REQUEST_TIMEOUT + 10, "the requests in flight at the kill end")
+            wait_until(
+                lambda: all(o.end for o in at_kill), REQUEST_TIMEOUT + 10, "the requests in flight at the kill end"
+            )
             failed = [o for o in at_kill if o.error]
             # its in-flight requests end at once with an error that says the server went away (no hang)
             assert len(failed) >= stuck, (stuck, [repr(o.error) for o in failed])
@@ -220,16 +238,20 @@ def test_failover_and_drain_behind_haproxy(replicas, tmp_path):
             # new requests succeed on r0 while r1 is gone
             load.wait_for_more(8, "requests served while r1 is down")
             after_kill = [o for o in load.snapshot() if o.start >= t_gone and o.end]
-            assert after_kill and not [o for o in after_kill if o.error], \
-                [repr(o.error) for o in after_kill if o.error][:5]
+            assert after_kill and not [o for o in after_kill if o.error], [
+                repr(o.error) for o in after_kill if o.error
+            ][:5]
 
             # 3. restart r1 on the same ports; HAProxy sends it traffic again
             t_restart = time.monotonic()
             figures["restart_attempts"] = restart(r1)
             t_ready = time.monotonic()
             base = sent(lb, "r1")
-            wait_until(lambda: status(lb, "r1") == {"UP"} and all(n > base[b] for b, n in sent(lb, "r1").items()),
-                       60, "the restarted replica serves HTTP and gRPC requests again")
+            wait_until(
+                lambda: status(lb, "r1") == {"UP"} and all(n > base[b] for b, n in sent(lb, "r1").items()),
+                60,
+                "the restarted replica serves HTTP and gRPC requests again",
+            )
             t_rejoin = time.monotonic()
             figures["restart_to_ready_s"] = round(t_ready - t_restart, 2)
             figures["ready_to_traffic_s"] = round(t_rejoin - t_ready, 2)
@@ -257,12 +279,14 @@ def test_failover_and_drain_behind_haproxy(replicas, tmp_path):
             load.stop()
         outcomes = load.snapshot()
         after_restart = [o for o in outcomes if o.start >= t_restart]
-        assert after_restart and not [o for o in after_restart if o.error], \
-            [repr(o.error) for o in after_restart if o.error][:5]  # the drain cut nothing
+        assert after_restart and not [o for o in after_restart if o.error], [
+            repr(o.error) for o in after_restart if o.error
+        ][:5]  # the drain cut nothing
         stats = lb.stats()
     figures["requests"] = len(outcomes)
     figures["failures"] = sum(o.error is not None for o in outcomes)
-    figures["per_replica"] = {f"{backend}/{server}": {"sent": int(row["stot"]), "2xx": int(row["hrsp_2xx"]),
-                                                      "5xx": int(row["hrsp_5xx"])}
-                              for (backend, server), row in sorted(stats.items())}
+    figures["per_replica"] = {
+        f"{backend}/{server}": {"sent": int(row["stot"]), "2xx": int(row["hrsp_2xx"]), "5xx": int(row["hrsp_5xx"])}
+        for (backend, server), row in sorted(stats.items())
+    }
     print("\nfailover figures:", figures)

@@ -49,7 +49,7 @@ def import_graph(root: Path, packages=PACKAGES) -> dict[str, set[str]]:
                 base = node.module or ""
                 if node.level:
                     anchor = package.split(".")
-                    anchor = anchor[:len(anchor) - (node.level - 1)]
+                    anchor = anchor[: len(anchor) - (node.level - 1)]
                     base = ".".join(anchor + ([base] if base else []))
                 # `from a import b`: the module a.b if there is one, else a itself
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
@@ -71,7 +71,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -97,8 +97,11 @@ def test_the_project_has_no_import_cycles():
 
 def test_export_does_not_import_the_server_launcher():
     graph = import_graph(ROOT)
-    bad = {m: sorted(t for t in targets if t == "server" or t.startswith("server."))
-           for m, targets in graph.items() if m == "export" or m.startswith("export.")}
+    bad = {
+        m: sorted(t for t in targets if t == "server" or t.startswith("server."))
+        for m, targets in graph.items()
+        if m == "export" or m.startswith("export.")
+    }
     assert not any(bad.values()), bad
 
 

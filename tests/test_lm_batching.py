@@ -29,9 +29,12 @@ def test_requests_joining_and_leaving_mid_run_match_solo_runs(tiny_repo, movable
     (GPU buffers) the gap runs as a padding row until a joining sequence takes it."""
     lm = TextLanguageModel(tiny_repo / "lm_engine" / "1")
     lm.cache.can_move = movable
-    reqs = [(0, GenerationParams(duration=1, seed=1), 30), (1, GenerationParams(duration=1, seed=2, top_k=5), 12),
-            (2, GenerationParams(duration=1, seed=3, guidance_scale=1.0), 25),
-            (3, GenerationParams(duration=1, seed=4, temperature=0.7, top_p=0.9), 20)]
+    reqs = [
+        (0, GenerationParams(duration=1, seed=1), 30),
+        (1, GenerationParams(duration=1, seed=2, top_k=5), 12),
+        (2, GenerationParams(duration=1, seed=3, guidance_scale=1.0), 25),
+        (3, GenerationParams(duration=1, seed=4, temperature=0.7, top_p=0.9), 20),
+    ]
     join_at = {0: 0, 1: 3, 2: 7, 3: 16}  # step at which each request joins
     seqs, step, rows_seen = {}, 0, []
     while step == 0 or any(not s.done for s in seqs.values()):
@@ -62,6 +65,7 @@ def test_scheduler_serves_concurrent_jobs_and_isolates_a_failing_callback(tiny_r
             done[name] = seq.codes()
             if len(done) + len(errors) == 4:
                 events.set()
+
         return cb
 
     def fail(name):
@@ -69,6 +73,7 @@ def test_scheduler_serves_concurrent_jobs_and_isolates_a_failing_callback(tiny_r
             errors[name] = exc
             if len(done) + len(errors) == 4:
                 events.set()
+
         return cb
 
     def broken_progress(seq):
@@ -78,8 +83,15 @@ def test_scheduler_serves_concurrent_jobs_and_isolates_a_failing_callback(tiny_r
         for name, seed in (("a", 1), ("b", 2), ("c", 3), ("bad", 4)):
             h, m = _states(lm, seed)
             seq = lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1, seed=seed), 15))
-            sched.submit(Job(seq, on_done=finish(name), on_error=fail(name),
-                             on_progress=broken_progress if name == "bad" else None, progress_every=1))
+            sched.submit(
+                Job(
+                    seq,
+                    on_done=finish(name),
+                    on_error=fail(name),
+                    on_progress=broken_progress if name == "bad" else None,
+                    progress_every=1,
+                )
+            )
         assert events.wait(60)
     finally:
         sched.close()
@@ -98,12 +110,12 @@ def test_joining_reuses_the_preallocated_cache_and_long_requests_are_refused(tin
     lm.add(a)
     for _ in range(5):
         lm.step()
-    before = [buf[:2, :, :a.t].copy() for buf in lm.cache.host]
+    before = [buf[:2, :, : a.t].copy() for buf in lm.cache.host]
     b = lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1, seed=2), 20))
     lm.add(b)
     assert lm.rows.start[b.id] == 2 and lm.rows_used == 4
     assert [v.data_ptr() for v in lm.cache.values] == ptrs
-    assert all(np.array_equal(buf[:2, :, :a.t], old) for buf, old in zip(lm.cache.host, before))
+    assert all(np.array_equal(buf[:2, :, : a.t], old) for buf, old in zip(lm.cache.host, before))
     with pytest.raises(RuntimeError, match="batch is full"):
         lm.add(lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1, seed=3), 20)))
     with pytest.raises(ValueError, match="positions"):

@@ -55,8 +55,14 @@ def test_verify_melody_fp32_parity_and_greedy_oracle(melody_repo):
     report = verify(melody_repo, steps=24)
     print(json.dumps({k: {"max_abs": g["max_abs"], "max_rel": g["max_rel"]} for k, g in report["graphs"].items()}))
     assert report["passed"], report
-    assert set(report["graphs"]) >= {"text_encoder", "melody_condition", "decoder_step", "decoder_step_block",
-                                     "decoder_step_mixed_prefix", "audio_decoder"}
+    assert set(report["graphs"]) >= {
+        "text_encoder",
+        "melody_condition",
+        "decoder_step",
+        "decoder_step_block",
+        "decoder_step_mixed_prefix",
+        "audio_decoder",
+    }
     for name, g in report["graphs"].items():
         assert g["max_abs"] < 1e-4, (name, g)
     assert report["checks"]["causal"] and report["checks"]["melody_changes_codes"]
@@ -75,8 +81,13 @@ def test_manifest_files_and_graph_names(melody_repo):
     m = json.loads((lm_dir / names.MANIFEST_FILE).read_text())
     assert m["model_type"] == "musicgen_melody" and m["random_weights"] is True
     assert m["melody"]["chroma_length"] == 40 and m["melody"]["num_chroma"] == 12
-    assert m["melody"]["feature_extractor"] == {"n_fft": 16384, "hop_length": 4096, "chunk_length": 30,
-                                                "sample_rate": 32000, "num_chroma": 12}
+    assert m["melody"]["feature_extractor"] == {
+        "n_fft": 16384,
+        "hop_length": 4096,
+        "chunk_length": 30,
+        "sample_rate": 32000,
+        "num_chroma": 12,
+    }
     assert m["melody"]["source_separation"] is False
     assert not (lm_dir / names.CROSS_KV_FILE).exists() and not (lm_dir / names.DECODER_STEP_FILE).exists()
     for f in (CONDITION_FILE, DECODER_STEP_FILE):
@@ -145,7 +156,9 @@ def test_cancel_and_limits(parts):
     with pytest.raises(MelodyInputError, match="chroma must be"):
         lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1), 5, chroma=np.zeros((10, 11), np.float32)))
     with pytest.raises(MelodyInputError, match="NaN"):
-        lm.prepare(GenerationRequest(h, m, GenerationParams(duration=1), 5, chroma=np.full((4, 12), np.nan, np.float32)))
+        lm.prepare(
+            GenerationRequest(h, m, GenerationParams(duration=1), 5, chroma=np.full((4, 12), np.nan, np.float32))
+        )
     with pytest.raises(ValueError, match="text states"):
         lm.prepare(GenerationRequest(h[:, :5], m, GenerationParams(duration=1), 5))
 
@@ -158,8 +171,9 @@ def test_padded_text_states_are_dropped(parts):
     mp = np.concatenate([m, np.zeros(3, m.dtype)])
     p = GenerationParams(duration=1, top_k=1, seed=0)
     ch = _melody(2.0, 22050, 4)
-    np.testing.assert_array_equal(lm.generate(GenerationRequest(hp, mp, p, 8, chroma=ch)),
-                                  lm.generate(GenerationRequest(h, m, p, 8, chroma=ch)))
+    np.testing.assert_array_equal(
+        lm.generate(GenerationRequest(hp, mp, p, 8, chroma=ch)), lm.generate(GenerationRequest(h, m, p, 8, chroma=ch))
+    )
 
 
 def test_export_from_save_pretrained_directory(tmp_path, melody_repo, parts):
@@ -172,9 +186,19 @@ def test_export_from_save_pretrained_directory(tmp_path, melody_repo, parts):
     ckpt = tmp_path / "my-musicgen-melody"
     model.save_pretrained(ckpt)
     tok.save_pretrained(ckpt)
-    (ckpt / "preprocessor_config.json").write_text(json.dumps({
-        "feature_extractor_type": "MusicgenMelodyFeatureExtractor", "sampling_rate": 32000, "n_fft": 16384,
-        "hop_length": 4096, "chunk_length": 20, "feature_size": 12, "num_chroma": 12}))
+    (ckpt / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "feature_extractor_type": "MusicgenMelodyFeatureExtractor",
+                "sampling_rate": 32000,
+                "n_fft": 16384,
+                "hop_length": 4096,
+                "chunk_length": 20,
+                "feature_size": 12,
+                "num_chroma": 12,
+            }
+        )
+    )
     repo = tmp_path / "repo"
     repo.mkdir()
     m = build(str(ckpt), repo)
@@ -185,8 +209,10 @@ def test_export_from_save_pretrained_directory(tmp_path, melody_repo, parts):
     h, mask = states("chill bossa nova")
     ch = _melody(4.0, 48000, 6)
     p = GenerationParams(duration=1, top_k=1, seed=0)
-    np.testing.assert_array_equal(lm2.generate(GenerationRequest(h, mask, p, 10, chroma=ch)),
-                                  lm.generate(GenerationRequest(h, mask, p, 10, chroma=ch)))
+    np.testing.assert_array_equal(
+        lm2.generate(GenerationRequest(h, mask, p, 10, chroma=ch)),
+        lm.generate(GenerationRequest(h, mask, p, 10, chroma=ch)),
+    )
 
 
 def test_int8_melody_export_runs_the_blockwise_graph_for_one_request(tmp_path, parts):
@@ -220,7 +246,9 @@ def test_melody_runtime_refuses_text_only_export(tmp_path):
 
 
 def test_runtime_modules_do_not_import_torch():
-    code = ("import sys, musicgen_runtime.melody_lm, musicgen_runtime.chroma; "
-            "bad = [m for m in ('torch', 'transformers', 'torchaudio', 'scipy') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, musicgen_runtime.melody_lm, musicgen_runtime.chroma; "
+        "bad = [m for m in ('torch', 'transformers', 'torchaudio', 'scipy') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -96,8 +96,11 @@ def test_filter_bank_matches_transformers():
 @pytest.mark.parametrize("sr", [44100, 8000, 96000])
 def test_resampler_matches_torchaudio_and_direct_path(sr):
     x = np.random.default_rng(sr).standard_normal((2, sr)).astype(np.float32)
-    ref = torchaudio_ref.module().functional.resample(torch.tensor(x), sr, 32000, rolloff=0.945,
-                                                      lowpass_filter_width=24).numpy()
+    ref = (
+        torchaudio_ref.module()
+        .functional.resample(torch.tensor(x), sr, 32000, rolloff=0.945, lowpass_filter_width=24)
+        .numpy()
+    )
     ours = C.resample(x, sr, 32000)
     assert ours.shape == ref.shape == (2, 32000)
     assert np.abs(ours - ref).max() < 1e-5  # seen: 7e-7

@@ -60,8 +60,10 @@ def test_tunable_is_added_once_and_can_be_refused():
     assert memory.with_hugepage_malloc({})["GLIBC_TUNABLES"] == memory.HUGEPAGE_MALLOC
     twice = memory.with_hugepage_malloc(memory.with_hugepage_malloc({"GLIBC_TUNABLES": "a=1"}))
     assert twice["GLIBC_TUNABLES"] == "a=1:" + memory.HUGEPAGE_MALLOC
-    assert memory.with_hugepage_malloc({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})["GLIBC_TUNABLES"] == \
-        "glibc.malloc.hugetlb=0"  # an explicit choice is not overridden
+    assert (
+        memory.with_hugepage_malloc({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})["GLIBC_TUNABLES"]
+        == "glibc.malloc.hugetlb=0"
+    )  # an explicit choice is not overridden
     assert "GLIBC_TUNABLES" not in memory.with_hugepage_malloc({memory.OPT_OUT: "0"})
 
 

@@ -25,12 +25,33 @@ MON = ROOT / "deploy" / "monitoring"
 DASHBOARD = MON / "grafana" / "dashboards" / "musicgen.json"
 # Triton's GPU metrics: exported only where a GPU is visible (not on this CPU-only machine)
 GPU_METRICS = {"nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"}
-ENGINE_METRICS = {"musicgen_lm_requests_in_flight", "musicgen_lm_queue_depth", "musicgen_lm_active_rows",
-                  "musicgen_lm_requests_finished_total", "musicgen_lm_frames_total",
-                  "musicgen_lm_audio_seconds_total", "musicgen_lm_time_to_first_audio_seconds_bucket",
-                  "musicgen_lm_time_to_first_audio_seconds_sum", "musicgen_lm_time_to_first_audio_seconds_count"}
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
-                "offset", "le", "inf", "nan"}
+ENGINE_METRICS = {
+    "musicgen_lm_requests_in_flight",
+    "musicgen_lm_queue_depth",
+    "musicgen_lm_active_rows",
+    "musicgen_lm_requests_finished_total",
+    "musicgen_lm_frames_total",
+    "musicgen_lm_audio_seconds_total",
+    "musicgen_lm_time_to_first_audio_seconds_bucket",
+    "musicgen_lm_time_to_first_audio_seconds_sum",
+    "musicgen_lm_time_to_first_audio_seconds_count",
+}
+PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "le",
+    "inf",
+    "nan",
+}
 
 pytest.importorskip("tritonclient.grpc")
 
@@ -123,8 +144,17 @@ def test_dashboard_structure():
         refs = [t["refId"] for t in p["targets"]]
         assert len(refs) == len(set(refs)) and all(t["expr"].strip() for t in p["targets"])
     titles = " ".join(p["title"].lower() for p in d["panels"])
-    for topic in ("outcome", "queue", "kv", "frames", "real-time", "first audio", "error", "gpu utilisation",
-                  "gpu memory"):
+    for topic in (
+        "outcome",
+        "queue",
+        "kv",
+        "frames",
+        "real-time",
+        "first audio",
+        "error",
+        "gpu utilisation",
+        "gpu memory",
+    ):
         assert topic in titles, topic
     prov = yaml.safe_load((MON / "grafana" / "provisioning" / "dashboards" / "musicgen.yaml").read_text())
     assert prov["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
@@ -138,7 +168,7 @@ def metric_names(expr: str) -> set[str]:
     e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", e)
     names = set()
     for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", e):
-        rest = e[m.end():].lstrip()
+        rest = e[m.end() :].lstrip()
         if rest.startswith("(") or m.group(0).lower() in PROMQL_WORDS:
             continue
         names.add(m.group(0))
@@ -180,10 +210,18 @@ def test_prometheus_scrapes_triton_and_runs_every_query(triton, exported, tmp_pa
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
     log = tmp_path / "prometheus.log"
     procs = LocalProcs()
-    proc = procs.start(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-                        f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"], log)
+    proc = procs.start(
+        [
+            "prometheus",
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        log,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
+
         def scraped():
             res = _prom_query(base, 'musicgen_lm_requests_finished_total{job="triton",outcome="ok"}')["data"]["result"]
             return res and float(res[0]["value"][1]) >= 1
@@ -195,8 +233,11 @@ def test_prometheus_scrapes_triton_and_runs_every_query(triton, exported, tmp_pa
             assert res["status"] == "success", (expr, res)
         with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=10) as r:
             rules = json.loads(r.read())["data"]["groups"]
-        assert {r["name"] for g in rules for r in g["rules"]} == {"MusicGenEngineDown", "MusicGenQueueGrowing",
-                                                                  "MusicGenErrorRate"}
+        assert {r["name"] for g in rules for r in g["rules"]} == {
+            "MusicGenEngineDown",
+            "MusicGenQueueGrowing",
+            "MusicGenErrorRate",
+        }
         assert all(r["health"] != "err" for g in rules for r in g["rules"])
     finally:
         procs.stop()

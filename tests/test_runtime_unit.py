@@ -27,7 +27,7 @@ def test_undelay_inverts_the_shift():
     codes = np.arange(k * frames).reshape(k, frames)
     seq = np.full((k, delay.num_steps(frames, k) + 1), -1)
     for cb in range(k):
-        seq[cb, 1 + cb: 1 + cb + frames] = codes[cb]
+        seq[cb, 1 + cb : 1 + cb + frames] = codes[cb]
     assert np.array_equal(delay.undelay(seq, frames), codes)
 
 
@@ -74,13 +74,22 @@ def test_defaults_follow_reference():
     assert p.with_seed().seed is not None
 
 
-@pytest.mark.parametrize("kwargs, msg", [
-    ({"duration": 0}, "duration"), ({"duration": 31}, "duration"), ({"duration": math.nan}, "finite"),
-    ({"duration": math.inf}, "finite"), ({"duration": 5, "top_k": -1}, "top_k"),
-    ({"duration": 5, "top_p": 1.5}, "top_p"), ({"duration": 5, "temperature": 0}, "temperature"),
-    ({"duration": 5, "guidance_scale": 0.5}, "guidance_scale"), ({"duration": 5, "seed": -3}, "seed"),
-    ({"duration": 5, "top_k": 2.5}, "integer"), ({"duration": "abc"}, "number"),
-])
+@pytest.mark.parametrize(
+    "kwargs, msg",
+    [
+        ({"duration": 0}, "duration"),
+        ({"duration": 31}, "duration"),
+        ({"duration": math.nan}, "finite"),
+        ({"duration": math.inf}, "finite"),
+        ({"duration": 5, "top_k": -1}, "top_k"),
+        ({"duration": 5, "top_p": 1.5}, "top_p"),
+        ({"duration": 5, "temperature": 0}, "temperature"),
+        ({"duration": 5, "guidance_scale": 0.5}, "guidance_scale"),
+        ({"duration": 5, "seed": -3}, "seed"),
+        ({"duration": 5, "top_k": 2.5}, "integer"),
+        ({"duration": "abc"}, "number"),
+    ],
+)
 def test_bad_parameters_are_refused_clearly(kwargs, msg):
     with pytest.raises(ValidationError, match=msg):
         validate_params(**kwargs)
@@ -137,8 +146,12 @@ def test_public_manifest_carries_no_server_path(tmp_path):
 
     local = tmp_path / "ckpts" / "my-musicgen"
     local.mkdir(parents=True)
-    m = {"source": str(local), "checkpoint_path": str(local), "requested_source": "facebook/musicgen-small",
-         "precision": "fp32"}
+    m = {
+        "source": str(local),
+        "checkpoint_path": str(local),
+        "requested_source": "facebook/musicgen-small",
+        "precision": "fp32",
+    }
     pub = manifest.public(m)
     assert pub == {"source": "my-musicgen", "requested_source": "facebook/musicgen-small", "precision": "fp32"}
     assert manifest.public({"source": "tiny-random"}) == {"source": "tiny-random"}

@@ -40,8 +40,12 @@ def _debian_tools():
 
 
 def new_token(tokens: Path, name: str) -> str:
-    out = subprocess.run([sys.executable, str(TOKEN_AUTH), "--tokens", str(tokens), "new", name],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(TOKEN_AUTH), "--tokens", str(tokens), "new", name],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return out.stdout.strip()
 
 
@@ -54,48 +58,100 @@ def door(triton, tmp_path_factory):
     http_port, https_port, health_port, auth_port, page_port = find_free_ports(5)
     tokens = tmp / "api-tokens"
     token = new_token(tokens, "ci")
-    pw_hash = subprocess.run(["caddy", "hash-password", "--plaintext", PAGE_PASSWORD], check=True,
-                             capture_output=True, text=True).stdout.strip()
+    pw_hash = subprocess.run(
+        ["caddy", "hash-password", "--plaintext", PAGE_PASSWORD], check=True, capture_output=True, text=True
+    ).stdout.strip()
     auth_file = tmp / "page-auth.caddy"
     auth_file.write_text(f"basicauth {{\n\t{PAGE_USER} {pw_hash}\n}}\n")
     procs = LocalProcs()
     try:
         auth_log = tmp / "token_auth.log"
-        p = procs.start([sys.executable, str(TOKEN_AUTH), "--tokens", str(tokens), "serve",
-                         "--listen", f"127.0.0.1:{auth_port}"], auth_log)
-        wait_for("token_auth", lambda: urllib.request.urlopen(f"http://127.0.0.1:{auth_port}/healthz", timeout=2)
-              .status == 200, p, auth_log)
+        p = procs.start(
+            [sys.executable, str(TOKEN_AUTH), "--tokens", str(tokens), "serve", "--listen", f"127.0.0.1:{auth_port}"],
+            auth_log,
+        )
+        wait_for(
+            "token_auth",
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{auth_port}/healthz", timeout=2).status == 200,
+            p,
+            auth_log,
+        )
 
         page_log = tmp / "streamlit.log"
         env = {**os.environ, "MUSICGEN_TRITON_URL": triton.grpc_endpoint, "PYTHONUNBUFFERED": "1"}
-        p = procs.start([sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"),
-                         "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port",
-                         str(page_port), "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-                        page_log, cwd=ROOT, env=env)
-        wait_for("streamlit", lambda: urllib.request.urlopen(f"http://127.0.0.1:{page_port}/_stcore/health",
-                                                          timeout=2).status == 200, p, page_log)
+        p = procs.start(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                str(ROOT / "ui" / "app.py"),
+                "--server.headless",
+                "true",
+                "--server.address",
+                "127.0.0.1",
+                "--server.port",
+                str(page_port),
+                "--browser.gatherUsageStats",
+                "false",
+                "--server.fileWatcherType",
+                "none",
+            ],
+            page_log,
+            cwd=ROOT,
+            env=env,
+        )
+        wait_for(
+            "streamlit",
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{page_port}/_stcore/health", timeout=2).status == 200,
+            p,
+            page_log,
+        )
 
         caddy_log = tmp / "caddy.log"
-        cenv = {"PATH": os.environ["PATH"], "HOME": str(tmp), "XDG_DATA_HOME": str(tmp / "data"),
-                "XDG_CONFIG_HOME": str(tmp / "config"),
-                "MUSICGEN_HTTP_PORT": str(http_port), "MUSICGEN_HTTPS_PORT": str(https_port),
-                "MUSICGEN_HEALTH_PORT": str(health_port), "MUSICGEN_SITE_HOST": "127.0.0.1",
-                "MUSICGEN_TLS_MODE": "internal", "MUSICGEN_AUTH_UPSTREAM": f"127.0.0.1:{auth_port}",
-                "MUSICGEN_TRITON_GRPC": f"127.0.0.1:{triton.grpc_port}",
-                "MUSICGEN_TRITON_HTTP": f"127.0.0.1:{triton.http_port}",
-                "MUSICGEN_UI_UPSTREAM": f"127.0.0.1:{page_port}", "MUSICGEN_PAGE_AUTH_FILE": str(auth_file)}
-        p = procs.start(["caddy", "run", "--config", str(CADDYFILE), "--adapter", "caddyfile"], caddy_log,
-                        env=cenv, cwd=tmp)
-        wait_for("caddy", lambda: urllib.request.urlopen(f"http://127.0.0.1:{health_port}/", timeout=2)
-              .status == 200, p, caddy_log)
+        cenv = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(tmp),
+            "XDG_DATA_HOME": str(tmp / "data"),
+            "XDG_CONFIG_HOME": str(tmp / "config"),
+            "MUSICGEN_HTTP_PORT": str(http_port),
+            "MUSICGEN_HTTPS_PORT": str(https_port),
+            "MUSICGEN_HEALTH_PORT": str(health_port),
+            "MUSICGEN_SITE_HOST": "127.0.0.1",
+            "MUSICGEN_TLS_MODE": "internal",
+            "MUSICGEN_AUTH_UPSTREAM": f"127.0.0.1:{auth_port}",
+            "MUSICGEN_TRITON_GRPC": f"127.0.0.1:{triton.grpc_port}",
+            "MUSICGEN_TRITON_HTTP": f"127.0.0.1:{triton.http_port}",
+            "MUSICGEN_UI_UPSTREAM": f"127.0.0.1:{page_port}",
+            "MUSICGEN_PAGE_AUTH_FILE": str(auth_file),
+        }
+        p = procs.start(
+            ["caddy", "run", "--config", str(CADDYFILE), "--adapter", "caddyfile"], caddy_log, env=cenv, cwd=tmp
+        )
+        wait_for(
+            "caddy",
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{health_port}/", timeout=2).status == 200,
+            p,
+            caddy_log,
+        )
         ca = tmp / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
-        ctx = wait_for("caddy's local CA", lambda: ca.is_file() and ssl.create_default_context(cafile=str(ca)),
-                    p, caddy_log)
+        ctx = wait_for(
+            "caddy's local CA", lambda: ca.is_file() and ssl.create_default_context(cafile=str(ca)), p, caddy_log
+        )
         base = f"https://127.0.0.1:{https_port}"
         # the site certificate is issued in the background: wait until a verified handshake works
         wait_for("caddy's certificate", lambda: _status(f"{base}/v2/health/ready", ctx) == 401, p, caddy_log)
-        yield {"base": base, "http": f"http://127.0.0.1:{http_port}", "ctx": ctx, "ca": ca, "token": token,
-               "tokens": tokens, "https_port": https_port, "logs": [caddy_log, auth_log], "triton": triton}
+        yield {
+            "base": base,
+            "http": f"http://127.0.0.1:{http_port}",
+            "ctx": ctx,
+            "ca": ca,
+            "token": token,
+            "tokens": tokens,
+            "https_port": https_port,
+            "logs": [caddy_log, auth_log],
+            "triton": triton,
+        }
     finally:
         procs.stop()
 
@@ -113,8 +169,14 @@ def _client(door, proto: str, token: str | None, ca=True):
     from client import MusicGenClient
 
     scheme = {"http": "https", "grpc": "grpcs"}[proto]
-    return MusicGenClient(f"{scheme}://127.0.0.1:{door['https_port']}", token=token,
-                          ca_bundle=door["ca"] if ca else None, timeout=120, connect_timeout=10, max_duration=30)
+    return MusicGenClient(
+        f"{scheme}://127.0.0.1:{door['https_port']}",
+        token=token,
+        ca_bundle=door["ca"] if ca else None,
+        timeout=120,
+        connect_timeout=10,
+        max_duration=30,
+    )
 
 
 def test_port_80_only_redirects_to_https(door):
@@ -128,8 +190,10 @@ def test_port_80_only_redirects_to_https(door):
             opener.open(door["http"] + path, timeout=10)
         assert e.value.code in (301, 302, 308)
         # to https on the same host and path (Caddy 2.6 names no port: in production it is 443)
-        assert e.value.headers["Location"] in (f"https://127.0.0.1{path}",
-                                               f"https://127.0.0.1:{door['https_port']}{path}")
+        assert e.value.headers["Location"] in (
+            f"https://127.0.0.1{path}",
+            f"https://127.0.0.1:{door['https_port']}{path}",
+        )
 
 
 def test_http_api_refuses_missing_and_wrong_tokens(door):
@@ -177,9 +241,15 @@ def test_cli_token_from_env_and_exit_codes(door):
     env = {**os.environ, "MUSICGEN_API_TOKEN": door["token"], "MUSICGEN_CA_BUNDLE": str(door["ca"])}
 
     def cli(*args, **extra):
-        return subprocess.run([sys.executable, "-m", "client.cli", "models", "--url", url, *args],
-                              check=False, capture_output=True, text=True, cwd=ROOT, env={**env, **extra},
-                              timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "client.cli", "models", "--url", url, *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**env, **extra},
+            timeout=120,
+        )
 
     ok = cli("--json")
     assert ok.returncode == 0, ok.stderr
@@ -187,9 +257,15 @@ def test_cli_token_from_env_and_exit_codes(door):
     bad = cli(MUSICGEN_API_TOKEN="mgt_wrong")
     assert bad.returncode == 4 and "refused the API token" in bad.stderr
     assert "mgt_wrong" not in bad.stderr
-    health = subprocess.run([sys.executable, "-m", "client.cli", "health", "--no-generate", "--url", url],
-                            check=False, capture_output=True, text=True, cwd=ROOT, timeout=120,
-                            env={**env, "MUSICGEN_API_TOKEN": ""})
+    health = subprocess.run(
+        [sys.executable, "-m", "client.cli", "health", "--no-generate", "--url", url],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**env, "MUSICGEN_API_TOKEN": ""},
+    )
     assert health.returncode == 4, health.stdout + health.stderr
     untrusted = cli(MUSICGEN_CA_BUNDLE="")
     assert untrusted.returncode == 4 and "TLS" in untrusted.stderr
@@ -215,20 +291,57 @@ def test_host_smoke_check_through_the_tls_proxy(door, tmp_path):
     (tmp_path / "pw").write_text(PAGE_PASSWORD + "\n")
     (tmp_path / "token").write_text(door["token"] + "\n")
     t = door["triton"]
-    r = subprocess.run([sys.executable, str(ROOT / "deploy" / "host" / "smoke.py"), "--triton",
-                        f"http://127.0.0.1:{t.http_port}", "--page", door["base"], "--server-name", "127.0.0.1",
-                        "--ca-file", str(door["ca"]), "--password-file", str(tmp_path / "pw"),
-                        "--token-file", str(tmp_path / "token"), "--timeout", "60"],
-                       check=False, capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "deploy" / "host" / "smoke.py"),
+            "--triton",
+            f"http://127.0.0.1:{t.http_port}",
+            "--page",
+            door["base"],
+            "--server-name",
+            "127.0.0.1",
+            "--ca-file",
+            str(door["ca"]),
+            "--password-file",
+            str(tmp_path / "pw"),
+            "--token-file",
+            str(tmp_path / "token"),
+            "--timeout",
+            "60",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "page refuses anonymous (401) and serves musicgen (200)" in r.stdout
     assert "API refuses requests without a token (401) and serves the deploy token (200)" in r.stdout
     assert door["token"] not in r.stdout + r.stderr and PAGE_PASSWORD not in r.stdout + r.stderr
     # a certificate that does not match the name is a failure, not a pass
-    r = subprocess.run([sys.executable, str(ROOT / "deploy" / "host" / "smoke.py"), "--triton",
-                        f"http://127.0.0.1:{t.http_port}", "--page", door["base"], "--server-name", "localhost",
-                        "--ca-file", str(door["ca"]), "--timeout", "1", "--interval", "1"],
-                       check=False, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "deploy" / "host" / "smoke.py"),
+            "--triton",
+            f"http://127.0.0.1:{t.http_port}",
+            "--page",
+            door["base"],
+            "--server-name",
+            "localhost",
+            "--ca-file",
+            str(door["ca"]),
+            "--timeout",
+            "1",
+            "--interval",
+            "1",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and "FAILED" in r.stderr
 
 
@@ -240,8 +353,11 @@ def test_rotation_takes_effect_without_restart(door):
     assert new != old
     assert _status(url, door["ctx"], {"Authorization": f"Bearer {old}"}) == 401
     assert _status(url, door["ctx"], {"Authorization": f"Bearer {new}"}) == 200
-    subprocess.run([sys.executable, str(TOKEN_AUTH), "--tokens", str(door["tokens"]), "revoke", "rotate-me"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(TOKEN_AUTH), "--tokens", str(door["tokens"]), "revoke", "rotate-me"],
+        check=True,
+        capture_output=True,
+    )
     assert _status(url, door["ctx"], {"Authorization": f"Bearer {new}"}) == 401
     stored = door["tokens"].read_text()
     assert old not in stored and new not in stored and door["token"] not in stored
@@ -265,8 +381,9 @@ def test_triton_ports_listen_on_loopback_only(door):
     for port in (t.http_port, t.grpc_port, t.metrics_port):
         addrs = _listening_addresses(port)
         # 127.0.0.1, in /proc/net/tcp or as IPv4-mapped ::ffff:127.0.0.1 in /proc/net/tcp6
-        assert addrs and addrs <= {"0100007F", "0000000000000000FFFF00000100007F"}, \
+        assert addrs and addrs <= {"0100007F", "0000000000000000FFFF00000100007F"}, (
             f"port {port} listens on {addrs} (want 127.0.0.1 only)"
+        )
 
 
 def test_no_token_in_any_log(door):
@@ -280,10 +397,21 @@ def test_tls_mode_picks_the_issuer(tmp_path, mode, issuer):
     """With a domain (acme) Caddy's automatic HTTPS uses its public ACME issuers; without, its own CA."""
     auth = tmp_path / "auth.caddy"
     auth.write_text("basicauth {\n\tmusicgen $2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG\n}\n")
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MUSICGEN_SITE_HOST": "music.example.com",
-           "MUSICGEN_TLS_MODE": mode, "MUSICGEN_PAGE_AUTH_FILE": str(auth)}
-    r = subprocess.run(["caddy", "adapt", "--config", str(CADDYFILE), "--adapter", "caddyfile"], env=env,
-                       capture_output=True, text=True, check=True, timeout=30)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "MUSICGEN_SITE_HOST": "music.example.com",
+        "MUSICGEN_TLS_MODE": mode,
+        "MUSICGEN_PAGE_AUTH_FILE": str(auth),
+    }
+    r = subprocess.run(
+        ["caddy", "adapt", "--config", str(CADDYFILE), "--adapter", "caddyfile"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
     cfg = json.loads(r.stdout)
     policies = ((cfg["apps"].get("tls") or {}).get("automation") or {}).get("policies") or []
     issuers = {i["module"] for p in policies if "music.example.com" in p.get("subjects", []) for i in p["issuers"]}

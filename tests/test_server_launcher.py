@@ -38,16 +38,16 @@ SHM = Path("/dev/shm")
 # Unicode, an empty string, embedded NUL and a long string: what numpy 2 used to break in the stub.
 TEXTS = ["hello", "", "mélodie 🎵", "a\x00b", "x" * 1000]
 
-BROKEN_MODEL = '''
+BROKEN_MODEL = """
 class TritonPythonModel:
     def initialize(self, args):
         raise RuntimeError("boom: this model is broken on purpose")
 
     def execute(self, requests):
         return []
-'''
+"""
 
-SLOW_MODEL = '''
+SLOW_MODEL = """
 import time
 
 class TritonPythonModel:
@@ -56,7 +56,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         return []
-'''
+"""
 
 
 def _proxyless_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
@@ -141,7 +141,9 @@ def test_prepare_work_dir_is_idempotent(tmp_path):
 
 def test_command_and_environment(work_dir, tmp_path):
     wd = prepare_work_dir(work_dir)
-    cmd = build_command(wd, tmp_path, http_port=1, grpc_port=2, metrics_port=3, shm_prefix="pfx_", extra_args=["--log-verbose=1"])
+    cmd = build_command(
+        wd, tmp_path, http_port=1, grpc_port=2, metrics_port=3, shm_prefix="pfx_", extra_args=["--log-verbose=1"]
+    )
     assert cmd[0].endswith("/tritonserver") and os.access(cmd[0], os.X_OK)
     for flag in (
         f"--model-repository={tmp_path}",
@@ -234,7 +236,6 @@ def test_metrics_and_endpoints(echo_server):
     assert _shm_files(s.shm_prefix), "a running python model should hold a shm region with the prefix"
 
 
-
 def test_supervisor_health_endpoints(echo_server):
     """No `musicgen` model here: ready means up, every model READY, every stub there (no real-work probe)."""
     s = echo_server
@@ -270,8 +271,9 @@ def test_stop_leaves_no_process_and_no_shm(echo_repo, work_dir, tmp_path):
 
 def test_crashed_server_is_cleaned_up(echo_repo, work_dir, tmp_path):
     """A SIGKILLed server leaks its shm region and leaves its stub behind: stop() clears both."""
-    server = TritonServer(echo_repo, work_dir=work_dir, log_path=tmp_path / "s.log", ready_timeout=60,
-                          supervise=False).start()
+    server = TritonServer(
+        echo_repo, work_dir=work_dir, log_path=tmp_path / "s.log", ready_timeout=60, supervise=False
+    ).start()
     prefix = server.shm_prefix
     os.kill(server.pid, signal.SIGKILL)
     server.process.wait(timeout=10)
@@ -353,8 +355,16 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def test_cli_start_status_stop(echo_repo, tmp_path):
     work = tmp_path / "work"
     http, grpc, metrics, health = find_free_ports(4)
-    ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-             "--health-port", str(health)]
+    ports = [
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        str(grpc),
+        "--metrics-port",
+        str(metrics),
+        "--health-port",
+        str(health),
+    ]
     start = ["start", "--work-dir", str(work), "--repository", str(echo_repo), *ports, "--timeout", "60"]
     try:
         r = _cli("status", "--work-dir", str(work))
@@ -397,8 +407,21 @@ def test_cli_start_status_stop(echo_repo, tmp_path):
         r = _cli(*start)  # the same server again: fine
         assert r.returncode == 0 and "already running" in r.stdout
         other = find_free_ports(4)
-        r = _cli("start", "--work-dir", str(work), "--repository", str(echo_repo), "--http-port", str(other[0]),
-                 "--grpc-port", str(other[1]), "--metrics-port", str(other[2]), "--health-port", str(other[3]))
+        r = _cli(
+            "start",
+            "--work-dir",
+            str(work),
+            "--repository",
+            str(echo_repo),
+            "--http-port",
+            str(other[0]),
+            "--grpc-port",
+            str(other[1]),
+            "--metrics-port",
+            str(other[2]),
+            "--health-port",
+            str(other[3]),
+        )
         assert r.returncode == 1 and "already running" in r.stderr and "stop it first" in r.stderr
 
         r = _cli("stop", "--work-dir", str(work))
@@ -420,8 +443,23 @@ def test_cli_start_broken_repository_fails_with_log(tmp_path):
     work = tmp_path / "work"
     http, grpc, metrics, health = find_free_ports(4)
     t0 = time.monotonic()
-    r = _cli("start", "--work-dir", str(work), "--repository", str(repo), "--http-port", str(http),
-             "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--health-port", str(health), "--timeout", "60")
+    r = _cli(
+        "start",
+        "--work-dir",
+        str(work),
+        "--repository",
+        str(repo),
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        str(grpc),
+        "--metrics-port",
+        str(metrics),
+        "--health-port",
+        str(health),
+        "--timeout",
+        "60",
+    )
     assert time.monotonic() - t0 < 30
     assert r.returncode == 1
     assert "exited with code 1 before becoming ready" in r.stderr

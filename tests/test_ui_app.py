@@ -135,8 +135,7 @@ def test_generate_stream_result_history_and_reproduce(monkeypatch, url):
 def test_parameter_changes_reach_the_server(monkeypatch, url):
     at = open_page(monkeypatch, url)
     # greedy (top-k 1) ignores the seed: two seeds give the same clip, through the unary model
-    common = dict(model="musicgen", top_k=1, temperature=0.7, guidance_scale=1.5,
-                  seed_mode="Fixed")
+    common = dict(model="musicgen", top_k=1, temperature=0.7, guidance_scale=1.5, seed_mode="Fixed")
     generate(at, duration=1.0, seed_text="1", **common)
     generate(at, duration=1.0, seed_text="2", **common)
     b, a = at.session_state["history"][:2]
@@ -163,8 +162,10 @@ def test_page_audio_is_the_cli_audio(monkeypatch, url, tmp_path):
     generate(at, duration=1.0, seed_mode="Fixed", seed_text="21", top_k=1)
     assert not page_errors(at)
     out = tmp_path / "cli.wav"
-    assert cli.main(["generate", PROMPT, "-d", "1", "--seed", "21", "--top-k", "1", "--url", url,
-                     "--out", str(out), "-q"]) == 0
+    assert (
+        cli.main(["generate", PROMPT, "-d", "1", "--seed", "21", "--top-k", "1", "--url", url, "--out", str(out), "-q"])
+        == 0
+    )
     page = clip_wav(at, 1)
     assert page == out.read_bytes()
     assert audio_io.loudness(wav_samples(page).T, SR) == pytest.approx(-14.0, abs=0.5)
@@ -174,8 +175,28 @@ def test_page_audio_is_the_cli_audio(monkeypatch, url, tmp_path):
     raw = at.session_state["assets"][1]["files"][("wav", "none")]
     assert raw != page and at.get("audio")[0].proto.url  # the player now plays the raw clip
     out_raw = tmp_path / "cli-raw.wav"
-    assert cli.main(["generate", PROMPT, "-d", "1", "--seed", "21", "--top-k", "1", "--url", url,
-                     "--out", str(out_raw), "--normalize", "none", "-q"]) == 0
+    assert (
+        cli.main(
+            [
+                "generate",
+                PROMPT,
+                "-d",
+                "1",
+                "--seed",
+                "21",
+                "--top-k",
+                "1",
+                "--url",
+                url,
+                "--out",
+                str(out_raw),
+                "--normalize",
+                "none",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert raw == out_raw.read_bytes()
 
 

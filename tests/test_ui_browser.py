@@ -63,9 +63,25 @@ def page_url(triton, tmp_path_factory):
     port = find_free_port()
     log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
     env = {**os.environ, "MUSICGEN_TRITON_URL": triton.grpc_endpoint, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"), "--server.headless", "true",
-           "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-           "--client.toolbarMode", "viewer", "--server.fileWatcherType", "none"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(ROOT / "ui" / "app.py"),
+        "--server.headless",
+        "true",
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "viewer",
+        "--server.fileWatcherType",
+        "none",
+    ]
     procs = LocalProcs()
     try:
         proc = procs.start(cmd, log, cwd=ROOT, env=env)
@@ -86,8 +102,16 @@ def _browser(chromium, lang: str):
     binary, driver_path = chromium
     opts = webdriver.ChromeOptions()
     opts.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1500", "--hide-scrollbars", "--mute-audio", f"--lang={lang}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1500",
+        "--hide-scrollbars",
+        "--mute-audio",
+        f"--lang={lang}",
+    ):
         opts.add_argument(arg)
     opts.add_experimental_option("prefs", {"intl.accept_languages": lang})
     return webdriver.Chrome(service=Service(driver_path), options=opts)
@@ -164,8 +188,10 @@ def test_browser_generate_shows_progress_and_audio_player(driver, page_url):
             audio = found[0]
             break
         time.sleep(0.1)
-    assert audio is not None, f"no audio player {time.monotonic() - t0:.0f} s after Generate; " \
-                              f"page says: {d.find_element(By.TAG_NAME, 'body').text[-1500:]}"
+    assert audio is not None, (
+        f"no audio player {time.monotonic() - t0:.0f} s after Generate; "
+        f"page says: {d.find_element(By.TAG_NAME, 'body').text[-1500:]}"
+    )
     # the browser loaded the WAV: its duration is the 30 s asked for
     try:
         WebDriverWait(d, 30).until(lambda drv: drv.execute_script("return arguments[0].readyState", audio) >= 1)
@@ -236,8 +262,9 @@ def test_browser_in_chinese_follows_the_browser_language(open_browser, page_url)
     # 32 kHz cuts: its loudness is not compared here; tests/test_ui_logic.py checks MP3 on a tone)
     assert audio_io.loudness(ogg, rate) == pytest.approx(lufs, abs=1.0)
     # the switch: English from now on in this session
-    english = next(e for e in d.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebar"] label')
-                   if e.text.strip() == "English")
+    english = next(
+        e for e in d.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebar"] label') if e.text.strip() == "English"
+    )
     english.click()
     wait.until(lambda drv: drv.find_elements(By.CSS_SELECTOR, 'textarea[aria-label="Prompt"]'))
     check = next(b for b in d.find_elements(By.CSS_SELECTOR, "button") if b.text.strip().endswith("Check again"))

@@ -16,16 +16,25 @@ from ui import logic, media  # noqa: E402
 
 # ---- parameters ------------------------------------------------------------------------------------
 
+
 def test_parse_seed_random_and_fixed():
     assert logic.parse_seed(logic.SEED_RANDOM, "whatever") is None
     assert logic.parse_seed(logic.SEED_FIXED, " 42 ") == 42
     assert logic.parse_seed(logic.SEED_FIXED, "1_000") == 1000
-    assert logic.parse_seed(logic.SEED_FIXED, str(2 ** 63 - 1)) == 2 ** 63 - 1
+    assert logic.parse_seed(logic.SEED_FIXED, str(2**63 - 1)) == 2**63 - 1
     assert logic.parse_seed(logic.SEED_FIXED, 7) == 7
 
 
-@pytest.mark.parametrize("text,needle", [("", "seed is empty"), ("abc", "whole number"), ("1.5", "whole number"),
-                                         ("-1", "[0, 2^63)"), (str(2 ** 63), "[0, 2^63)")])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("", "seed is empty"),
+        ("abc", "whole number"),
+        ("1.5", "whole number"),
+        ("-1", "[0, 2^63)"),
+        (str(2**63), "[0, 2^63)"),
+    ],
+)
 def test_parse_seed_rejects(text, needle):
     with pytest.raises(ValidationError) as err:
         logic.parse_seed(logic.SEED_FIXED, text)
@@ -35,8 +44,7 @@ def test_parse_seed_rejects(text, needle):
 def test_build_request_ok_and_messages_name_the_parameter():
     prompt, params = logic.build_request("  lo-fi beat ", 8.0, 250, 0.0, 1.0, 3.0, logic.SEED_FIXED, "5")
     assert prompt == "lo-fi beat"
-    assert params == GenerationParams(duration=8.0, top_k=250, top_p=0.0, temperature=1.0, guidance_scale=3.0,
-                                      seed=5)
+    assert params == GenerationParams(duration=8.0, top_k=250, top_p=0.0, temperature=1.0, guidance_scale=3.0, seed=5)
     with pytest.raises(ValidationError, match="prompt is empty"):
         logic.build_request("   ", 8.0, 250, 0.0, 1.0, 3.0, logic.SEED_RANDOM, "")
     with pytest.raises(ValidationError, match="duration"):
@@ -60,6 +68,7 @@ def test_examples_are_valid_prompts():
 
 
 # ---- progress / ETA --------------------------------------------------------------------------------
+
 
 def test_progress_eta_from_measured_rate():
     p = logic.Progress(started=100.0)
@@ -105,15 +114,27 @@ def test_format_helpers():
 
 # ---- server facts ----------------------------------------------------------------------------------
 
-MANIFEST = {"source": "tiny-random", "model_type": "musicgen", "precision": "fp32", "random_weights": True,
-            "dims": {"sample_rate": 32000, "audio_channels": 1, "frame_rate": 50.0}}
+MANIFEST = {
+    "source": "tiny-random",
+    "model_type": "musicgen",
+    "precision": "fp32",
+    "random_weights": True,
+    "dims": {"sample_rate": 32000, "audio_channels": 1, "frame_rate": 50.0},
+}
 
 
 def test_generation_models_filters_internal_and_not_ready():
-    index = [{"name": "audio_decoder", "state": "READY"}, {"name": "musicgen", "state": "READY"},
-             {"name": "musicgen_info", "state": "READY"}, {"name": "musicgen_stream", "state": "READY"},
-             {"name": "lm_engine", "state": "READY"}, {"name": "musicgen_large_stream", "state": "UNAVAILABLE"},
-             {"name": "musicgen_lm", "state": "READY"}, {"name": "tokenizer"}, {"name": "text_encoder"}]
+    index = [
+        {"name": "audio_decoder", "state": "READY"},
+        {"name": "musicgen", "state": "READY"},
+        {"name": "musicgen_info", "state": "READY"},
+        {"name": "musicgen_stream", "state": "READY"},
+        {"name": "lm_engine", "state": "READY"},
+        {"name": "musicgen_large_stream", "state": "UNAVAILABLE"},
+        {"name": "musicgen_lm", "state": "READY"},
+        {"name": "tokenizer"},
+        {"name": "text_encoder"},
+    ]
     assert logic.generation_models(index) == ["musicgen_stream", "musicgen"]
     assert logic.generation_models(["musicgen", "musicgen_stream"]) == ["musicgen_stream", "musicgen"]
     assert logic.model_label("musicgen_stream").endswith("(live progress)")
@@ -131,7 +152,9 @@ def test_melody_support_and_banner():
     assert not logic.random_weights(None)
     facts = dict(logic.manifest_facts(MANIFEST))
     assert facts["Checkpoint"] == "tiny-random" and facts["Audio"] == "32 kHz, mono"
-    assert "noise, not music" in logic.random_weights_banner(MANIFEST) and "tiny-random" in logic.random_weights_banner(MANIFEST)
+    assert "noise, not music" in logic.random_weights_banner(MANIFEST) and "tiny-random" in logic.random_weights_banner(
+        MANIFEST
+    )
     assert "噪声" in logic.random_weights_banner(MANIFEST, "zh")
     assert dict(logic.manifest_facts(MANIFEST, "zh"))["音频"] == "32 kHz，单声道"
     assert "只接受文字" in logic.melody_support(MANIFEST, "zh")[1]
@@ -158,6 +181,7 @@ def test_md_escape_keeps_user_text_literal():
 
 # ---- media -----------------------------------------------------------------------------------------
 
+
 def _tone(seconds=0.5, rate=32000, channels=1):
     t = np.arange(int(seconds * rate)) / rate
     return np.stack([0.5 * np.sin(2 * np.pi * 440 * t)] * channels).astype(np.float32), rate
@@ -182,8 +206,9 @@ def test_downloads_in_four_formats_levelled_like_the_cli():
             assert audio_io.loudness(back, rate) == pytest.approx(-14.0, abs=0.1)
         else:
             assert audio_io.loudness(back, rate) == pytest.approx(-14.0, abs=1.0)
-    assert media.clip_file(asset, "wav", "loudness") == audio_io.encode_audio(audio, rate, "wav",
-                                                                               normalize_strategy="loudness")
+    assert media.clip_file(asset, "wav", "loudness") == audio_io.encode_audio(
+        audio, rate, "wav", normalize_strategy="loudness"
+    )
     raw, _ = audio_io.read_audio(media.clip_file(asset, "wav", "none"))
     assert audio_io.loudness(raw, rate) < -30.0  # 'none': as generated
 

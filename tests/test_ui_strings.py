@@ -52,8 +52,14 @@ def test_examples_and_tags_in_both_languages():
 
 
 def test_prompt_from_tags_is_english():
-    built = strings.prompt_from_tags({"genre": ["jazz"], "instruments": ["piano", "upright bass", "drums"],
-                                      "mood": ["calm"], "tempo": ["slow, 70 bpm"]})
+    built = strings.prompt_from_tags(
+        {
+            "genre": ["jazz"],
+            "instruments": ["piano", "upright bass", "drums"],
+            "mood": ["calm"],
+            "tempo": ["slow, 70 bpm"],
+        }
+    )
     assert built == "calm jazz with piano, upright bass and drums, slow, 70 bpm"
     assert strings.prompt_from_tags({"instruments": ["guzheng"]}) == "music with guzheng"
     assert strings.prompt_from_tags({}) == ""
@@ -61,12 +67,22 @@ def test_prompt_from_tags_is_english():
     logic.build_request(built, 5, 250, 0, 1, 3, logic.SEED_RANDOM, "")  # a valid prompt
 
 
-@pytest.mark.parametrize(("locale", "header", "lang"), [
-    ("zh-CN", None, "zh"), ("zh-TW", "", "zh"), ("en-US", "zh-CN,zh;q=0.9", "en"),
-    (None, "zh-CN,zh;q=0.9,en;q=0.8", "zh"), (None, "en-GB,en;q=0.9,zh-CN;q=0.8", "en"),
-    (None, "fr-FR,fr;q=0.9,zh;q=0.8,en;q=0.5", "zh"), (None, "de-DE", "en"), (None, None, "en"),
-    ("fr", "ja;q=0.9, en;q=0.4, zh;q=0.6", "zh"), (None, "garbage;;,", "en"), (None, "zh;q=abc", "en"),
-])
+@pytest.mark.parametrize(
+    ("locale", "header", "lang"),
+    [
+        ("zh-CN", None, "zh"),
+        ("zh-TW", "", "zh"),
+        ("en-US", "zh-CN,zh;q=0.9", "en"),
+        (None, "zh-CN,zh;q=0.9,en;q=0.8", "zh"),
+        (None, "en-GB,en;q=0.9,zh-CN;q=0.8", "en"),
+        (None, "fr-FR,fr;q=0.9,zh;q=0.8,en;q=0.5", "zh"),
+        (None, "de-DE", "en"),
+        (None, None, "en"),
+        ("fr", "ja;q=0.9, en;q=0.4, zh;q=0.6", "zh"),
+        (None, "garbage;;,", "en"),
+        (None, "zh;q=abc", "en"),
+    ],
+)
 def test_detect_language(locale, header, lang):
     assert strings.detect_language(locale, header) == lang
 
@@ -83,8 +99,10 @@ def test_prompt_language_detection():
 
 TEXT_FIELDS = {"label", "help", "body", "text", "options", "placeholder", "content", "caption"}
 # Words that stay as they are on the Chinese page: names, units, formats, parameter names.
-PROPER = re.compile(r"MusicGen|Top-[kp]|top-[kp]|WAV|FLAC|MP3|OGG|LUFS|dBFS|RMS|kHz|gRPC|T5|English|"
-                    r"tiny-random|musicgen\w*|fp32|fp16|MUSICGEN_TRITON_URL")
+PROPER = re.compile(
+    r"MusicGen|Top-[kp]|top-[kp]|WAV|FLAC|MP3|OGG|LUFS|dBFS|RMS|kHz|gRPC|T5|English|"
+    r"tiny-random|musicgen\w*|fp32|fp16|MUSICGEN_TRITON_URL"
+)
 
 
 def page_texts(at: AppTest) -> list[str]:
@@ -94,7 +112,7 @@ def page_texts(at: AppTest) -> list[str]:
     def walk(msg):
         for fd, value in msg.ListFields():
             if fd.type == fd.TYPE_MESSAGE:
-                for m in (value if fd.is_repeated else [value]):
+                for m in value if fd.is_repeated else [value]:
                     walk(m)
             elif fd.type == fd.TYPE_STRING and fd.name in TEXT_FIELDS:
                 out.extend(value if fd.is_repeated else [value])
@@ -147,7 +165,18 @@ def test_page_in_chinese_has_no_english_left(monkeypatch, triton):
     assert tags.proto.expanded  # the English style tags are offered, open
     texts = page_texts(at)
     joined = "\n".join(texts)
-    for needle in ("服务器", "提示词", "高级设置", "生成", "完成，用时", "种子", "结果", "之前的结果", "演示模型", "下载"):
+    for needle in (
+        "服务器",
+        "提示词",
+        "高级设置",
+        "生成",
+        "完成，用时",
+        "种子",
+        "结果",
+        "之前的结果",
+        "演示模型",
+        "下载",
+    ):
         assert needle in joined, needle
     left = {t: leftover_english(t, prompt) for t in texts}
     left = {t: w for t, w in left.items() if w}
@@ -189,11 +218,15 @@ def test_messages_from_validation_server_and_client_in_chinese():
             fn(*args, **kw)
         return str(info.value)
 
-    real = [raised(validation.validate_prompt, "  "), raised(validation.validate_prompt, "x" * 2001),
-            raised(validation.validate_params, 45.0, max_duration=30.0),
-            errors.classify(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
-                            url="grpc://127.0.0.1:1").message,
-            errors.classify(TimeoutError(), url="grpc://127.0.0.1:1", timeout=5).message]
+    real = [
+        raised(validation.validate_prompt, "  "),
+        raised(validation.validate_prompt, "x" * 2001),
+        raised(validation.validate_params, 45.0, max_duration=30.0),
+        errors.classify(
+            ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), url="grpc://127.0.0.1:1"
+        ).message,
+        errors.classify(TimeoutError(), url="grpc://127.0.0.1:1", timeout=5).message,
+    ]
     for message in real:
         zh = strings.translate_detail(message, "zh")
         assert CJK.search(zh) and zh != message, message

@@ -19,9 +19,17 @@ import types
 import torch
 
 
-def _get_sinc_resample_kernel(orig_freq, new_freq, gcd, lowpass_filter_width=6, rolloff=0.99,
-                              resampling_method="sinc_interp_hann", beta=None, device=torch.device("cpu"),
-                              dtype=None):
+def _get_sinc_resample_kernel(
+    orig_freq,
+    new_freq,
+    gcd,
+    lowpass_filter_width=6,
+    rolloff=0.99,
+    resampling_method="sinc_interp_hann",
+    beta=None,
+    device=torch.device("cpu"),
+    dtype=None,
+):
     if resampling_method != "sinc_interp_hann":
         raise ValueError("only sinc_interp_hann is copied here")
     orig_freq = int(orig_freq) // gcd
@@ -58,22 +66,44 @@ def _apply_sinc_resample_kernel(waveform, orig_freq, new_freq, gcd, kernel, widt
     return resampled.view(shape[:-1] + resampled.shape[-1:])
 
 
-def resample(waveform, orig_freq, new_freq, lowpass_filter_width=6, rolloff=0.99,
-             resampling_method="sinc_interp_hann", beta=None):
+def resample(
+    waveform, orig_freq, new_freq, lowpass_filter_width=6, rolloff=0.99, resampling_method="sinc_interp_hann", beta=None
+):
     if orig_freq <= 0.0 or new_freq <= 0.0:
         raise ValueError("Original frequency and desired frequecy should be positive")
     if orig_freq == new_freq:
         return waveform
     gcd = math.gcd(int(orig_freq), int(new_freq))
-    kernel, width = _get_sinc_resample_kernel(orig_freq, new_freq, gcd, lowpass_filter_width, rolloff,
-                                              resampling_method, beta, waveform.device, waveform.dtype)
+    kernel, width = _get_sinc_resample_kernel(
+        orig_freq,
+        new_freq,
+        gcd,
+        lowpass_filter_width,
+        rolloff,
+        resampling_method,
+        beta,
+        waveform.device,
+        waveform.dtype,
+    )
     return _apply_sinc_resample_kernel(waveform, orig_freq, new_freq, gcd, kernel, width)
 
 
 class Spectrogram(torch.nn.Module):
-    def __init__(self, n_fft=400, win_length=None, hop_length=None, pad=0, window_fn=torch.hann_window,
-                 power=2.0, normalized=False, wkwargs=None, center=True, pad_mode="reflect", onesided=True,
-                 return_complex=None):
+    def __init__(
+        self,
+        n_fft=400,
+        win_length=None,
+        hop_length=None,
+        pad=0,
+        window_fn=torch.hann_window,
+        power=2.0,
+        normalized=False,
+        wkwargs=None,
+        center=True,
+        pad_mode="reflect",
+        onesided=True,
+        return_complex=None,
+    ):
         super().__init__()
         self.n_fft = n_fft
         self.win_length = win_length if win_length is not None else n_fft
@@ -90,10 +120,18 @@ class Spectrogram(torch.nn.Module):
         window_norm = self.normalized is True or self.normalized == "window"
         shape = waveform.size()
         waveform = waveform.reshape(-1, shape[-1])
-        spec_f = torch.stft(input=waveform, n_fft=self.n_fft, hop_length=self.hop_length,
-                            win_length=self.win_length, window=self.window, center=self.center,
-                            pad_mode=self.pad_mode, normalized=frame_length_norm, onesided=self.onesided,
-                            return_complex=True)
+        spec_f = torch.stft(
+            input=waveform,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.win_length,
+            window=self.window,
+            center=self.center,
+            pad_mode=self.pad_mode,
+            normalized=frame_length_norm,
+            onesided=self.onesided,
+            return_complex=True,
+        )
         spec_f = spec_f.reshape(shape[:-1] + spec_f.shape[-2:])
         if window_norm:
             spec_f /= self.window.pow(2.0).sum().sqrt()

@@ -43,12 +43,12 @@ def browser_language() -> str:
 
 if "lang" not in ss:  # once per session: afterwards the switch decides
     ss.lang = browser_language()
-ss.setdefault("history", [])      # [ResultEntry], newest first
-ss.setdefault("assets", {})       # number -> {"audio", "rate", "files": {(fmt, normalize): bytes}, plots}
+ss.setdefault("history", [])  # [ResultEntry], newest first
+ss.setdefault("assets", {})  # number -> {"audio", "rate", "files": {(fmt, normalize): bytes}, plots}
 ss.setdefault("counter", 0)
 ss.setdefault("last_error", None)
 ss.setdefault("notice", None)
-ss.setdefault("rate", None)       # frames per second of the last generation (first ETA of the next one)
+ss.setdefault("rate", None)  # frames per second of the last generation (first ETA of the next one)
 ss.setdefault("prompt", "")
 ss.setdefault("duration", float(logic.DURATION_DEFAULT))
 ss.setdefault("top_k", 250)
@@ -70,8 +70,7 @@ def server_url() -> str:
 
 def get_status(force: bool = False) -> backend.ServerStatus:
     cached = ss.get("status")
-    if (not force and cached is not None and cached.url == server_url()
-            and time.time() - cached.checked_at < STATUS_TTL):
+    if not force and cached is not None and cached.url == server_url() and time.time() - cached.checked_at < STATUS_TTL:
         return cached
     ss.status = backend.Backend(server_url()).status()
     return ss.status
@@ -119,8 +118,7 @@ def reuse(number: int) -> None:
 status = get_status()
 
 with st.sidebar:
-    st.radio(tr("language"), strings.LANGUAGES, key="lang", format_func=strings.LANGUAGE_NAMES.get,
-             horizontal=True)
+    st.radio(tr("language"), strings.LANGUAGES, key="lang", format_func=strings.LANGUAGE_NAMES.get, horizontal=True)
 L = ss.lang
 
 st.title(":material/music_note: MusicGen")
@@ -134,8 +132,10 @@ with st.sidebar:
     if status.ready:
         st.success(tr("server_ready", url=status.url), icon=":material/check_circle:")
     else:
-        st.error(tr("server_not_ready", url=status.url, error=strings.translate_detail(status.error, L)),
-                 icon=":material/error:")
+        st.error(
+            tr("server_not_ready", url=status.url, error=strings.translate_detail(status.error, L)),
+            icon=":material/error:",
+        )
     for label, value in logic.manifest_facts(status.manifest, L):
         st.markdown(f"**{label}:** `{value}`")
     if status.ready:
@@ -151,24 +151,41 @@ left, right = st.columns([5, 6], gap="large")
 SEED_LABELS = {logic.SEED_RANDOM: "seed_random", logic.SEED_FIXED: "seed_fixed"}
 
 with left:
-    st.selectbox(tr("examples"), logic.EXAMPLE_PROMPTS, index=None, key="example",
-                 format_func=lambda p, lang=L: strings.example_label(p, lang), help=tr("examples_help"),
-                 placeholder=tr("examples_placeholder"), on_change=use_example)
+    st.selectbox(
+        tr("examples"),
+        logic.EXAMPLE_PROMPTS,
+        index=None,
+        key="example",
+        format_func=lambda p, lang=L: strings.example_label(p, lang),
+        help=tr("examples_help"),
+        placeholder=tr("examples_placeholder"),
+        on_change=use_example,
+    )
     cjk_prompt = prompt_language.has_cjk(ss.prompt)
     melody_ok, melody_reason = logic.melody_support(status.manifest, L)
     # A form: changing a setting while a clip is generating does not rerun (and so interrupt) the page.
     with st.form("request", border=False):
-        st.text_area(tr("prompt"), key="prompt", height=110, max_chars=logic.validation.MAX_PROMPT_CHARS,
-                     placeholder=tr("prompt_placeholder"), help=tr("prompt_help"))
+        st.text_area(
+            tr("prompt"),
+            key="prompt",
+            height=110,
+            max_chars=logic.validation.MAX_PROMPT_CHARS,
+            placeholder=tr("prompt_placeholder"),
+            help=tr("prompt_help"),
+        )
         if cjk_prompt:  # said plainly next to the box; the prompt is still sent as typed
             st.warning(tr("prompt_language_warning"), icon=":material/translate:")
         max_seconds = float(max(logic.DURATION_MIN, min(logic.DURATION_MAX, status.max_duration or 0)))
         ss.duration = float(min(max(ss.duration, logic.DURATION_MIN), max_seconds))
-        st.slider(tr("duration"), min_value=float(logic.DURATION_MIN), max_value=max_seconds, step=0.5,
-                  key="duration")
-        melody_file = st.file_uploader(tr("melody"), type=list(logic.MELODY_EXTENSIONS), key="melody",
-                                       disabled=not melody_ok, help=melody_reason,
-                                       max_upload_size=logic.MAX_UPLOAD_MB)
+        st.slider(tr("duration"), min_value=float(logic.DURATION_MIN), max_value=max_seconds, step=0.5, key="duration")
+        melody_file = st.file_uploader(
+            tr("melody"),
+            type=list(logic.MELODY_EXTENSIONS),
+            key="melody",
+            disabled=not melody_ok,
+            help=melody_reason,
+            max_upload_size=logic.MAX_UPLOAD_MB,
+        )
         if not melody_ok:
             st.caption(f":material/block: {melody_reason}")
 
@@ -176,32 +193,56 @@ with left:
             models = status.models or [backend.DEFAULT_MODEL]
             if ss.get("model") not in models:
                 ss.model = models[0]
-            st.selectbox(tr("model"), models, key="model", format_func=lambda m, lang=L: logic.model_label(m, lang),
-                         help=tr("model_help"))
+            st.selectbox(
+                tr("model"),
+                models,
+                key="model",
+                format_func=lambda m, lang=L: logic.model_label(m, lang),
+                help=tr("model_help"),
+            )
             c1, c2 = st.columns(2)
             c1.number_input("Top-k", min_value=0, max_value=10_000, step=10, key="top_k", help=tr("top_k_help"))
             c2.slider("Top-p", min_value=0.0, max_value=1.0, step=0.05, key="top_p", help=tr("top_p_help"))
-            c1.number_input(tr("temperature"), min_value=0.05, max_value=100.0, step=0.05, key="temperature",
-                            help=tr("temperature_help"))
-            c2.number_input(tr("guidance"), min_value=1.0, max_value=100.0, step=0.5, key="guidance_scale",
-                            help=tr("guidance_help"))
-            c1.radio(tr("seed"), [logic.SEED_RANDOM, logic.SEED_FIXED], key="seed_mode", horizontal=True,
-                     format_func=lambda m, lang=L: strings.t(SEED_LABELS[m], lang), help=tr("seed_help"))
-            c2.text_input(tr("fixed_seed"), key="seed_text", placeholder=tr("fixed_seed_placeholder"),
-                          help=tr("fixed_seed_help"))
+            c1.number_input(
+                tr("temperature"),
+                min_value=0.05,
+                max_value=100.0,
+                step=0.05,
+                key="temperature",
+                help=tr("temperature_help"),
+            )
+            c2.number_input(
+                tr("guidance"), min_value=1.0, max_value=100.0, step=0.5, key="guidance_scale", help=tr("guidance_help")
+            )
+            c1.radio(
+                tr("seed"),
+                [logic.SEED_RANDOM, logic.SEED_FIXED],
+                key="seed_mode",
+                horizontal=True,
+                format_func=lambda m, lang=L: strings.t(SEED_LABELS[m], lang),
+                help=tr("seed_help"),
+            )
+            c2.text_input(
+                tr("fixed_seed"), key="seed_text", placeholder=tr("fixed_seed_placeholder"), help=tr("fixed_seed_help")
+            )
 
-        generate = st.form_submit_button(tr("generate"), type="primary", key="generate", width="stretch",
-                                         icon=":material/music_note:")
+        generate = st.form_submit_button(
+            tr("generate"), type="primary", key="generate", width="stretch", icon=":material/music_note:"
+        )
     # English style tags that build an English prompt (open when the prompt is not English). After the
     # form: the clicks rerun the page, and they only edit the prompt box.
     with st.expander(tr("tags_title"), expanded=cjk_prompt, icon=":material/sell:"):
         for cat in strings.TAG_CATEGORIES:
-            st.pills(tr(f"tags_{cat}"), [en for en, _ in strings.STYLE_TAGS[cat]], selection_mode="multi",
-                     key=f"tags_{cat}", format_func=lambda tag, lang=L: strings.tag_label(tag, lang))
+            st.pills(
+                tr(f"tags_{cat}"),
+                [en for en, _ in strings.STYLE_TAGS[cat]],
+                selection_mode="multi",
+                key=f"tags_{cat}",
+                format_func=lambda tag, lang=L: strings.tag_label(tag, lang),
+            )
         built = strings.prompt_from_tags({c: ss.get(f"tags_{c}") or [] for c in strings.TAG_CATEGORIES})
         st.caption(tr("tags_preview", prompt=logic.md_escape(built)) if built else tr("tags_none"))
-        st.button(tr("tags_use"), key="use_tags", on_click=use_tags, disabled=not built,
-                  icon=":material/arrow_upward:")
+        st.button(tr("tags_use"), key="use_tags", on_click=use_tags, disabled=not built, icon=":material/arrow_upward:")
 
 # ---- generation -------------------------------------------------------------------------------------
 
@@ -210,9 +251,18 @@ def run_generation(out) -> None:
     """Validate, stream from the server with a live progress bar, and record the result (or an error)."""
     ss.last_error = ss.notice = None
     try:
-        prompt, params = logic.build_request(ss.prompt, ss.duration, ss.top_k, ss.top_p, ss.temperature,
-                                             ss.guidance_scale, ss.seed_mode, ss.seed_text,
-                                             max_duration=status.max_duration or logic.DURATION_MAX, lang=L)
+        prompt, params = logic.build_request(
+            ss.prompt,
+            ss.duration,
+            ss.top_k,
+            ss.top_p,
+            ss.temperature,
+            ss.guidance_scale,
+            ss.seed_mode,
+            ss.seed_text,
+            max_duration=status.max_duration or logic.DURATION_MAX,
+            lang=L,
+        )
     except ValidationError as exc:
         ss.last_error = tr("err_form", detail=strings.translate_detail(str(exc), L))
         return
@@ -233,8 +283,9 @@ def run_generation(out) -> None:
     job = None
     received = []  # (frames done, total) of every progress event shown: the page's record of its live progress
     try:
-        job = backend.Backend(server_url()).start(model, prompt, params, melody=melody,
-                                                  max_duration=status.max_duration)
+        job = backend.Backend(server_url()).start(
+            model, prompt, params, melody=melody, max_duration=status.max_duration
+        )
         if not job.streaming and status.frame_rate:
             prog.frames_total = delay.frames_for_duration(params.duration, status.frame_rate)
         final = None
@@ -274,10 +325,13 @@ def run_generation(out) -> None:
         ss.rate = prog.frames_total / elapsed
     audio, rate = final.audio, final.sample_rate
     ss.counter += 1
-    entry = logic.make_entry(ss.counter, prompt, model, params, final.seed_used, rate,
-                             audio.shape[0], audio.shape[-1], elapsed)
+    entry = logic.make_entry(
+        ss.counter, prompt, model, params, final.seed_used, rate, audio.shape[0], audio.shape[-1], elapsed
+    )
     ss.assets[entry.number] = {
-        "audio": audio, "rate": rate, "files": {},  # files encoded (and levelled) on first use
+        "audio": audio,
+        "rate": rate,
+        "files": {},  # files encoded (and levelled) on first use
         "waveform": media.figure_png(media.waveform_figure(audio, rate)),
         "spectrogram": media.figure_png(media.spectrogram_figure(audio, rate)),
     }
@@ -300,9 +354,15 @@ def show_clip(entry: logic.ResultEntry, asset: dict, where) -> None:
             col.caption(tr("format_unavailable", fmt=fmt.upper()))
             continue
         # encoded only when clicked (a callable): the history's 4 formats are not all made up front
-        col.download_button(fmt.upper(), lambda a=asset, f=fmt, n=norm: media.clip_file(a, f, n) or b"",
-                            file_name=f"{stem}.{fmt}", mime=MIME[fmt], key=f"{fmt}-{entry.number}",
-                            icon=":material/download:", width="stretch")
+        col.download_button(
+            fmt.upper(),
+            lambda a=asset, f=fmt, n=norm: media.clip_file(a, f, n) or b"",
+            file_name=f"{stem}.{fmt}",
+            mime=MIME[fmt],
+            key=f"{fmt}-{entry.number}",
+            icon=":material/download:",
+            width="stretch",
+        )
 
 
 MIME = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg"}
@@ -326,8 +386,13 @@ with right:
     if not ss.history:
         st.info(tr("empty_result"), icon=":material/headphones:")
     else:
-        st.selectbox(tr("normalize"), logic.NORMALIZE_CHOICES, key="normalize",
-                     format_func=lambda n, lang=L: strings.t(f"norm_{n}", lang), help=tr("normalize_help"))
+        st.selectbox(
+            tr("normalize"),
+            logic.NORMALIZE_CHOICES,
+            key="normalize",
+            format_func=lambda n, lang=L: strings.t(f"norm_{n}", lang),
+            help=tr("normalize_help"),
+        )
         latest = ss.history[0]
         assets = ss.assets[latest.number]
         st.markdown(f"**#{latest.number} · {logic.md_escape(latest.prompt)}**")
@@ -338,15 +403,29 @@ with right:
         st.image(assets["waveform"], width="stretch")
         st.caption(tr("spectrogram"))
         st.image(assets["spectrogram"], width="stretch")
-        st.button(tr("reuse_latest"), key=f"reuse-{latest.number}", on_click=reuse,
-                  args=(latest.number,), icon=":material/replay:")
+        st.button(
+            tr("reuse_latest"),
+            key=f"reuse-{latest.number}",
+            on_click=reuse,
+            args=(latest.number,),
+            icon=":material/replay:",
+        )
 
         if len(ss.history) > 1:
             st.subheader(tr("earlier"))
             for entry in ss.history[1:]:
-                label = tr("history_label", number=entry.number, prompt=logic.md_escape(entry.prompt[:60]),
-                           seed=entry.seed_used)
+                label = tr(
+                    "history_label",
+                    number=entry.number,
+                    prompt=logic.md_escape(entry.prompt[:60]),
+                    seed=entry.seed_used,
+                )
                 with st.expander(label):
                     show_clip(entry, ss.assets[entry.number], st)
-                    st.button(tr("reuse"), key=f"reuse-{entry.number}", on_click=reuse,
-                              args=(entry.number,), icon=":material/replay:")
+                    st.button(
+                        tr("reuse"),
+                        key=f"reuse-{entry.number}",
+                        on_click=reuse,
+                        args=(entry.number,),
+                        icon=":material/replay:",
+                    )

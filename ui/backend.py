@@ -30,9 +30,13 @@ STATUS_TIMEOUT = 5.0  # seconds for the small status calls
 class BackendError(Exception):
     """A failure to show on the page. kind: unavailable | not_ready | invalid | timeout | failed."""
 
-    KINDS = {mgclient.ServerUnavailable: "unavailable", mgclient.ModelNotReady: "not_ready",
-             mgclient.InvalidParameter: "invalid", mgclient.RequestTimeout: "timeout",
-             mgclient.GenerationError: "failed"}
+    KINDS = {
+        mgclient.ServerUnavailable: "unavailable",
+        mgclient.ModelNotReady: "not_ready",
+        mgclient.InvalidParameter: "invalid",
+        mgclient.RequestTimeout: "timeout",
+        mgclient.GenerationError: "failed",
+    }
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
@@ -47,8 +51,12 @@ class BackendError(Exception):
         """The message with a lead, in the page's language, that says what kind of failure it is (and
         no repeated prefix). The detail is the server's or the client library's own words."""
         msg = re.sub(r"^(invalid parameter|generation failed):\s*", "", self.message.strip(), flags=re.I)
-        key = {"unavailable": "err_unavailable", "not_ready": "err_not_ready", "invalid": "err_invalid",
-               "timeout": "err_timeout"}.get(self.kind, "err_failed")
+        key = {
+            "unavailable": "err_unavailable",
+            "not_ready": "err_not_ready",
+            "invalid": "err_invalid",
+            "timeout": "err_timeout",
+        }.get(self.kind, "err_failed")
         msg = translate_detail(msg, lang)
         if self.kind == "not_ready" and not msg.endswith((".", "!", "?", "。", "？")):
             msg += "。" if lang == "zh" else "."
@@ -145,8 +153,7 @@ class Backend:
         try:
             rep = c.health(generate=False)
             models = logic.generation_models([{"name": n, "state": s} for n, s in rep.models.items()])
-            st = ServerStatus(url=c.endpoint, ready=bool(rep.ok), error=rep.error, models=models,
-                              manifest=rep.manifest)
+            st = ServerStatus(url=c.endpoint, ready=bool(rep.ok), error=rep.error, models=models, manifest=rep.manifest)
             if rep.live and not models and st.error is None:
                 st.ready, st.error = False, "the server has no generation model loaded"
             if st.ready:
@@ -158,14 +165,21 @@ class Backend:
             c.close()
 
     # -- generation ---------------------------------------------------------------------------------
-    def start(self, model: str, prompt: str, params: GenerationParams, *, melody=None,
-              max_duration: float | None = None) -> Job:
+    def start(
+        self, model: str, prompt: str, params: GenerationParams, *, melody=None, max_duration: float | None = None
+    ) -> Job:
         """Start one generation with `model`: streamed (live progress) for a `*_stream` model."""
         streaming = logic.is_streaming(model)
         kw = {"stream_model": model} if streaming else {"model": model}
         c = self._client(max_duration=max_duration, **kw)
-        args = dict(top_k=params.top_k, top_p=params.top_p, temperature=params.temperature,
-                    guidance_scale=params.guidance_scale, seed=params.seed, melody=melody)
+        args = dict(
+            top_k=params.top_k,
+            top_p=params.top_p,
+            temperature=params.temperature,
+            guidance_scale=params.guidance_scale,
+            seed=params.seed,
+            melody=melody,
+        )
 
         def final_event(res, done, total) -> Event:
             return Event("final", done, total, audio=res.audio, sample_rate=res.sample_rate, seed_used=res.seed_used)
@@ -178,8 +192,7 @@ class Backend:
                         if ev.kind == "final":
                             put(final_event(ev.result, ev.frames_done, ev.frames_total))
                             return
-                        put(Event(ev.kind, ev.frames_done, ev.frames_total, chunk=ev.audio,
-                                  chunk_start=ev.chunk_start))
+                        put(Event(ev.kind, ev.frames_done, ev.frames_total, chunk=ev.audio, chunk_start=ev.chunk_start))
                         if cancel.is_set():
                             return
                 finally:

@@ -24,13 +24,12 @@ MODEL_TYPE_TEXT = "musicgen"
 MODEL_TYPE_MELODY = "musicgen_melody"
 
 # Models of the serving contract that are pipeline stages or helpers, never offered to the user.
-INTERNAL_MODELS = frozenset({"lm_engine", "musicgen_lm", "tokenizer", "text_encoder", "audio_decoder",
-                             "musicgen_info"})
+INTERNAL_MODELS = frozenset({"lm_engine", "musicgen_lm", "tokenizer", "text_encoder", "audio_decoder", "musicgen_info"})
 STREAM_SUFFIX = "_stream"
 
 SEED_RANDOM = "Random"
 SEED_FIXED = "Fixed"
-SEED_MAX = 2 ** 63 - 1
+SEED_MAX = 2**63 - 1
 
 # Loudness of the player and the downloads: the CLI's --normalize choices and default, one code path
 # (musicgen_runtime.audio_io.normalize, through audio_io.encode_audio).
@@ -44,6 +43,7 @@ MELODY_EXTENSIONS = ("wav", "flac", "ogg", "mp3", "aiff", "aif")
 
 
 # ---- parameters --------------------------------------------------------------------------------
+
 
 def parse_seed(mode: str, text: str | int | None, lang: str = "en") -> int | None:
     """The seed to send: None for a random seed (the server draws one and returns it)."""
@@ -61,17 +61,30 @@ def parse_seed(mode: str, text: str | int | None, lang: str = "en") -> int | Non
     return seed
 
 
-def build_request(prompt, duration, top_k, top_p, temperature, guidance_scale, seed_mode, seed_text,
-                  *, max_duration: float = DURATION_MAX, lang: str = "en") -> tuple[str, GenerationParams]:
+def build_request(
+    prompt,
+    duration,
+    top_k,
+    top_p,
+    temperature,
+    guidance_scale,
+    seed_mode,
+    seed_text,
+    *,
+    max_duration: float = DURATION_MAX,
+    lang: str = "en",
+) -> tuple[str, GenerationParams]:
     """Check what the form holds, with the same rules and messages as the server; raises ValidationError."""
     text = validation.validate_prompt(prompt)
     seed = parse_seed(seed_mode, seed_text, lang)
-    params = validation.validate_params(duration, top_k, top_p, temperature, guidance_scale, seed,
-                                        max_duration=max_duration)
+    params = validation.validate_params(
+        duration, top_k, top_p, temperature, guidance_scale, seed, max_duration=max_duration
+    )
     return text, params
 
 
 # ---- progress and ETA --------------------------------------------------------------------------
+
 
 class Progress(progress.Progress):
     """The shared progress/ETA measure (musicgen_runtime.progress) with the page's progress line."""
@@ -81,12 +94,15 @@ class Progress(progress.Progress):
         if self.frames_total <= 0:
             return t("progress_starting", lang, elapsed=elapsed)
         eta = self.eta(now)
-        eta_s = (t("progress_estimating", lang) if eta is None
-                 else t("progress_left", lang, eta=format_clock(eta)))
+        eta_s = t("progress_estimating", lang) if eta is None else t("progress_left", lang, eta=format_clock(eta))
         if self.frames_done >= self.frames_total:
             eta_s = t("progress_decoding", lang)
-        parts = [f"{self.fraction * 100:.0f}%", t("progress_elapsed", lang, elapsed=elapsed), eta_s,
-                 t("progress_frames", lang, done=self.frames_done, total=self.frames_total)]
+        parts = [
+            f"{self.fraction * 100:.0f}%",
+            t("progress_elapsed", lang, elapsed=elapsed),
+            eta_s,
+            t("progress_frames", lang, done=self.frames_done, total=self.frames_total),
+        ]
         if self.audio_seconds > 0:
             parts.append(t("progress_audio", lang, seconds=self.audio_seconds))
         return " · ".join(parts)
@@ -105,6 +121,7 @@ def format_bytes(n: int) -> str:
 
 
 # ---- server / models -----------------------------------------------------------------------------
+
 
 def generation_models(models: list[dict] | list[str]) -> list[str]:
     """The user-facing generation models among those loaded: streaming ones first, internal ones left out.
@@ -139,13 +156,11 @@ def melody_support(manifest: dict | None, lang: str = "en") -> tuple[bool, str]:
     kind = str(manifest.get("model_type") or MODEL_TYPE_TEXT)
     if kind == MODEL_TYPE_MELODY:
         return True, t("melody_ok", lang)
-    return False, t("melody_off", lang, ckpt=checkpoint_label(manifest, lang), kind=kind,
-                    melody_type=MODEL_TYPE_MELODY)
+    return False, t("melody_off", lang, ckpt=checkpoint_label(manifest, lang), kind=kind, melody_type=MODEL_TYPE_MELODY)
 
 
 def checkpoint_label(manifest: dict | None, lang: str = "en") -> str:
-    found = manifest and (manifest.get("source") or manifest.get("requested_source")
-                          or manifest.get("checkpoint_path"))
+    found = manifest and (manifest.get("source") or manifest.get("requested_source") or manifest.get("checkpoint_path"))
     return str(found) if found else t("unknown", lang)
 
 
@@ -154,9 +169,11 @@ def manifest_facts(manifest: dict | None, lang: str = "en") -> list[tuple[str, s
     if not manifest:
         return []
     dims = manifest.get("dims") or {}
-    facts = [(t("fact_checkpoint", lang), checkpoint_label(manifest, lang)),
-             (t("fact_model_type", lang), str(manifest.get("model_type", "?"))),
-             (t("fact_precision", lang), str(manifest.get("precision", "?")))]
+    facts = [
+        (t("fact_checkpoint", lang), checkpoint_label(manifest, lang)),
+        (t("fact_model_type", lang), str(manifest.get("model_type", "?"))),
+        (t("fact_precision", lang), str(manifest.get("precision", "?"))),
+    ]
     if dims.get("sample_rate"):
         ch = t("stereo" if dims.get("audio_channels", 1) == 2 else "mono", lang)
         facts.append((t("fact_audio", lang), t("audio_format", lang, khz=dims["sample_rate"] / 1000, channels=ch)))
@@ -174,6 +191,7 @@ def random_weights_banner(manifest: dict | None, lang: str = "en") -> str:
 
 
 # ---- results -----------------------------------------------------------------------------------------
+
 
 @dataclass
 class ResultEntry:
@@ -204,24 +222,55 @@ class ResultEntry:
         return {**self.params, "seed": self.seed_used}
 
 
-def make_entry(number: int, prompt: str, model: str, params: GenerationParams, seed_used: int,
-               sample_rate: int, channels: int, samples: int, elapsed: float) -> ResultEntry:
-    return ResultEntry(number=number, prompt=prompt, model=model, params=asdict(params), seed_used=int(seed_used),
-                       sample_rate=int(sample_rate), channels=int(channels), samples=int(samples),
-                       elapsed=float(elapsed))
+def make_entry(
+    number: int,
+    prompt: str,
+    model: str,
+    params: GenerationParams,
+    seed_used: int,
+    sample_rate: int,
+    channels: int,
+    samples: int,
+    elapsed: float,
+) -> ResultEntry:
+    return ResultEntry(
+        number=number,
+        prompt=prompt,
+        model=model,
+        params=asdict(params),
+        seed_used=int(seed_used),
+        sample_rate=int(sample_rate),
+        channels=int(channels),
+        samples=int(samples),
+        elapsed=float(elapsed),
+    )
 
 
 def params_summary(entry: ResultEntry, lang: str = "en") -> str:
     p = entry.params
     seed_kind = t("seed_kind_fixed" if p.get("seed") is not None else "seed_kind_random", lang)
-    return t("params_summary", lang, duration=p["duration"], top_k=p["top_k"], top_p=p["top_p"],
-             temperature=p["temperature"], guidance=p["guidance_scale"], seed=entry.seed_used,
-             seed_kind=seed_kind, model=entry.model)
+    return t(
+        "params_summary",
+        lang,
+        duration=p["duration"],
+        top_k=p["top_k"],
+        top_p=p["top_p"],
+        temperature=p["temperature"],
+        guidance=p["guidance_scale"],
+        seed=entry.seed_used,
+        seed_kind=seed_kind,
+        model=entry.model,
+    )
 
 
 def timing_summary(entry: ResultEntry, lang: str = "en") -> str:
-    return t("timing_summary", lang, audio=entry.audio_seconds, elapsed=format_seconds(entry.elapsed, lang),
-             rtf=entry.realtime_factor)
+    return t(
+        "timing_summary",
+        lang,
+        audio=entry.audio_seconds,
+        elapsed=format_seconds(entry.elapsed, lang),
+        rtf=entry.realtime_factor,
+    )
 
 
 _MD_SPECIAL = "\\`*_{}[]()<>#+-.!|~$:"

@@ -24,6 +24,7 @@ class UploadError(ValueError):
 
 # ---- encoding ------------------------------------------------------------------------------------
 
+
 def encode(audio: np.ndarray, sample_rate: int, fmt: str, normalize: str | None = None) -> bytes:
     """Bytes of `audio` ([channels, samples] float, as the server returns it) as 'wav' (16-bit PCM),
     'flac', 'ogg' (Vorbis) or 'mp3', levelled by `normalize` (an audio_io strategy, e.g. 'loudness'
@@ -62,6 +63,7 @@ def clip_file(asset: dict, fmt: str, normalize: str) -> bytes | None:
 
 
 # ---- plots ---------------------------------------------------------------------------------------
+
 
 def _figure(height: float = 2.2):
     import matplotlib
@@ -114,8 +116,15 @@ def spectrogram_figure(audio: np.ndarray, sample_rate: int):
     hop = 256
     db = spectrogram_db(audio, hop=hop)
     top = float(db.max()) if db.size else 0.0
-    ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=top - 80.0, vmax=top,
-              extent=(0, db.shape[1] * hop / float(sample_rate), 0, sample_rate / 2000.0))
+    ax.imshow(
+        db,
+        origin="lower",
+        aspect="auto",
+        cmap="magma",
+        vmin=top - 80.0,
+        vmax=top,
+        extent=(0, db.shape[1] * hop / float(sample_rate), 0, sample_rate / 2000.0),
+    )
     ax.set_xlabel("s")
     ax.set_ylabel("kHz")
     return fig
@@ -129,16 +138,25 @@ def figure_png(fig) -> bytes:
 
 # ---- melody uploads ------------------------------------------------------------------------------
 
-def decode_upload(name: str, data: bytes, *, max_bytes: int = logic.MAX_UPLOAD_MB * 1024 * 1024,
-                  max_seconds: float = logic.MAX_MELODY_SECONDS, lang: str = "en") -> tuple[np.ndarray, int]:
+
+def decode_upload(
+    name: str,
+    data: bytes,
+    *,
+    max_bytes: int = logic.MAX_UPLOAD_MB * 1024 * 1024,
+    max_seconds: float = logic.MAX_MELODY_SECONDS,
+    lang: str = "en",
+) -> tuple[np.ndarray, int]:
     """An uploaded melody as ([channels, samples] float32, sample_rate); raises UploadError."""
     ext = PurePath(name or "").suffix.lower().lstrip(".")
     if ext not in logic.MELODY_EXTENSIONS:
-        raise UploadError(t("upload_type", lang, name=name,
-                            kinds=", ".join(e.upper() for e in logic.MELODY_EXTENSIONS)))
+        raise UploadError(
+            t("upload_type", lang, name=name, kinds=", ".join(e.upper() for e in logic.MELODY_EXTENSIONS))
+        )
     if len(data) > max_bytes:
-        raise UploadError(t("upload_large", lang, name=name, size=logic.format_bytes(len(data)),
-                            limit=logic.format_bytes(max_bytes)))
+        raise UploadError(
+            t("upload_large", lang, name=name, size=logic.format_bytes(len(data)), limit=logic.format_bytes(max_bytes))
+        )
     if not data:
         raise UploadError(t("upload_empty", lang, name=name))
     try:

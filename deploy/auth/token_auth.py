@@ -120,8 +120,11 @@ def make_handler(store: TokenStore):
             if store.valid(self.headers.get("Authorization")):
                 return self._answer(200, b"")
             # JSON like Triton's own errors, so its HTTP client shows the message
-            return self._answer(401, b'{"error": "a valid API token is required (Authorization: Bearer <token>)"}',
-                                {"WWW-Authenticate": 'Bearer realm="musicgen"', "Content-Type": "application/json"})
+            return self._answer(
+                401,
+                b'{"error": "a valid API token is required (Authorization: Bearer <token>)"}',
+                {"WWW-Authenticate": 'Bearer realm="musicgen"', "Content-Type": "application/json"},
+            )
 
         def _answer(self, code: int, body: bytes, headers: dict | None = None):
             self.send_response(code)
@@ -150,14 +153,19 @@ def serve(tokens: Path, listen: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="token_auth.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokens", type=Path, default=Path(os.environ.get("MUSICGEN_API_TOKENS_FILE",
-                                                                       "/etc/musicgen/api-tokens")),
-                   help="the tokens file (default $MUSICGEN_API_TOKENS_FILE or /etc/musicgen/api-tokens)")
+    p.add_argument(
+        "--tokens",
+        type=Path,
+        default=Path(os.environ.get("MUSICGEN_API_TOKENS_FILE", "/etc/musicgen/api-tokens")),
+        help="the tokens file (default $MUSICGEN_API_TOKENS_FILE or /etc/musicgen/api-tokens)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="answer Caddy's forward_auth checks")
     s.add_argument("--listen", default="127.0.0.1:9100", help="host:port (default 127.0.0.1:9100)")
-    for cmd, text in (("new", "create (or replace) the token NAME; prints it once"),
-                      ("revoke", "delete the token NAME")):
+    for cmd, text in (
+        ("new", "create (or replace) the token NAME; prints it once"),
+        ("revoke", "delete the token NAME"),
+    ):
         c = sub.add_parser(cmd, help=text)
         c.add_argument("name", help="a label for the token's holder, e.g. alice-laptop")
     c = sub.add_parser("add", help="store the hash of a token read from stdin as NAME")

@@ -18,9 +18,12 @@ def main() -> int:
     results.append(("compose + Caddyfile", compose.check_all()))
     results.append(("Kubernetes manifests (every overlay)", kubernetes.check_all()))
     results.append(("cloud-init user data", cloudinit.check_cloud_config(terraform.render_cloud_init())))
-    for name, (ok, text) in (("shellcheck", tools.shellcheck()),
-                             ("shellcheck ROS stage 0", tools.shellcheck(text=ros.stage0_script(ros.load()))),
-                             ("hadolint", tools.hadolint()), ("yamllint", tools.yamllint())):
+    for name, (ok, text) in (
+        ("shellcheck", tools.shellcheck()),
+        ("shellcheck ROS stage 0", tools.shellcheck(text=ros.stage0_script(ros.load()))),
+        ("hadolint", tools.hadolint()),
+        ("yamllint", tools.yamllint()),
+    ):
         results.append((name, [] if ok else [text]))
     fmt = tools.terraform_fmt(TERRAFORM_DIR)
     if fmt is not None:

@@ -53,7 +53,9 @@ def check_cloud_config(text: str) -> list[str]:
         return out + ["user data is not a mapping"]
     s = schema()
     validator = jsonschema.validators.validator_for(s)(s)
-    out += [f"schema: {'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in validator.iter_errors(doc)]
+    out += [
+        f"schema: {'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in validator.iter_errors(doc)
+    ]
     known = known_top_level_keys(s)
     for key in doc:
         if key not in known:

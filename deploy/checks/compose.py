@@ -36,6 +36,7 @@ def schema() -> dict:
 
 def interpolate(value: str) -> str:
     """Compose variable interpolation with every variable unset: defaults apply, :? becomes 'set'."""
+
     def repl(m):
         body = m.group(1)
         for sep in (":-", "-"):
@@ -44,6 +45,7 @@ def interpolate(value: str) -> str:
         if ":?" in body or "?" in body:
             return "set"
         return ""
+
     return re.sub(r"\$\{([^}]*)\}", repl, str(value))
 
 
@@ -83,8 +85,10 @@ def _depends(service: dict, on: str) -> str | None:
 
 
 def check_compose(doc: dict) -> list[str]:
-    out = [f"schema: {'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
-           for e in jsonschema.Draft202012Validator(schema()).iter_errors(doc)]
+    out = [
+        f"schema: {'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+        for e in jsonschema.Draft202012Validator(schema()).iter_errors(doc)
+    ]
     services = doc.get("services") or {}
     for name in (*LONG_RUNNING, "export"):
         if name not in services:
@@ -102,13 +106,17 @@ def check_compose(doc: dict) -> list[str]:
             if re.search(r"PASSWORD|SECRET|TOKEN", str(key), re.I):
                 out.append(f"{name}: environment {key} looks like a secret; secrets never go into the compose file")
         if "build" in svc:
-            df = DEPLOY_DIR.parent / (svc["build"].get("dockerfile", "Dockerfile") if isinstance(svc["build"], dict) else "")
+            df = DEPLOY_DIR.parent / (
+                svc["build"].get("dockerfile", "Dockerfile") if isinstance(svc["build"], dict) else ""
+            )
             if not df.exists():
                 out.append(f"{name}: build dockerfile {df} does not exist")
         for host_ip, host_port, target in published(svc):
             if name == "proxy":
                 if target != host_port or target not in map(str, OPEN_PORTS):
-                    out.append(f"proxy publishes {host_ip}:{host_port}->{target}; only {' and '.join(map(str, OPEN_PORTS))}")
+                    out.append(
+                        f"proxy publishes {host_ip}:{host_port}->{target}; only {' and '.join(map(str, OPEN_PORTS))}"
+                    )
             elif host_ip not in ("127.0.0.1", "::1"):
                 out.append(f"{name} publishes port {target} on {host_ip}: only the proxy may be reachable from outside")
     for name in LONG_RUNNING:
@@ -121,14 +129,18 @@ def check_compose(doc: dict) -> list[str]:
         if "logging" not in svc:
             out.append(f"{name}: needs a bounded logging configuration")
     triton = services["triton"]
-    devices = ((((triton.get("deploy") or {}).get("resources") or {}).get("reservations") or {}).get("devices") or [])
+    devices = (((triton.get("deploy") or {}).get("resources") or {}).get("reservations") or {}).get("devices") or []
     if not any(d.get("driver") == "nvidia" and "gpu" in (d.get("capabilities") or []) for d in devices):
         out.append("triton: needs a GPU reservation (deploy.resources.reservations.devices: nvidia, [gpu])")
     if parse_size(triton.get("shm_size", 0)) < MIN_SHM_BYTES:
-        out.append(f"triton: shm_size {triton.get('shm_size')!r} is too small (>= 1 GB; the python backend uses /dev/shm)")
+        out.append(
+            f"triton: shm_size {triton.get('shm_size')!r} is too small (>= 1 GB; the python backend uses /dev/shm)"
+        )
     if ":8003/readyz" not in json.dumps(triton.get("healthcheck") or {}):
-        out.append("triton: the healthcheck must probe the supervisor's :8003/readyz (/v2/health/ready stays 200 "
-                   "after a model's process died)")
+        out.append(
+            "triton: the healthcheck must probe the supervisor's :8003/readyz (/v2/health/ready stays 200 "
+            "after a model's process died)"
+        )
     if not any(str(v).startswith("models:/models") for v in triton.get("volumes", []) or []):
         out.append("triton: must mount the models volume at /models")
     if _depends(services["ui"], "triton") != "service_healthy":
@@ -167,7 +179,9 @@ def check_compose(doc: dict) -> list[str]:
             out.append("export: must be a one-shot behind the 'export' profile (not started by `up`)")
         if export.get("restart", "no") != "no":
             out.append("export: a one-shot must not restart")
-        if not any(str(v).startswith("models:/models") and not str(v).endswith(":ro") for v in export.get("volumes", [])):
+        if not any(
+            str(v).startswith("models:/models") and not str(v).endswith(":ro") for v in export.get("volumes", [])
+        ):
             out.append("export: must write into the models volume")
         env = export.get("environment") or {}
         if interpolate(env.get("MUSICGEN_PRECISION", "")) != "fp16":
@@ -211,8 +225,9 @@ def check_caddyfile(text: str) -> list[str]:
             continue
         creds = (PAGE_AUTH in body) + (API_AUTH in body)
         if creds != 1:
-            out.append(f"Caddyfile: route {matcher or '(page)'} must require exactly one of the page password "
-                       "and an API token")
+            out.append(
+                f"Caddyfile: route {matcher or '(page)'} must require exactly one of the page password and an API token"
+            )
         if API_AUTH in body and "header_up -Authorization" not in body:
             out.append(f"Caddyfile: route {matcher} must strip the token before Triton")
         if ("/v2/" in matcher or "@grpc" in matcher) and API_AUTH not in body:

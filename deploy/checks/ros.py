@@ -24,21 +24,92 @@ from pathlib import Path
 
 import yaml
 
-from . import BOOTSTRAP, BOOTSTRAP_UNIT, COMPUTENEST_CONFIG, HTTPS_PORT, OPEN_PORTS, ROS_TEMPLATE, bootstrap_setting_keys
+from . import (
+    BOOTSTRAP,
+    BOOTSTRAP_UNIT,
+    COMPUTENEST_CONFIG,
+    HTTPS_PORT,
+    OPEN_PORTS,
+    ROS_TEMPLATE,
+    bootstrap_setting_keys,
+)
 
-SECTIONS = {"ROSTemplateFormatVersion", "Description", "Parameters", "Rules", "Conditions", "Mappings",
-            "Resources", "Outputs", "Metadata", "Locals", "Workspace"}
-PSEUDO = {"ALIYUN::StackName", "ALIYUN::StackId", "ALIYUN::Region", "ALIYUN::AccountId", "ALIYUN::TenantId",
-          "ALIYUN::NoValue", "ALIYUN::Index"}
+SECTIONS = {
+    "ROSTemplateFormatVersion",
+    "Description",
+    "Parameters",
+    "Rules",
+    "Conditions",
+    "Mappings",
+    "Resources",
+    "Outputs",
+    "Metadata",
+    "Locals",
+    "Workspace",
+}
+PSEUDO = {
+    "ALIYUN::StackName",
+    "ALIYUN::StackId",
+    "ALIYUN::Region",
+    "ALIYUN::AccountId",
+    "ALIYUN::TenantId",
+    "ALIYUN::NoValue",
+    "ALIYUN::Index",
+}
 PARAM_TYPES = {"String", "Number", "CommaDelimitedList", "Json", "Boolean"}
-PARAM_KEYS = {"Type", "Default", "AllowedValues", "AllowedPattern", "MinLength", "MaxLength", "MinValue", "MaxValue",
-              "NoEcho", "Description", "ConstraintDescription", "Label", "AssociationProperty",
-              "AssociationPropertyMetadata", "Confirm", "TextArea", "Placeholder", "Required"}
-FUNCTIONS = {"Fn::Sub", "Fn::GetAtt", "Fn::Select", "Fn::Join", "Fn::Base64Encode", "Fn::Base64Decode", "Fn::If",
-             "Fn::Equals", "Fn::Not", "Fn::And", "Fn::Or", "Fn::FindInMap", "Fn::GetAZs", "Fn::Replace",
-             "Fn::Split", "Fn::Str", "Fn::Indent", "Fn::MergeMapToList", "Fn::Length", "Fn::ListMerge",
-             "Fn::Contains", "Fn::Index", "Fn::Jq", "Fn::GetJsonValue", "Fn::Min", "Fn::Max", "Fn::Add",
-             "Fn::Calculate", "Fn::Avg", "Fn::SelectMapList", "Fn::Base64"}
+PARAM_KEYS = {
+    "Type",
+    "Default",
+    "AllowedValues",
+    "AllowedPattern",
+    "MinLength",
+    "MaxLength",
+    "MinValue",
+    "MaxValue",
+    "NoEcho",
+    "Description",
+    "ConstraintDescription",
+    "Label",
+    "AssociationProperty",
+    "AssociationPropertyMetadata",
+    "Confirm",
+    "TextArea",
+    "Placeholder",
+    "Required",
+}
+FUNCTIONS = {
+    "Fn::Sub",
+    "Fn::GetAtt",
+    "Fn::Select",
+    "Fn::Join",
+    "Fn::Base64Encode",
+    "Fn::Base64Decode",
+    "Fn::If",
+    "Fn::Equals",
+    "Fn::Not",
+    "Fn::And",
+    "Fn::Or",
+    "Fn::FindInMap",
+    "Fn::GetAZs",
+    "Fn::Replace",
+    "Fn::Split",
+    "Fn::Str",
+    "Fn::Indent",
+    "Fn::MergeMapToList",
+    "Fn::Length",
+    "Fn::ListMerge",
+    "Fn::Contains",
+    "Fn::Index",
+    "Fn::Jq",
+    "Fn::GetJsonValue",
+    "Fn::Min",
+    "Fn::Max",
+    "Fn::Add",
+    "Fn::Calculate",
+    "Fn::Avg",
+    "Fn::SelectMapList",
+    "Fn::Base64",
+}
 
 
 class Spec:
@@ -49,60 +120,187 @@ class Spec:
 # Property and attribute names from the ROS resource type reference (the subset of types used).
 RESOURCE_SPECS = {
     "ALIYUN::ECS::VPC": Spec(
-        {"CidrBlock", "VpcName", "Description", "EnableIpv6", "Ipv6CidrBlock", "Ipv6Isp", "ResourceGroupId", "Tags",
-         "UserCidr", "DryRun"},
+        {
+            "CidrBlock",
+            "VpcName",
+            "Description",
+            "EnableIpv6",
+            "Ipv6CidrBlock",
+            "Ipv6Isp",
+            "ResourceGroupId",
+            "Tags",
+            "UserCidr",
+            "DryRun",
+        },
         set(),
-        {"VpcId", "VRouterId", "RouteTableId", "VpcName", "CidrBlock", "Ipv6CidrBlock", "Arn", "ResourceGroupId"}),
+        {"VpcId", "VRouterId", "RouteTableId", "VpcName", "CidrBlock", "Ipv6CidrBlock", "Arn", "ResourceGroupId"},
+    ),
     "ALIYUN::ECS::VSwitch": Spec(
         {"VpcId", "ZoneId", "CidrBlock", "VSwitchName", "Description", "Ipv6CidrBlock", "Tags"},
         {"VpcId", "ZoneId", "CidrBlock"},
-        {"VSwitchId", "CidrBlock", "ZoneId", "VpcId", "VSwitchName", "Ipv6CidrBlock", "Arn"}),
+        {"VSwitchId", "CidrBlock", "ZoneId", "VpcId", "VSwitchName", "Ipv6CidrBlock", "Arn"},
+    ),
     "ALIYUN::ECS::SecurityGroup": Spec(
-        {"VpcId", "SecurityGroupName", "Description", "SecurityGroupIngress", "SecurityGroupEgress",
-         "SecurityGroupType", "ResourceGroupId", "Tags"},
+        {
+            "VpcId",
+            "SecurityGroupName",
+            "Description",
+            "SecurityGroupIngress",
+            "SecurityGroupEgress",
+            "SecurityGroupType",
+            "ResourceGroupId",
+            "Tags",
+        },
         set(),
-        {"SecurityGroupId", "SecurityGroupName"}),
+        {"SecurityGroupId", "SecurityGroupName"},
+    ),
     "ALIYUN::ECS::InstanceGroup": Spec(
-        {"SecurityGroupId", "SecurityGroupIds", "ImageId", "InstanceType", "InstanceName", "Description", "HostName",
-         "Password", "PasswordInherit", "IoOptimized", "ZoneId", "InternetChargeType", "InternetMaxBandwidthIn",
-         "InternetMaxBandwidthOut", "VpcId", "VSwitchId", "MaxAmount", "MinAmount", "AllocatePublicIP",
-         "AutoReleaseTime", "DiskMappings", "NetworkType", "PrivateIpAddress", "SystemDiskCategory",
-         "SystemDiskDescription", "SystemDiskDiskName", "SystemDiskSize", "SystemDiskPerformanceLevel", "Tags",
-         "UserData", "KeyPairName", "RamRoleName", "SpotPriceLimit", "SpotStrategy", "DeletionProtection",
-         "InstanceChargeType", "Period", "PeriodUnit", "AutoRenew", "AutoRenewPeriod", "ResourceGroupId",
-         "DeploymentSetId", "CreditSpecification", "HpcClusterId", "LaunchTemplateId", "LaunchTemplateName"},
+        {
+            "SecurityGroupId",
+            "SecurityGroupIds",
+            "ImageId",
+            "InstanceType",
+            "InstanceName",
+            "Description",
+            "HostName",
+            "Password",
+            "PasswordInherit",
+            "IoOptimized",
+            "ZoneId",
+            "InternetChargeType",
+            "InternetMaxBandwidthIn",
+            "InternetMaxBandwidthOut",
+            "VpcId",
+            "VSwitchId",
+            "MaxAmount",
+            "MinAmount",
+            "AllocatePublicIP",
+            "AutoReleaseTime",
+            "DiskMappings",
+            "NetworkType",
+            "PrivateIpAddress",
+            "SystemDiskCategory",
+            "SystemDiskDescription",
+            "SystemDiskDiskName",
+            "SystemDiskSize",
+            "SystemDiskPerformanceLevel",
+            "Tags",
+            "UserData",
+            "KeyPairName",
+            "RamRoleName",
+            "SpotPriceLimit",
+            "SpotStrategy",
+            "DeletionProtection",
+            "InstanceChargeType",
+            "Period",
+            "PeriodUnit",
+            "AutoRenew",
+            "AutoRenewPeriod",
+            "ResourceGroupId",
+            "DeploymentSetId",
+            "CreditSpecification",
+            "HpcClusterId",
+            "LaunchTemplateId",
+            "LaunchTemplateName",
+        },
         {"ImageId", "InstanceType", "MaxAmount", "ZoneId"},  # ZoneId: required by our rule, not by ROS
-        {"InstanceIds", "PublicIps", "PrivateIps", "InnerIps", "HostNames", "ZoneIds", "OrderId",
-         "RelatedOrderIds", "Ipv6AddressIds", "Ipv6Addresses"}),
+        {
+            "InstanceIds",
+            "PublicIps",
+            "PrivateIps",
+            "InnerIps",
+            "HostNames",
+            "ZoneIds",
+            "OrderId",
+            "RelatedOrderIds",
+            "Ipv6AddressIds",
+            "Ipv6Addresses",
+        },
+    ),
     "ALIYUN::ECS::RunCommand": Spec(
-        {"CommandContent", "Type", "InstanceIds", "Name", "Description", "Timeout", "Sync", "Parameters",
-         "EnableParameter", "WorkingDir", "Frequency", "KeepCommand", "ContentEncoding", "Username", "RepeatMode",
-         "Tags", "ResourceGroupId", "Launcher", "ContainerId", "ContainerName", "WindowsPasswordName"},
+        {
+            "CommandContent",
+            "Type",
+            "InstanceIds",
+            "Name",
+            "Description",
+            "Timeout",
+            "Sync",
+            "Parameters",
+            "EnableParameter",
+            "WorkingDir",
+            "Frequency",
+            "KeepCommand",
+            "ContentEncoding",
+            "Username",
+            "RepeatMode",
+            "Tags",
+            "ResourceGroupId",
+            "Launcher",
+            "ContainerId",
+            "ContainerName",
+            "WindowsPasswordName",
+        },
         {"CommandContent", "Type", "InstanceIds"},
-        {"CommandId", "InvokeId", "InvokeInstances", "InvokeResults"}),
+        {"CommandId", "InvokeId", "InvokeInstances", "InvokeResults"},
+    ),
     "ALIYUN::OOS::SecretParameter": Spec(
         {"Name", "Value", "Description", "Constraints", "KeyId", "Tags", "ResourceGroupId"},
         {"Name", "Value"},
-        {"Name", "Type", "Value"}),
+        {"Name", "Type", "Value"},
+    ),
     "ALIYUN::RAM::Role": Spec(
-        {"RoleName", "AssumeRolePolicyDocument", "Policies", "PolicyAttachments", "Description",
-         "MaxSessionDuration", "DeletionForce", "IgnoreExisting"},
+        {
+            "RoleName",
+            "AssumeRolePolicyDocument",
+            "Policies",
+            "PolicyAttachments",
+            "Description",
+            "MaxSessionDuration",
+            "DeletionForce",
+            "IgnoreExisting",
+        },
         {"RoleName", "AssumeRolePolicyDocument"},
-        {"RoleName", "RoleId", "Arn"}),
+        {"RoleName", "RoleId", "Arn"},
+    ),
     "ALIYUN::ROS::WaitConditionHandle": Spec(
-        {"Count", "Mode"}, set(),
-        {"CurlCli", "WindowsCurlCli", "PowerShellCurlCli", "Headers", "URL"}),
+        {"Count", "Mode"}, set(), {"CurlCli", "WindowsCurlCli", "PowerShellCurlCli", "Headers", "URL"}
+    ),
     "ALIYUN::ROS::WaitCondition": Spec(
-        {"Handle", "Timeout", "Count"}, {"Handle", "Timeout"},
-        {"Data", "LastData", "ErrorData", "LastErrorData", "JoinedErrorData", "JoinedLastErrorData"}),
+        {"Handle", "Timeout", "Count"},
+        {"Handle", "Timeout"},
+        {"Data", "LastData", "ErrorData", "LastErrorData", "JoinedErrorData", "JoinedLastErrorData"},
+    ),
 }
-RESOURCE_KEYS = {"Type", "Properties", "DependsOn", "Condition", "DeletionPolicy", "Metadata", "Count",
-                 "UpdatePolicy", "Description"}
+RESOURCE_KEYS = {
+    "Type",
+    "Properties",
+    "DependsOn",
+    "Condition",
+    "DeletionPolicy",
+    "Metadata",
+    "Count",
+    "UpdatePolicy",
+    "Description",
+}
 
 # The parameters the cloud page exposes, with the product's ranges (the deploy issue's table).
-REQUIRED_PARAMETERS = ["ServiceInstanceName", "RegionId", "PayType", "PayPeriodUnit", "PayPeriod", "ZoneId",
-                       "VpcCidrBlock", "VSwitchCidrBlock", "EcsInstanceType", "SystemDiskSize", "InstancePassword",
-                       "Checkpoint", "PageAccessCidr", "PagePassword"]
+REQUIRED_PARAMETERS = [
+    "ServiceInstanceName",
+    "RegionId",
+    "PayType",
+    "PayPeriodUnit",
+    "PayPeriod",
+    "ZoneId",
+    "VpcCidrBlock",
+    "VSwitchCidrBlock",
+    "EcsInstanceType",
+    "SystemDiskSize",
+    "InstancePassword",
+    "Checkpoint",
+    "PageAccessCidr",
+    "PagePassword",
+]
 PARAMETER_TABLE = {
     "SystemDiskSize": {"Type": "Number", "MinValue": 60, "MaxValue": 500, "Default": 100},
     "PayType": {"Type": "String", "AllowedValues": ["PostPaid", "PrePaid"], "Default": "PostPaid"},
@@ -116,7 +314,12 @@ INSTANCE_FAMILIES = {"ecs.gn6i", "ecs.gn7i"}
 # The cloud's password rule: 8-30 characters, at least three of upper, lower, digit, special.
 PASSWORDS_GOOD = ["Abcdefg1", "abcdef1!", "ABCDEF1!", "Abcdefg!", "Musicgen2026(x)", "Aa1" + "b" * 27]
 PASSWORDS_BAD = ["abcdefgh", "abcdefg1", "ABCDEFG!", "12345678", "Ab1!", "Aa1" + "b" * 28, "Abc def1", "Abcdefg1\u00e9"]
-INSTANCE_TYPES_GOOD = ["ecs.gn7i-c8g1.2xlarge", "ecs.gn7i-c16g1.4xlarge", "ecs.gn6i-c4g1.xlarge", "ecs.gn6i-c8g1.2xlarge"]
+INSTANCE_TYPES_GOOD = [
+    "ecs.gn7i-c8g1.2xlarge",
+    "ecs.gn7i-c16g1.4xlarge",
+    "ecs.gn6i-c4g1.xlarge",
+    "ecs.gn6i-c8g1.2xlarge",
+]
 INSTANCE_TYPES_BAD = ["ecs.g7.large", "ecs.gn7-c12g1.3xlarge", "ecs.gn6v-c8g1.2xlarge", "ecs.gn7i"]
 
 SUB_VAR = re.compile(r"\$\{([^}]*)\}")
@@ -128,6 +331,7 @@ def load(path: Path = ROS_TEMPLATE) -> dict:
 
 
 # --- generic walking ------------------------------------------------------------------------------
+
 
 def _walk(node, path, visit):
     visit(node, path)
@@ -175,6 +379,7 @@ def _refs_in(node) -> set[str]:
 
 
 # --- checks -----------------------------------------------------------------------------------------
+
 
 def check_structure(doc: dict) -> list[str]:
     out = []
@@ -328,7 +533,7 @@ def check_parameters(doc: dict) -> list[str]:
     for leak in sorted(_refs_in(doc.get("Outputs") or {}) & secrets):
         out.append(f"Outputs expose the NoEcho parameter {leak}")
     # every parameter shown on the page, once
-    groups = (((doc.get("Metadata") or {}).get("ALIYUN::ROS::Interface") or {}).get("ParameterGroups") or [])
+    groups = ((doc.get("Metadata") or {}).get("ALIYUN::ROS::Interface") or {}).get("ParameterGroups") or []
     shown = [n for g in groups for n in g.get("Parameters", [])]
     for n in sorted(set(params) - set(shown)):
         out.append(f"parameter {n} is in no Metadata ParameterGroup")
@@ -386,6 +591,7 @@ def _secret_refs(node) -> set[str]:
             parts = sub_parts(n["Fn::Sub"])
             if parts:
                 found.update(v for v in sub_variables(parts[0]) if v not in parts[1])
+
     _walk(node, "", visit)
     return found
 
@@ -397,8 +603,12 @@ def check_secrets(doc: dict) -> list[str]:
     resources = doc.get("Resources") or {}
     secrets = {n for n, p in params.items() if isinstance(p, dict) and p.get("NoEcho") and n != "InstancePassword"}
     holders = {n: r for n, r in resources.items() if r.get("Type") == "ALIYUN::OOS::SecretParameter"}
-    held = {(r.get("Properties") or {}).get("Value", {}).get("Ref") if isinstance((r.get("Properties") or {}).get("Value"), dict) else None: n
-            for n, r in holders.items()}
+    held = {
+        (r.get("Properties") or {}).get("Value", {}).get("Ref")
+        if isinstance((r.get("Properties") or {}).get("Value"), dict)
+        else None: n
+        for n, r in holders.items()
+    }
     for name in sorted(secrets):
         if name not in held:
             out.append(f"secret parameter {name} must be the Value of an ALIYUN::OOS::SecretParameter")
@@ -407,11 +617,17 @@ def check_secrets(doc: dict) -> list[str]:
         if res.get("Type") == "ALIYUN::ECS::RunCommand":
             leaked = _secret_refs(props.get("CommandContent")) & (secrets | {"InstancePassword"})
             for n in sorted(leaked):
-                out.append(f"{rname}: secret {n} is substituted into CommandContent (Cloud Assistant keeps it); "
-                           "pass it as an OOS secret parameter")
-            for m in re.finditer(r"\[(\w+), (\w+)\]", yaml.safe_dump(props.get("CommandContent"), default_flow_style=True)):
+                out.append(
+                    f"{rname}: secret {n} is substituted into CommandContent (Cloud Assistant keeps it); "
+                    "pass it as an OOS secret parameter"
+                )
+            for m in re.finditer(
+                r"\[(\w+), (\w+)\]", yaml.safe_dump(props.get("CommandContent"), default_flow_style=True)
+            ):
                 if m.group(1) in holders and m.group(2) != "Name":
-                    out.append(f"{rname}: CommandContent reads {m.group(1)}.{m.group(2)}; only the secret's Name may travel")
+                    out.append(
+                        f"{rname}: CommandContent reads {m.group(1)}.{m.group(2)}; only the secret's Name may travel"
+                    )
         if res.get("Type") in ("ALIYUN::ECS::InstanceGroup", "ALIYUN::ECS::Instance") and "UserData" in props:
             for n in sorted(_secret_refs(props["UserData"]) & (secrets | {"InstancePassword"})):
                 out.append(f"{rname}: secret {n} is in UserData (readable from the metadata service)")
@@ -423,17 +639,25 @@ def check_secrets(doc: dict) -> list[str]:
         out.append(f"Outputs expose secret {n}")
     # the instance's role reads exactly the template's secret parameters
     ig = [r.get("Properties") or {} for r in resources.values() if r.get("Type") == "ALIYUN::ECS::InstanceGroup"]
-    role_ref = (ig[0].get("RamRoleName") or {}).get("Fn::GetAtt", [None])[0] if ig and isinstance(ig[0].get("RamRoleName"), dict) else None
+    role_ref = (
+        (ig[0].get("RamRoleName") or {}).get("Fn::GetAtt", [None])[0]
+        if ig and isinstance(ig[0].get("RamRoleName"), dict)
+        else None
+    )
     role = resources.get(role_ref) if role_ref else None
     if holders and (not role or role.get("Type") != "ALIYUN::RAM::Role"):
-        out.append("InstanceGroup RamRoleName must be the RoleName of the template's ALIYUN::RAM::Role "
-                   "(the instance reads its secrets through it)")
+        out.append(
+            "InstanceGroup RamRoleName must be the RoleName of the template's ALIYUN::RAM::Role "
+            "(the instance reads its secrets through it)"
+        )
     elif role:
         rp = role.get("Properties") or {}
         principal = yaml.safe_dump(rp.get("AssumeRolePolicyDocument"))
         if "ecs.aliyuncs.com" not in principal:
             out.append(f"{role_ref}: only ECS (ecs.aliyuncs.com) may assume the instance role")
-        statements = [st for pol in rp.get("Policies") or [] for st in (pol.get("PolicyDocument") or {}).get("Statement", [])]
+        statements = [
+            st for pol in rp.get("Policies") or [] for st in (pol.get("PolicyDocument") or {}).get("Statement", [])
+        ]
         names = {str(((holders[h].get("Properties") or {}).get("Name") or {}).get("Fn::Sub", "")) for h in holders}
         granted = set()
         for st in statements:
@@ -446,7 +670,9 @@ def check_secrets(doc: dict) -> list[str]:
                         arn = r.get("Fn::Sub", "") if isinstance(r, dict) else str(r)
                         suffix = arn.rsplit("secretparameter/", 1)[-1] if "secretparameter/" in arn else None
                         if suffix is None or suffix not in names:
-                            out.append(f"{role_ref}: grants {a} on {arn!r}, not one of the template's secret parameters")
+                            out.append(
+                                f"{role_ref}: grants {a} on {arn!r}, not one of the template's secret parameters"
+                            )
                         else:
                             granted.add(suffix)
                 elif not str(a).startswith("kms:"):
@@ -469,11 +695,17 @@ def stage0_script(doc: dict, values: dict | None = None) -> str:
     run = [r for r in (doc.get("Resources") or {}).values() if r.get("Type") == "ALIYUN::ECS::RunCommand"][0]
     parts = sub_parts(run["Properties"]["CommandContent"]["Fn::Sub"])
     text = parts[0]
-    sample = {"NotifyB64": "Y3VybCAtaSAtWCBQT1NUIGh0dHBzOi8vZXhhbXBsZS5pbnZhbGlk", "SiteHost": "198.51.100.10",
-              "TlsMode": "internal", "ALIYUN::Region": "cn-hangzhou",
-              "PagePasswordSecretName": "musicgen-0f1e2d3c-page-password",
-              "ApiTokenSecretName": "musicgen-0f1e2d3c-api-token", "Checkpoint": "facebook/musicgen-small",
-              "SourceRepositoryUrl": "https://example.invalid/musicgen.git", "SourceRef": "main"}
+    sample = {
+        "NotifyB64": "Y3VybCAtaSAtWCBQT1NUIGh0dHBzOi8vZXhhbXBsZS5pbnZhbGlk",
+        "SiteHost": "198.51.100.10",
+        "TlsMode": "internal",
+        "ALIYUN::Region": "cn-hangzhou",
+        "PagePasswordSecretName": "musicgen-0f1e2d3c-page-password",
+        "ApiTokenSecretName": "musicgen-0f1e2d3c-api-token",
+        "Checkpoint": "facebook/musicgen-small",
+        "SourceRepositoryUrl": "https://example.invalid/musicgen.git",
+        "SourceRef": "main",
+    }
     sample.update(values or {})
     return SUB_VAR.sub(lambda m: m.group(0) if m.group(1).startswith("!") else str(sample.get(m.group(1), "x")), text)
 
@@ -491,7 +723,9 @@ def check_product(doc: dict, bootstrap_text: str | None = None) -> list[str]:
                 out.append(f"parameter {name}: {key} is {p.get(key)!r}, the product table says {value!r}")
     # instance type: gn6i / gn7i families, sensible default, pattern admits exactly those
     it = params.get("EcsInstanceType") or {}
-    fams = set((((it.get("AssociationPropertyMetadata") or {}).get("Constraints") or {}).get("InstanceTypeFamily")) or [])
+    fams = set(
+        (((it.get("AssociationPropertyMetadata") or {}).get("Constraints") or {}).get("InstanceTypeFamily")) or []
+    )
     if fams != INSTANCE_FAMILIES:
         out.append(f"EcsInstanceType families are {sorted(fams)}, expected {sorted(INSTANCE_FAMILIES)}")
     pat = it.get("AllowedPattern", "")
@@ -508,8 +742,10 @@ def check_product(doc: dict, bootstrap_text: str | None = None) -> list[str]:
     if not pat:
         out.append("InstancePassword needs the cloud's complexity rule as AllowedPattern")
     else:
+
         def ok(v):
-            return _pattern_ok(pat, v) and pw.get("MinLength", 0) <= len(v) <= pw.get("MaxLength", 10 ** 6)
+            return _pattern_ok(pat, v) and pw.get("MinLength", 0) <= len(v) <= pw.get("MaxLength", 10**6)
+
         out += [f"InstancePassword rule rejects a valid password {v!r}" for v in PASSWORDS_GOOD if not ok(v)]
         out += [f"InstancePassword rule admits a weak password {v!r}" for v in PASSWORDS_BAD if ok(v)]
     for name in ("InstancePassword", "PagePassword"):
@@ -553,7 +789,7 @@ def check_product(doc: dict, bootstrap_text: str | None = None) -> list[str]:
             out.append("WaitCondition Handle must be the WaitConditionHandle")
         if not isinstance(wc.get("Timeout"), int) or not 1800 <= wc["Timeout"] <= 43200:
             out.append("WaitCondition Timeout must leave time for driver, images and export (1800-43200 s)")
-        deps = (doc["Resources"][wc_name].get("DependsOn") or [])
+        deps = doc["Resources"][wc_name].get("DependsOn") or []
         if rc_name and rc_name not in ([deps] if isinstance(deps, str) else deps):
             out.append("WaitCondition must DependsOn the RunCommand (its timer starts after the bootstrap starts)")
     if rc_name:
@@ -569,8 +805,11 @@ def check_product(doc: dict, bootstrap_text: str | None = None) -> list[str]:
             text, local = parts
             if h_name and f"[{h_name}, CurlCli]" not in yaml.safe_dump(local, default_flow_style=True):
                 out.append("RunCommand must hand the WaitConditionHandle's CurlCli to the host")
-            for need in ("deploy/host/bootstrap.sh", "deploy/host/systemd/musicgen-bootstrap.service",
-                         "musicgen-bootstrap.service"):
+            for need in (
+                "deploy/host/bootstrap.sh",
+                "deploy/host/systemd/musicgen-bootstrap.service",
+                "musicgen-bootstrap.service",
+            ):
                 if need not in text:
                     out.append(f"RunCommand script does not install/start {need}")
             if re.search(r"^\s*set -[a-z]*x", text, re.M) or "bash -x" in text:
@@ -588,8 +827,15 @@ def check_product(doc: dict, bootstrap_text: str | None = None) -> list[str]:
                 known = bootstrap_setting_keys(bootstrap_text)
                 for k in sorted(keys - known):
                     out.append(f"deploy.env key {k} is unknown to bootstrap.sh")
-                for k in ("MUSICGEN_CHECKPOINT", "MUSICGEN_SOURCE_REPO", "MUSICGEN_PUBLIC_URL", "MUSICGEN_SITE_HOST",
-                          "MUSICGEN_OOS_REGION", "MUSICGEN_SECRET_PAGE_PASSWORD", "MUSICGEN_SECRET_API_TOKEN"):
+                for k in (
+                    "MUSICGEN_CHECKPOINT",
+                    "MUSICGEN_SOURCE_REPO",
+                    "MUSICGEN_PUBLIC_URL",
+                    "MUSICGEN_SITE_HOST",
+                    "MUSICGEN_OOS_REGION",
+                    "MUSICGEN_SECRET_PAGE_PASSWORD",
+                    "MUSICGEN_SECRET_API_TOKEN",
+                ):
                     if k not in keys:
                         out.append(f"deploy.env must set {k}")
     # the endpoint output
@@ -617,7 +863,7 @@ def check_files() -> list[str]:
         if not p.exists():
             out.append(f"{p} is missing (the template's RunCommand installs it)")
     cfg = yaml.safe_load(COMPUTENEST_CONFIG.read_text())
-    tmpl = (((cfg.get("Service") or {}).get("DeployMetadata") or {}).get("TemplateConfigs") or [])
+    tmpl = ((cfg.get("Service") or {}).get("DeployMetadata") or {}).get("TemplateConfigs") or []
     if not tmpl:
         out.append("config.yaml has no Service.DeployMetadata.TemplateConfigs")
     for t in tmpl:
@@ -632,8 +878,14 @@ def check_files() -> list[str]:
 
 def check_template(doc: dict, bootstrap_text: str | None = None) -> list[str]:
     doc = copy.deepcopy(doc)
-    return (check_structure(doc) + check_references(doc) + check_parameters(doc) + check_security(doc)
-            + check_secrets(doc) + check_product(doc, bootstrap_text))
+    return (
+        check_structure(doc)
+        + check_references(doc)
+        + check_parameters(doc)
+        + check_security(doc)
+        + check_secrets(doc)
+        + check_product(doc, bootstrap_text)
+    )
 
 
 def check_all() -> list[str]:

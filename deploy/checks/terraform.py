@@ -26,13 +26,33 @@ import hcl2
 from . import DEPLOY_DIR, OPEN_PORTS, TERRAFORM_DIR
 from .ros import INSTANCE_TYPES_BAD, INSTANCE_TYPES_GOOD, PASSWORDS_BAD, PASSWORDS_GOOD
 
-REQUIRED_VARIABLES = {"region", "name", "zone_id", "pay_type", "pay_period", "vpc_cidr", "vswitch_cidr",
-                      "instance_type", "system_disk_size", "instance_password", "checkpoint", "page_access_cidr",
-                      "page_password", "api_token", "domain_name", "source_repository_url", "source_ref"}
+REQUIRED_VARIABLES = {
+    "region",
+    "name",
+    "zone_id",
+    "pay_type",
+    "pay_period",
+    "vpc_cidr",
+    "vswitch_cidr",
+    "instance_type",
+    "system_disk_size",
+    "instance_password",
+    "checkpoint",
+    "page_access_cidr",
+    "page_password",
+    "api_token",
+    "domain_name",
+    "source_repository_url",
+    "source_ref",
+}
 SENSITIVE = {"instance_password", "page_password", "api_token"}
 OOS_SECRETS = SENSITIVE - {"instance_password"}  # travel only as OOS secret parameters
-TABLE_DEFAULTS = {"system_disk_size": 100, "pay_type": "PostPaid", "checkpoint": "facebook/musicgen-small",
-                  "instance_type": "ecs.gn7i-c8g1.2xlarge"}
+TABLE_DEFAULTS = {
+    "system_disk_size": 100,
+    "pay_type": "PostPaid",
+    "checkpoint": "facebook/musicgen-small",
+    "instance_type": "ecs.gn7i-c8g1.2xlarge",
+}
 BUILTIN_PREFIXES = {"var", "local", "data", "path", "module", "each", "count", "self", "terraform"}
 
 
@@ -57,8 +77,17 @@ def _norm(node):
 def parse_dir(path: Path = TERRAFORM_DIR) -> dict:
     """{'variable': {name: body}, 'resource': {'type.name': body}, 'data': {...}, 'output': {...},
     'locals': {...}, 'terraform': [...], 'provider': {...}, 'files': {filename: text}}"""
-    model = {"variable": {}, "resource": {}, "data": {}, "output": {}, "locals": {}, "terraform": [],
-             "provider": {}, "files": {}, "dir": str(path)}
+    model = {
+        "variable": {},
+        "resource": {},
+        "data": {},
+        "output": {},
+        "locals": {},
+        "terraform": [],
+        "provider": {},
+        "files": {},
+        "dir": str(path),
+    }
     tf_files = sorted(Path(path).glob("*.tf"))
     if not tf_files:
         raise ParseError(f"no .tf files in {path}")
@@ -101,10 +130,12 @@ def _strings(node) -> str:
 
 def _refs(node) -> dict[str, set]:
     text = _strings(node)
-    refs = {"var": set(re.findall(r"\bvar\.([A-Za-z_][\w-]*)", text)),
-            "local": set(re.findall(r"\blocal\.([A-Za-z_][\w-]*)", text)),
-            "data": {f"{a}.{b}" for a, b in re.findall(r"\bdata\.([a-z][\w]*)\.([A-Za-z_][\w-]*)", text)},
-            "resource": set()}
+    refs = {
+        "var": set(re.findall(r"\bvar\.([A-Za-z_][\w-]*)", text)),
+        "local": set(re.findall(r"\blocal\.([A-Za-z_][\w-]*)", text)),
+        "data": {f"{a}.{b}" for a, b in re.findall(r"\bdata\.([a-z][\w]*)\.([A-Za-z_][\w-]*)", text)},
+        "resource": set(),
+    }
     for a, b in re.findall(r"(?<![\w.])([a-z][a-z0-9]*_[\w]+)\.([A-Za-z_][\w-]*)", text):
         if a.split("_", 1)[0] not in BUILTIN_PREFIXES and a.startswith("alicloud_"):
             refs["resource"].add(f"{a}.{b}")
@@ -123,11 +154,22 @@ def _validations(var: dict) -> list[str]:
 
 def check_config(model: dict) -> list[str]:
     out: list[str] = []
-    variables, resources, data, outputs, local = (model["variable"], model["resource"], model["data"],
-                                                  model["output"], model["locals"])
+    variables, resources, data, outputs, local = (
+        model["variable"],
+        model["resource"],
+        model["data"],
+        model["output"],
+        model["locals"],
+    )
     # references
-    everything = {"resource": resources, "data": data, "output": outputs, "locals": local,
-                  "provider": model["provider"], "variable": {k: v.get("validation") for k, v in variables.items()}}
+    everything = {
+        "resource": resources,
+        "data": data,
+        "output": outputs,
+        "locals": local,
+        "provider": model["provider"],
+        "variable": {k: v.get("validation") for k, v in variables.items()},
+    }
     refs = _refs(everything)
     for v in sorted(refs["var"] - set(variables)):
         out.append(f"var.{v} is referenced but not declared")
@@ -151,7 +193,7 @@ def check_config(model: dict) -> list[str]:
         while depth and i < len(values):
             depth += {"{": 1, "}": -1}.get(values[i], 0)
             i += 1
-        body = values[m.end():i - 1]
+        body = values[m.end() : i - 1]
         flat = re.sub(r"\$\{[^}]*\}", "", body)
         passed = set(re.findall(r"([A-Za-z_]\w*)\s*=", flat))
         tpl = Path(model["dir"]) / m.group(1)
@@ -209,6 +251,7 @@ def check_config(model: dict) -> list[str]:
 
         def ok(p):
             return re.search(allowed, p) is not None and sum(re.search(c, p) is not None for c in classes) >= 3
+
         out += [f"instance_password validation rejects a valid password {p!r}" for p in PASSWORDS_GOOD if not ok(p)]
         out += [f"instance_password validation admits a weak password {p!r}" for p in PASSWORDS_BAD if ok(p)]
     # outputs must not expose secrets
@@ -241,9 +284,14 @@ def check_config(model: dict) -> list[str]:
         out.append(f"expected one alicloud_instance, found {len(inst)}")
     else:
         i = inst[0]
-        for key, want in (("instance_type", "${var.instance_type}"), ("availability_zone", "${var.zone_id}"),
-                          ("system_disk_size", "${var.system_disk_size}"), ("password", "${var.instance_password}"),
-                          ("system_disk_category", "cloud_essd"), ("instance_charge_type", "${var.pay_type}")):
+        for key, want in (
+            ("instance_type", "${var.instance_type}"),
+            ("availability_zone", "${var.zone_id}"),
+            ("system_disk_size", "${var.system_disk_size}"),
+            ("password", "${var.instance_password}"),
+            ("system_disk_category", "cloud_essd"),
+            ("instance_charge_type", "${var.pay_type}"),
+        ):
             if i.get(key) != want:
                 out.append(f"alicloud_instance.{key} must be {want}, is {i.get(key)!r}")
         if "user_data" not in i:
@@ -251,8 +299,10 @@ def check_config(model: dict) -> list[str]:
     inv = [v for k, v in resources.items() if k.startswith("alicloud_ecs_invocation.")]
     cmd = [v for k, v in resources.items() if k.startswith("alicloud_ecs_command.")]
     if len(inv) != 1 or len(cmd) != 1 or "wait-ready.sh" not in _dump(cmd):
-        out.append("Terraform must wait for readiness: one alicloud_ecs_command running host/wait-ready.sh "
-                   "and one alicloud_ecs_invocation of it")
+        out.append(
+            "Terraform must wait for readiness: one alicloud_ecs_command running host/wait-ready.sh "
+            "and one alicloud_ecs_invocation of it"
+        )
     endpoint = (outputs.get("endpoint") or {}).get("value", "")
     if not (str(endpoint).startswith("https://") and "public_ip" in str(endpoint)):
         out.append("output endpoint must be https://<domain or public ip>/")
@@ -290,8 +340,11 @@ def check_secrets(model: dict) -> list[str]:
         out.append("alicloud_instance.role_name must be the name of the configuration's alicloud_ram_role")
         return out
     policies = {k: v for k, v in resources.items() if k.startswith("alicloud_ram_policy.")}
-    attached = [v for k, v in resources.items() if k.startswith("alicloud_ram_role_policy_attachment.")
-                and v.get("role_name") == f"${{{role.group(1)}.name}}"]
+    attached = [
+        v
+        for k, v in resources.items()
+        if k.startswith("alicloud_ram_role_policy_attachment.") and v.get("role_name") == f"${{{role.group(1)}.name}}"
+    ]
     if not attached:
         out.append(f"no policy is attached to {role.group(1)}: the instance could not read its secrets")
     granted = set()
@@ -307,7 +360,9 @@ def check_secrets(model: dict) -> list[str]:
         for arn in re.findall(r"secretparameter/([^\"]*)", doc):
             ref = re.fullmatch(r"\$\{(alicloud_oos_secret_parameter\.[\w-]+)\.secret_parameter_name\}", arn)
             if not ref or ref.group(1) not in holders:
-                out.append(f"{m.group(1)}: grants secretparameter/{arn}, not one of the configuration's secret parameters")
+                out.append(
+                    f"{m.group(1)}: grants secretparameter/{arn}, not one of the configuration's secret parameters"
+                )
             else:
                 granted.add(ref.group(1))
     for h in sorted(set(holders) - granted):
@@ -331,7 +386,9 @@ def render_cloud_init(values: dict | None = None) -> str:
     sample = {
         "deploy_env_b64": base64.b64encode(env.encode()).decode(),
         "bootstrap_b64": base64.b64encode((DEPLOY_DIR / "host" / "bootstrap.sh").read_bytes()).decode(),
-        "unit_b64": base64.b64encode((DEPLOY_DIR / "host" / "systemd" / "musicgen-bootstrap.service").read_bytes()).decode(),
+        "unit_b64": base64.b64encode(
+            (DEPLOY_DIR / "host" / "systemd" / "musicgen-bootstrap.service").read_bytes()
+        ).decode(),
     }
     sample.update(values or {})
     return re.sub(r"\$\{([A-Za-z_]\w*)\}", lambda m: sample[m.group(1)], tpl)

@@ -58,10 +58,14 @@ def hadolint(paths: list[Path] | None = None) -> tuple[bool, str]:
 
 
 def yaml_files() -> list[Path]:
-    return [DEPLOY_DIR / "compose.yaml", DEPLOY_DIR / "computenest" / "config.yaml",
-            DEPLOY_DIR / "computenest" / "ros_templates" / "template.yaml",
-            DEPLOY_DIR / "terraform" / "cloud-init.yaml.tftpl", HERE / "yamllint.yaml",
-            *sorted((DEPLOY_DIR / "kubernetes").rglob("*.yaml"))]
+    return [
+        DEPLOY_DIR / "compose.yaml",
+        DEPLOY_DIR / "computenest" / "config.yaml",
+        DEPLOY_DIR / "computenest" / "ros_templates" / "template.yaml",
+        DEPLOY_DIR / "terraform" / "cloud-init.yaml.tftpl",
+        HERE / "yamllint.yaml",
+        *sorted((DEPLOY_DIR / "kubernetes").rglob("*.yaml")),
+    ]
 
 
 def yamllint(paths: list[Path] | None = None, text: str | None = None) -> tuple[bool, str]:
@@ -77,6 +81,7 @@ def terraform_fmt(tf_dir: Path) -> tuple[bool, str] | None:
     if not tf:
         return None
     env = dict(os.environ, TF_CLI_CONFIG_FILE=os.devnull, CHECKPOINT_DISABLE="1")
-    p = subprocess.run([tf, "fmt", "-check", "-diff", "-recursive", str(tf_dir)], capture_output=True, text=True,
-                       timeout=60, env=env)
+    p = subprocess.run(
+        [tf, "fmt", "-check", "-diff", "-recursive", str(tf_dir)], capture_output=True, text=True, timeout=60, env=env
+    )
     return p.returncode == 0, (p.stdout + p.stderr).strip()

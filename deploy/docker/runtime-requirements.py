@@ -39,8 +39,9 @@ def core_dependencies(pyproject_text: str) -> list[str]:
 
 
 def extra_dependencies(pyproject_text: str, extra: str) -> list[str]:
-    return _string_list(_table(pyproject_text, "project.optional-dependencies"), extra,
-                        "[project.optional-dependencies]")
+    return _string_list(
+        _table(pyproject_text, "project.optional-dependencies"), extra, "[project.optional-dependencies]"
+    )
 
 
 def requirement_name(req: str) -> str:
@@ -78,8 +79,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pyproject")
     ap.add_argument("--gpu", required=True, help="the onnxruntime-gpu requirement, e.g. onnxruntime-gpu==1.23.2")
-    ap.add_argument("--with", dest="extra", action="append", default=[], metavar="NAME",
-                    help="also NAME, pinned as in pyproject.toml's extras")
+    ap.add_argument(
+        "--with",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also NAME, pinned as in pyproject.toml's extras",
+    )
     args = ap.parse_args(argv)
     if requirement_name(args.gpu) != "onnxruntime-gpu" or "==" not in args.gpu:
         raise SystemExit("--gpu must pin onnxruntime-gpu with ==")

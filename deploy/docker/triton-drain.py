@@ -39,8 +39,9 @@ def in_flight(metrics_url: str, timeout: float = 5.0) -> float | None:
     return sum(float(v) for v in _LINE.findall(text))
 
 
-def wait_for_drain(metrics_url: str, *, delay: float = 20.0, quiet: float = 10.0, timeout: float = 600.0,
-                   poll: float = 0.5, log=print) -> dict:
+def wait_for_drain(
+    metrics_url: str, *, delay: float = 20.0, quiet: float = 10.0, timeout: float = 600.0, poll: float = 0.5, log=print
+) -> dict:
     """Block until the replica is idle (see the module doc). Returns what it saw."""
     time.sleep(delay)
     start = time.monotonic()

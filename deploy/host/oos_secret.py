@@ -60,10 +60,17 @@ def role_credentials(metadata: str = METADATA) -> dict:
 
 def get_secret_parameter(region: str, name: str, creds: dict, endpoint: str | None = None) -> str:
     params = {
-        "Action": "GetSecretParameter", "Version": OOS_VERSION, "Format": "JSON", "RegionId": region,
-        "Name": name, "WithDecryption": "true", "AccessKeyId": creds["AccessKeyId"],
-        "SignatureMethod": "HMAC-SHA1", "SignatureVersion": "1.0", "SignatureNonce": uuid.uuid4().hex,
-        "Timestamp": datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 - runs on Python 3.10.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "Action": "GetSecretParameter",
+        "Version": OOS_VERSION,
+        "Format": "JSON",
+        "RegionId": region,
+        "Name": name,
+        "WithDecryption": "true",
+        "AccessKeyId": creds["AccessKeyId"],
+        "SignatureMethod": "HMAC-SHA1",
+        "SignatureVersion": "1.0",
+        "SignatureNonce": uuid.uuid4().hex,
+        "Timestamp": datetime.datetime.now(datetime.timezone.utc),  # noqa: UP017 - runs on Python 3.10.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if creds.get("SecurityToken"):
         params["SecurityToken"] = creds["SecurityToken"]
@@ -77,7 +84,7 @@ def get_secret_parameter(region: str, name: str, creds: dict, endpoint: str | No
         except ValueError:
             code = exc.code
         raise RuntimeError(f"OOS refused GetSecretParameter for {name}: {code}") from None
-    value = ((body.get("Parameter") or {}).get("Value"))
+    value = (body.get("Parameter") or {}).get("Value")
     if not value:
         raise RuntimeError(f"OOS returned no value for {name}")
     return value

@@ -63,8 +63,9 @@ class _NamedTLSHandler(urllib.request.HTTPSHandler):
         self.tls_context, self.server_name = context, server_name
 
     def https_open(self, req):
-        return self.do_open(functools.partial(_NamedTLSConnection, server_name=self.server_name,
-                                              context=self.tls_context), req)
+        return self.do_open(
+            functools.partial(_NamedTLSConnection, server_name=self.server_name, context=self.tls_context), req
+        )
 
 
 TLS = {"context": None, "server_name": None}  # set from --ca-file / --server-name
@@ -75,8 +76,9 @@ def _request(url: str, body: bytes | None = None, headers: dict | None = None, t
     if url.startswith("https://") and TLS["server_name"]:
         headers["Host"] = TLS["server_name"]
     req = urllib.request.Request(url, data=body, headers=headers, method="POST" if body is not None else "GET")
-    opener = urllib.request.build_opener(_NamedTLSHandler(TLS["context"] or ssl.create_default_context(),
-                                                          TLS["server_name"]))
+    opener = urllib.request.build_opener(
+        _NamedTLSHandler(TLS["context"] or ssl.create_default_context(), TLS["server_name"])
+    )
     try:
         with opener.open(req, timeout=timeout) as resp:
             return resp.status, resp.read()
@@ -125,8 +127,9 @@ def check_triton(base: str, timeout: float) -> str:
     if len(values) != shape[0] * shape[1] or not all(math.isfinite(v) for v in values):
         raise SmokeError("audio has missing or non-finite samples", permanent=True)
     if outputs["seed_used"]["data"][0] != SMOKE_SEED:
-        raise SmokeError(f"seed_used {outputs['seed_used']['data'][0]} is not the seed sent ({SMOKE_SEED})",
-                         permanent=True)
+        raise SmokeError(
+            f"seed_used {outputs['seed_used']['data'][0]} is not the seed sent ({SMOKE_SEED})", permanent=True
+        )
     return f"{shape[0]} channel(s) x {shape[1]} samples at {sample_rate} Hz, codes {codes_shape}"
 
 
@@ -135,15 +138,16 @@ def check_page(base: str, user: str, password: str | None) -> str:
     if status in (502, 503, 504):
         raise SmokeError(f"the proxy answered {status}: the page is not up yet")
     if status != 401:
-        raise SmokeError(f"the page answered {status} to an anonymous request: access control is not enforced", permanent=True)
+        raise SmokeError(
+            f"the page answered {status} to an anonymous request: access control is not enforced", permanent=True
+        )
     if password is None:
         # after the first success the plaintext password is gone from the host: only the refusal is checked
         return "page refuses anonymous (401); no password file, login not tried"
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     status, _ = _request(f"{base}/", headers={"Authorization": f"Basic {token}"}, timeout=15)
     if status != 200:
-        raise SmokeError(f"the page answered {status} to {user} with the configured password",
-                         permanent=status == 401)
+        raise SmokeError(f"the page answered {status} to {user} with the configured password", permanent=status == 401)
     status, _ = _request(f"{base}/_stcore/health", headers={"Authorization": f"Basic {token}"}, timeout=15)
     if status != 200:
         raise SmokeError(f"the Streamlit health endpoint behind the proxy answered {status}")
@@ -169,8 +173,11 @@ def main(argv=None) -> int:
     ap.add_argument("--triton", default="http://127.0.0.1:8000", help="Triton HTTP base URL")
     ap.add_argument("--page", default=None, help="page base URL behind the proxy (omit to skip the page check)")
     ap.add_argument("--user", default="musicgen")
-    ap.add_argument("--password-file", default=None,
-                    help="file holding the page password (first line); without it only the 401 is checked")
+    ap.add_argument(
+        "--password-file",
+        default=None,
+        help="file holding the page password (first line); without it only the 401 is checked",
+    )
     ap.add_argument("--token-file", default=None, help="file holding an API token (first line)")
     ap.add_argument("--ca-file", default=None, help="CA certificate(s) for the proxy's https (default: system store)")
     ap.add_argument("--server-name", default=None, help="the certificate's name, sent as SNI and Host")
@@ -184,7 +191,10 @@ def main(argv=None) -> int:
     last = None
     while True:
         try:
-            print("triton: " + check_triton(args.triton.rstrip("/"), timeout=max(30.0, deadline - time.monotonic())), flush=True)
+            print(
+                "triton: " + check_triton(args.triton.rstrip("/"), timeout=max(30.0, deadline - time.monotonic())),
+                flush=True,
+            )
             if args.page:
                 password = None
                 if args.password_file:

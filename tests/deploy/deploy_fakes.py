@@ -60,30 +60,41 @@ class FakeHost:
             "MUSICGEN_PUBLIC_URL": "http://198.51.100.10/",
         }
         # a fresh host: no driver, docker or toolkit; apt knows the 570 driver; nothing installed
-        write_exe(self.stubs / "apt-cache", """
+        write_exe(
+            self.stubs / "apt-cache",
+            """
             #!/bin/sh
             [ "$1" = show ] && [ "$2" = nvidia-headless-570-server ] && exit 0
             exit 100
-        """)
+        """,
+        )
         write_exe(self.stubs / "dpkg-query", "#!/bin/sh\nexit 1\n")
         # no network from the tests: curl records its arguments instead
         self.curl_calls = root / "curl-calls"
-        write_exe(self.stubs / "curl", f"""
+        write_exe(
+            self.stubs / "curl",
+            f"""
             #!/bin/sh
             for a in "$@"; do printf '%s\\n' "$a"; done >> {self.curl_calls}
             exit 0
-        """)
+        """,
+        )
 
     def provisioned(self):
         """Driver, docker + compose (with images), toolkit, nvidia runtime, base packages."""
-        write_exe(self.stubs / "nvidia-smi", """
+        write_exe(
+            self.stubs / "nvidia-smi",
+            """
             #!/bin/sh
             case "$*" in
               *query-gpu*) echo "NVIDIA A10, 570.86.15" ;;
               *) echo "GPU 0: NVIDIA A10 (UUID: GPU-0)" ;;
             esac
-        """)
-        write_exe(self.stubs / "docker", """
+        """,
+        )
+        write_exe(
+            self.stubs / "docker",
+            """
             #!/bin/sh
             case "$1 $2" in
               "version --format") echo 27.5.1 ;;
@@ -91,12 +102,14 @@ class FakeHost:
               "image inspect") exit 0 ;;
               *) echo "unexpected docker $*" >&2; exit 3 ;;
             esac
-        """)
+        """,
+        )
         write_exe(self.stubs / "nvidia-ctk", "#!/bin/sh\necho 'NVIDIA Container Toolkit CLI version 1.17.4'\n")
         write_exe(self.stubs / "cloud-init", "#!/bin/sh\nexit 0\n")
         write_exe(self.stubs / "dpkg-query", "#!/bin/sh\nprintf 'install ok installed'\n")
         Path(self.settings["MUSICGEN_DOCKER_DAEMON_JSON"]).write_text(
-            '{"runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}}}\n')
+            '{"runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}}}\n'
+        )
         return self
 
     def env_file(self, **overrides) -> Path:
@@ -115,8 +128,14 @@ class FakeHost:
                 out[str(p)] = None
         return out
 
-    def run(self, *args, env_file: Path | None = None, xtrace: bool = False, extra_env: dict | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        *args,
+        env_file: Path | None = None,
+        xtrace: bool = False,
+        extra_env: dict | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess:
         env = {"PATH": f"{self.stubs}:/usr/bin:/bin", "HOME": str(self.root), "LANG": "C.UTF-8"}
         env.update(extra_env or {})
         cmd = ["bash", "-e"] + (["-x"] if xtrace else []) + [str(BOOTSTRAP)]
@@ -127,11 +146,17 @@ class FakeHost:
 def git_checkout(path: Path) -> str:
     """A real git checkout standing in for the project source; returns its commit."""
     path.mkdir(parents=True)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@e"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@e",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@e",
+    }
     subprocess.run(["git", "init", "-q", str(path)], check=True, env=env)
     (path / "README").write_text("source\n")
     subprocess.run(["git", "-C", str(path), "add", "README"], check=True, env=env)
     subprocess.run(["git", "-C", str(path), "commit", "-q", "-m", "x"], check=True, env=env)
-    return subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()

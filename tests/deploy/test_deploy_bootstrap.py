@@ -54,33 +54,42 @@ def test_dry_run_on_a_fresh_host_plans_every_step_and_changes_nothing(secrets):
     r = host.run("--dry-run", env_file=env)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = plan_lines(r.stdout)
-    assert_in_order(lines, [
-        "SKIP cloud_init: cloud-init is not installed",
-        "PLAN packages: run: apt_update",
-        "PLAN packages: run: apt_install ca-certificates curl git gnupg apache2-utils python3",
-        "nvidia-headless-570-server nvidia-utils-570-server",
-        "PLAN driver: run: modprobe nvidia",
-        "PLAN driver: reboot once",
-        "PLAN docker: run: apt_install docker.io docker-compose-v2",
-        "PLAN docker: run: systemctl enable --now docker",
-        "PLAN nvidia_ctk: run: add_nvidia_ctk_repo https://nvidia.github.io/libnvidia-container",
-        "PLAN nvidia_ctk: run: apt_install nvidia-container-toolkit",
-        "PLAN nvidia_ctk: run: nvidia-ctk runtime configure --runtime=docker",
-        "PLAN nvidia_ctk: run: systemctl restart docker",
-        "PLAN source: run: git clone --depth 1 --branch main https://example.invalid/musicgen-triton.git",
-        "PLAN page_auth: hash the page password",
-        "PLAN compose_env: write",
-        "PLAN images: run: compose --profile export build --pull",
-        "PLAN export: run: compose --profile export run --rm export",
-        "PLAN service: write",
-        "PLAN service: run: systemctl enable musicgen.service",
-        "PLAN service: run: systemctl restart musicgen.service",
-        "PLAN readiness: wait up to 1800s for http://127.0.0.1:8000/v2/health/ready",
-        "PLAN readiness: run",
-        "PLAN finish: signal the cloud wait condition: SUCCESS",
-    ])
-    assert any(re.fullmatch(r"PLAN driver: run: apt_install linux-headers-\S+ nvidia-headless-570-server "
-                            r"nvidia-utils-570-server", line) for line in lines)
+    assert_in_order(
+        lines,
+        [
+            "SKIP cloud_init: cloud-init is not installed",
+            "PLAN packages: run: apt_update",
+            "PLAN packages: run: apt_install ca-certificates curl git gnupg apache2-utils python3",
+            "nvidia-headless-570-server nvidia-utils-570-server",
+            "PLAN driver: run: modprobe nvidia",
+            "PLAN driver: reboot once",
+            "PLAN docker: run: apt_install docker.io docker-compose-v2",
+            "PLAN docker: run: systemctl enable --now docker",
+            "PLAN nvidia_ctk: run: add_nvidia_ctk_repo https://nvidia.github.io/libnvidia-container",
+            "PLAN nvidia_ctk: run: apt_install nvidia-container-toolkit",
+            "PLAN nvidia_ctk: run: nvidia-ctk runtime configure --runtime=docker",
+            "PLAN nvidia_ctk: run: systemctl restart docker",
+            "PLAN source: run: git clone --depth 1 --branch main https://example.invalid/musicgen-triton.git",
+            "PLAN page_auth: hash the page password",
+            "PLAN compose_env: write",
+            "PLAN images: run: compose --profile export build --pull",
+            "PLAN export: run: compose --profile export run --rm export",
+            "PLAN service: write",
+            "PLAN service: run: systemctl enable musicgen.service",
+            "PLAN service: run: systemctl restart musicgen.service",
+            "PLAN readiness: wait up to 1800s for http://127.0.0.1:8000/v2/health/ready",
+            "PLAN readiness: run",
+            "PLAN finish: signal the cloud wait condition: SUCCESS",
+        ],
+    )
+    assert any(
+        re.fullmatch(
+            r"PLAN driver: run: apt_install linux-headers-\S+ nvidia-headless-570-server "
+            r"nvidia-utils-570-server",
+            line,
+        )
+        for line in lines
+    )
     # apt-get update planned once, not once per step
     assert sum("run: apt_update" in line for line in lines) == 1 + 1  # base index, then the NVIDIA repo's
     assert r.stdout.rstrip().endswith("DRY RUN complete")
@@ -100,19 +109,22 @@ def test_dry_run_on_a_provisioned_host_skips_what_is_there(secrets):
     r = host.run("--dry-run", env_file=env)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = plan_lines(r.stdout)
-    assert_in_order(lines, [
-        "PLAN cloud_init: run: cloud-init status --wait",
-        "SKIP packages: base packages present",
-        "SKIP driver: NVIDIA driver loaded (NVIDIA A10, 570.86.15)",
-        "SKIP docker: docker engine running with compose",
-        "SKIP nvidia_ctk: nvidia-container-toolkit present",
-        "SKIP nvidia_ctk: docker already has the nvidia runtime",
-        f"SKIP source: using the checkout in {src} as it is ({commit})",
-        "SKIP page_auth: page password already set",
-        f"SKIP images: images for {commit[:12]} present",
-        "SKIP export: weights for facebook/musicgen-small (fp16) already exported",
-        "PLAN service: run: systemctl enable musicgen.service",
-    ])
+    assert_in_order(
+        lines,
+        [
+            "PLAN cloud_init: run: cloud-init status --wait",
+            "SKIP packages: base packages present",
+            "SKIP driver: NVIDIA driver loaded (NVIDIA A10, 570.86.15)",
+            "SKIP docker: docker engine running with compose",
+            "SKIP nvidia_ctk: nvidia-container-toolkit present",
+            "SKIP nvidia_ctk: docker already has the nvidia runtime",
+            f"SKIP source: using the checkout in {src} as it is ({commit})",
+            "SKIP page_auth: page password already set",
+            f"SKIP images: images for {commit[:12]} present",
+            "SKIP export: weights for facebook/musicgen-small (fp16) already exported",
+            "PLAN service: run: systemctl enable musicgen.service",
+        ],
+    )
     assert not any("apt_install" in line or "apt_update" in line for line in lines)
     assert host.tree() == before
 
@@ -122,15 +134,20 @@ def test_changing_the_checkpoint_re_exports(secrets):
     commit = git_checkout(host.root / "opt-musicgen" / "src")
     host.state.mkdir()
     (host.state / "export.stamp").write_text(f"facebook/musicgen-small fp16 {commit}\n")
-    r = host.run("--dry-run", "--only", "export", env_file=host.env_file(MUSICGEN_CHECKPOINT="facebook/musicgen-medium"))
+    r = host.run(
+        "--dry-run", "--only", "export", env_file=host.env_file(MUSICGEN_CHECKPOINT="facebook/musicgen-medium")
+    )
     assert r.returncode == 0, r.stderr
     assert "PLAN export: run: compose --profile export run --rm export" in r.stdout
 
 
-@pytest.mark.parametrize("os_release, message", [
-    ('ID=debian\nVERSION_ID="12"\n', "unsupported OS 'debian 12'"),
-    ('ID=ubuntu\nVERSION_ID="20.04"\n', "unsupported OS 'ubuntu 20.04'"),
-])
+@pytest.mark.parametrize(
+    "os_release, message",
+    [
+        ('ID=debian\nVERSION_ID="12"\n', "unsupported OS 'debian 12'"),
+        ('ID=ubuntu\nVERSION_ID="20.04"\n', "unsupported OS 'ubuntu 20.04'"),
+    ],
+)
 def test_unsupported_os_stops_before_changing_anything(secrets, os_release, message):
     secrets.os_release.write_text(os_release)
     r = secrets.run("--dry-run")
@@ -147,15 +164,18 @@ def test_a_host_without_an_nvidia_gpu_is_refused(secrets):
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("MUSICGEN_CHECKPOINT", "$(touch {marker})", "MUSICGEN_CHECKPOINT must be a hub id"),
-    ("MUSICGEN_CHECKPOINT", "facebook/musicgen-small; touch {marker}", "MUSICGEN_CHECKPOINT must be a hub id"),
-    ("MUSICGEN_PRECISION", "int4", "MUSICGEN_PRECISION must be fp16 or fp32"),
-    ("MUSICGEN_PAGE_PORT", "70000", "MUSICGEN_PAGE_PORT must be a TCP port"),
-    ("MUSICGEN_SOURCE_REPO", "http://insecure.example/x.git", "MUSICGEN_SOURCE_REPO must be an https://"),
-    ("MUSICGEN_SOURCE_REF", "main`touch {marker}`", "MUSICGEN_SOURCE_REF must be a branch"),
-    ("PATH", "/tmp/evil", "unknown key PATH"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("MUSICGEN_CHECKPOINT", "$(touch {marker})", "MUSICGEN_CHECKPOINT must be a hub id"),
+        ("MUSICGEN_CHECKPOINT", "facebook/musicgen-small; touch {marker}", "MUSICGEN_CHECKPOINT must be a hub id"),
+        ("MUSICGEN_PRECISION", "int4", "MUSICGEN_PRECISION must be fp16 or fp32"),
+        ("MUSICGEN_PAGE_PORT", "70000", "MUSICGEN_PAGE_PORT must be a TCP port"),
+        ("MUSICGEN_SOURCE_REPO", "http://insecure.example/x.git", "MUSICGEN_SOURCE_REPO must be an https://"),
+        ("MUSICGEN_SOURCE_REF", "main`touch {marker}`", "MUSICGEN_SOURCE_REF must be a branch"),
+        ("PATH", "/tmp/evil", "unknown key PATH"),
+    ],
+)
 def test_settings_are_validated_never_evaluated(secrets, key, value, message):
     marker = secrets.root / "pwned"
     r = secrets.run("--dry-run", env_file=secrets.env_file(**{key: value.format(marker=marker)}))
@@ -246,8 +266,12 @@ def test_a_failure_is_reported_to_the_wait_condition_without_leaking_its_url(sec
 
 
 def wait_ready(state_dir, timeout="5", interval="0.1", log=None):
-    env = {"PATH": "/usr/bin:/bin", "MUSICGEN_STATE_DIR": str(state_dir), "MUSICGEN_WAIT_INTERVAL": interval,
-           "MUSICGEN_LOG_FILE": str(log or state_dir / "none.log")}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "MUSICGEN_STATE_DIR": str(state_dir),
+        "MUSICGEN_WAIT_INTERVAL": interval,
+        "MUSICGEN_LOG_FILE": str(log or state_dir / "none.log"),
+    }
     return subprocess.run(["bash", "-e", str(WAIT_READY), timeout], capture_output=True, text=True, env=env, timeout=30)
 
 
@@ -277,7 +301,9 @@ def test_the_unit_runs_the_installed_bootstrap_until_it_has_succeeded():
     assert "ConditionPathExists=!/var/lib/musicgen/bootstrap.done" in unit
     assert cloudinit.unit_exec_path() == cloudinit.BOOTSTRAP_PATH == "/opt/musicgen/bin/bootstrap.sh"
     # the ROS stage 0 installs the bootstrap where the unit runs it
-    assert f"install -D -m 0755 \"$src/deploy/host/bootstrap.sh\" {cloudinit.BOOTSTRAP_PATH}" in ros.stage0_script(ros.load())
+    assert f'install -D -m 0755 "$src/deploy/host/bootstrap.sh" {cloudinit.BOOTSTRAP_PATH}' in ros.stage0_script(
+        ros.load()
+    )
     # the bootstrap marks success where the unit's condition looks
-    assert 'MUSICGEN_STATE_DIR:=/var/lib/musicgen' in (REPO / "deploy" / "host" / "bootstrap.sh").read_text()
+    assert "MUSICGEN_STATE_DIR:=/var/lib/musicgen" in (REPO / "deploy" / "host" / "bootstrap.sh").read_text()
     assert "bootstrap.done" in (REPO / "deploy" / "host" / "bootstrap.sh").read_text()

@@ -54,7 +54,8 @@ def test_ui_image_installs_client_and_ui_extras_without_torch():
     assert 'pip install --no-cache-dir ".[client,ui]"' in text
     assert "import streamlit, tritonclient.grpc" in text
     assert 'python -c "import torch"' in text and "torch" not in "".join(
-        line for line in text.splitlines() if "pip install" in line)
+        line for line in text.splitlines() if "pip install" in line
+    )
     # the page's image carries neither the server runtime nor the test tools (the build fails if it does)
     refused = re.search(r"for mod in ([^;]+); do\s*\\?\s*if python -c \"import \$mod\"", text)
     assert refused and {"onnxruntime", "tokenizers", "selenium", "pytest"} <= set(refused.group(1).split())
@@ -66,7 +67,7 @@ def test_export_image_uses_the_cpu_torch_and_the_export_extra():
     text = (DOCKER / "export.Dockerfile").read_text()
     assert "ARG TORCH_VERSION=2.13.0" in text and "download.pytorch.org/whl/cpu" in text
     assert 'pip install --no-cache-dir ".[export]"' in text
-    assert "ENTRYPOINT [\"/usr/local/bin/musicgen-export\"]" in text
+    assert 'ENTRYPOINT ["/usr/local/bin/musicgen-export"]' in text
 
 
 @pytest.mark.parametrize("name", ["triton", "ui", "export", "token-auth"])
@@ -103,13 +104,34 @@ def test_gpu_requirements_follow_pyproject():
     assert "numpy==1.26.4" in reqs  # the runtime's pin wins over the core's range
     assert all("==" in r for r in reqs), "every requirement of the GPU image is pinned"
     # the script itself, as the Dockerfile runs it
-    out = subprocess.run(["python3", str(DOCKER / "runtime-requirements.py"), str(REPO_ROOT / "pyproject.toml"),
-                          "--gpu", f"onnxruntime-gpu=={ORT_GPU}"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "python3",
+            str(DOCKER / "runtime-requirements.py"),
+            str(REPO_ROOT / "pyproject.toml"),
+            "--gpu",
+            f"onnxruntime-gpu=={ORT_GPU}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.split() == reqs
     # the supervisor's psutil, pinned as in the serve extra
-    out = subprocess.run(["python3", str(DOCKER / "runtime-requirements.py"), str(REPO_ROOT / "pyproject.toml"),
-                          "--gpu", f"onnxruntime-gpu=={ORT_GPU}", "--with", "psutil"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "python3",
+            str(DOCKER / "runtime-requirements.py"),
+            str(REPO_ROOT / "pyproject.toml"),
+            "--gpu",
+            f"onnxruntime-gpu=={ORT_GPU}",
+            "--with",
+            "psutil",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.split() == [*reqs, mod.pinned(text, "psutil")] and mod.pinned(text, "psutil").startswith("psutil==")
 
 
@@ -118,9 +140,11 @@ def test_gpu_requirements_refuse_a_pyproject_without_onnxruntime(tmp_path):
     with pytest.raises(SystemExit):
         mod.gpu_requirements('[project]\ndependencies = [\n    "numpy==1.26.4",\n]\n', "onnxruntime-gpu==1.23.2")
     with pytest.raises(SystemExit):
-        mod.gpu_requirements('[project]\ndependencies = [\n    "numpy>=1.26",\n]\n\n'
-                             '[project.optional-dependencies]\nruntime = [\n    "numpy==1.26.4",\n]\n',
-                             "onnxruntime-gpu==1.23.2")
+        mod.gpu_requirements(
+            '[project]\ndependencies = [\n    "numpy>=1.26",\n]\n\n'
+            '[project.optional-dependencies]\nruntime = [\n    "numpy==1.26.4",\n]\n',
+            "onnxruntime-gpu==1.23.2",
+        )
 
 
 def _triton_side_python_files():
@@ -133,9 +157,11 @@ def _triton_side_python_files():
 
 
 PY311_ONLY_MODULES = {"tomllib", "wsgiref.types"}
-PY311_ONLY_NAMES = re.compile(r"\b(typing\.Self|from typing import [^\n]*\bSelf\b|datetime\.UTC|from datetime import [^\n]*\bUTC\b|"
-                              r"asyncio\.TaskGroup|asyncio\.timeout\(|enum\.StrEnum|from enum import [^\n]*\bStrEnum\b|"
-                              r"ExceptionGroup|typing\.LiteralString|typing\.Never|typing\.assert_never|typing\.reveal_type)")
+PY311_ONLY_NAMES = re.compile(
+    r"\b(typing\.Self|from typing import [^\n]*\bSelf\b|datetime\.UTC|from datetime import [^\n]*\bUTC\b|"
+    r"asyncio\.TaskGroup|asyncio\.timeout\(|enum\.StrEnum|from enum import [^\n]*\bStrEnum\b|"
+    r"ExceptionGroup|typing\.LiteralString|typing\.Never|typing\.assert_never|typing\.reveal_type)"
+)
 
 
 @pytest.mark.parametrize("path", _triton_side_python_files(), ids=lambda p: str(p.relative_to(REPO_ROOT)))
@@ -154,10 +180,16 @@ def test_code_in_the_triton_image_runs_on_python_3_10(path):
 def test_export_step_writes_loadable_graphs_once(tmp_path):
     """export-entrypoint.sh for real, on the tiny-random preset, into a fresh 'volume'."""
     volume = tmp_path / "models"
-    env = {**os.environ, "MUSICGEN_REPOSITORY": str(volume),
-           "MUSICGEN_MODEL_REPOSITORY_SRC": str(REPO_ROOT / "model_repository"),
-           "MUSICGEN_CHECKPOINT": "tiny-random", "MUSICGEN_PRECISION": "fp16", "MUSICGEN_SOURCE_COMMIT": "abc123",
-           "PYTHON": str(Path(os.sys.executable)), "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "MUSICGEN_REPOSITORY": str(volume),
+        "MUSICGEN_MODEL_REPOSITORY_SRC": str(REPO_ROOT / "model_repository"),
+        "MUSICGEN_CHECKPOINT": "tiny-random",
+        "MUSICGEN_PRECISION": "fp16",
+        "MUSICGEN_SOURCE_COMMIT": "abc123",
+        "PYTHON": str(Path(os.sys.executable)),
+        "HF_HUB_OFFLINE": "1",
+    }
     script = DOCKER / "export-entrypoint.sh"
     r = subprocess.run(["bash", "-e", str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -165,7 +197,9 @@ def test_export_step_writes_loadable_graphs_once(tmp_path):
         if model_dir.is_dir() and not model_dir.name.startswith(("_", ".")):
             assert (volume / model_dir.name / "1").is_dir(), f"{model_dir.name} has no version dir in the volume"
             if (model_dir / "config.pbtxt").exists():
-                assert (volume / model_dir.name / "config.pbtxt").read_bytes() == (model_dir / "config.pbtxt").read_bytes()
+                assert (volume / model_dir.name / "config.pbtxt").read_bytes() == (
+                    model_dir / "config.pbtxt"
+                ).read_bytes()
     graphs = sorted(volume.rglob("*.onnx"))
     assert graphs, "the export wrote no graph"
     for g in graphs:
@@ -187,25 +221,40 @@ def test_export_step_refreshes_model_code_and_drops_stale_models(tmp_path):
     volume = tmp_path / "models"
     (volume / "stale_model" / "1").mkdir(parents=True)
     fake_python = tmp_path / "python"
-    fake_python.write_text("#!/bin/sh\necho \"export $*\" >> \"$MUSICGEN_REPOSITORY/calls\"\n")
+    fake_python.write_text('#!/bin/sh\necho "export $*" >> "$MUSICGEN_REPOSITORY/calls"\n')
     fake_python.chmod(0o755)
-    env = {**os.environ, "MUSICGEN_REPOSITORY": str(volume), "PYTHON": str(fake_python),
-           "MUSICGEN_MODEL_REPOSITORY_SRC": str(REPO_ROOT / "model_repository"), "MUSICGEN_CHECKPOINT": "tiny-random",
-           "MUSICGEN_SOURCE_COMMIT": "c1"}
+    env = {
+        **os.environ,
+        "MUSICGEN_REPOSITORY": str(volume),
+        "PYTHON": str(fake_python),
+        "MUSICGEN_MODEL_REPOSITORY_SRC": str(REPO_ROOT / "model_repository"),
+        "MUSICGEN_CHECKPOINT": "tiny-random",
+        "MUSICGEN_SOURCE_COMMIT": "c1",
+    }
     script = DOCKER / "export-entrypoint.sh"
     assert subprocess.run(["bash", "-e", str(script)], env=env, capture_output=True).returncode == 0
     assert not (volume / "stale_model").exists()
-    assert "--precision fp16" in (volume / "calls").read_text() and "--skip-if-current" in (volume / "calls").read_text()
+    assert (
+        "--precision fp16" in (volume / "calls").read_text() and "--skip-if-current" in (volume / "calls").read_text()
+    )
     assert subprocess.run(["bash", "-e", str(script)], env=env, capture_output=True).returncode == 0
     assert len((volume / "calls").read_text().splitlines()) == 1, "same commit: nothing to do"
-    assert subprocess.run(["bash", "-e", str(script)], env={**env, "MUSICGEN_SOURCE_COMMIT": "c2"},
-                          capture_output=True).returncode == 0
+    assert (
+        subprocess.run(
+            ["bash", "-e", str(script)], env={**env, "MUSICGEN_SOURCE_COMMIT": "c2"}, capture_output=True
+        ).returncode
+        == 0
+    )
     assert len((volume / "calls").read_text().splitlines()) == 2, "new commit: export again"
 
 
 def test_export_step_rejects_bad_settings(tmp_path):
-    env = {**os.environ, "MUSICGEN_REPOSITORY": str(tmp_path / "v"), "MUSICGEN_CHECKPOINT": "$(id)",
-           "MUSICGEN_MODEL_REPOSITORY_SRC": str(REPO_ROOT / "model_repository")}
+    env = {
+        **os.environ,
+        "MUSICGEN_REPOSITORY": str(tmp_path / "v"),
+        "MUSICGEN_CHECKPOINT": "$(id)",
+        "MUSICGEN_MODEL_REPOSITORY_SRC": str(REPO_ROOT / "model_repository"),
+    }
     r = subprocess.run(["bash", "-e", str(DOCKER / "export-entrypoint.sh")], capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "MUSICGEN_CHECKPOINT" in r.stderr
     assert not (tmp_path / "v").exists()

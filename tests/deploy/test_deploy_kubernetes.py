@@ -33,17 +33,32 @@ def test_overlay_passes(rendered, overlay):
 def test_what_an_overlay_renders(rendered):
     docs = rendered["ack"]
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    assert {("Deployment", "musicgen-triton"), ("Deployment", "musicgen-ui"), ("Deployment", "musicgen-token-auth"),
-            ("Job", "musicgen-export"), ("PersistentVolumeClaim", "musicgen-models"),
-            ("HorizontalPodAutoscaler", "musicgen-triton"), ("PodDisruptionBudget", "musicgen-triton"),
-            ("Ingress", "musicgen-api-http"), ("Ingress", "musicgen-api-grpc"), ("Ingress", "musicgen-page")} <= kinds
+    assert {
+        ("Deployment", "musicgen-triton"),
+        ("Deployment", "musicgen-ui"),
+        ("Deployment", "musicgen-token-auth"),
+        ("Job", "musicgen-export"),
+        ("PersistentVolumeClaim", "musicgen-models"),
+        ("HorizontalPodAutoscaler", "musicgen-triton"),
+        ("PodDisruptionBudget", "musicgen-triton"),
+        ("Ingress", "musicgen-api-http"),
+        ("Ingress", "musicgen-api-grpc"),
+        ("Ingress", "musicgen-page"),
+    } <= kinds
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"musicgen"}
     pvc = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
-    assert pvc["spec"]["storageClassName"] == "alibabacloud-cnfs-nas" and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
-    images = {c["image"] for d in docs if d["kind"] in ("Deployment", "Job")
-              for c in [*k8s._pod(d)["containers"], *k8s._pod(d).get("initContainers", [])]}
-    assert images and all(i.startswith("registry.cn-hangzhou.aliyuncs.com/musicgen/") and i.endswith(":0.1.0")
-                          for i in images), images
+    assert pvc["spec"]["storageClassName"] == "alibabacloud-cnfs-nas" and pvc["spec"]["accessModes"] == [
+        "ReadWriteMany"
+    ]
+    images = {
+        c["image"]
+        for d in docs
+        if d["kind"] in ("Deployment", "Job")
+        for c in [*k8s._pod(d)["containers"], *k8s._pod(d).get("initContainers", [])]
+    }
+    assert images and all(
+        i.startswith("registry.cn-hangzhou.aliyuncs.com/musicgen/") and i.endswith(":0.1.0") for i in images
+    ), images
 
 
 def _find(docs, kind, name):
@@ -61,55 +76,119 @@ MUTATIONS = [
     (lambda d: _triton(d)["livenessProbe"]["httpGet"].update(path="/v2/health/live"), "livenessProbe must GET /livez"),
     (lambda d: _triton(d)["startupProbe"]["httpGet"].update(port="http"), "startupProbe must GET /readyz"),
     (lambda d: _triton(d)["resources"]["limits"].pop("memory"), "has no limits for memory"),
-    (lambda d: k8s._pod(_find(d, "Deployment", "musicgen-ui"))["containers"][0].pop("livenessProbe"),
-     "Deployment/musicgen-ui: container ui has no livenessProbe"),
-    (lambda d: k8s._pod(_find(d, "Deployment", "musicgen-ui"))["containers"][0]["resources"].pop("requests"),
-     "container ui has no requests for cpu, memory"),
-    (lambda d: k8s._pod(_find(d, "Job", "musicgen-export"))["containers"][0].update(image="musicgen/export:latest"),
-     "is not pinned"),
+    (
+        lambda d: k8s._pod(_find(d, "Deployment", "musicgen-ui"))["containers"][0].pop("livenessProbe"),
+        "Deployment/musicgen-ui: container ui has no livenessProbe",
+    ),
+    (
+        lambda d: k8s._pod(_find(d, "Deployment", "musicgen-ui"))["containers"][0]["resources"].pop("requests"),
+        "container ui has no requests for cpu, memory",
+    ),
+    (
+        lambda d: k8s._pod(_find(d, "Job", "musicgen-export"))["containers"][0].update(image="musicgen/export:latest"),
+        "is not pinned",
+    ),
     (lambda d: _triton(d).update(image="registry.example.com/musicgen/triton"), "is not pinned"),
     (lambda d: _triton(d)["lifecycle"].pop("preStop"), "preStop must run musicgen-drain"),
-    (lambda d: _triton(d)["lifecycle"]["preStop"]["exec"].update(command=["sleep", "20"]), "preStop must run musicgen-drain"),
-    (lambda d: _triton(d)["lifecycle"]["preStop"]["exec"]["command"].extend(["--timeout", "3600"]),
-     "a rollout would cut generations"),
-    (lambda d: k8s._pod(_find(d, "Deployment", "musicgen-triton")).update(terminationGracePeriodSeconds=30),
-     "a rollout would cut generations"),
+    (
+        lambda d: _triton(d)["lifecycle"]["preStop"]["exec"].update(command=["sleep", "20"]),
+        "preStop must run musicgen-drain",
+    ),
+    (
+        lambda d: _triton(d)["lifecycle"]["preStop"]["exec"]["command"].extend(["--timeout", "3600"]),
+        "a rollout would cut generations",
+    ),
+    (
+        lambda d: k8s._pod(_find(d, "Deployment", "musicgen-triton")).update(terminationGracePeriodSeconds=30),
+        "a rollout would cut generations",
+    ),
     (lambda d: _triton(d).update(args=["tritonserver", "--model-repository=/models"]), "needs --exit-timeout-secs"),
-    (lambda d: k8s._pod(_find(d, "Deployment", "musicgen-triton"))["volumes"][1].update(emptyDir={}),
-     "/dev/shm must be a memory-backed emptyDir"),
+    (
+        lambda d: k8s._pod(_find(d, "Deployment", "musicgen-triton"))["volumes"][1].update(emptyDir={}),
+        "/dev/shm must be a memory-backed emptyDir",
+    ),
     (lambda d: _triton(d)["volumeMounts"][0].pop("readOnly"), "model PVC read-only"),
-    (lambda d: _find(d, "Deployment", "musicgen-triton")["spec"]["strategy"]["rollingUpdate"].update(maxUnavailable=1),
-     "maxUnavailable must be 0"),
-    (lambda d: _find(d, "Service", "musicgen-triton")["spec"].update(type="LoadBalancer"),
-     "exposes Triton outside the cluster"),
-    (lambda d: d.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "debug", "namespace": "musicgen"},
-                         "spec": {"type": "NodePort", "selector": {"app.kubernetes.io/name": "musicgen-triton"},
-                                  "ports": [{"port": 8001, "targetPort": 8001}]}}),
-     "Service/debug: exposes Triton outside the cluster"),
-    (lambda d: _find(d, "Ingress", "musicgen-api-grpc")["metadata"]["annotations"].pop(
-        "nginx.ingress.kubernetes.io/auth-url"), "Ingress/musicgen-api-grpc: routes to Triton without the token check"),
-    (lambda d: _find(d, "Ingress", "musicgen-api-http")["metadata"]["annotations"].update(
-        {"nginx.ingress.kubernetes.io/auth-url": "http://musicgen-token-auth.default.svc.cluster.local:9100/check"}),
-     "Ingress/musicgen-api-http: routes to Triton without the token check"),
-    (lambda d: _find(d, "Ingress", "musicgen-api-grpc")["metadata"]["annotations"].pop(
-        "nginx.ingress.kubernetes.io/backend-protocol"), "needs nginx.ingress.kubernetes.io/backend-protocol: GRPC"),
-    (lambda d: _find(d, "Ingress", "musicgen-api-http")["metadata"]["annotations"].pop(
-        "nginx.ingress.kubernetes.io/load-balance"), "load-balance: ewma"),
+    (
+        lambda d: _find(d, "Deployment", "musicgen-triton")["spec"]["strategy"]["rollingUpdate"].update(
+            maxUnavailable=1
+        ),
+        "maxUnavailable must be 0",
+    ),
+    (
+        lambda d: _find(d, "Service", "musicgen-triton")["spec"].update(type="LoadBalancer"),
+        "exposes Triton outside the cluster",
+    ),
+    (
+        lambda d: d.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "debug", "namespace": "musicgen"},
+                "spec": {
+                    "type": "NodePort",
+                    "selector": {"app.kubernetes.io/name": "musicgen-triton"},
+                    "ports": [{"port": 8001, "targetPort": 8001}],
+                },
+            }
+        ),
+        "Service/debug: exposes Triton outside the cluster",
+    ),
+    (
+        lambda d: _find(d, "Ingress", "musicgen-api-grpc")["metadata"]["annotations"].pop(
+            "nginx.ingress.kubernetes.io/auth-url"
+        ),
+        "Ingress/musicgen-api-grpc: routes to Triton without the token check",
+    ),
+    (
+        lambda d: _find(d, "Ingress", "musicgen-api-http")["metadata"]["annotations"].update(
+            {"nginx.ingress.kubernetes.io/auth-url": "http://musicgen-token-auth.default.svc.cluster.local:9100/check"}
+        ),
+        "Ingress/musicgen-api-http: routes to Triton without the token check",
+    ),
+    (
+        lambda d: _find(d, "Ingress", "musicgen-api-grpc")["metadata"]["annotations"].pop(
+            "nginx.ingress.kubernetes.io/backend-protocol"
+        ),
+        "needs nginx.ingress.kubernetes.io/backend-protocol: GRPC",
+    ),
+    (
+        lambda d: _find(d, "Ingress", "musicgen-api-http")["metadata"]["annotations"].pop(
+            "nginx.ingress.kubernetes.io/load-balance"
+        ),
+        "load-balance: ewma",
+    ),
     (lambda d: _find(d, "Ingress", "musicgen-api-http")["spec"].pop("tls"), "hosts without TLS"),
-    (lambda d: _find(d, "Ingress", "musicgen-api-http")["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-     .update(port={"name": "metrics"}), "publishes Triton's metrics/health port"),
-    (lambda d: _find(d, "HorizontalPodAutoscaler", "musicgen-triton")["spec"]["scaleTargetRef"].update(name="triton"),
-     "scaleTargetRef Deployment/triton is not a rendered Deployment"),
+    (
+        lambda d: _find(d, "Ingress", "musicgen-api-http")["spec"]["rules"][0]["http"]["paths"][0]["backend"][
+            "service"
+        ].update(port={"name": "metrics"}),
+        "publishes Triton's metrics/health port",
+    ),
+    (
+        lambda d: _find(d, "HorizontalPodAutoscaler", "musicgen-triton")["spec"]["scaleTargetRef"].update(
+            name="triton"
+        ),
+        "scaleTargetRef Deployment/triton is not a rendered Deployment",
+    ),
     (lambda d: _find(d, "HorizontalPodAutoscaler", "musicgen-triton")["spec"].update(minReplicas=1), "minReplicas < 2"),
     (lambda d: d.remove(_find(d, "PodDisruptionBudget", "musicgen-triton")), "no PodDisruptionBudget"),
     (lambda d: d.remove(_find(d, "HorizontalPodAutoscaler", "musicgen-triton")), "no HorizontalPodAutoscaler"),
-    (lambda d: k8s._pod(_find(d, "Job", "musicgen-export"))["volumes"][0]["persistentVolumeClaim"].update(
-        claimName="other"), "writes claims ['other'], Triton reads ['musicgen-models']"),
+    (
+        lambda d: k8s._pod(_find(d, "Job", "musicgen-export"))["volumes"][0]["persistentVolumeClaim"].update(
+            claimName="other"
+        ),
+        "writes claims ['other'], Triton reads ['musicgen-models']",
+    ),
     # the schemas are strict: a misspelt field or a wrong type is an error
     (lambda d: _triton(d).update(readynessProbe={}), "schema 1.30.0: Deployment/musicgen-triton"),
-    (lambda d: _find(d, "Deployment", "musicgen-ui")["spec"].update(replicas="two"), "schema 1.34.0: Deployment/musicgen-ui"),
-    (lambda d: d.append({"apiVersion": "example.com/v1", "kind": "Nope", "metadata": {"name": "x"}}),
-     "Couldn't find schema for kind Nope"),
+    (
+        lambda d: _find(d, "Deployment", "musicgen-ui")["spec"].update(replicas="two"),
+        "schema 1.34.0: Deployment/musicgen-ui",
+    ),
+    (
+        lambda d: d.append({"apiVersion": "example.com/v1", "kind": "Nope", "metadata": {"name": "x"}}),
+        "Couldn't find schema for kind Nope",
+    ),
 ]
 
 
@@ -157,17 +236,25 @@ def test_token_auth_container_runs_the_token_check_as_rendered(rendered, tmp_pat
     mount = pod["containers"][0]["volumeMounts"][0]["mountPath"]
     tokens = tmp_path / "tokens"
     script = DEPLOY_DIR / "auth" / "token_auth.py"
-    subprocess.run([sys.executable, str(script), "--tokens", str(tokens), "add", "ci"], input="mgt_secret_for_the_ci_check\n",
-                   text=True, check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        [sys.executable, str(script), "--tokens", str(tokens), "add", "ci"],
+        input="mgt_secret_for_the_ci_check\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     port = find_free_port()
     args = [str(tokens) if a.startswith(mount) else a for a in rendered_args]
     args = [f"127.0.0.1:{port}" if a.startswith("0.0.0.0:") else a for a in args]
     assert "serve" in args and str(tokens) in args
     proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+
         def status(path, token=None):
-            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
-                                         headers={"Authorization": f"Bearer {token}"} if token else {})
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"} if token else {}
+            )
             try:
                 with urllib.request.urlopen(req, timeout=5) as r:
                     return r.status

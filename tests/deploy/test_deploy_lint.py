@@ -47,6 +47,8 @@ def test_the_whole_report_passes():
 
     from deploy.checks import REPO_ROOT
 
-    r = subprocess.run([sys.executable, "-m", "deploy.checks"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "deploy.checks"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert " 0 failed" in r.stdout

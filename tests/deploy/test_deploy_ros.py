@@ -25,7 +25,11 @@ def test_compute_nest_config_points_at_the_template():
 
 def test_parameter_table(template):
     p = template["Parameters"]
-    assert (p["SystemDiskSize"]["MinValue"], p["SystemDiskSize"]["MaxValue"], p["SystemDiskSize"]["Default"]) == (60, 500, 100)
+    assert (p["SystemDiskSize"]["MinValue"], p["SystemDiskSize"]["MaxValue"], p["SystemDiskSize"]["Default"]) == (
+        60,
+        500,
+        100,
+    )
     assert p["InstancePassword"]["NoEcho"] is True and "Default" not in p["InstancePassword"]
     assert p["PagePassword"]["NoEcho"] is True and "Default" not in p["PagePassword"]
     assert p["EcsInstanceType"]["Default"] == "ecs.gn7i-c8g1.2xlarge"
@@ -47,13 +51,20 @@ def _drop_handle(d):
 
 def _open_ssh(d):
     d["Resources"]["SecurityGroup"]["Properties"]["SecurityGroupIngress"].append(
-        {"IpProtocol": "tcp", "PortRange": "22/22", "SourceCidrIp": {"Ref": "PageAccessCidr"}})
+        {"IpProtocol": "tcp", "PortRange": "22/22", "SourceCidrIp": {"Ref": "PageAccessCidr"}}
+    )
 
 
 def _open_triton(d):
-    d["Resources"]["TritonIngress"] = {"Type": "ALIYUN::ECS::SecurityGroupIngress", "Properties": {
-        "SecurityGroupId": {"Ref": "SecurityGroup"}, "IpProtocol": "tcp", "PortRange": "8000/8002",
-        "SourceCidrIp": "0.0.0.0/0"}}
+    d["Resources"]["TritonIngress"] = {
+        "Type": "ALIYUN::ECS::SecurityGroupIngress",
+        "Properties": {
+            "SecurityGroupId": {"Ref": "SecurityGroup"},
+            "IpProtocol": "tcp",
+            "PortRange": "8000/8002",
+            "SourceCidrIp": "0.0.0.0/0",
+        },
+    }
 
 
 def _world_open_page(d):
@@ -103,7 +114,9 @@ def _not_on_page(d):
 
 
 def _other_family(d):
-    d["Parameters"]["EcsInstanceType"]["AssociationPropertyMetadata"]["Constraints"]["InstanceTypeFamily"].append("ecs.g7")
+    d["Parameters"]["EcsInstanceType"]["AssociationPropertyMetadata"]["Constraints"]["InstanceTypeFamily"].append(
+        "ecs.g7"
+    )
 
 
 def _loose_type_pattern(d):

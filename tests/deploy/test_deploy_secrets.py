@@ -18,8 +18,14 @@ TOKEN = "deploy-token-0123456789abcdefghijklmnop"
 
 
 def _tool(tokens, *args, stdin=None):
-    return subprocess.run([sys.executable, str(TOKEN_AUTH), "--tokens", str(tokens), *args], input=stdin, check=False,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, str(TOKEN_AUTH), "--tokens", str(tokens), *args],
+        input=stdin,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 @pytest.fixture
@@ -30,8 +36,11 @@ def tool_host(secrets):
 
 def test_dry_run_reads_secrets_from_oos_by_name(tool_host):
     tool_host.password_file.unlink()
-    env = tool_host.env_file(MUSICGEN_OOS_REGION="cn-hangzhou", MUSICGEN_SECRET_PAGE_PASSWORD="musicgen-s1-page-password",
-                        MUSICGEN_SECRET_API_TOKEN="musicgen-s1-api-token")
+    env = tool_host.env_file(
+        MUSICGEN_OOS_REGION="cn-hangzhou",
+        MUSICGEN_SECRET_PAGE_PASSWORD="musicgen-s1-page-password",
+        MUSICGEN_SECRET_API_TOKEN="musicgen-s1-api-token",
+    )
     r = tool_host.run("--dry-run", "--only", "secrets,api_tokens", env_file=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "--region cn-hangzhou --name musicgen-s1-page-password --out " + str(tool_host.password_file) in r.stdout
@@ -43,20 +52,24 @@ def test_secrets_already_applied_are_not_fetched_again(tool_host):
     tool_host.password_file.unlink()
     (tool_host.etc / "page-auth.caddy").write_text("basicauth {\n\tmusicgen $2y$12$abc\n}\n")
     (tool_host.etc / "api-tokens").write_text(f"deploy {'0' * 64}\n")
-    env = tool_host.env_file(MUSICGEN_OOS_REGION="cn-hangzhou", MUSICGEN_SECRET_PAGE_PASSWORD="p",
-                        MUSICGEN_SECRET_API_TOKEN="t")
+    env = tool_host.env_file(
+        MUSICGEN_OOS_REGION="cn-hangzhou", MUSICGEN_SECRET_PAGE_PASSWORD="p", MUSICGEN_SECRET_API_TOKEN="t"
+    )
     r = tool_host.run("--dry-run", "--only", "secrets,api_tokens", env_file=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("already applied") == 2 and "oos_secret.py" not in r.stdout
     assert "SKIP api_tokens: API tokens present" in r.stdout
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("MUSICGEN_SECRET_API_TOKEN", "x", "need MUSICGEN_OOS_REGION"),
-    ("MUSICGEN_SECRET_PAGE_PASSWORD", "a;b", "must be OOS parameter names"),
-    ("MUSICGEN_TLS_MODE", "off", "must be internal or acme"),
-    ("MUSICGEN_SITE_HOST", "a b", "must be a domain name or an IPv4 address"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("MUSICGEN_SECRET_API_TOKEN", "x", "need MUSICGEN_OOS_REGION"),
+        ("MUSICGEN_SECRET_PAGE_PASSWORD", "a;b", "must be OOS parameter names"),
+        ("MUSICGEN_TLS_MODE", "off", "must be internal or acme"),
+        ("MUSICGEN_SITE_HOST", "a b", "must be a domain name or an IPv4 address"),
+    ],
+)
 def test_secret_settings_are_validated(tool_host, key, value, message):
     r = tool_host.run("--dry-run", "--only", "secrets", env_file=tool_host.env_file(**{key: value}))
     assert r.returncode != 0 and message in r.stderr
@@ -130,9 +143,15 @@ def test_oos_request_signature_matches_the_documented_example():
     finally:
         sys.path.pop(0)
     # Alibaba Cloud's RPC signature example (AccessKeySecret "testsecret")
-    params = {"Timestamp": "2016-02-23T12:46:24Z", "Format": "XML", "AccessKeyId": "testid",
-              "Action": "DescribeRegions", "SignatureMethod": "HMAC-SHA1",
-              "SignatureNonce": "3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf", "Version": "2014-05-26",
-              "SignatureVersion": "1.0"}
+    params = {
+        "Timestamp": "2016-02-23T12:46:24Z",
+        "Format": "XML",
+        "AccessKeyId": "testid",
+        "Action": "DescribeRegions",
+        "SignatureMethod": "HMAC-SHA1",
+        "SignatureNonce": "3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf",
+        "Version": "2014-05-26",
+        "SignatureVersion": "1.0",
+    }
     assert oos_secret.sign(params, "testsecret") == "OLeaidS1JvxuMvnyHOwuJ+uX5qY="
     assert oos_secret.percent("a b*~/") == "a%20b%2A~%2F"

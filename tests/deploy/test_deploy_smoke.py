@@ -61,13 +61,17 @@ def triton_handler(fake: Fake):
             assert inputs["prompt"]["datatype"] == "BYTES" and inputs["duration"]["datatype"] == "FP32"
             frames = int(inputs["duration"]["data"][0] * 50) + fake.frames_off
             samples = frames * 640
-            body = {"model_name": "musicgen", "outputs": [
-                {"name": "audio", "datatype": "FP32", "shape": [1, samples], "data": [0.01] * samples},
-                {"name": "sample_rate", "datatype": "INT32", "shape": [1], "data": [32000]},
-                {"name": "audio_codes", "datatype": "INT64", "shape": [4, frames], "data": [7] * (4 * frames)},
-                {"name": "seed_used", "datatype": "INT64", "shape": [1], "data": inputs["seed"]["data"]},
-            ]}
+            body = {
+                "model_name": "musicgen",
+                "outputs": [
+                    {"name": "audio", "datatype": "FP32", "shape": [1, samples], "data": [0.01] * samples},
+                    {"name": "sample_rate", "datatype": "INT32", "shape": [1], "data": [32000]},
+                    {"name": "audio_codes", "datatype": "INT64", "shape": [4, frames], "data": [7] * (4 * frames)},
+                    {"name": "seed_used", "datatype": "INT64", "shape": [1], "data": inputs["seed"]["data"]},
+                ],
+            }
             self._send(200, json.dumps(body).encode())
+
     return H
 
 
@@ -90,6 +94,7 @@ def page_handler(fake: Fake):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
     return H
 
 
@@ -107,9 +112,26 @@ def stack(tmp_path):
 
 def smoke(t_url, p_url, pw, timeout="3"):
     pw_args = ["--password-file", str(pw)] if pw else []
-    return subprocess.run([sys.executable, str(SMOKE), "--triton", t_url, "--page", p_url, "--user", USER,
-                           *pw_args, "--timeout", timeout, "--interval", "0.2"],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(SMOKE),
+            "--triton",
+            t_url,
+            "--page",
+            p_url,
+            "--user",
+            USER,
+            *pw_args,
+            "--timeout",
+            timeout,
+            "--interval",
+            "0.2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_smoke_passes_on_a_correct_stack_and_sends_a_real_request(stack):

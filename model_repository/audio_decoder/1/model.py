@@ -20,14 +20,16 @@ class TritonPythonModel:
             try:
                 codes = triton_io.array(pb_utils, request, "audio_codes")
                 if codes.ndim != 2 or codes.shape[0] != self.dims.num_codebooks or codes.shape[1] < 1:
-                    raise ValidationError(f"audio_codes must be [{self.dims.num_codebooks}, frames], "
-                                          f"got {list(codes.shape)}")
+                    raise ValidationError(
+                        f"audio_codes must be [{self.dims.num_codebooks}, frames], got {list(codes.shape)}"
+                    )
                 if codes.min() < 0 or codes.max() >= self.dims.vocab_size:
                     raise ValidationError(f"audio_codes must be in [0, {self.dims.vocab_size})")
                 audio = self.decoder(codes[None])[0]
                 rate = np.array([self.dims.sample_rate], np.int32)
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("audio", audio),
-                                                             pb_utils.Tensor("sample_rate", rate)]))
+                responses.append(
+                    pb_utils.InferenceResponse([pb_utils.Tensor("audio", audio), pb_utils.Tensor("sample_rate", rate)])
+                )
             except Exception as exc:
                 responses.append(triton_io.error_response(pb_utils, exc))
         return responses

@@ -34,12 +34,18 @@ class TritonPythonModel:
         self.max_duration = min(float(params.get("max_duration") or 30), limit)
         max_active = int(params.get("max_active") or 16)
         # the KV cache is sized once: every request's rows (CFG: 2) at the longest duration
-        steps = delay.num_steps(delay.frames_for_duration(self.max_duration, dims.frame_rate),
-                                dims.num_codebooks, dims.audio_channels)
+        steps = delay.num_steps(
+            delay.frames_for_duration(self.max_duration, dims.frame_rate), dims.num_codebooks, dims.audio_channels
+        )
         # steps of up to this many rows run an int8 export's blockwise-int8 step graph (0: never load it)
         blockwise = int(params.get("blockwise_int8_max_rows") or BLOCKWISE_INT8_MAX_ROWS)
-        self.lm = open_language_model(d, device=triton_io.device(args), max_rows=2 * max_active, max_steps=steps,
-                                      blockwise_int8_max_rows=blockwise)
+        self.lm = open_language_model(
+            d,
+            device=triton_io.device(args),
+            max_rows=2 * max_active,
+            max_steps=steps,
+            blockwise_int8_max_rows=blockwise,
+        )
         self.dims = self.lm.dims
         enc = d / names.AUDIO_ENCODER_FILE  # text-only exports: continuation from an audio prompt
         self.prompt_encoder, self.prompt_worker = None, None
@@ -47,8 +53,11 @@ class TritonPythonModel:
             self.prompt_encoder = audio_prompt.AudioPromptEncoder(enc, self.dims, triton_io.device(args))
             self.prompt_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audio-prompt")
         c = self.lm.cache
-        print(f"lm_engine: KV cache {c.max_rows} rows x {c.capacity} positions, {c.nbytes / 2**30:.2f} GiB "
-              f"({'allocated on the GPU' if c.device == 'cuda' else 'reserved; pages used as written'})", flush=True)
+        print(
+            f"lm_engine: KV cache {c.max_rows} rows x {c.capacity} positions, {c.nbytes / 2**30:.2f} GiB "
+            f"({'allocated on the GPU' if c.device == 'cuda' else 'reserved; pages used as written'})",
+            flush=True,
+        )
         self.max_melody_samples = int(float(params.get("max_melody_seconds") or 60) * 48000 * 2)
         # the metrics exist before the scheduler starts: its thread reports at once (engine thread only)
         self.metrics = EngineMetrics(pb_utils, self.dims.frame_rate)
@@ -60,11 +69,21 @@ class TritonPythonModel:
             cancel = pb_utils.get_input_tensor_by_name(request, "cancel_request_id")
             if cancel is not None:
                 found = self.scheduler.cancel(cancel.as_numpy().reshape(-1)[0].decode())
-                sender.send(pb_utils.InferenceResponse([
-                    pb_utils.Tensor("event", np.array([b"cancel_sent" if found else b"cancel_unknown"], dtype=object))]),
-                    flags=FINAL)
+                sender.send(
+                    pb_utils.InferenceResponse(
+                        [
+                            pb_utils.Tensor(
+                                "event", np.array([b"cancel_sent" if found else b"cancel_unknown"], dtype=object)
+                            )
+                        ]
+                    ),
+                    flags=FINAL,
+                )
                 continue
-            if self.prompt_worker is not None and pb_utils.get_input_tensor_by_name(request, audio_prompt.INPUT) is not None:
+            if (
+                self.prompt_worker is not None
+                and pb_utils.get_input_tensor_by_name(request, audio_prompt.INPUT) is not None
+            ):
                 self.prompt_worker.submit(self._submit, request, sender)  # encoding the prompt: off this thread
             else:
                 self._submit(request, sender)
@@ -80,8 +99,12 @@ class TritonPythonModel:
 
     def _job(self, request, sender):
         get = lambda n: triton_io.scalar(pb_utils, request, n)  # noqa: E731
-        p = validate_params(triton_io.scalar(pb_utils, request, "duration", required=True), *(get(n) for n in triton_io.PARAM_NAMES),
-                            max_duration=self.max_duration, vocab_size=self.dims.vocab_size)
+        p = validate_params(
+            triton_io.scalar(pb_utils, request, "duration", required=True),
+            *(get(n) for n in triton_io.PARAM_NAMES),
+            max_duration=self.max_duration,
+            vocab_size=self.dims.vocab_size,
+        )
         states = triton_io.array(pb_utils, request, "encoder_hidden_states")
         mask = triton_io.array(pb_utils, request, "attention_mask")
         if states.ndim != 2 or states.shape[1] != self.dims.hidden_size or mask.shape != states.shape[:1]:
@@ -95,20 +118,23 @@ class TritonPythonModel:
         prompt = self._audio_prompt(request, window - 1)
         n_prompt = 0 if prompt is None else prompt.shape[1]
         if n_prompt and frames + n_prompt > window:
-            raise ValidationError(f"duration too long after a {n_prompt / rate:.2f} s audio_prompt: at most "
-                                  f"{(window - n_prompt) / rate:.2f} s of new music (a window holds {window / rate:.1f} s)")
+            raise ValidationError(
+                f"duration too long after a {n_prompt / rate:.2f} s audio_prompt: at most "
+                f"{(window - n_prompt) / rate:.2f} s of new music (a window holds {window / rate:.1f} s)"
+            )
         if frames > limit:
             raise ValidationError(f"duration too long for this prompt: at most {limit / rate:.1f} s")
-        seq = self.lm.prepare(GenerationRequest(states, mask, p, frames + n_prompt, chroma=melody,
-                                                prompt_codes=prompt))
+        seq = self.lm.prepare(GenerationRequest(states, mask, p, frames + n_prompt, chroma=melody, prompt_codes=prompt))
         every = int(get("progress_every") or 0)
 
         def respond(event, s, codes=None):
-            outs = [pb_utils.Tensor("event", np.array([event.encode()], dtype=object)),
-                    pb_utils.Tensor("frames_done", np.array([s.frames_ready], np.int32)),
-                    pb_utils.Tensor("frames_total", np.array([s.frames], np.int32)),
-                    pb_utils.Tensor("seed_used", np.array([s.params.seed], np.int64)),
-                    pb_utils.Tensor(audio_prompt.PROMPT_FRAMES, np.array([s.prompt_frames], np.int32))]
+            outs = [
+                pb_utils.Tensor("event", np.array([event.encode()], dtype=object)),
+                pb_utils.Tensor("frames_done", np.array([s.frames_ready], np.int32)),
+                pb_utils.Tensor("frames_total", np.array([s.frames], np.int32)),
+                pb_utils.Tensor("seed_used", np.array([s.params.seed], np.int64)),
+                pb_utils.Tensor(audio_prompt.PROMPT_FRAMES, np.array([s.prompt_frames], np.int32)),
+            ]
             if codes is not None:
                 outs.append(pb_utils.Tensor("audio_codes", codes))
             return pb_utils.InferenceResponse(outs)
@@ -129,15 +155,19 @@ class TritonPythonModel:
         if t is None:
             return None
         if self.lm.chroma_config is None:
-            raise ValidationError("this model (a text-only MusicGen) does not take a melody: "
-                                  "send the prompt alone, or serve a MusicGen-Melody checkpoint")
+            raise ValidationError(
+                "this model (a text-only MusicGen) does not take a melody: "
+                "send the prompt alone, or serve a MusicGen-Melody checkpoint"
+            )
         rate = triton_io.scalar(pb_utils, request, "melody_sample_rate")
         if rate is None:
             raise ValidationError("melody_sample_rate is required with a melody")
         wave = t.as_numpy()
         if wave.size > self.max_melody_samples:
-            raise ValidationError(f"melody is too large ({wave.size} samples); send at most "
-                                  f"{self.lm.chroma_config.chunk_length:g} s (only that much is used)")
+            raise ValidationError(
+                f"melody is too large ({wave.size} samples); send at most "
+                f"{self.lm.chroma_config.chunk_length:g} s (only that much is used)"
+            )
         try:
             return chroma.chroma(wave, rate, self.lm.chroma_config)
         except chroma.MelodyInputError as exc:
@@ -149,8 +179,10 @@ class TritonPythonModel:
         if t is None:
             return None
         if self.prompt_encoder is None:
-            raise ValidationError(f"this model does not take an {audio_prompt.INPUT}: its export has no audio "
-                                  "encoder (MusicGen-Melody checkpoints continue no audio prompt)")
+            raise ValidationError(
+                f"this model does not take an {audio_prompt.INPUT}: its export has no audio "
+                "encoder (MusicGen-Melody checkpoints continue no audio prompt)"
+            )
         rate = triton_io.scalar(pb_utils, request, audio_prompt.RATE_INPUT)
         if rate is None:
             raise ValidationError(f"{audio_prompt.RATE_INPUT} is required with an {audio_prompt.INPUT}")

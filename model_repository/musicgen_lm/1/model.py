@@ -5,8 +5,12 @@ import triton_python_backend_utils as pb_utils
 
 from musicgen_runtime import triton_io
 
-INPUTS = (("encoder_hidden_states", "attention_mask", "duration") + triton_io.PARAM_NAMES + triton_io.MELODY_NAMES
-          + triton_io.AUDIO_PROMPT_NAMES)
+INPUTS = (
+    ("encoder_hidden_states", "attention_mask", "duration")
+    + triton_io.PARAM_NAMES
+    + triton_io.MELODY_NAMES
+    + triton_io.AUDIO_PROMPT_NAMES
+)
 OUTPUTS = ("audio_codes", "seed_used", "prompt_frames")
 
 
@@ -16,8 +20,9 @@ class TritonPythonModel:
         for request in requests:
             try:
                 inputs = [t for t in (pb_utils.get_input_tensor_by_name(request, n) for n in INPUTS) if t is not None]
-                bls = pb_utils.InferenceRequest(model_name="lm_engine", inputs=inputs,
-                                                requested_output_names=list(OUTPUTS))
+                bls = pb_utils.InferenceRequest(
+                    model_name="lm_engine", inputs=inputs, requested_output_names=list(OUTPUTS)
+                )
                 final = None
                 for resp in bls.exec(decoupled=True):
                     triton_io.raise_for_error(resp)
@@ -25,8 +30,9 @@ class TritonPythonModel:
                         final = resp
                 if final is None:
                     raise RuntimeError("lm_engine ended without codes")
-                responses.append(pb_utils.InferenceResponse(
-                    [pb_utils.get_output_tensor_by_name(final, n) for n in OUTPUTS]))
+                responses.append(
+                    pb_utils.InferenceResponse([pb_utils.get_output_tensor_by_name(final, n) for n in OUTPUTS])
+                )
             except Exception as exc:
                 responses.append(triton_io.error_response(pb_utils, exc))
         return responses

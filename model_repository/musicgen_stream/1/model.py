@@ -24,8 +24,10 @@ def _call(model, inputs, outputs):
 
 def _cancel(key):
     control = pb_utils.InferenceRequest(
-        model_name="lm_engine", requested_output_names=["event"],
-        inputs=[pb_utils.Tensor("cancel_request_id", np.array([key.encode()], dtype=object))])
+        model_name="lm_engine",
+        requested_output_names=["event"],
+        inputs=[pb_utils.Tensor("cancel_request_id", np.array([key.encode()], dtype=object))],
+    )
     for _ in control.exec(decoupled=True):
         pass
 
@@ -35,20 +37,26 @@ class TritonPythonModel:
         p = triton_io.parameters(args)
         self.dims = manifest.dims(manifest.read(triton_io.model_dir(args)))
         rate = self.dims.frame_rate
-        self.plan = ChunkPlan(chunk=max(1, round(float(p.get("chunk_seconds") or 1.0) * rate)),
-                              left=round(float(p.get("left_context_seconds") or 1.0) * rate),
-                              right=int(p.get("right_context_frames") or 4),
-                              first=max(1, round(float(p.get("first_chunk_seconds") or 0.5) * rate)),
-                              max_chunk=round(float(p.get("max_chunk_seconds") or 4.0) * rate))
+        self.plan = ChunkPlan(
+            chunk=max(1, round(float(p.get("chunk_seconds") or 1.0) * rate)),
+            left=round(float(p.get("left_context_seconds") or 1.0) * rate),
+            right=int(p.get("right_context_frames") or 4),
+            first=max(1, round(float(p.get("first_chunk_seconds") or 0.5) * rate)),
+            max_chunk=round(float(p.get("max_chunk_seconds") or 4.0) * rate),
+        )
         self.progress_every = int(p.get("progress_every_frames") or 5)
         self.pool = ThreadPoolExecutor(max_workers=int(p.get("max_streams") or 16), thread_name_prefix="stream")
 
     def execute(self, requests):
         for request in requests:
             sender = request.get_response_sender()
-            inputs = {n: pb_utils.get_input_tensor_by_name(request, n)
-                      for n in ("prompt", "duration") + triton_io.PARAM_NAMES + triton_io.MELODY_NAMES
-                      + triton_io.AUDIO_PROMPT_NAMES}
+            inputs = {
+                n: pb_utils.get_input_tensor_by_name(request, n)
+                for n in ("prompt", "duration")
+                + triton_io.PARAM_NAMES
+                + triton_io.MELODY_NAMES
+                + triton_io.AUDIO_PROMPT_NAMES
+            }
             self.pool.submit(self._stream, {k: v for k, v in inputs.items() if v is not None}, sender, request)
         return None
 
@@ -63,15 +71,31 @@ class TritonPythonModel:
 
     def _generate(self, inputs, sender, request):
         ids, mask = _call("tokenizer", [inputs["prompt"]], ["input_ids", "attention_mask"])
-        (states,) = _call("text_encoder", [pb_utils.Tensor("input_ids", ids), pb_utils.Tensor("attention_mask", mask)],
-                          ["encoder_hidden_states"])
-        lm_inputs = [pb_utils.Tensor("encoder_hidden_states", states), pb_utils.Tensor("attention_mask", mask),
-                     pb_utils.Tensor("progress_every", np.array([self.progress_every], np.int32))]
+        (states,) = _call(
+            "text_encoder",
+            [pb_utils.Tensor("input_ids", ids), pb_utils.Tensor("attention_mask", mask)],
+            ["encoder_hidden_states"],
+        )
+        lm_inputs = [
+            pb_utils.Tensor("encoder_hidden_states", states),
+            pb_utils.Tensor("attention_mask", mask),
+            pb_utils.Tensor("progress_every", np.array([self.progress_every], np.int32)),
+        ]
         lm_inputs += [t for n, t in inputs.items() if n != "prompt"]
         key = uuid.uuid4().hex
-        bls = pb_utils.InferenceRequest(model_name="lm_engine", inputs=lm_inputs, request_id=key,
-                                        requested_output_names=["event", "frames_done", "frames_total",
-                                                                "audio_codes", "seed_used", "prompt_frames"])
+        bls = pb_utils.InferenceRequest(
+            model_name="lm_engine",
+            inputs=lm_inputs,
+            request_id=key,
+            requested_output_names=[
+                "event",
+                "frames_done",
+                "frames_total",
+                "audio_codes",
+                "seed_used",
+                "prompt_frames",
+            ],
+        )
         next_frame, hop, chunks = 0, self.dims.hop_length, []
         for resp in bls.exec(decoupled=True):
             if request.is_cancelled():  # the client went away: stop the engine's work and leave.
@@ -92,29 +116,56 @@ class TritonPythonModel:
             sender.send(self._status("progress", done, total))
             ready = total if event == "final" else done
             for a, b, w0, w1 in self.plan.ready_chunks(next_frame, ready, total):
-                audio, _ = _call("audio_decoder", [pb_utils.Tensor("audio_codes", np.ascontiguousarray(codes[:, w0:w1]))],
-                                 ["audio", "sample_rate"])
-                chunk = np.ascontiguousarray(audio[:, (a - w0) * hop:(b - w0) * hop])
+                audio, _ = _call(
+                    "audio_decoder",
+                    [pb_utils.Tensor("audio_codes", np.ascontiguousarray(codes[:, w0:w1]))],
+                    ["audio", "sample_rate"],
+                )
+                chunk = np.ascontiguousarray(audio[:, (a - w0) * hop : (b - w0) * hop])
                 chunks.append(chunk)
-                sender.send(self._status("audio_chunk", done, total, [
-                    pb_utils.Tensor("audio_chunk", chunk), pb_utils.Tensor("chunk_start", np.array([a * hop], np.int64))]))
+                sender.send(
+                    self._status(
+                        "audio_chunk",
+                        done,
+                        total,
+                        [
+                            pb_utils.Tensor("audio_chunk", chunk),
+                            pb_utils.Tensor("chunk_start", np.array([a * hop], np.int64)),
+                        ],
+                    )
+                )
                 next_frame = b
             if event == "final":  # the chunks tile the clip: their concatenation is the final audio
                 audio = np.concatenate(chunks, axis=-1)  # (the codec is not run a second time)
                 rate = np.array([self.dims.sample_rate], np.int32)
-                sender.send(self._status("final", total, total, [
-                    pb_utils.Tensor("audio", audio), pb_utils.Tensor("sample_rate", rate),
-                    pb_utils.Tensor("audio_codes", codes), pb_utils.Tensor("seed_used", seed),
-                    pb_utils.Tensor("prompt_frames", prompt_frames)]), flags=FINAL)
+                sender.send(
+                    self._status(
+                        "final",
+                        total,
+                        total,
+                        [
+                            pb_utils.Tensor("audio", audio),
+                            pb_utils.Tensor("sample_rate", rate),
+                            pb_utils.Tensor("audio_codes", codes),
+                            pb_utils.Tensor("seed_used", seed),
+                            pb_utils.Tensor("prompt_frames", prompt_frames),
+                        ],
+                    ),
+                    flags=FINAL,
+                )
                 return
         raise RuntimeError("lm_engine ended without a final response")
 
     @staticmethod
     def _status(event, done, total, extra=()):
-        return pb_utils.InferenceResponse([
-            pb_utils.Tensor("event", np.array([event.encode()], dtype=object)),
-            pb_utils.Tensor("frames_done", np.array([done], np.int32)),
-            pb_utils.Tensor("frames_total", np.array([total], np.int32)), *extra])
+        return pb_utils.InferenceResponse(
+            [
+                pb_utils.Tensor("event", np.array([event.encode()], dtype=object)),
+                pb_utils.Tensor("frames_done", np.array([done], np.int32)),
+                pb_utils.Tensor("frames_total", np.array([total], np.int32)),
+                *extra,
+            ]
+        )
 
     def finalize(self):
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -19,8 +19,11 @@ class TritonPythonModel:
             try:
                 prompt = validate_prompt(triton_io.scalar(pb_utils, request, "prompt", required=True))
                 ids, mask = self.tok.encode([prompt])
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("input_ids", ids[0]),
-                                                             pb_utils.Tensor("attention_mask", mask[0])]))
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        [pb_utils.Tensor("input_ids", ids[0]), pb_utils.Tensor("attention_mask", mask[0])]
+                    )
+                )
             except Exception as exc:
                 responses.append(triton_io.error_response(pb_utils, exc))
         return responses
