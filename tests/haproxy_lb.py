@@ -8,8 +8,10 @@ streams stay on their replica. Connection failures are retried on another replic
 `option redispatch 1`); a request already sent is never replayed, so a replica dying mid-request
 gives that request an error (502) instead of a silent second generation.
 
-The active health check is a parameter (`HealthCheck`): an HTTP GET of `path` on the port
-`port_of(replica)` returns, checked every `inter_ms` on a connection of its own.
+The active health check is a parameter (`HealthCheck`): an HTTP GET of `path` (or, with a `body`,
+a POST of it: a real inference) on the port `port_of(replica)` returns, every `inter_ms` on a
+connection of its own. The gRPC backend's servers track the HTTP backend's (`track`): one check a
+replica, not two.
 """
 
 from __future__ import annotations
@@ -29,10 +31,24 @@ from local_procs import LocalProcs, install_debian, wait_for
 @dataclasses.dataclass(frozen=True)
 class HealthCheck:
     path: str
-    port_of: Callable[[object], int]  # replica (a server.TritonServer) -> the port the check GETs
+    port_of: Callable[[object], int]  # replica (a server.TritonServer) -> the port the check asks
+    body: bytes | None = None  # JSON to POST to `path` (a real inference) instead of a GET
     inter_ms: int = 500
+    timeout_ms: int = 2000
     fall: int = 2
     rise: int = 2
+
+    @property
+    def haproxy_lines(self) -> str:
+        if self.body is None:
+            return f"    option httpchk GET {self.path}\n    http-check expect status 200"
+        body = self.body.decode()
+        assert "'" not in body, "the check's body goes into a single-quoted HAProxy string"
+        return (
+            "    option httpchk\n"
+            f"    http-check send meth POST uri {self.path} hdr Content-Type application/json body '{body}'\n"
+            "    http-check expect status 200"
+        )
 
 
 def ensure_haproxy() -> str:
@@ -46,7 +62,7 @@ def render_config(replicas: Sequence, check: HealthCheck, *, http_port: int, grp
 
     def servers(port_attr: str, extra: str) -> str:
         return "\n".join(
-            f"    server r{i} {r.host}:{getattr(r, port_attr)} {extra}check port {check.port_of(r)}"
+            f"    server r{i} {r.host}:{getattr(r, port_attr)} {extra.format(i=i, port=check.port_of(r))}"
             for i, r in enumerate(replicas)
         )
 
@@ -60,7 +76,7 @@ defaults
     timeout connect 2s
     timeout client 120s
     timeout server 120s
-    timeout check 2s
+    timeout check {check.timeout_ms}ms
     retries 3
     option redispatch 1
     default-server inter {check.inter_ms} fall {check.fall} rise {check.rise}
@@ -77,15 +93,12 @@ backend triton_http
     balance leastconn
     # one server connection per request: Triton's SIGTERM waits for open HTTP connections
     option http-server-close
-    option httpchk GET {check.path}
-    http-check expect status 200
-{servers("http_port", "")}
+{check.haproxy_lines}
+{servers("http_port", "check port {port}")}
 
 backend triton_grpc
     balance leastconn
-    option httpchk GET {check.path}
-    http-check expect status 200
-{servers("grpc_port", "proto h2 check-proto h1 ")}
+{servers("grpc_port", "proto h2 track triton_http/r{i}")}
 """
 
 

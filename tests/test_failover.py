@@ -31,6 +31,7 @@ import pytest
 from haproxy_lb import HAProxy, HealthCheck, ensure_haproxy
 
 from client import MusicGenClient, ServerUnavailable
+from server.supervisor import PROBE_MODEL, PROBE_REQUEST
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,11 +40,18 @@ _spec = importlib.util.spec_from_file_location("triton_drain", ROOT / "deploy" /
 DRAIN = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(DRAIN)
 
-# The replicas' readiness as HAProxy checks it: Triton's /v2/health/ready on its HTTP port notices a
-# dead replica (port closed) and a stopping one (not ready after SIGTERM). The replicas here run
-# unsupervised (supervise=False): the test itself kills and restarts them, as a kubelet would; a pod
-# runs the supervisor, whose /readyz the Kubernetes probes ask (deploy/kubernetes).
-READINESS = HealthCheck(path="/v2/health/ready", port_of=lambda r: r.http_port)
+# The replicas' readiness as HAProxy checks it: the supervisor's real-work probe (a one-frame
+# generation through the `musicgen` ensemble) POSTed to each replica's HTTP port, every 2 s. It sees a
+# dead replica (port closed), a draining one (HTTP closed after SIGTERM) and a broken engine. The
+# replicas here run unsupervised (supervise=False): the test itself kills and restarts them, as a
+# kubelet would; a pod runs the supervisor, whose /readyz the Kubernetes probes ask (deploy/kubernetes).
+READINESS = HealthCheck(
+    path=f"/v2/models/{PROBE_MODEL}/infer",
+    port_of=lambda r: r.http_port,
+    body=PROBE_REQUEST,
+    inter_ms=2000,
+    timeout_ms=20000,
+)
 
 CLIP_SECONDS = 2.0
 WORKERS_PER_PROTOCOL = 2
