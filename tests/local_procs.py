@@ -3,12 +3,16 @@ started in their own session with their output in a log, waited for by a probe, 
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent
 SETUP = Path(__file__).resolve().parent / "debian_setup.sh"
 
 
@@ -58,3 +62,21 @@ def wait_for(what: str, probe, proc: subprocess.Popen, log: Path, timeout: float
         if proc.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"{what} did not come up:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
+
+
+def start_page(procs: LocalProcs, grpc_endpoint: str, port: int, log: Path) -> str:
+    """`streamlit run ui/app.py` on 127.0.0.1:`port`, talking to the server at `grpc_endpoint`; its URL
+    once Streamlit answers its health check."""
+    env = {**os.environ, "MUSICGEN_TRITON_URL": grpc_endpoint, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"), "--server.headless", "true",
+           "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "viewer", "--server.fileWatcherType", "none"]  # fmt: skip
+    proc = procs.start(cmd, log, cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+            return r.status == 200
+
+    wait_for("streamlit", healthy, proc, log)
+    return url

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from local_procs import LocalProcs, install_debian_tools, wait_for
+from local_procs import LocalProcs, install_debian_tools, start_page, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CADDYFILE = ROOT / "deploy" / "docker" / "Caddyfile"
@@ -77,36 +77,7 @@ def door(triton, tmp_path_factory):
             auth_log,
         )
 
-        page_log = tmp / "streamlit.log"
-        env = {**os.environ, "MUSICGEN_TRITON_URL": triton.grpc_endpoint, "PYTHONUNBUFFERED": "1"}
-        p = procs.start(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                str(ROOT / "ui" / "app.py"),
-                "--server.headless",
-                "true",
-                "--server.address",
-                "127.0.0.1",
-                "--server.port",
-                str(page_port),
-                "--browser.gatherUsageStats",
-                "false",
-                "--server.fileWatcherType",
-                "none",
-            ],
-            page_log,
-            cwd=ROOT,
-            env=env,
-        )
-        wait_for(
-            "streamlit",
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{page_port}/_stcore/health", timeout=2).status == 200,
-            p,
-            page_log,
-        )
+        start_page(procs, triton.grpc_endpoint, page_port, tmp / "streamlit.log")
 
         caddy_log = tmp / "caddy.log"
         cenv = {

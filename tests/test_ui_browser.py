@@ -14,9 +14,7 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +30,7 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from local_procs import LocalProcs, install_debian, wait_for  # noqa: E402
+from local_procs import LocalProcs, install_debian, start_page  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -61,38 +59,9 @@ def page_url(triton, tmp_path_factory):
     from server.triton import find_free_port
 
     port = find_free_port()
-    log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    env = {**os.environ, "MUSICGEN_TRITON_URL": triton.grpc_endpoint, "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(ROOT / "ui" / "app.py"),
-        "--server.headless",
-        "true",
-        "--server.address",
-        "127.0.0.1",
-        "--server.port",
-        str(port),
-        "--browser.gatherUsageStats",
-        "false",
-        "--client.toolbarMode",
-        "viewer",
-        "--server.fileWatcherType",
-        "none",
-    ]
     procs = LocalProcs()
     try:
-        proc = procs.start(cmd, log, cwd=ROOT, env=env)
-        url = f"http://127.0.0.1:{port}"
-
-        def healthy():
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                return r.status == 200
-
-        wait_for("streamlit", healthy, proc, log)
-        yield url
+        yield start_page(procs, triton.grpc_endpoint, port, tmp_path_factory.mktemp("streamlit") / "streamlit.log")
     finally:
         procs.stop()
 
