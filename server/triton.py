@@ -28,6 +28,7 @@ import fcntl
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import re
 import secrets
@@ -49,6 +50,7 @@ from musicgen_runtime.processes import pid_alive
 
 from .supervisor import Supervisor, http_get
 
+log = logging.getLogger("server.triton")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORK_DIR = PROJECT_ROOT / ".work" / "triton"
 WORK_DIR_ENV = "MUSICGEN_TRITON_WORK_DIR"
@@ -633,7 +635,9 @@ class TritonServer:
             raise ServerStartError(f"model repository {self.model_repository} is not a directory")
         self._stopping = False
         self._work = None if self.binary else prepare_work_dir(self.work_dir)
-        attempts = 3 if None in self._requested_ports else 1
+        # free ports picked here can be lost to another process; a supervised server that crashed while
+        # loading (a python-backend stub that aborted) is started again, as the supervisor would
+        attempts = 3 if None in self._requested_ports or self.health_port else 1
         for attempt in range(attempts):
             self._check_ports()
             self._launch()
@@ -644,10 +648,18 @@ class TritonServer:
                 self.start_supervisor()
                 return self
             except ServerStartError as exc:
-                if attempt + 1 < attempts and exc.returncode is not None and self._lost_port_race():
+                if attempt + 1 == attempts or exc.returncode is None:
+                    raise
+                if self._lost_port_race():
                     self.http_port, self.grpc_port, self.metrics_port = self._pick_ports()
-                    continue
-                raise
+                elif self.health_port:
+                    tail = "\n".join(_read_tail(self.log_path, 20))
+                    log.warning(
+                        "tritonserver exited while starting (code %s), starting it again:\n%s", exc.returncode, tail
+                    )
+                    cleanup_shm(self.shm_prefix)
+                else:
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _check_ports(self) -> None:

@@ -491,3 +491,44 @@ def test_cleanup_shm_only_touches_its_prefix(tmp_path):
         other.unlink(missing_ok=True)
     with pytest.raises(ValueError):
         cleanup_shm("")
+
+
+CRASH_ONCE_MODEL = """
+import pathlib
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        marker = pathlib.Path(__file__).with_name("crashed-once")
+        if not marker.exists():  # the first load fails: tritonserver exits while starting
+            marker.touch()
+            raise RuntimeError("crash while loading, once")
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([]) for _ in requests]
+"""
+CRASH_ONCE_CONFIG = """backend: "python"
+max_batch_size: 0
+input [{ name: "x" data_type: TYPE_FP32 dims: [1] }]
+output [{ name: "y" data_type: TYPE_FP32 dims: [1] }]
+instance_group [{ kind: KIND_CPU count: 1 }]
+"""
+
+
+def test_a_supervised_server_that_exits_while_starting_is_started_again(tmp_path, caplog):
+    model = tmp_path / "repo" / "crash_once"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text(CRASH_ONCE_MODEL)
+    (model / "config.pbtxt").write_text(CRASH_ONCE_CONFIG)
+    with caplog.at_level("WARNING", logger="server.triton"):
+        with TritonServer(tmp_path / "repo", supervisor_options={"probe_every": 3600}) as srv:
+            assert (model / "1" / "crashed-once").exists() and srv.is_running()
+            with urllib.request.urlopen(f"{srv.http_url}/v2/models/crash_once/ready", timeout=10) as r:
+                assert r.status == 200
+    assert any("exited while starting" in r.getMessage() for r in caplog.records)
+    # unsupervised, the same crash is the caller's to see
+    (model / "1" / "crashed-once").unlink()
+    with pytest.raises(ServerStartError):
+        TritonServer(tmp_path / "repo", supervise=False).start()
