@@ -41,6 +41,8 @@ def raise_for_error(response) -> None:
 PARAM_NAMES = ("top_k", "top_p", "temperature", "guidance_scale", "seed")
 MELODY_NAMES = ("melody", "melody_sample_rate")
 AUDIO_PROMPT_NAMES = ("audio_prompt", "audio_prompt_sample_rate")  # continuation (audio_prompt.py)
+# the request's inputs that the front models (musicgen_lm, musicgen_stream) hand to lm_engine as they came
+FORWARDED_NAMES = ("duration",) + PARAM_NAMES + MELODY_NAMES + AUDIO_PROMPT_NAMES
 
 
 def scalar(pb_utils, request, name: str, required: bool = False):

@@ -28,8 +28,8 @@ class TritonPythonModel:
     def initialize(self, args):
         d = triton_io.model_dir(args)
         params = triton_io.parameters(args)
-        man = manifest.read(d)
-        dims = manifest.dims(man)
+        dims = manifest.dims(manifest.read(d))
+        device = triton_io.device(args)
         limit = (dims.max_positions - 1 - dims.num_codebooks) / dims.frame_rate
         self.max_duration = min(float(params.get("max_duration") or 30), limit)
         max_active = int(params.get("max_active") or 16)
@@ -41,7 +41,7 @@ class TritonPythonModel:
         blockwise = int(params.get("blockwise_int8_max_rows") or BLOCKWISE_INT8_MAX_ROWS)
         self.lm = open_language_model(
             d,
-            device=triton_io.device(args),
+            device=device,
             max_rows=2 * max_active,
             max_steps=steps,
             blockwise_int8_max_rows=blockwise,
@@ -50,7 +50,7 @@ class TritonPythonModel:
         enc = d / names.AUDIO_ENCODER_FILE  # text-only exports: continuation from an audio prompt
         self.prompt_encoder, self.prompt_worker = None, None
         if enc.exists():
-            self.prompt_encoder = audio_prompt.AudioPromptEncoder(enc, self.dims, triton_io.device(args))
+            self.prompt_encoder = audio_prompt.AudioPromptEncoder(enc, self.dims, device)
             self.prompt_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audio-prompt")
         c = self.lm.cache
         print(
@@ -59,7 +59,7 @@ class TritonPythonModel:
             flush=True,
         )
         self.max_melody_samples = int(float(params.get("max_melody_seconds") or 60) * 48000 * 2)
-        # the metrics exist before the scheduler starts: its thread reports at once (engine thread only)
+        # the metrics exist before the scheduler starts: its thread reports on them (and only it)
         self.metrics = EngineMetrics(pb_utils, self.dims.frame_rate)
         self.scheduler = Scheduler(self.lm, max_active=max_active, on_report=self.metrics.report)
 

@@ -5,12 +5,7 @@ import triton_python_backend_utils as pb_utils
 
 from musicgen_runtime import triton_io
 
-INPUTS = (
-    ("encoder_hidden_states", "attention_mask", "duration")
-    + triton_io.PARAM_NAMES
-    + triton_io.MELODY_NAMES
-    + triton_io.AUDIO_PROMPT_NAMES
-)
+INPUTS = ("encoder_hidden_states", "attention_mask") + triton_io.FORWARDED_NAMES
 OUTPUTS = ("audio_codes", "seed_used", "prompt_frames")
 
 

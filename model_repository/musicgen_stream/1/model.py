@@ -50,13 +50,7 @@ class TritonPythonModel:
     def execute(self, requests):
         for request in requests:
             sender = request.get_response_sender()
-            inputs = {
-                n: pb_utils.get_input_tensor_by_name(request, n)
-                for n in ("prompt", "duration")
-                + triton_io.PARAM_NAMES
-                + triton_io.MELODY_NAMES
-                + triton_io.AUDIO_PROMPT_NAMES
-            }
+            inputs = {n: pb_utils.get_input_tensor_by_name(request, n) for n in ("prompt",) + triton_io.FORWARDED_NAMES}
             self.pool.submit(self._stream, {k: v for k, v in inputs.items() if v is not None}, sender, request)
         return None
 
