@@ -3,6 +3,10 @@
 Used by the `lm_engine` Triton model and by in-process benchmarks. Callbacks run on the engine
 thread: `on_progress(seq)` every `progress_every` new frames, then exactly one of `on_done(seq)`
 or `on_error(seq, exc)`.
+
+A job's `seq` is a `lm.Generation`, or a `long_form.LongGeneration` (a clip longer than one window): when
+one of its windows finishes, the next one joins the batch (a prefill on fresh rows) and the job goes on;
+progress and the final codes count the whole clip.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Callable
 
 from .errors import Cancelled
 from .lm import Generation, LanguageModel
+from .long_form import LongGeneration, current_window, next_window
 
 log = logging.getLogger(__name__)
 CANCEL_CHECK_EVERY = 10  # steps
@@ -25,7 +30,7 @@ STEP_TIMES_ENV = "MUSICGEN_STEP_TIMES"  # a file path: each batched step's rows 
 
 @dataclass(eq=False)
 class Job:
-    seq: Generation
+    seq: Generation | LongGeneration
     on_done: Callable[[Generation], None]
     on_error: Callable[[Generation, BaseException], None]
     on_progress: Callable[[Generation], None] | None = None
@@ -133,12 +138,12 @@ class Scheduler:
                 self._finish(job, job.seq)
                 continue
             try:
-                self.lm.add(job.seq)
+                self.lm.add(current_window(job.seq))
             except Exception as exc:  # this request cannot join (e.g. no room): it alone fails
                 job.seq.error = exc
                 self._finish(job, job.seq)
                 continue
-            self._jobs[job.seq.id] = job
+            self._jobs[current_window(job.seq).id] = job
 
     def _report(self) -> None:
         now = time.monotonic()
@@ -165,8 +170,14 @@ class Scheduler:
                 finished = self.lm.step()
                 if self._step_times is not None:
                     self._step_times.write(f"{rows} {(time.perf_counter() - t) * 1000.0:.3f}\n")
-                for seq in finished:
-                    self._finish(self._jobs.pop(seq.id), seq)
+                for gen in finished:
+                    job = self._jobs.pop(gen.id)
+                    nxt = next_window(job.seq, gen)
+                    if nxt is None:
+                        self._finish(job, job.seq)
+                    else:  # a long clip's next window: fresh rows, the job goes on
+                        self._jobs[nxt.id] = job
+                        self.lm.add(nxt)
             except Exception as exc:  # never let the engine thread die: fail what is in flight, go on
                 log.exception("engine step failed")
                 for job in list(self._jobs.values()):
@@ -175,7 +186,7 @@ class Scheduler:
                 self._jobs.clear()
                 self.lm.reset()
 
-    def _finish(self, job: Job, seq: Generation) -> None:
+    def _finish(self, job: Job, seq) -> None:
         if job.key:
             with self._keys_lock:
                 self._keys.pop(job.key, None)
