@@ -1,6 +1,10 @@
 """The greedy oracle: requests run through the runtime (the code the server runs: tokenizer, text
 encoder, LM loop with delay pattern and CFG, codec), all batched together, each compared token for
-token with transformers' `generate(do_sample=False)` run alone. A variant supplies the runs."""
+token with transformers' `generate(do_sample=False)` run alone. A variant supplies the runs.
+
+Long-form runs (clips of several windows, musicgen_runtime/long_form.py) are compared with audiocraft's
+window loop run on transformers: each window one `generate`, prompted (`decoder_input_ids`) with the
+previous window's tail, a melody model conditioned on the chroma of that window's looped melody."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from musicgen_runtime import chroma as chroma_mod, delay
+from musicgen_runtime import chroma as chroma_mod, delay, long_form
 from musicgen_runtime.lm import GenerationRequest
 from musicgen_runtime.validation import GenerationParams
 
@@ -25,6 +29,26 @@ class OracleRun:
     chroma: np.ndarray | None = None  # melody features [Tc, num_chroma]
     label: dict = field(default_factory=dict)  # what the report says about this run
     audio_prompt: tuple | None = None  # (wave [channels, samples], sample_rate): continued
+    long_form: tuple | None = None  # (window, stride, new frames): a clip of several windows
+    melody_wave: tuple | None = None  # (wave, sample_rate): a long clip's melody, looped per window
+
+
+def long_form_runs(lm, melody_wave: tuple | None = None, melody_label: str = "") -> list[OracleRun]:
+    """Clips of several windows: 2.5 s in 1 s windows with a 0.6 s stride (4 windows), with guidance (and
+    `melody_wave`, looped per window); 2 s after an audio prompt (text-only models), without guidance."""
+    fr = lm.dims.frame_rate
+    plan = (int(1.0 * fr), int(0.6 * fr))
+    label = {"long_form": "window 1 s, stride 0.6 s"}
+    first = OracleRun(PROMPTS[0], 3.0, long_form=(*plan, int(2.5 * fr)), melody_wave=melody_wave, label=dict(label))
+    if melody_wave is not None:
+        first.label["melody"] = melody_label
+    runs = [first]
+    if lm.chroma_config is None:
+        prompt = (synth_melody(0.37, lm.dims.sample_rate, 1, seed=8), lm.dims.sample_rate)
+        runs.append(
+            OracleRun(PROMPTS[1], 1.0, audio_prompt=prompt, long_form=(*plan, int(2.0 * fr)), label=dict(label))
+        )
+    return runs
 
 
 @dataclass
@@ -45,7 +69,7 @@ def text_oracle(lm) -> Oracle:
         OracleRun(PROMPTS[i % 2], g, audio_prompt=w, label={"audio_prompt": name})
         for i, ((name, w), g) in enumerate(zip(prompts.items(), (3.0, 1.0)))
     ]
-    return Oracle([OracleRun(p) for p in PROMPTS] + runs)
+    return Oracle([OracleRun(p) for p in PROMPTS] + runs + long_form_runs(lm))
 
 
 def melody_oracle(lm) -> Oracle:
@@ -77,6 +101,7 @@ def melody_oracle(lm) -> Oracle:
         run(PROMPTS[1], None, 3.0),
         run(PROMPTS[0], None, 3.0),
         run(PROMPTS[0], cut, 1.0),
+        *long_form_runs(lm, melody_wave=melodies[looped], melody_label=looped),
     ]
     # informative: the conditioning reaches the tokens (same prompt, melody vs text only)
     return Oracle(
@@ -91,44 +116,50 @@ def greedy_oracle(
     `prompt_encoder` (audio_prompt.AudioPromptEncoder) encodes the runs' audio prompts (runs with one are
     left out without it)."""
     dims = lm.dims
-    frames = steps - int(delay.delays(dims.num_codebooks, dims.audio_channels).max())
+    frames = steps - _max_delay(lm)
     runs = [r for r in oracle.runs if r.audio_prompt is None or prompt_encoder is not None]
     gens, prompt_waves, t0 = [], [], time.time()
     for r in runs:
         ids, mask = tokenizer.encode([r.prompt])
         params = GenerationParams(duration=1, top_k=1, seed=0, guidance_scale=r.guidance_scale)
+        window, stride, new = r.long_form or (lm.max_frames(0), 0, frames)  # a plain run: one window
         prompt_codes, prompt_wave = None, None
         if r.audio_prompt is not None:  # what the server does: check, resample, mix, encode
-            prompt_wave = prompt_encoder.prepare(*r.audio_prompt, max_frames=lm.max_frames(0) - frames)
+            prompt_wave = prompt_encoder.prepare(*r.audio_prompt, max_frames=min(window - 1, lm.max_frames(0) - new))
             prompt_codes = prompt_encoder.encode(prompt_wave)
-        n = frames + (0 if prompt_codes is None else prompt_codes.shape[1])
-        gens.append(
-            lm.prepare(
-                GenerationRequest(encoder(ids, mask)[0], mask[0], params, n, chroma=r.chroma, prompt_codes=prompt_codes)
-            )
+        n = new + (0 if prompt_codes is None else prompt_codes.shape[1])
+        request = GenerationRequest(
+            encoder(ids, mask)[0], mask[0], params, n, chroma=r.chroma, prompt_codes=prompt_codes
         )
+        melody = long_form.LoopedMelody(*r.melody_wave, lm.chroma_config) if r.melody_wave else None
+        gens.append(long_form.prepare(lm, request, window, stride, dims.frame_rate, melody))
         prompt_waves.append(prompt_wave)
-    lm.run_together(gens)
+    long_form.run_together(lm, gens)
     ours_s = time.time() - t0
     out = []
     for r, gen, prompt_wave in zip(runs, gens, prompt_waves):
         t1 = time.time()
-        ref_codes, ref_wave = hf_greedy_codes(
-            model, hf_tokenizer, r.prompt, steps, r.guidance_scale, r.chroma, audio_prompt=prompt_wave
-        )
+        if isinstance(gen, long_form.LongGeneration):
+            ref_codes, ref_wave = hf_window_loop(model, hf_tokenizer, r, gen, prompt_wave)
+        else:
+            ref_codes, ref_wave = hf_greedy_codes(
+                model, hf_tokenizer, r.prompt, steps, r.guidance_scale, r.chroma, audio_prompt=prompt_wave
+            )
         our_codes = gen.codes()
         agree = float((our_codes == ref_codes).mean()) if our_codes.shape == ref_codes.shape else 0.0
         entry = {
             "prompt": r.prompt,
             **r.label,
             "guidance_scale": r.guidance_scale,
-            "prefix_len": gen.prefix_len,
+            "prefix_len": gen.window.prefix_len if isinstance(gen, long_form.LongGeneration) else gen.prefix_len,
             "prompt_frames": gen.prompt_frames,
             "frames": gen.frames,
             "token_agreement": agree,
             "identical": bool(agree == 1.0),
             "hf_seconds": round(time.time() - t1, 2),
         }
+        if isinstance(gen, long_form.LongGeneration):
+            entry["windows"] = gen.windows
         if gen.error is not None:
             entry["error"] = str(gen.error)
         ch = dims.audio_channels
@@ -137,3 +168,36 @@ def greedy_oracle(
             entry["audio"] = error_stats(wave, ref_wave)
         out.append(entry)
     return {"runs": out, "ours_seconds_all": round(ours_s, 2), "checks": oracle.checks(gens)}
+
+
+def _max_delay(lm) -> int:
+    return int(delay.delays(lm.dims.num_codebooks, lm.dims.audio_channels).max())
+
+
+def hf_window_loop(model, hf_tokenizer, run: OracleRun, gen, prompt_wave):
+    """audiocraft's window loop on transformers for a long clip (`gen`, a LongGeneration: its plan and the
+    chroma of each window): codes [K, frames] and the clip decoded by transformers' codec."""
+    import torch
+
+    clip = None
+    for i, w in enumerate(gen.plan):
+        chroma = run.chroma if gen.chromas is None else gen.chromas[i]
+        steps = w.frames - w.prompt + _max_delay(gen.lm)
+        if i == 0:  # the first window continues the audio prompt's waveform, as a one-window request
+            codes, _ = hf_greedy_codes(
+                model, hf_tokenizer, run.prompt, steps, run.guidance_scale, chroma, audio_prompt=prompt_wave
+            )
+            clip = codes
+            continue
+        tail = clip[:, w.offset : w.offset + w.prompt]
+        codes, _ = hf_greedy_codes(
+            model, hf_tokenizer, run.prompt, steps, run.guidance_scale, chroma, prompt_codes=tail
+        )
+        clip = np.concatenate([clip, codes[:, clip.shape[1] - w.offset :]], axis=1)
+    ch = gen.lm.dims.audio_channels
+    with torch.no_grad():
+        wave = [
+            model.audio_encoder.decode(torch.tensor(clip[None, None, c::ch]), [None]).audio_values[0].numpy()
+            for c in range(ch)
+        ]
+    return clip, np.concatenate(wave)

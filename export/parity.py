@@ -118,12 +118,15 @@ def causality(full, changed, ref, precision: str) -> dict:
     return {"causal_max_change": change, "causal_allowed": allowed, "causal": bool(change <= allowed)}
 
 
-def hf_greedy_codes(model, tokenizer, prompt: str, steps: int, guidance: float = 3.0, chroma=None, audio_prompt=None):
+def hf_greedy_codes(
+    model, tokenizer, prompt: str, steps: int, guidance: float = 3.0, chroma=None, audio_prompt=None, prompt_codes=None
+):
     """Codes [K, frames] and audio that transformers' generate decodes (recorded at audio_encoder.decode).
 
     `chroma` [frames, 12]: the melody features of a MusicGen-Melody model (None: text only).
     `audio_prompt` [channels, samples] at the codec's rate: continued (`input_values`); the codes then
-    start with the prompt's, and `steps` new steps follow.
+    start with the prompt's, and `steps` new steps follow. `prompt_codes` [K, P]: codes continued
+    (`decoder_input_ids`, as a long clip's later windows), likewise first in the codes.
     """
     import torch
 
@@ -142,6 +145,8 @@ def hf_greedy_codes(model, tokenizer, prompt: str, steps: int, guidance: float =
         if audio_prompt is not None:
             inp["input_values"] = torch.tensor(audio_prompt, dtype=torch.float32)[None]
             inp["padding_mask"] = torch.ones_like(inp["input_values"], dtype=torch.long)
+        if prompt_codes is not None:
+            inp["decoder_input_ids"] = torch.tensor(np.asarray(prompt_codes), dtype=torch.long)
         with torch.no_grad():
             audio = model.generate(**inp, do_sample=False, guidance_scale=guidance, max_new_tokens=steps)
     finally:

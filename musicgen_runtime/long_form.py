@@ -23,6 +23,35 @@ import numpy as np
 from . import chroma as chroma_mod
 from .lm import Generation, GenerationRequest, LanguageModel
 
+DEFAULT_WINDOW_SECONDS = 30.0  # audiocraft's max_duration: one window of the LM
+DEFAULT_EXTEND_STRIDE = 18.0  # audiocraft's extend_stride
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """An engine's windows, in frames (lm_engine parameters `window_seconds` and `extend_stride`)."""
+
+    window: int
+    stride: int
+    frame_rate: float
+
+    @classmethod
+    def from_seconds(cls, window_seconds: float, extend_stride: float, frame_rate: float, max_window: int):
+        """`window_seconds` capped at `max_window` frames (what the position table allows); ValueError
+        unless 0 < stride < window."""
+        window = min(max_window, int(float(window_seconds) * frame_rate + 1e-3))
+        stride = int(float(extend_stride) * frame_rate + 1e-3)
+        if not 0 < stride < window:
+            raise ValueError(
+                f"extend_stride ({extend_stride} s, {stride} frames) must be above 0 and below the window "
+                f"({window} frames, {window / frame_rate:g} s: window_seconds {window_seconds} capped by the positions)"
+            )
+        return cls(window, stride, frame_rate)
+
+    @property
+    def seconds(self) -> float:
+        return self.window / self.frame_rate
+
 
 @dataclass(frozen=True)
 class Window:

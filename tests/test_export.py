@@ -28,7 +28,11 @@ def test_verify_fp32_parity_and_greedy_oracle(tiny_repo):
     assert all(r["audio"]["max_abs"] < 1e-4 for r in report["greedy_oracle"]["runs"])
     # continuation: the prompt encoder's codes equal EnCodec's, and continued runs are in the oracle
     assert report["codes"]["audio_encoder"]["code_agreement"] == 1.0
-    assert sum(r["prompt_frames"] > 0 for r in report["greedy_oracle"]["runs"]) == 2
+    assert sum(r["prompt_frames"] > 0 for r in report["greedy_oracle"]["runs"]) == 3
+    # long form: clips of several windows equal audiocraft's window loop on transformers (one after a prompt)
+    long = [r for r in report["greedy_oracle"]["runs"] if "windows" in r]
+    assert len(long) == 2 and all(r["windows"] == 4 and r["identical"] for r in long), long
+    assert [r["prompt_frames"] > 0 for r in long] == [False, True]
 
 
 def test_manifest_records_source_dims_and_hashes(tiny_repo):

@@ -72,6 +72,9 @@ def test_verify_melody_fp32_parity_and_greedy_oracle(melody_repo):
     assert len({r["prefix_len"] for r in runs}) == 2  # different prefix lengths shared one batch
     assert all(r["identical"] for r in runs), runs
     assert all(r["audio"]["max_abs"] < 1e-4 for r in runs)
+    # long form: each window conditioned on the chroma of the melody looped from its offset, as audiocraft
+    assert [r["windows"] for r in runs if "windows" in r] == [4]
+    assert not [r for r in runs if "windows" in r][0]["melody"].startswith("none")
 
 
 def test_manifest_files_and_graph_names(melody_repo):

@@ -13,12 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from musicgen_runtime import audio_prompt, chroma, delay, manifest, names, triton_io
+from musicgen_runtime import audio_prompt, chroma, delay, long_form, manifest, names, triton_io
 from musicgen_runtime.engine_metrics import EngineMetrics
 from musicgen_runtime.lm import GenerationRequest
 from musicgen_runtime.scheduler import Job, Scheduler
 from musicgen_runtime.step_graph import BLOCKWISE_INT8_MAX_ROWS
-from musicgen_runtime.validation import ValidationError, validate_params
+from musicgen_runtime.validation import DEFAULT_MAX_DURATION, ValidationError, validate_params
 from musicgen_runtime.variants import open_language_model
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -30,13 +30,17 @@ class TritonPythonModel:
         params = triton_io.parameters(args)
         dims = manifest.dims(manifest.read(d))
         device = triton_io.device(args)
-        limit = (dims.max_positions - 1 - dims.num_codebooks) / dims.frame_rate
-        self.max_duration = min(float(params.get("max_duration") or 30), limit)
-        max_active = int(params.get("max_active") or 16)
-        # the KV cache is sized once: every request's rows (CFG: 2) at the longest duration
-        steps = delay.num_steps(
-            delay.frames_for_duration(self.max_duration, dims.frame_rate), dims.num_codebooks, dims.audio_channels
+        # a request may be longer than a window (long form); the KV cache holds one window per request
+        self.windows = long_form.WindowConfig.from_seconds(
+            params.get("window_seconds") or long_form.DEFAULT_WINDOW_SECONDS,
+            params.get("extend_stride") or long_form.DEFAULT_EXTEND_STRIDE,
+            dims.frame_rate,
+            max_window=dims.max_positions - 1 - dims.num_codebooks,
         )
+        self.max_duration = float(params.get("max_duration") or DEFAULT_MAX_DURATION)
+        max_active = int(params.get("max_active") or 16)
+        # the KV cache is sized once: every request's rows (CFG: 2) for one window
+        steps = delay.num_steps(self.windows.window, dims.num_codebooks, dims.audio_channels)
         # steps of up to this many rows run an int8 export's blockwise-int8 step graph (0: never load it)
         blockwise = int(params.get("blockwise_int8_max_rows") or BLOCKWISE_INT8_MAX_ROWS)
         self.lm = open_language_model(
@@ -58,7 +62,9 @@ class TritonPythonModel:
             f"({'allocated on the GPU' if c.device == 'cuda' else 'reserved; pages used as written'})",
             flush=True,
         )
-        self.max_melody_samples = int(float(params.get("max_melody_seconds") or 60) * 48000 * 2)
+        # long clips use the melody past 30 s (each window from its time offset)
+        self.max_melody_seconds = float(params.get("max_melody_seconds") or 60)
+        self.max_melody_samples = int(self.max_melody_seconds * 48000 * 2)
         # the metrics exist before the scheduler starts: its thread reports on them (and only it)
         self.metrics = EngineMetrics(pb_utils, self.dims.frame_rate)
         self.scheduler = Scheduler(self.lm, max_active=max_active, on_report=self.metrics.report)
@@ -110,21 +116,23 @@ class TritonPythonModel:
         if states.ndim != 2 or states.shape[1] != self.dims.hidden_size or mask.shape != states.shape[:1]:
             raise ValidationError(f"encoder_hidden_states must be [T, {self.dims.hidden_size}] with a [T] mask")
         rate = self.dims.frame_rate
-        frames = delay.frames_for_duration(p.duration, rate)
-        melody = self._melody(request)
-        limit = self.lm.max_frames(int(mask.sum()))
+        frames = delay.frames_for_duration(p.duration, rate)  # new music; the clip adds the prompt's
         # a window: the prompt's frames and the new ones (at least one new frame)
-        window = min(limit, delay.frames_for_duration(self.max_duration, rate))
+        window = min(self.lm.max_frames(int(mask.sum())), self.windows.window)
         prompt = self._audio_prompt(request, window - 1)
-        n_prompt = 0 if prompt is None else prompt.shape[1]
-        if n_prompt and frames + n_prompt > window:
+        total = frames + (0 if prompt is None else prompt.shape[1])
+        if total > window and window <= self.windows.stride:
             raise ValidationError(
-                f"duration too long after a {n_prompt / rate:.2f} s audio_prompt: at most "
-                f"{(window - n_prompt) / rate:.2f} s of new music (a window holds {window / rate:.1f} s)"
+                f"duration too long for this prompt: at most {window / rate:.1f} s (its text leaves a window "
+                "too short for long form)"
             )
-        if frames > limit:
-            raise ValidationError(f"duration too long for this prompt: at most {limit / rate:.1f} s")
-        seq = self.lm.prepare(GenerationRequest(states, mask, p, frames + n_prompt, chroma=melody, prompt_codes=prompt))
+        whole = total <= window
+        melody = self._melody(request, whole)
+        gen_request = GenerationRequest(states, mask, p, total, chroma=melody if whole else None, prompt_codes=prompt)
+        try:  # a long clip's melody windows are computed now: an unusable one is refused before generating
+            seq = long_form.prepare(self.lm, gen_request, window, self.windows.stride, rate, None if whole else melody)
+        except chroma.MelodyInputError as exc:
+            raise ValidationError(str(exc)) from None
         every = int(get("progress_every") or 0)
 
         def respond(event, s, codes=None):
@@ -149,8 +157,9 @@ class TritonPythonModel:
             key=request.request_id() or None,
         )
 
-    def _melody(self, request):
-        """Chroma of the request's melody, or None. A text-only model refuses a melody clearly."""
+    def _melody(self, request, whole: bool):
+        """The request's melody, or None: its chroma (`whole`: the clip fits one window), else a
+        LoopedMelody for long form. A text-only model refuses a melody clearly."""
         t = pb_utils.get_input_tensor_by_name(request, "melody")
         if t is None:
             return None
@@ -165,11 +174,13 @@ class TritonPythonModel:
         wave = t.as_numpy()
         if wave.size > self.max_melody_samples:
             raise ValidationError(
-                f"melody is too large ({wave.size} samples); send at most "
-                f"{self.lm.chroma_config.chunk_length:g} s (only that much is used)"
+                f"melody is too large ({wave.size} samples); send at most {self.max_melody_seconds:g} s "
+                "(48 kHz stereo at most)"
             )
         try:
-            return chroma.chroma(wave, rate, self.lm.chroma_config)
+            if whole:  # one window: the melody's chroma as is
+                return chroma.chroma(wave, rate, self.lm.chroma_config)
+            return long_form.LoopedMelody(wave, rate, self.lm.chroma_config)  # each window's, from its offset
         except chroma.MelodyInputError as exc:
             raise ValidationError(str(exc)) from None
 
