@@ -140,7 +140,10 @@ def greedy_oracle(
     for r, gen, prompt_wave in zip(runs, gens, prompt_waves):
         t1 = time.time()
         if isinstance(gen, long_form.LongGeneration):
-            ref_codes, ref_wave = hf_window_loop(model, hf_tokenizer, r, gen, prompt_wave)
+            chromas = gen.chromas or [r.chroma] * gen.windows
+            ref_codes, ref_wave = hf_window_loop(
+                model, hf_tokenizer, r.prompt, r.guidance_scale, gen.plan, dims, chromas, prompt_wave
+            )
         else:
             ref_codes, ref_wave = hf_greedy_codes(
                 model, hf_tokenizer, r.prompt, steps, r.guidance_scale, r.chroma, audio_prompt=prompt_wave
@@ -174,27 +177,25 @@ def _max_delay(lm) -> int:
     return int(delay.delays(lm.dims.num_codebooks, lm.dims.audio_channels).max())
 
 
-def hf_window_loop(model, hf_tokenizer, run: OracleRun, gen, prompt_wave):
-    """audiocraft's window loop on transformers for a long clip (`gen`, a LongGeneration: its plan and the
-    chroma of each window): codes [K, frames] and the clip decoded by transformers' codec."""
+def hf_window_loop(model, hf_tokenizer, prompt: str, guidance: float, plan, dims, chromas=None, audio_prompt=None):
+    """audiocraft's window loop on transformers, greedy: each window of `plan` (long_form.window_plan) one
+    `generate`, the first continuing `audio_prompt` (a waveform at the codec's rate, or None), the later
+    ones the previous window's tail; `chromas[i]` window i's melody. Codes [K, frames] and the clip
+    decoded by transformers' codec."""
     import torch
 
     clip = None
-    for i, w in enumerate(gen.plan):
-        chroma = run.chroma if gen.chromas is None else gen.chromas[i]
-        steps = w.frames - w.prompt + _max_delay(gen.lm)
+    max_delay = int(delay.delays(dims.num_codebooks, dims.audio_channels).max())
+    for i, w in enumerate(plan):
+        chroma = None if chromas is None else chromas[i]
+        steps = w.frames - w.prompt + max_delay
         if i == 0:  # the first window continues the audio prompt's waveform, as a one-window request
-            codes, _ = hf_greedy_codes(
-                model, hf_tokenizer, run.prompt, steps, run.guidance_scale, chroma, audio_prompt=prompt_wave
-            )
-            clip = codes
+            clip, _ = hf_greedy_codes(model, hf_tokenizer, prompt, steps, guidance, chroma, audio_prompt=audio_prompt)
             continue
         tail = clip[:, w.offset : w.offset + w.prompt]
-        codes, _ = hf_greedy_codes(
-            model, hf_tokenizer, run.prompt, steps, run.guidance_scale, chroma, prompt_codes=tail
-        )
+        codes, _ = hf_greedy_codes(model, hf_tokenizer, prompt, steps, guidance, chroma, prompt_codes=tail)
         clip = np.concatenate([clip, codes[:, clip.shape[1] - w.offset :]], axis=1)
-    ch = gen.lm.dims.audio_channels
+    ch = dims.audio_channels
     with torch.no_grad():
         wave = [
             model.audio_encoder.decode(torch.tensor(clip[None, None, c::ch]), [None]).audio_values[0].numpy()

@@ -18,3 +18,21 @@ def stage_repository(dst: Path, checkpoint: str = "tiny-random", precision: str 
 
     build(checkpoint, copy_model_repository(dst), precision)
     return dst
+
+
+def copy_with_parameters(src: Path, dst: Path, model: str, **params: str) -> Path:
+    """A copy of the staged repository `src` at `dst` whose `model` config sets these parameters."""
+    import re
+    import shutil
+
+    shutil.copytree(src, dst)
+    config = dst / model / "config.pbtxt"
+    text = config.read_text()
+    for key, value in params.items():
+        line = f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+        pattern = rf"parameters \{{ key: \"{key}\" value: \{{ string_value: \"[^\"]*\" \}} \}}"
+        text, n = re.subn(pattern, line, text)
+        if n == 0:
+            text += line + "\n"
+    config.write_text(text)
+    return dst

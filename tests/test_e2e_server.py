@@ -160,7 +160,7 @@ BAD = [
     (dict(prompt="x" * 2500, duration=1.0), "prompt is too long"),
     (dict(prompt=PROMPT, duration=0.0), "duration"),
     (dict(prompt=PROMPT, duration=-2.0), "duration"),
-    (dict(prompt=PROMPT, duration=31.0), "duration"),
+    (dict(prompt=PROMPT, duration=121.0), "duration"),
     (dict(prompt=PROMPT, duration=math.inf), "finite"),
     (dict(prompt=PROMPT, duration=1.0, top_p=1.5), "top_p"),
     (dict(prompt=PROMPT, duration=1.0, top_k=-5), "top_k"),

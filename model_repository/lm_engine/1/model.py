@@ -135,7 +135,7 @@ class TritonPythonModel:
             raise ValidationError(str(exc)) from None
         every = int(get("progress_every") or 0)
 
-        def respond(event, s, codes=None):
+        def respond(event, s, codes=None, start=0):
             outs = [
                 pb_utils.Tensor("event", np.array([event.encode()], dtype=object)),
                 pb_utils.Tensor("frames_done", np.array([s.frames_ready], np.int32)),
@@ -144,14 +144,22 @@ class TritonPythonModel:
                 pb_utils.Tensor(audio_prompt.PROMPT_FRAMES, np.array([s.prompt_frames], np.int32)),
             ]
             if codes is not None:
-                outs.append(pb_utils.Tensor("audio_codes", codes))
+                outs.append(pb_utils.Tensor("audio_codes", np.ascontiguousarray(codes)))
+                outs.append(pb_utils.Tensor("codes_start", np.array([start], np.int32)))
             return pb_utils.InferenceResponse(outs)
+
+        sent = [0]  # clip frames already sent: a progress response carries only the frames after them
+
+        def progress(s):
+            ready = s.frames_ready
+            sender.send(respond("progress", s, s.codes(ready)[:, sent[0] :], start=sent[0]))
+            sent[0] = ready
 
         return Job(
             seq=seq,
             on_done=lambda s: sender.send(respond("final", s, s.codes()), flags=FINAL),
             on_error=lambda s, e: sender.send(triton_io.error_response(pb_utils, e), flags=FINAL),
-            on_progress=lambda s: sender.send(respond("progress", s, s.codes(s.frames_ready))),
+            on_progress=progress,
             progress_every=every,
             is_cancelled=getattr(request, "is_cancelled", None),
             key=request.request_id() or None,

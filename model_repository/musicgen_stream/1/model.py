@@ -88,9 +88,10 @@ class TritonPythonModel:
                 "audio_codes",
                 "seed_used",
                 "prompt_frames",
+                "codes_start",
             ],
         )
-        next_frame, hop, chunks = 0, self.dims.hop_length, []
+        next_frame, hop, chunks, clip = 0, self.dims.hop_length, [], None
         for resp in bls.exec(decoupled=True):
             if request.is_cancelled():  # the client went away: stop the engine's work and leave.
                 # No draining: once the client cancelled, the engine's final response may never reach
@@ -105,6 +106,10 @@ class TritonPythonModel:
             done = int(triton_io.output(pb_utils, resp, "frames_done")[0])
             total = int(triton_io.output(pb_utils, resp, "frames_total")[0])
             codes = triton_io.output(pb_utils, resp, "audio_codes")
+            if clip is None:  # the clip's codes, as the progress responses bring them in (a part each)
+                clip = np.zeros((codes.shape[0], total), np.int64)
+            start = int(triton_io.output(pb_utils, resp, "codes_start")[0])
+            clip[:, start : start + codes.shape[1]] = codes
             seed = triton_io.output(pb_utils, resp, "seed_used")
             prompt_frames = triton_io.output(pb_utils, resp, "prompt_frames")
             sender.send(self._status("progress", done, total))
@@ -112,7 +117,7 @@ class TritonPythonModel:
             for a, b, w0, w1 in self.plan.ready_chunks(next_frame, ready, total):
                 audio, _ = _call(
                     "audio_decoder",
-                    [pb_utils.Tensor("audio_codes", np.ascontiguousarray(codes[:, w0:w1]))],
+                    [pb_utils.Tensor("audio_codes", np.ascontiguousarray(clip[:, w0:w1]))],
                     ["audio", "sample_rate"],
                 )
                 chunk = np.ascontiguousarray(audio[:, (a - w0) * hop : (b - w0) * hop])
