@@ -121,8 +121,9 @@ class BearerToken(InferenceServerClientPlugin if InferenceServerClientPlugin els
 # ------------------------------------------------------------------------------------------------
 
 
-MELODY_SECONDS = 30.0  # the melody models condition on at most 30 s of melody
-PROMPT_SECONDS = 30.0  # an audio prompt shares one window (30 s by default) with the new music
+# a long clip's windows use the melody past 30 s; sent with 1 s more, within lm_engine's max_melody_seconds (60)
+MELODY_SECONDS = 58.0
+PROMPT_SECONDS = 41.0  # past the longest window (~40 s of positions): an audio prompt shares one with new music
 
 
 @dataclass
@@ -374,7 +375,7 @@ class MusicGenClient:
     # -- requests ---------------------------------------------------------------------------------
     @property
     def max_duration(self) -> float:
-        """The server's duration limit (lm_engine's `max_duration` parameter), read once; 30 s if unknown."""
+        """The server's duration limit (lm_engine's `max_duration` parameter), read once; DEFAULT_MAX_DURATION if unknown."""
         if self._max_duration is None:
             value = DEFAULT_MAX_DURATION
             try:
@@ -433,7 +434,7 @@ class MusicGenClient:
 
         `melody`: a file path, file bytes or file object (WAV/FLAC/OGG, MP3 where libsndfile reads it),
         or a (waveform [samples] or [channels, samples], sample_rate) pair. Only the first
-        MELODY_SECONDS are sent (the model uses no more). Unusable audio -> InvalidParameter.
+        MELODY_SECONDS are sent. Unusable audio -> InvalidParameter.
         """
         return cls._prepare_audio(melody, "melody", MELODY_SECONDS)
 

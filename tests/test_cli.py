@@ -158,7 +158,7 @@ def test_no_stream_over_grpc_and_protocol_flag(triton, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--duration", "45"], "duration must be in (0, 30]"),
+        (["--duration", "130"], "duration must be in (0, 120]"),
         (["--temperature", "0"], "temperature must be in"),
         (["--guidance-scale", "0.5"], "guidance_scale must be in"),
         (["--out", "x.aac"], "unsupported audio format '.aac'"),

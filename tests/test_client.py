@@ -68,7 +68,7 @@ def test_parse_url():
     "kw, name",
     [
         (dict(duration=0), "duration"),
-        (dict(duration=31), "duration"),
+        (dict(duration=121), "duration"),
         (dict(duration=float("nan")), "duration"),
         (dict(duration=1, top_k=-1), "top_k"),
         (dict(duration=1, top_p=1.5), "top_p"),
@@ -224,7 +224,7 @@ def test_health_models_and_manifest(clients):
         assert m["source"] == "tiny-random" and m["random_weights"] is True and m["dims"]["sample_rate"] == 32000
         assert "checkpoint_path" not in m and "/" not in json.dumps(m), "a server path reached the client"
         assert c.is_random_weights() is True
-        assert c.max_duration == 30.0
+        assert c.max_duration == 120.0
 
 
 def test_one_client_shared_by_threads(clients):

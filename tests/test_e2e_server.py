@@ -239,7 +239,7 @@ def test_concurrent_good_and_bad_requests_do_not_disturb_each_other(triton):
         dict(prompt=PROMPT, duration=1.0, seed=7),
         dict(prompt="", duration=1.0),
         dict(prompt=PROMPT, duration=1.0, seed=7),
-        dict(prompt=PROMPT, duration=99.0),
+        dict(prompt=PROMPT, duration=199.0),
     ]
 
     def run(p):

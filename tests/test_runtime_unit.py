@@ -78,7 +78,7 @@ def test_defaults_follow_reference():
     "kwargs, msg",
     [
         ({"duration": 0}, "duration"),
-        ({"duration": 31}, "duration"),
+        ({"duration": 121}, "duration"),
         ({"duration": math.nan}, "finite"),
         ({"duration": math.inf}, "finite"),
         ({"duration": 5, "top_k": -1}, "top_k"),

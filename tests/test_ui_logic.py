@@ -48,7 +48,7 @@ def test_build_request_ok_and_messages_name_the_parameter():
     with pytest.raises(ValidationError, match="prompt is empty"):
         logic.build_request("   ", 8.0, 250, 0.0, 1.0, 3.0, logic.SEED_RANDOM, "")
     with pytest.raises(ValidationError, match="duration"):
-        logic.build_request("x", 31.0, 250, 0.0, 1.0, 3.0, logic.SEED_RANDOM, "")
+        logic.build_request("x", 121.0, 250, 0.0, 1.0, 3.0, logic.SEED_RANDOM, "")
     with pytest.raises(ValidationError, match="duration"):
         logic.build_request("x", 12.0, 250, 0.0, 1.0, 3.0, logic.SEED_RANDOM, "", max_duration=10)
     with pytest.raises(ValidationError, match="temperature"):

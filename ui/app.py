@@ -175,7 +175,7 @@ with left:
         )
         if cjk_prompt:  # said plainly next to the box; the prompt is still sent as typed
             st.warning(tr("prompt_language_warning"), icon=":material/translate:")
-        max_seconds = float(max(logic.DURATION_MIN, min(logic.DURATION_MAX, status.max_duration or 0)))
+        max_seconds = float(max(logic.DURATION_MIN, status.max_duration or logic.DURATION_MAX))  # the server's limit
         ss.duration = float(min(max(ss.duration, logic.DURATION_MIN), max_seconds))
         st.slider(tr("duration"), min_value=float(logic.DURATION_MIN), max_value=max_seconds, step=0.5, key="duration")
         melody_file = st.file_uploader(
