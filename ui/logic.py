@@ -17,7 +17,7 @@ from .strings import EXAMPLES, t
 EXAMPLE_PROMPTS = tuple(en for en, _ in EXAMPLES)
 
 DURATION_MIN = 1
-DURATION_MAX = validation.DEFAULT_MAX_DURATION  # the page's ceiling until the server's own limit (max_duration) is known
+DURATION_MAX = validation.DEFAULT_MAX_DURATION  # until the server's own limit (max_duration) is known
 DURATION_DEFAULT = 8
 
 MODEL_TYPE_TEXT = "musicgen"
