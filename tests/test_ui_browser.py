@@ -4,8 +4,7 @@
 `triton` fixture. The test types a prompt, sets the longest duration the server allows (120 s, a long
 clip), clicks Generate, waits for the audio player and checks the progress events the page showed (the
 page records them: how often a poll here happens to catch the bar depends on the machine's speed), and
-saves screenshots (progress when caught, and the
-result) under build/test-output/ui/ (or $MUSICGEN_TEST_OUTPUT/ui/).
+saves screenshots (progress when caught, and the result) under build/test-output/ui/ (or $MUSICGEN_TEST_OUTPUT/ui/).
 Chromium is installed by tests/debian_setup.sh (apt-get, as root) when missing.
 """
 
