@@ -132,7 +132,7 @@ def greedy_oracle(
             encoder(ids, mask)[0], mask[0], params, n, chroma=r.chroma, prompt_codes=prompt_codes
         )
         melody = long_form.LoopedMelody(*r.melody_wave, lm.chroma_config) if r.melody_wave else None
-        gens.append(long_form.prepare(lm, request, window, stride, dims.frame_rate, melody))
+        gens.append(long_form.prepare(lm, request, long_form.WindowConfig(window, stride, dims.frame_rate), melody))
         prompt_waves.append(prompt_wave)
     long_form.run_together(lm, gens)
     ours_s = time.time() - t0

@@ -103,21 +103,15 @@ class LongGeneration:
     are prepared one at a time (`window`: the one in the LM now) and share one random generator."""
 
     def __init__(
-        self,
-        lm: LanguageModel,
-        request: GenerationRequest,
-        window: int,
-        stride: int,
-        frame_rate: float,
-        melody: LoopedMelody | None = None,
+        self, lm: LanguageModel, request: GenerationRequest, windows: WindowConfig, melody: LoopedMelody | None = None
     ):
         prompt = 0 if request.prompt_codes is None else int(np.asarray(request.prompt_codes).shape[1])
-        self.plan = window_plan(request.frames, window, stride, prompt)
-        self.lm, self.request, self.frame_rate = lm, request, frame_rate
+        self.plan = window_plan(request.frames, windows.window, windows.stride, prompt)
+        self.lm, self.request = lm, request
         self.frames, self.prompt_frames = request.frames, prompt
-        seconds = window / frame_rate
+        rate = windows.frame_rate
         self.chromas = (
-            [melody.window_chroma(w.offset / frame_rate, seconds) for w in self.plan] if melody is not None else None
+            [melody.window_chroma(w.offset / rate, windows.seconds) for w in self.plan] if melody is not None else None
         )
         self._codes = np.zeros((lm.dims.num_codebooks, request.frames), np.int64)
         self._filled = 0  # clip frames final before the current window's new ones
@@ -209,18 +203,13 @@ class LongGeneration:
 
 
 def prepare(
-    lm: LanguageModel,
-    request: GenerationRequest,
-    window: int,
-    stride: int,
-    frame_rate: float,
-    melody: LoopedMelody | None = None,
+    lm: LanguageModel, request: GenerationRequest, windows: WindowConfig, melody: LoopedMelody | None = None
 ) -> Generation | LongGeneration:
     """One window's Generation when the clip fits in one (conditioned on `request.chroma`, the whole melody
     as is); otherwise a LongGeneration over windows (conditioned on `melody` at each window's offset)."""
-    if request.frames <= window:
+    if request.frames <= windows.window:
         return lm.prepare(request)
-    return LongGeneration(lm, request, window, stride, frame_rate, melody)
+    return LongGeneration(lm, request, windows, melody)
 
 
 def run_together(lm: LanguageModel, seqs) -> None:

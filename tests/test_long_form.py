@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from musicgen_runtime import names, text
-from musicgen_runtime.long_form import LongGeneration, Window, prepare, run_together, window_plan
+from musicgen_runtime.long_form import LongGeneration, Window, WindowConfig, prepare, run_together, window_plan
 from musicgen_runtime.lm import GenerationRequest
 from musicgen_runtime.scheduler import Job, Scheduler
 from musicgen_runtime.validation import GenerationParams
@@ -85,7 +85,7 @@ def test_long_clip_equals_windows_by_hand_sampled_and_batched(parts, guidance):
     cont_req = request("lofi beat", 90, GenerationParams(duration=1.66, top_k=50, seed=3), prompt_codes=prompt)
     short_req = request("a calm piano", 40, GenerationParams(duration=0.8, top_k=50, seed=5))
 
-    seqs = [prepare(lm, r, 50, 30, lm.dims.frame_rate) for r in (long_req, cont_req, short_req)]
+    seqs = [prepare(lm, r, WindowConfig(50, 30, lm.dims.frame_rate)) for r in (long_req, cont_req, short_req)]
     assert isinstance(seqs[0], LongGeneration) and seqs[0].windows == 4 and not isinstance(seqs[2], LongGeneration)
     run_together(lm, seqs)  # every window shares steps with the others
     assert all(s.error is None and s.done for s in seqs)
@@ -100,7 +100,7 @@ def test_long_clip_equals_windows_by_hand_sampled_and_batched(parts, guidance):
 def test_scheduler_runs_windows_and_reports_the_whole_clip(parts):
     lm, request = parts
     params = GenerationParams(duration=2.5, top_k=1, seed=0)
-    seq = prepare(lm, request("techno", 125, params), 50, 30, lm.dims.frame_rate)
+    seq = prepare(lm, request("techno", 125, params), WindowConfig(50, 30, lm.dims.frame_rate))
     other = lm.prepare(request("jazz", 45, params))
     progress, done, errors = [], {}, []
     finished = threading.Event()

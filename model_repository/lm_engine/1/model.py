@@ -9,6 +9,7 @@ on a worker thread of its own: a long prompt takes seconds to encode, and meanwh
 admitting other requests (and the engine thread keeps stepping)."""
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -130,7 +131,8 @@ class TritonPythonModel:
         melody = self._melody(request, whole)
         gen_request = GenerationRequest(states, mask, p, total, chroma=melody if whole else None, prompt_codes=prompt)
         try:  # a long clip's melody windows are computed now: an unusable one is refused before generating
-            seq = long_form.prepare(self.lm, gen_request, window, self.windows.stride, rate, None if whole else melody)
+            windows = replace(self.windows, window=window)
+            seq = long_form.prepare(self.lm, gen_request, windows, None if whole else melody)
         except chroma.MelodyInputError as exc:
             raise ValidationError(str(exc)) from None
         every = int(get("progress_every") or 0)
