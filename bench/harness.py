@@ -74,6 +74,7 @@ class Config:
     reference_setting: str | None = None  # a bench.reference_tuning setting the reference runs with
     tune_reference: bool = True  # search the settings first (A/B), run the reference with a clear winner
     pairs: int = 2  # in-process / unary / streamed requests per duration, alternated
+    long_clip: float = 120.0  # seconds of one streamed long clip (windows: long form); 0 = skip
     perf_analyzer: bool = True
     perf_duration: float = 1.0
     repository: Path | None = None
@@ -96,6 +97,7 @@ class Config:
             perf_analyzer=False,
             perf_duration=0.5,
             quick=True,
+            long_clip=40.0,
             pairs=1,
             tune_reference=False,
         )
@@ -122,6 +124,7 @@ class Config:
             reference_extrapolate_from=2.0,
             tune_reference=False,
             reference_setting="omp_passive",
+            long_clip=0.0,
             short=True,
         )
         base.update({k: v for k, v in kw.items() if v is not None})
@@ -325,6 +328,26 @@ def _served_vs_in_process(cfg: Config, duration: float, engine, client, server_p
     return row
 
 
+def _streamed_long_clip(cfg: Config, client, single: list) -> dict:
+    """One streamed clip of `cfg.long_clip` s (several windows): its RTF, and its first chunk's time
+    against the shortest streamed clip's (the windows must not delay the first sound)."""
+    log(f"server: one streamed {cfg.long_clip:g} s clip (long form)")
+    s = time.perf_counter()
+    r = client.generate(cfg.prompt, cfg.long_clip, seed=cfg.seed, stream=True)
+    wall = time.perf_counter() - s
+    short = min(single, key=lambda x: x["duration"]) if single else {}
+    first = r.time_to_first_chunk
+    return {
+        "duration": r.duration,
+        "wall_s": wall,
+        "stream_rtf": wall / r.duration,
+        "time_to_first_chunk_s": first,
+        "short_clip_s": short.get("duration"),
+        "short_clip_first_chunk_s": short.get("time_to_first_chunk_s"),
+        "first_chunk_over_short_clip": _ratio(first, short.get("time_to_first_chunk_s")),
+    }
+
+
 def run_server_phase(cfg: Config, repo: Path, out: Path) -> dict:
     res: dict = {}
     try:
@@ -383,6 +406,10 @@ def _server_phase(cfg: Config, repo: Path, out: Path, res: dict) -> None:
 
             mem.mark("single")
             res["single"] = [_served_vs_in_process(cfg, d, engine, grpc, srv.pid, step_log) for d in cfg.durations]
+
+            if cfg.long_clip:
+                mem.mark("long_clip")
+                res["long_clip"] = _streamed_long_clip(cfg, grpc, res["single"])
 
             levels = res["concurrency"] = []
             for c in cfg.concurrency:
@@ -517,6 +544,13 @@ def ratios(results: dict, summary: dict) -> dict:
         out["served_over_inprocess"][f"unary_{d:g}s"] = r.get("served_over_in_process")
         out["served_over_inprocess"][f"streamed_{d:g}s"] = r.get("stream_over_in_process")
         out["streamed_rtf"][f"{d:g}s"] = r.get("stream_rtf")
+    long = results.get("server", {}).get("long_clip")
+    if long:
+        out["long_clip"] = {
+            "streamed_rtf": long["stream_rtf"],
+            "first_chunk_s": long["time_to_first_chunk_s"],
+            "first_chunk_over_short_clip": long["first_chunk_over_short_clip"],
+        }
     b = summary.get("batching")
     if b:
         out[f"concurrency{b['concurrency']}_over_bound"] = _ratio(b["server"], b.get("bound_with_codec_in_process"))
@@ -595,6 +629,13 @@ def table(results: dict) -> str:
             f"{'first audio s, ' + _fmt(r['duration']) + ' s clip (ours: 1st chunk)':<40}"
             f"{_fmt(r['time_to_first_chunk_s']):>12}{_fmt(ref_wall):>12}"
             f"{_fmt(_ratio(r['time_to_first_chunk_s'], ref_wall)):>10}"
+        )
+    long = srv.get("long_clip")
+    if long:  # long form: RTF of the whole clip; its first chunk against the shortest clip's
+        lines.append(
+            f"{'streamed ' + _fmt(long['duration']) + ' s clip (windows): RTF, 1st chunk s':<40}"
+            f"{_fmt(long['stream_rtf']) + ', ' + _fmt(long['time_to_first_chunk_s']):>12}"
+            f"{'(' + _fmt(long['short_clip_s']) + ' s clip: ' + _fmt(long['short_clip_first_chunk_s']) + ' s)':>22}"
         )
     for r in srv.get("single", []):  # the server against the same engine in this process
         d = _fmt(r["duration"])
@@ -846,6 +887,9 @@ def parse_args(argv=None) -> Config:
         help="skip the A/B search of the reference's settings (the full run does it; short and quick do not)",
     )
     p.add_argument("--pairs", type=int, help="in-process / unary / streamed rounds per duration (default 2; short 1)")
+    p.add_argument(
+        "--long-clip", type=float, help="seconds of one streamed long clip (default 120; quick 40; short 0 = skip)"
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--perf-analyzer", action="store_true", default=None, help="run perf_analyzer (default: not in quick)"
@@ -863,6 +907,7 @@ def parse_args(argv=None) -> Config:
         requests_per_level=a.requests_per_level,
         pairs=a.pairs,
         reference_setting=a.reference_setting,
+        long_clip=a.long_clip,
     )
     if a.quick:
         cfg = Config.quick_defaults(**kw)

@@ -89,6 +89,7 @@ def test_short_mode_is_the_ratio_run_and_quick_the_ci_smoke_run():
     assert (quick.checkpoint, quick.quick, quick.short, quick.tune_reference) == ("tiny-random", True, False, False)
     full = parse_args([])
     assert full.tune_reference and full.durations == [5.0, 10.0, 30.0] and max(full.concurrency) == 8
+    assert (full.long_clip, quick.long_clip, short.long_clip) == (120.0, 40.0, 0.0)
     with pytest.raises(SystemExit):
         parse_args(["--short", "--quick"])
 
@@ -228,6 +229,10 @@ def test_quick_mode_writes_json_csv_and_plots(tiny_repo, tmp_path):
     assert set(ratios["served_over_inprocess"]) == {"unary_1s", "streamed_1s", "unary_2s", "streamed_2s"}
     assert set(ratios["streamed_rtf"]) == {"1s", "2s"} and ratios["ours_vs_reference_10s"] is None  # no 10 s clip
     assert r["reference_tuning"]["searched"] is False and "ratios (results.json" in p.stdout
+    # a streamed 40 s clip (windows of 30 s): its RTF and first chunk, next to the 1 s clip's
+    long = r["server"]["long_clip"]
+    assert long["duration"] == 40.0 and long["stream_rtf"] > 0 and long["time_to_first_chunk_s"] > 0
+    assert ratios["long_clip"]["first_chunk_over_short_clip"] > 0 and "streamed 40 s clip (windows)" in p.stdout
     assert [x["concurrency"] for x in r["server"]["concurrency"]] == [1, 2, 4]
     for x in r["server"]["concurrency"]:
         assert x["throughput_audio_s_per_s"] > 0 and x["latency_p95_s"] >= x["latency_p50_s"] > 0
