@@ -149,9 +149,9 @@ class LongGeneration:
             return None
         nxt = self.plan[self._index + 1]
         tail = self._codes[:, nxt.offset : nxt.offset + nxt.prompt]
-        self.window = self._prepare(self._index + 1, tail, gen.rng)
-        self._index += 1
-        return self.window
+        nxt_gen = self._prepare(self._index + 1, tail, gen.rng)
+        self.window, self._index = nxt_gen, self._index + 1
+        return nxt_gen
 
     # -- what callers read, as of a Generation ---------------------------------------------------------------
     @property

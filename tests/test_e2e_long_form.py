@@ -172,3 +172,31 @@ def test_client_and_cli_read_the_servers_limit(long_triton, tmp_path):
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.strip().splitlines()[-1])["frames"] == 120
     assert sf.info(out).frames == 120 * HOP
+
+
+def test_long_melody_clip_is_conditioned_per_window(melody_triton, melody_repo):
+    """A 31 s clip on tiny-random-melody (30 s windows, the default): the second window's melody is the
+    melody looped from 18 s; greedy codes equal the engine run in process with the same windows."""
+    from test_e2e_melody import generate
+
+    from musicgen_runtime import text
+    from musicgen_runtime.lm import GenerationRequest
+    from musicgen_runtime.long_form import LongGeneration, LoopedMelody, WindowConfig, prepare, run_together
+    from musicgen_runtime.validation import GenerationParams
+    from musicgen_runtime.variants import open_language_model
+
+    wave, rate = synth_melody(4.0, 22050, 2, seed=5), 22050
+    codes, audio = generate(melody_triton, PROMPT, 31.0, wave, rate, top_k=1, seed=0)
+    assert codes.shape == (4, 1550) and audio.shape == (1, 1550 * HOP)
+
+    d = melody_repo / "lm_engine" / "1"
+    lm = open_language_model(d, max_rows=2)
+    tok = text.PromptTokenizer(melody_repo / "tokenizer" / "1" / names.TOKENIZER_FILE, lm.dims.max_text_tokens)
+    enc = text.TextEncoder(melody_repo / "text_encoder" / "1" / names.TEXT_ENCODER_FILE)
+    ids, mask = tok.encode([PROMPT])
+    request = GenerationRequest(enc(ids, mask)[0], mask[0], GenerationParams(31.0, top_k=1, seed=0), 1550)
+    seq = prepare(lm, request, WindowConfig(1500, 900, 50.0), LoopedMelody(wave, rate, lm.chroma_config))
+    assert isinstance(seq, LongGeneration) and seq.windows == 2
+    assert not np.array_equal(seq.chromas[0], seq.chromas[1])  # each window's own stretch of the melody
+    run_together(lm, [seq])
+    assert np.array_equal(seq.codes(), codes)
