@@ -361,7 +361,23 @@ def to_int8_blockwise(src: Path, path: Path) -> None:
 
     q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=8, block_size=128, is_symmetric=True, accuracy_level=4)
     q.process()
-    _save(q.model.model, path)
+    _save(fuse_skip_layer_norm(q.model.model), path)
+
+
+def fuse_skip_layer_norm(proto):
+    """Each residual Add and the LayerNormalization after it as one SkipLayerNormalization kernel.
+
+    ORT's session optimizer leaves them apart here: in a pre-LN decoder the residual sum also feeds
+    the next residual Add, and its fusion takes only an Add with one consumer. onnxruntime's
+    transformer optimizer fuses them with the sum as the fused node's extra output.
+    """
+    from onnxruntime.transformers.fusion_skiplayernorm import FusionSkipLayerNormalization
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(proto)
+    FusionSkipLayerNormalization(model).apply()
+    model.topological_sort()
+    return model.model
 
 
 def _toposort(graph) -> None:

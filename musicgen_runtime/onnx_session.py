@@ -39,7 +39,10 @@ def open_graph(
     spin=False: the intra-op threads sleep instead of spin-waiting between ops. For graphs run once
     per request (text encoder, cross K/V, codec, melody conditioner): every session has its own pool on the same cores,
     and their spinning threads would steal the cores from the LM's decode steps (and vice versa
-    after the last step). The decode steps keep spinning: it runs back to back, ~460 ops a step.
+    after the last step). The decode steps keep spinning: it runs back to back, ~310 kernels a step.
+    MUSICGEN_ORT_SPIN=0 in the environment lets every session's threads sleep, the decode step's too:
+    on a 2-core machine busy with other processes, a one-request int8 step took about half the time
+    without spinning; on a quiet one, about a tenth more (docs/performance.md).
     profile_prefix: ORT's per-node profiling into <prefix>_<date>.json (the benchmark's step profile).
     """
     path = Path(path)
@@ -51,7 +54,7 @@ def open_graph(
     if threads:
         so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    if not spin:
+    if not spin or os.environ.get("MUSICGEN_ORT_SPIN", "1") == "0":
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile_prefix:
         so.enable_profiling = True

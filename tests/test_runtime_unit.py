@@ -155,3 +155,27 @@ def test_public_manifest_carries_no_server_path(tmp_path):
     pub = manifest.public(m)
     assert pub == {"source": "my-musicgen", "requested_source": "facebook/musicgen-small", "precision": "fp32"}
     assert manifest.public({"source": "tiny-random"}) == {"source": "tiny-random"}
+
+
+def test_ort_spin_setting_lets_the_decode_steps_threads_sleep(tmp_path, monkeypatch):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from musicgen_runtime.onnx_session import open_graph
+
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy")
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+
+    def spins(**kw) -> bool:
+        options = open_graph(path, **kw).get_session_options()
+        try:
+            return options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+        except Exception:  # not set: ORT's default, spinning
+            return True
+
+    monkeypatch.delenv("MUSICGEN_ORT_SPIN", raising=False)
+    assert spins() and not spins(spin=False)
+    monkeypatch.setenv("MUSICGEN_ORT_SPIN", "0")
+    assert not spins() and not spins(spin=False)
