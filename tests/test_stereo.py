@@ -132,3 +132,30 @@ def test_cli_writes_a_stereo_wav(stereo_triton, tmp_path):
     assert (info.channels, info.frames, info.samplerate) == (2, 15 * HOP, SR)
     wav = sf.read(out, dtype="float32")[0]
     assert np.abs(wav[:, 0] - wav[:, 1]).max() > 1e-3
+
+
+def test_page_plays_and_plots_stereo(stereo_triton, monkeypatch):
+    """The page on a stereo server: 2-channel player/downloads, one plot row per channel, a stereo continuation."""
+    import io
+
+    import soundfile as sf
+    from streamlit.testing.v1 import AppTest
+
+    from staging import ROOT
+
+    monkeypatch.setenv("MUSICGEN_TRITON_URL", stereo_triton.grpc_endpoint)
+    at = AppTest.from_file(str(ROOT / "ui" / "app.py"), default_timeout=120)
+    at.run()
+    assert any(m.value == "**Audio:** `32 kHz, stereo`" for m in at.sidebar.markdown)
+    buf = io.BytesIO()
+    sf.write(buf, synth_melody(0.5, 22050, 2, seed=2).T, 22050, format="WAV")
+    at.file_uploader(key="audio_prompt").set_value(("piece.wav", buf.getvalue(), "audio/wav"))
+    at.text_area(key="prompt").input(PROMPT)
+    at.slider(key="duration").set_value(1.0)
+    at.button(key="generate").click().run()
+    assert not at.exception and not [e.value for e in at.error if "RANDOM WEIGHTS" not in e.value]
+    entry = at.session_state["history"][0]
+    assert entry.channels == 2 and entry.prompt_seconds == 25 / 50
+    wav, rate = sf.read(io.BytesIO(at.session_state["assets"][entry.number]["files"][("wav", "loudness")]))
+    assert rate == SR and wav.shape == ((25 + 50) * HOP, 2) and np.abs(wav[:, 0] - wav[:, 1]).max() > 1e-3
+    assert "L = left channel, R = right channel." in [c.value for c in at.caption]
