@@ -149,6 +149,22 @@ left, right = st.columns([5, 6], gap="large")
 
 # ---- the form -------------------------------------------------------------------------------------
 
+
+def audio_upload(key: str, enabled: bool, reason: str):
+    """An audio file uploader (melody, audio prompt), greyed out with its reason when the model cannot use it."""
+    uploaded = st.file_uploader(
+        tr(key),
+        type=list(logic.MELODY_EXTENSIONS),
+        key=key,
+        disabled=not enabled,
+        help=reason,
+        max_upload_size=logic.MAX_UPLOAD_MB,
+    )
+    if not enabled:
+        st.caption(f":material/block: {reason}")
+    return uploaded
+
+
 SEED_LABELS = {logic.SEED_RANDOM: "seed_random", logic.SEED_FIXED: "seed_fixed"}
 
 with left:
@@ -180,26 +196,8 @@ with left:
         max_seconds = logic.duration_limit(status.max_duration)  # the server's limit, not a fixed 30 s
         ss.duration = float(min(max(ss.duration, logic.DURATION_MIN), max_seconds))
         st.slider(tr("duration"), min_value=float(logic.DURATION_MIN), max_value=max_seconds, step=0.5, key="duration")
-        melody_file = st.file_uploader(
-            tr("melody"),
-            type=list(logic.MELODY_EXTENSIONS),
-            key="melody",
-            disabled=not melody_ok,
-            help=melody_reason,
-            max_upload_size=logic.MAX_UPLOAD_MB,
-        )
-        if not melody_ok:
-            st.caption(f":material/block: {melody_reason}")
-        prompt_file = st.file_uploader(
-            tr("audio_prompt"),
-            type=list(logic.MELODY_EXTENSIONS),
-            key="audio_prompt",
-            disabled=not continue_ok,
-            help=continue_reason,
-            max_upload_size=logic.MAX_UPLOAD_MB,
-        )
-        if not continue_ok:
-            st.caption(f":material/block: {continue_reason}")
+        melody_file = audio_upload("melody", melody_ok, melody_reason)
+        prompt_file = audio_upload("audio_prompt", continue_ok, continue_reason)
 
         with st.expander(tr("advanced")):
             models = status.models or [backend.DEFAULT_MODEL]
