@@ -53,7 +53,9 @@ def hf_decode(model, codes: np.ndarray) -> np.ndarray:
     the even codebooks, then the odd ones, each decoded on its own)."""
     import torch
 
-    ch = model.config.decoder.audio_channels if model.config.audio_encoder.audio_channels == 1 else 1
+    from .graphs import codec_channels
+
+    ch = codec_channels(model)
     with torch.no_grad():
         waves = [
             model.audio_encoder.decode(torch.tensor(codes[:, c::ch])[None], [None]).audio_values for c in range(ch)
@@ -66,7 +68,9 @@ def hf_encode(model, wave: np.ndarray) -> np.ndarray:
     (stereo: each channel on its own, codebooks interleaved [1L,1R,2L,2R,...])."""
     import torch
 
-    ch = model.config.decoder.audio_channels if model.config.audio_encoder.audio_channels == 1 else 1
+    from .graphs import codec_channels
+
+    ch = codec_channels(model)
     with torch.no_grad():
         per = [model.audio_encoder.encode(torch.tensor(wave[c::ch])[None]).audio_codes[0, 0] for c in range(ch)]
     return torch.stack(per, dim=1).reshape(-1, per[0].shape[-1]).numpy()
