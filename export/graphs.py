@@ -262,15 +262,32 @@ class MelodyCondition(nn.Module):
         return torch.cat([a, encoder_hidden_states.to(a.dtype)], dim=1)
 
 
+def codec_channels(model) -> int:
+    """Channels the (mono) EnCodec runs once each: 2 for a stereo LM, whose codebooks interleave
+    [1L,1R,2L,2R,...] (transformers decodes the even and the odd codebooks on their own)."""
+    lm, codec = model.config.decoder.audio_channels, model.config.audio_encoder.audio_channels
+    if codec != 1 and codec != lm:
+        raise ValueError(f"an LM with {lm} audio channels over a {codec}-channel EnCodec: not exported")
+    return lm if codec == 1 else 1
+
+
 class AudioDecoder(nn.Module):
-    """EnCodec codes [1, B, K, T] -> audio [B, channels, T * hop] (T >= MIN_FRAMES; see codec_graph)."""
+    """EnCodec codes [1, B, K, T] -> audio [B, channels, T * hop] (T >= MIN_FRAMES; see codec_graph).
+    Stereo: each channel's codebooks (K/2, interleaved) are decoded on their own, as a batch row."""
 
     def __init__(self, model):
         super().__init__()
         self.codec = codec_graph.export_decoder(model.audio_encoder)
+        self.channels = codec_channels(model)
 
     def forward(self, audio_codes):
-        return self.codec.decode(audio_codes, [None]).audio_values
+        c = self.channels
+        if c == 1:
+            return self.codec.decode(audio_codes, [None]).audio_values
+        _, b, k, t = audio_codes.shape
+        per_channel = audio_codes.reshape(1, b, k // c, c, t).transpose(2, 3).reshape(1, b * c, k // c, t)
+        audio = self.codec.decode(per_channel, [None]).audio_values  # [B * c, 1, samples]
+        return audio.reshape(b, c, audio.shape[-1])
 
 
 def step_io_names(num_layers: int):
@@ -305,15 +322,22 @@ def prefix_step_io_names(num_layers: int):
 
 
 class AudioEncoder(nn.Module):
-    """EnCodec encoder + quantizer: waveform [B, C, samples] at the codec's rate -> codes [B, K, frames],
+    """EnCodec encoder + quantizer: waveform [B, channels, samples] at the codec's rate -> codes [B, K, frames],
     frames = ceil(samples / hop); as transformers' `generate(input_values=...)` encodes a prompt (one
     chunk, the default bandwidth, no normalisation)."""
 
     def __init__(self, model):
         super().__init__()
         self.codec = model.audio_encoder
+        self.channels = codec_channels(model)  # stereo: each channel encoded on its own, codes interleaved
         if getattr(self.codec.config, "normalize", False):
             raise ValueError("an EnCodec that normalizes its input needs the audio scales: not exported")
 
     def forward(self, input_values):
-        return self.codec.encode(input_values).audio_codes[0]
+        c = self.channels
+        if c == 1:
+            return self.codec.encode(input_values).audio_codes[0]
+        b, _, n = input_values.shape
+        codes = self.codec.encode(input_values.reshape(b * c, 1, n)).audio_codes[0]  # [B * c, K/c, T]
+        _, q, t = codes.shape
+        return codes.reshape(b, c, q, t).transpose(1, 2).reshape(b, q * c, t)

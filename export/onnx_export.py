@@ -82,12 +82,11 @@ def _export_text_encoder(model, raw: Path, generator=None) -> None:
 
 
 def _export_audio_decoder(model, raw: Path, generator=None) -> None:
-    """EnCodec decoder; stereo: each channel's codebooks are decoded on their own."""
+    """EnCodec decoder: all the LM's codebooks in; stereo: each channel's codebooks decoded on their own."""
     import torch
 
-    dec = model.config.decoder
-    n_q = dec.num_codebooks // dec.audio_channels
-    codes = torch.randint(0, model.config.audio_encoder.codebook_size, (1, 2, n_q, 10), generator=generator)
+    k = model.config.decoder.num_codebooks
+    codes = torch.randint(0, model.config.audio_encoder.codebook_size, (1, 2, k, 10), generator=generator)
     _export(
         graphs.AudioDecoder(model),
         (codes,),

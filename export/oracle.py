@@ -18,7 +18,7 @@ from musicgen_runtime import chroma as chroma_mod, delay, long_form
 from musicgen_runtime.lm import GenerationRequest
 from musicgen_runtime.validation import GenerationParams
 
-from .parity import PROMPTS, error_stats, hf_greedy_codes
+from .parity import PROMPTS, error_stats, hf_decode, hf_greedy_codes
 from .signals import synth_melody
 
 
@@ -165,8 +165,7 @@ def greedy_oracle(
             entry["windows"] = gen.windows
         if gen.error is not None:
             entry["error"] = str(gen.error)
-        ch = dims.audio_channels
-        wave = np.concatenate([codec(our_codes[None, c::ch])[0] for c in range(ch)])
+        wave = codec(our_codes[None])[0]  # [channels, samples]
         if wave.shape == ref_wave.shape:
             entry["audio"] = error_stats(wave, ref_wave)
         out.append(entry)
@@ -182,8 +181,6 @@ def hf_window_loop(model, hf_tokenizer, prompt: str, guidance: float, plan, dims
     `generate`, the first continuing `audio_prompt` (a waveform at the codec's rate, or None), the later
     ones the previous window's tail; `chromas[i]` window i's melody. Codes [K, frames] and the clip
     decoded by transformers' codec."""
-    import torch
-
     clip = None
     max_delay = int(delay.delays(dims.num_codebooks, dims.audio_channels).max())
     for i, w in enumerate(plan):
@@ -195,10 +192,4 @@ def hf_window_loop(model, hf_tokenizer, prompt: str, guidance: float, plan, dims
         tail = clip[:, w.offset : w.offset + w.prompt]
         codes, _ = hf_greedy_codes(model, hf_tokenizer, prompt, steps, guidance, chroma, prompt_codes=tail)
         clip = np.concatenate([clip, codes[:, clip.shape[1] - w.offset :]], axis=1)
-    ch = dims.audio_channels
-    with torch.no_grad():
-        wave = [
-            model.audio_encoder.decode(torch.tensor(clip[None, None, c::ch]), [None]).audio_values[0].numpy()
-            for c in range(ch)
-        ]
-    return clip, np.concatenate(wave)
+    return clip, hf_decode(model, clip[None])[0]

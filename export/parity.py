@@ -48,14 +48,38 @@ def text_encoder_parity(model, enc, rng) -> dict:
     return error_stats(enc(ids, mask), ref_states)
 
 
-def codec_parity(model, dec, dims, rng) -> dict:
-    """audio_decoder graph vs EnCodec at batch 1, 13 frames (export example: batch 2, 10 frames)."""
+def hf_decode(model, codes: np.ndarray) -> np.ndarray:
+    """codes [B, K, T] -> audio [B, channels, samples] as transformers' generate decodes them (stereo:
+    the even codebooks, then the odd ones, each decoded on its own)."""
     import torch
 
-    codes = rng.integers(0, dims.vocab_size, (1, dims.num_codebooks // dims.audio_channels, 13))
+    from .graphs import codec_channels
+
+    ch = codec_channels(model)
     with torch.no_grad():
-        ref_audio = model.audio_encoder.decode(torch.tensor(codes)[None], [None]).audio_values.numpy()
-    return error_stats(dec(codes), ref_audio)
+        waves = [
+            model.audio_encoder.decode(torch.tensor(codes[:, c::ch])[None], [None]).audio_values for c in range(ch)
+        ]
+    return torch.cat(waves, dim=1).numpy()
+
+
+def hf_encode(model, wave: np.ndarray) -> np.ndarray:
+    """wave [channels, samples] -> codes [K, frames] as transformers' generate encodes an audio prompt
+    (stereo: each channel on its own, codebooks interleaved [1L,1R,2L,2R,...])."""
+    import torch
+
+    from .graphs import codec_channels
+
+    ch = codec_channels(model)
+    with torch.no_grad():
+        per = [model.audio_encoder.encode(torch.tensor(wave[c::ch])[None]).audio_codes[0, 0] for c in range(ch)]
+    return torch.stack(per, dim=1).reshape(-1, per[0].shape[-1]).numpy()
+
+
+def codec_parity(model, dec, dims, rng) -> dict:
+    """audio_decoder graph vs EnCodec at batch 1, 13 frames (export example: batch 2, 10 frames)."""
+    codes = rng.integers(0, dims.vocab_size, (1, dims.num_codebooks, 13))
+    return error_stats(dec(codes), hf_decode(model, codes))
 
 
 def encoder_parity(model, enc, dims) -> dict:
@@ -64,14 +88,10 @@ def encoder_parity(model, enc, dims) -> dict:
     in different orders: a frame whose two nearest codewords are within float rounding of each other may
     pick the other one (and residual quantization carries that into the frame's later codebooks). Such
     ties are rare on real audio, so >= MIN_CODE_AGREEMENT is required rather than exact equality."""
-    import torch
-
     from .signals import synth_melody
 
-    wave = synth_melody(1.3, dims.sample_rate, 1, seed=3)
-    wave = np.repeat(wave, dims.audio_channels, axis=0)
-    with torch.no_grad():
-        ref = model.audio_encoder.encode(torch.tensor(wave)[None]).audio_codes[0, 0].numpy()
+    wave = synth_melody(1.3, dims.sample_rate, dims.audio_channels, seed=3)  # stereo: channels differ
+    ref = hf_encode(model, wave)
     ours = enc.encode(wave)
     agree = float((ours == ref).mean()) if ours.shape == ref.shape else 0.0
     return {
@@ -144,7 +164,9 @@ def hf_greedy_codes(
             inp["input_features"] = torch.tensor(chroma, dtype=torch.float32)[None]
         if audio_prompt is not None:
             inp["input_values"] = torch.tensor(audio_prompt, dtype=torch.float32)[None]
-            inp["padding_mask"] = torch.ones_like(inp["input_values"], dtype=torch.long)
+            # [1, samples], as the feature extractor makes it ([1, channels, samples] breaks stereo: the
+            # encoder then masks each channel's encode with both channels and encodes two)
+            inp["padding_mask"] = torch.ones(1, audio_prompt.shape[-1], dtype=torch.long)
         if prompt_codes is not None:
             inp["decoder_input_ids"] = torch.tensor(np.asarray(prompt_codes), dtype=torch.long)
         with torch.no_grad():

@@ -161,7 +161,17 @@ _TINY_MELODY = Preset(
     melody=dict(num_chroma=12, chroma_length=40),
 )
 
-PRESETS = {p.name: p for p in (_TINY, _SMALL, _TINY_MELODY)}
+# tiny-random's shapes as a stereo MusicGen: 8 codebooks interleaved [1L,1R,2L,2R,...], a mono EnCodec that
+# encodes and decodes each channel on its own (as facebook/musicgen-stereo-*).
+_TINY_STEREO = Preset(
+    name="tiny-random-stereo",
+    description="tiny random-weight stereo MusicGen for tests and CI",
+    t5=_TINY.t5,
+    encodec=_TINY.encodec,
+    decoder=dict(_TINY.decoder, num_codebooks=8, audio_channels=2),
+)
+
+PRESETS = {p.name: p for p in (_TINY, _SMALL, _TINY_MELODY, _TINY_STEREO)}
 RANDOM_MARKER = "musicgen_triton_preset.json"  # written into a preset dir: records it is random
 
 

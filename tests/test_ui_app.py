@@ -87,6 +87,7 @@ def test_status_banner_models_and_disabled_melody(monkeypatch, url):
     uploader = at.file_uploader(key="melody")
     assert uploader.disabled
     assert any("text-only" in t and "musicgen_melody" in t for t in texts(at.caption))
+    assert not at.file_uploader(key="audio_prompt").disabled  # a text-only export continues audio prompts
     assert at.slider(key="duration").min == 1.0 and at.slider(key="duration").max == 120.0  # the server's max_duration
     assert not page_errors(at)
     # an example prompt fills the prompt box
@@ -244,7 +245,7 @@ def test_melody_upload_errors(monkeypatch, melody_triton):
 
     at = open_page(monkeypatch, melody_triton.grpc_endpoint)
     uploader = at.file_uploader(key="melody")
-    assert not uploader.disabled
+    assert not uploader.disabled and at.file_uploader(key="audio_prompt").disabled  # melody exports do not continue
     at.file_uploader(key="melody").set_value(("tune.wav", b"RIFF\x00\x00\x00\x00WAVEjunk" * 50, "audio/wav"))
     generate(at)
     assert any("Melody upload" in t and "could not be read as audio" in t for t in page_errors(at))
@@ -273,3 +274,36 @@ def test_generate_with_a_melody_upload(monkeypatch, melody_triton):
     a = wav_samples(clip_wav(at, with_melody.number))
     b = wav_samples(clip_wav(at, text_only.number))
     assert a.shape == b.shape == (50 * 640, 1) and not np.array_equal(a, b)
+
+
+def test_continue_an_uploaded_piece(monkeypatch, url):
+    """The audio-prompt upload reaches the server: the clip starts with the piece (its codes' length) and the
+    page marks where the new music starts; unusable uploads are explained, not sent."""
+    import soundfile as sf
+
+    from export.signals import synth_melody
+
+    buf = io.BytesIO()
+    sf.write(buf, synth_melody(0.6, 44100, 2, seed=7).T, 44100, format="WAV")
+    at = open_page(monkeypatch, url)
+    at.file_uploader(key="audio_prompt").set_value(("piece.wav", buf.getvalue(), "audio/wav"))
+    generate(at, duration=1.0, seed_mode="Fixed", seed_text="5")
+    assert not page_errors(at), page_errors(at)
+    entry = at.session_state["history"][0]
+    prompt_frames = -(-int(0.6 * SR) // 640)  # ceil(samples at 32 kHz / hop)
+    assert entry.prompt_seconds == pytest.approx(prompt_frames / 50)
+    assert wav_samples(clip_wav(at, entry.number)).shape == ((prompt_frames + 50) * 640, 1)
+    summary = f"Continued: the first {prompt_frames / 50:.2f} s are the uploaded piece, then 1.00 s of new music"
+    assert any(t.startswith(summary) for t in texts(at.caption)), texts(at.caption)
+
+    quiet = io.BytesIO()
+    sf.write(quiet, np.zeros((16000, 2), np.float32), 16000, format="WAV")
+    at.file_uploader(key="audio_prompt").set_value(("quiet.wav", quiet.getvalue(), "audio/wav"))
+    generate(at, duration=1.0)
+    assert any(t.startswith("Audio prompt: 'quiet.wav' is silent") for t in page_errors(at))
+    long = io.BytesIO()
+    sf.write(long, synth_melody(29.5, 8000, 1, seed=1).T, 8000, format="WAV")
+    at.file_uploader(key="audio_prompt").set_value(("long.wav", long.getvalue(), "audio/wav"))
+    generate(at, duration=2.0)
+    assert any("do not fit in one window of 30 s" in t for t in page_errors(at))
+    assert len(at.session_state["history"]) == 1

@@ -243,3 +243,37 @@ def test_browser_in_chinese_follows_the_browser_language(open_browser, page_url)
     assert not d.find_elements(By.CSS_SELECTOR, 'textarea[aria-label="提示词"]')
     d.save_screenshot(str(out / "zh-03-switched-to-english.png"))
     print(f"\nChinese screenshots in {out}")
+
+
+def test_browser_continues_an_uploaded_piece(driver, page_url, tmp_path):
+    """A real upload (the file input) into the audio-prompt uploader: the clip played is the piece
+    followed by the new music, and the page says where the new music starts."""
+    import soundfile as sf
+
+    from export.signals import synth_melody
+
+    piece = tmp_path / "piece.wav"
+    sf.write(piece, synth_melody(1.0, 44100, 2, seed=3).T, 44100)
+    d = driver
+    d.get(page_url)
+    wait = WebDriverWait(d, 60)
+    box = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, 'textarea[aria-label="Prompt"]')))
+    wait.until(lambda drv: "Ready" in drv.find_element(By.CSS_SELECTOR, '[data-testid="stSidebar"]').text)
+    box.click()
+    box.send_keys(PROMPT)
+    uploader = next(
+        u for u in d.find_elements(By.CSS_SELECTOR, '[data-testid="stFileUploader"]') if "Continue a piece" in u.text
+    )
+    uploader.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys(str(piece))
+    wait.until(lambda drv: "piece.wav" in uploader.text)
+    button = next(b for b in d.find_elements(By.CSS_SELECTOR, "button") if b.text.strip().endswith("Generate"))
+    button.click()
+    audio = WebDriverWait(d, 150).until(lambda drv: (drv.find_elements(By.CSS_SELECTOR, "audio") or [None])[0])
+    WebDriverWait(d, 30).until(lambda drv: drv.execute_script("return arguments[0].readyState", audio) >= 1)
+    # the default 8 s of new music after the 1 s piece (50 codec frames at 50 Hz)
+    assert abs(d.execute_script("return arguments[0].duration", audio) - 9.0) < 0.05
+    wait.until(
+        lambda drv: "Continued: the first 1.00 s are the uploaded piece" in drv.find_element(By.TAG_NAME, "body").text
+    )
+    time.sleep(0.5)  # let the plots paint
+    d.save_screenshot(str(output_dir() / "continued.png"))

@@ -261,3 +261,73 @@ def test_decode_upload_ok_and_errors():
         media.decode_upload("long.wav", wav, max_seconds=0.4)
     with pytest.raises(media.UploadError, match="太大"):
         media.decode_upload("big.wav", wav, max_bytes=1000, lang="zh")
+
+
+# ---- continuation (audio prompt), server duration limit, stereo plots ----------------------------------
+
+
+def test_duration_limit_is_the_servers():
+    assert logic.duration_limit(120.0) == 120.0  # a long-form server: not capped at 30 s
+    assert logic.duration_limit(12.5) == 12.5
+    assert logic.duration_limit(None) == logic.DURATION_MAX == 30.0  # unknown until the server answers
+    assert logic.duration_limit(0.2) == logic.DURATION_MIN
+
+
+def test_continuation_support():
+    files = {"audio_encoder.onnx": {}, "decoder_step.onnx": {}}
+    assert logic.continuation_support({**MANIFEST, "files": files})[0]
+    ok, why = logic.continuation_support({**MANIFEST, "files": {"decoder_step.onnx": {}}})
+    assert not ok and "does not take an audio prompt" in why
+    ok, why = logic.continuation_support({**MANIFEST, "model_type": "musicgen_melody", "files": files})
+    assert not ok and "musicgen_melody" in why
+    ok, why = logic.continuation_support(None)
+    assert not ok and "not reachable" in why
+
+
+def test_audio_prompt_upload_to_request():
+    """An uploaded file -> (wave [channels, samples], rate) as the client sends it; bad files -> a message."""
+    from client import MusicGenClient
+
+    audio, rate = _tone(1.0, 44100, 2)
+    audio[1] *= 0.5  # a real stereo file: the channels differ
+    flac = media.encode(audio, rate, "flac")
+    wave, r = media.decode_audio_prompt("piece.flac", flac, duration=8.0, max_duration=30.0)
+    assert r == 44100 and wave.shape == (2, 44100) and wave.dtype == np.float32
+    assert np.abs(wave - audio).max() < 1e-3
+    sent, sent_rate = MusicGenClient.prepare_audio_prompt((wave, r))  # what the page's request carries
+    assert sent_rate == 44100 and np.array_equal(sent, wave)
+
+    with pytest.raises(media.UploadError, match="could not be read as audio"):
+        media.decode_audio_prompt("broken.wav", b"RIFF....WAVEfmt garbage" * 10, 8.0, 30.0)
+    silent = media.encode(np.zeros((2, 16000), np.float32), 16000, "wav", normalize=None)
+    with pytest.raises(media.UploadError, match="'quiet.wav' is silent"):
+        media.decode_audio_prompt("quiet.wav", silent, 8.0, 30.0)
+    long = media.encode(*_tone(5.0, 8000, 1), "wav")
+    with pytest.raises(media.UploadError, match=r"\(5.0 s\) and 28 s of new music do not fit in one window of 30 s"):
+        media.decode_audio_prompt("long.wav", long, 28.0, 30.0)
+    with pytest.raises(media.UploadError, match=r"at most 25.0 s of new music"):
+        media.decode_audio_prompt("long.wav", long, 28.0, 30.0)
+    assert media.decode_audio_prompt("long.wav", long, 25.0, 30.0)[0].shape == (1, 40000)  # fits exactly
+    assert media.decode_audio_prompt("long.wav", long, 28.0, 120.0)[0].shape == (1, 40000)  # a long-form window
+    with pytest.raises(media.UploadError, match="超出了 30 秒的窗口"):
+        media.decode_audio_prompt("long.wav", long, 28.0, 30.0, lang="zh")
+
+
+def test_stereo_plots_one_row_per_channel_with_the_prompt_boundary():
+    audio, rate = _tone(1.0, 32000, 2)
+    audio[1] *= 0.25
+    for make in (media.waveform_figure, media.spectrogram_figure):
+        fig = make(audio, rate, prompt_seconds=0.4)
+        assert [ax.get_ylabel().split()[0] for ax in fig.axes] == ["L", "R"]
+        for ax in fig.axes:  # the dashed line where the new music starts, on every channel
+            assert [list(line.get_xdata()) for line in ax.get_lines()] == [[0.4, 0.4]]
+        assert media.figure_png(fig)[:4] == b"\x89PNG"
+    mono = media.waveform_figure(audio[:1], rate)
+    assert len(mono.axes) == 1 and not mono.axes[0].get_lines()
+    e = logic.make_entry(1, "p", "musicgen", GenerationParams(2.0), 1, 32000, 2, 3 * 32000, 1.0, prompt_seconds=1.0)
+    assert logic.continuation_summary(e) == (
+        "Continued: the first 1.00 s are the uploaded piece, then 2.00 s of new music (the dashed line in the plots)."
+    )
+    assert (
+        logic.continuation_summary(logic.make_entry(2, "p", "musicgen", GenerationParams(2.0), 1, 32000, 2, 1, 1)) == ""
+    )

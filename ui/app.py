@@ -105,7 +105,8 @@ def reuse(number: int) -> None:
         return
     p = entry.reproduce_params()
     ss.prompt = entry.prompt
-    ss.duration = float(min(max(p["duration"], logic.DURATION_MIN), logic.DURATION_MAX))
+    limit = logic.duration_limit(ss.status.max_duration if ss.get("status") else None)
+    ss.duration = float(min(max(p["duration"], logic.DURATION_MIN), limit))
     ss.top_k, ss.top_p = int(p["top_k"]), float(p["top_p"])
     ss.temperature, ss.guidance_scale = float(p["temperature"]), float(p["guidance_scale"])
     ss.seed_mode, ss.seed_text = logic.SEED_FIXED, str(p["seed"])
@@ -148,6 +149,22 @@ left, right = st.columns([5, 6], gap="large")
 
 # ---- the form -------------------------------------------------------------------------------------
 
+
+def audio_upload(key: str, enabled: bool, reason: str):
+    """An audio file uploader (melody, audio prompt), greyed out with its reason when the model cannot use it."""
+    uploaded = st.file_uploader(
+        tr(key),
+        type=list(logic.MELODY_EXTENSIONS),
+        key=key,
+        disabled=not enabled,
+        help=reason,
+        max_upload_size=logic.MAX_UPLOAD_MB,
+    )
+    if not enabled:
+        st.caption(f":material/block: {reason}")
+    return uploaded
+
+
 SEED_LABELS = {logic.SEED_RANDOM: "seed_random", logic.SEED_FIXED: "seed_fixed"}
 
 with left:
@@ -163,6 +180,7 @@ with left:
     )
     cjk_prompt = prompt_language.has_cjk(ss.prompt)
     melody_ok, melody_reason = logic.melody_support(status.manifest, L)
+    continue_ok, continue_reason = logic.continuation_support(status.manifest, L)
     # A form: changing a setting while a clip is generating does not rerun (and so interrupt) the page.
     with st.form("request", border=False):
         st.text_area(
@@ -175,19 +193,11 @@ with left:
         )
         if cjk_prompt:  # said plainly next to the box; the prompt is still sent as typed
             st.warning(tr("prompt_language_warning"), icon=":material/translate:")
-        max_seconds = float(max(logic.DURATION_MIN, status.max_duration or logic.DURATION_MAX))  # the server's limit
+        max_seconds = logic.duration_limit(status.max_duration)  # the server's limit, not a fixed 30 s
         ss.duration = float(min(max(ss.duration, logic.DURATION_MIN), max_seconds))
         st.slider(tr("duration"), min_value=float(logic.DURATION_MIN), max_value=max_seconds, step=0.5, key="duration")
-        melody_file = st.file_uploader(
-            tr("melody"),
-            type=list(logic.MELODY_EXTENSIONS),
-            key="melody",
-            disabled=not melody_ok,
-            help=melody_reason,
-            max_upload_size=logic.MAX_UPLOAD_MB,
-        )
-        if not melody_ok:
-            st.caption(f":material/block: {melody_reason}")
+        melody_file = audio_upload("melody", melody_ok, melody_reason)
+        prompt_file = audio_upload("audio_prompt", continue_ok, continue_reason)
 
         with st.expander(tr("advanced")):
             models = status.models or [backend.DEFAULT_MODEL]
@@ -273,6 +283,16 @@ def run_generation(out) -> None:
         except media.UploadError as exc:
             ss.last_error = tr("err_melody", detail=exc)
             return
+    audio_prompt = None
+    if prompt_file is not None and continue_ok:
+        try:
+            max_duration = status.max_duration or logic.DURATION_MAX
+            audio_prompt = media.decode_audio_prompt(
+                prompt_file.name, prompt_file.getvalue(), params.duration, max_duration, lang=L
+            )
+        except media.UploadError as exc:
+            ss.last_error = tr("err_audio_prompt", detail=exc)
+            return
 
     model = ss.model
     bar = out.progress(0.0, text=tr("sending"))
@@ -284,7 +304,7 @@ def run_generation(out) -> None:
     received = []  # (frames done, total) of every progress event shown: the page's record of its live progress
     try:
         job = backend.Backend(server_url()).start(
-            model, prompt, params, melody=melody, max_duration=status.max_duration
+            model, prompt, params, melody=melody, audio_prompt=audio_prompt, max_duration=status.max_duration
         )
         if not job.streaming and status.frame_rate:
             prog.frames_total = delay.frames_for_duration(params.duration, status.frame_rate)
@@ -324,16 +344,26 @@ def run_generation(out) -> None:
     elif not job.streaming and prog.frames_total and elapsed > 0:
         ss.rate = prog.frames_total / elapsed
     audio, rate = final.audio, final.sample_rate
+    prompt_seconds = final.prompt_frames / status.frame_rate if final.prompt_frames and status.frame_rate else 0.0
     ss.counter += 1
     entry = logic.make_entry(
-        ss.counter, prompt, model, params, final.seed_used, rate, audio.shape[0], audio.shape[-1], elapsed
+        ss.counter,
+        prompt,
+        model,
+        params,
+        final.seed_used,
+        rate,
+        audio.shape[0],
+        audio.shape[-1],
+        elapsed,
+        prompt_seconds=prompt_seconds,
     )
     ss.assets[entry.number] = {
         "audio": audio,
         "rate": rate,
         "files": {},  # files encoded (and levelled) on first use
-        "waveform": media.figure_png(media.waveform_figure(audio, rate)),
-        "spectrogram": media.figure_png(media.spectrogram_figure(audio, rate)),
+        "waveform": media.figure_png(media.waveform_figure(audio, rate, prompt_seconds=prompt_seconds)),
+        "spectrogram": media.figure_png(media.spectrogram_figure(audio, rate, prompt_seconds=prompt_seconds)),
     }
     ss.history.insert(0, entry)
     for old in ss.history[HISTORY_LIMIT:]:
@@ -347,6 +377,8 @@ def show_clip(entry: logic.ResultEntry, asset: dict, where) -> None:
     norm = ss.normalize
     where.audio(media.clip_file(asset, "wav", norm), format="audio/wav")
     where.caption(f"{logic.params_summary(entry, L)}  \n{logic.timing_summary(entry, L)}")
+    if entry.prompt_seconds > 0:
+        where.caption(logic.continuation_summary(entry, L))
     where.caption(tr("downloads_caption", norm=tr(f"norm_{norm}")))
     stem = logic.file_stem(entry)
     for col, fmt in zip(where.columns(len(logic.DOWNLOAD_FORMATS)), logic.DOWNLOAD_FORMATS):
@@ -399,6 +431,8 @@ with right:
         show_clip(latest, assets, st)
         # hidden: the progress events the last generation showed (a test reads it; the bar itself is brief)
         st.html(f'<div id="progress-received" hidden>{json.dumps(ss.get("progress_received", []))}</div>')
+        if latest.channels == 2:
+            st.caption(tr("plots_stereo"))
         st.caption(tr("waveform"))
         st.image(assets["waveform"], width="stretch")
         st.caption(tr("spectrogram"))

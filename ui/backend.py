@@ -96,6 +96,7 @@ class Event:
     audio: np.ndarray | None = None
     sample_rate: int | None = None
     seed_used: int | None = None
+    prompt_frames: int = 0  # continuation: codec frames of the audio prompt at the start of the clip
 
 
 class Job:
@@ -166,9 +167,17 @@ class Backend:
 
     # -- generation ---------------------------------------------------------------------------------
     def start(
-        self, model: str, prompt: str, params: GenerationParams, *, melody=None, max_duration: float | None = None
+        self,
+        model: str,
+        prompt: str,
+        params: GenerationParams,
+        *,
+        melody=None,
+        audio_prompt=None,
+        max_duration: float | None = None,
     ) -> Job:
-        """Start one generation with `model`: streamed (live progress) for a `*_stream` model."""
+        """Start one generation with `model`: streamed (live progress) for a `*_stream` model. `melody`,
+        `audio_prompt` (continue it): (wave [channels, samples], sample_rate) or None."""
         streaming = logic.is_streaming(model)
         kw = {"stream_model": model} if streaming else {"model": model}
         c = self._client(max_duration=max_duration, **kw)
@@ -179,10 +188,19 @@ class Backend:
             guidance_scale=params.guidance_scale,
             seed=params.seed,
             melody=melody,
+            audio_prompt=audio_prompt,
         )
 
         def final_event(res, done, total) -> Event:
-            return Event("final", done, total, audio=res.audio, sample_rate=res.sample_rate, seed_used=res.seed_used)
+            return Event(
+                "final",
+                done,
+                total,
+                audio=res.audio,
+                sample_rate=res.sample_rate,
+                seed_used=res.seed_used,
+                prompt_frames=res.prompt_frames,
+            )
 
         def run_stream(put, cancel):
             try:

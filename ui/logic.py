@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from musicgen_runtime import progress, validation
+from musicgen_runtime import names, progress, validation
 from musicgen_runtime.progress import format_clock
 from musicgen_runtime.validation import GenerationParams, ValidationError
 
@@ -17,7 +17,7 @@ from .strings import EXAMPLES, t
 EXAMPLE_PROMPTS = tuple(en for en, _ in EXAMPLES)
 
 DURATION_MIN = 1
-DURATION_MAX = validation.DEFAULT_MAX_DURATION  # until the server's own limit (max_duration) is known
+DURATION_MAX = validation.DEFAULT_MAX_DURATION  # only until the server says its own limit (lm_engine max_duration)
 DURATION_DEFAULT = 8
 
 MODEL_TYPE_TEXT = "musicgen"
@@ -59,6 +59,22 @@ def parse_seed(mode: str, text: str | int | None, lang: str = "en") -> int | Non
     if not 0 <= seed <= SEED_MAX:
         raise ValidationError(t("seed_range", lang, seed=seed))
     return seed
+
+
+def duration_limit(max_duration: float | None) -> float:
+    """The duration slider's maximum: the server's limit (the client reads lm_engine's `max_duration`),
+    DURATION_MAX while it is unknown; never below DURATION_MIN."""
+    return float(max(DURATION_MIN, max_duration or DURATION_MAX))
+
+
+def check_continuation(prompt_seconds: float, duration: float, max_duration: float, lang: str = "en") -> None:
+    """An audio prompt and the new music share one window of `max_duration` seconds (the server's rule,
+    said before sending); raises ValidationError."""
+    if prompt_seconds + duration > max_duration + 1e-6:
+        room = max(0.0, max_duration - prompt_seconds)
+        raise ValidationError(
+            t("continuation_window", lang, prompt=prompt_seconds, duration=duration, window=max_duration, room=room)
+        )
 
 
 def build_request(
@@ -159,6 +175,16 @@ def melody_support(manifest: dict | None, lang: str = "en") -> tuple[bool, str]:
     return False, t("melody_off", lang, ckpt=checkpoint_label(manifest, lang), kind=kind, melody_type=MODEL_TYPE_MELODY)
 
 
+def continuation_support(manifest: dict | None, lang: str = "en") -> tuple[bool, str]:
+    """Whether an audio prompt can be uploaded (a text-only export with the prompt encoder graph), and why not."""
+    if not manifest:
+        return False, t("continue_unknown", lang)
+    kind = str(manifest.get("model_type") or MODEL_TYPE_TEXT)
+    if kind == MODEL_TYPE_TEXT and names.AUDIO_ENCODER_FILE in (manifest.get("files") or {}):
+        return True, t("continue_ok", lang)
+    return False, t("continue_off", lang, ckpt=checkpoint_label(manifest, lang), kind=kind)
+
+
 def checkpoint_label(manifest: dict | None, lang: str = "en") -> str:
     found = manifest and (manifest.get("source") or manifest.get("requested_source") or manifest.get("checkpoint_path"))
     return str(found) if found else t("unknown", lang)
@@ -206,6 +232,7 @@ class ResultEntry:
     channels: int
     samples: int
     elapsed: float
+    prompt_seconds: float = 0.0  # continuation: the audio prompt's part at the start of the clip
     created: float = field(default_factory=time.time)
 
     @property
@@ -232,6 +259,7 @@ def make_entry(
     channels: int,
     samples: int,
     elapsed: float,
+    prompt_seconds: float = 0.0,
 ) -> ResultEntry:
     return ResultEntry(
         number=number,
@@ -243,6 +271,7 @@ def make_entry(
         channels=int(channels),
         samples=int(samples),
         elapsed=float(elapsed),
+        prompt_seconds=float(prompt_seconds),
     )
 
 
@@ -261,6 +290,13 @@ def params_summary(entry: ResultEntry, lang: str = "en") -> str:
         seed_kind=seed_kind,
         model=entry.model,
     )
+
+
+def continuation_summary(entry: ResultEntry, lang: str = "en") -> str:
+    """Where the new music starts in a continued clip ('' for a clip from text alone)."""
+    if entry.prompt_seconds <= 0:
+        return ""
+    return t("continuation_summary", lang, prompt=entry.prompt_seconds, new=entry.audio_seconds - entry.prompt_seconds)
 
 
 def timing_summary(entry: ResultEntry, lang: str = "en") -> str:

@@ -1,4 +1,5 @@
-"""Audio for the page: encoding for the player and downloads, waveform/spectrogram plots, melody uploads.
+"""Audio for the page: encoding for the player and downloads, waveform/spectrogram plots (one row per
+channel, the start of the new music marked in a continued clip), melody and audio-prompt uploads.
 
 Encoding, loudness normalisation and decoding go through the project's `musicgen_runtime.audio_io`,
 the code the `musicgen` command line writes its files with (soundfile/libsndfile: WAV and FLAC
@@ -19,7 +20,7 @@ from .strings import t
 
 
 class UploadError(ValueError):
-    """An uploaded melody the page cannot use; the message is shown to the user as is."""
+    """An uploaded melody or audio prompt the page cannot use; the message is shown to the user as is."""
 
 
 # ---- encoding ------------------------------------------------------------------------------------
@@ -62,47 +63,66 @@ def clip_file(asset: dict, fmt: str, normalize: str) -> bytes | None:
     return files[(fmt, normalize)]
 
 
-# ---- plots ---------------------------------------------------------------------------------------
+# ---- plots -------------------------------------------------------------------------------------------
+
+CHANNEL_LABELS = {2: ("L", "R")}  # language-neutral: the plots' fonts may lack CJK glyphs
+BOUNDARY_STYLE = dict(color="#1f77b4", linestyle="--", linewidth=1.2)
 
 
-def _figure(height: float = 2.2):
+def _figure(rows: int = 1, height: float = 2.2):
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure  # no pyplot: no global state shared between sessions
 
-    fig = Figure(figsize=(8, height), dpi=100, layout="constrained")
-    return fig, fig.add_subplot(1, 1, 1)
+    fig = Figure(figsize=(8, height * (1 + 0.6 * (rows - 1))), dpi=100, layout="constrained")
+    axes = [fig.add_subplot(rows, 1, i + 1) for i in range(rows)]
+    return fig, axes
 
 
-def _mono(audio: np.ndarray) -> np.ndarray:
+def _channels(audio: np.ndarray) -> np.ndarray:
+    """[channels, samples] float32 (a 1-D clip as one channel)."""
     a = np.asarray(audio, dtype=np.float32)
-    return a.mean(axis=0) if a.ndim == 2 else a.reshape(-1)
+    return a if a.ndim == 2 else a.reshape(1, -1)
 
 
-def waveform_figure(audio: np.ndarray, sample_rate: int, max_points: int = 4000):
-    """Min/max envelope of the (mono mix of the) clip against time."""
-    fig, ax = _figure()
-    x = _mono(audio)
-    n = x.size
-    if n:
-        bins = max(1, min(max_points, n))
-        edges = np.linspace(0, n, bins + 1).astype(int)
-        lo = np.array([x[a:b].min() if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
-        hi = np.array([x[a:b].max() if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
-        t = edges[:-1] / float(sample_rate)
-        ax.fill_between(t, lo, hi, color="#ff4b4b", linewidth=0.4)
-        ax.set_xlim(0, n / float(sample_rate))
-    peak = float(np.max(np.abs(x))) if n else 0.0
-    ax.set_ylim(-max(1e-3, peak) * 1.05, max(1e-3, peak) * 1.05)
-    ax.set_xlabel("s")
-    ax.grid(alpha=0.25)
+def _label_rows(axes, n: int, prompt_seconds: float, unit: str = "") -> None:
+    labels = CHANNEL_LABELS.get(n, ())
+    for i, ax in enumerate(axes):
+        label = " ".join(x for x in (labels[i] if labels else "", unit) if x)
+        if label:
+            ax.set_ylabel(label)
+        if prompt_seconds > 0:  # a continued clip: where the prompt ends and the new music starts
+            ax.axvline(prompt_seconds, **BOUNDARY_STYLE)
+        if i < len(axes) - 1:
+            ax.tick_params(labelbottom=False)
+    axes[-1].set_xlabel("s")
+
+
+def waveform_figure(audio: np.ndarray, sample_rate: int, max_points: int = 4000, prompt_seconds: float = 0.0):
+    """Min/max envelope of each channel against time (one row per channel, a shared scale)."""
+    chans = _channels(audio)
+    fig, axes = _figure(len(chans))
+    n = chans.shape[-1]
+    peak = float(np.max(np.abs(chans))) if n else 0.0
+    for ax, x in zip(axes, chans):
+        if n:
+            bins = max(1, min(max_points, n))
+            edges = np.linspace(0, n, bins + 1).astype(int)
+            lo = np.array([x[a:b].min() if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
+            hi = np.array([x[a:b].max() if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
+            ax.fill_between(edges[:-1] / float(sample_rate), lo, hi, color="#ff4b4b", linewidth=0.4)
+            ax.set_xlim(0, n / float(sample_rate))
+        ax.set_ylim(-max(1e-3, peak) * 1.05, max(1e-3, peak) * 1.05)
+        ax.grid(alpha=0.25)
+    _label_rows(axes, len(chans), prompt_seconds)
     return fig
 
 
 def spectrogram_db(audio: np.ndarray, n_fft: int = 1024, hop: int = 256) -> np.ndarray:
-    """Magnitude spectrogram in dB, [freq bins, frames] (Hann window; mono mix)."""
-    x = _mono(audio).astype(np.float64)
+    """Magnitude spectrogram in dB, [freq bins, frames] (Hann window) of a 1-D signal (or a clip's mono mix)."""
+    a = np.asarray(audio, dtype=np.float64)
+    x = a.mean(axis=0) if a.ndim == 2 else a.reshape(-1)
     if x.size < n_fft:
         x = np.pad(x, (0, n_fft - x.size))
     frames = 1 + (x.size - n_fft) // hop
@@ -111,22 +131,24 @@ def spectrogram_db(audio: np.ndarray, n_fft: int = 1024, hop: int = 256) -> np.n
     return 20.0 * np.log10(np.maximum(spec, 1e-6))
 
 
-def spectrogram_figure(audio: np.ndarray, sample_rate: int):
-    fig, ax = _figure(2.6)
+def spectrogram_figure(audio: np.ndarray, sample_rate: int, prompt_seconds: float = 0.0):
+    """One spectrogram per channel, on one colour scale."""
+    chans = _channels(audio)
+    fig, axes = _figure(len(chans), 2.6)
     hop = 256
-    db = spectrogram_db(audio, hop=hop)
-    top = float(db.max()) if db.size else 0.0
-    ax.imshow(
-        db,
-        origin="lower",
-        aspect="auto",
-        cmap="magma",
-        vmin=top - 80.0,
-        vmax=top,
-        extent=(0, db.shape[1] * hop / float(sample_rate), 0, sample_rate / 2000.0),
-    )
-    ax.set_xlabel("s")
-    ax.set_ylabel("kHz")
+    dbs = [spectrogram_db(x, hop=hop) for x in chans]
+    top = max(float(db.max()) for db in dbs) if dbs else 0.0
+    for ax, db in zip(axes, dbs):
+        ax.imshow(
+            db,
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            vmin=top - 80.0,
+            vmax=top,
+            extent=(0, db.shape[1] * hop / float(sample_rate), 0, sample_rate / 2000.0),
+        )
+    _label_rows(axes, len(chans), prompt_seconds, "kHz")
     return fig
 
 
@@ -136,7 +158,7 @@ def figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-# ---- melody uploads ------------------------------------------------------------------------------
+# ---- melody and audio-prompt uploads ---------------------------------------------------------------
 
 
 def decode_upload(
@@ -147,7 +169,7 @@ def decode_upload(
     max_seconds: float = logic.MAX_MELODY_SECONDS,
     lang: str = "en",
 ) -> tuple[np.ndarray, int]:
-    """An uploaded melody as ([channels, samples] float32, sample_rate); raises UploadError."""
+    """An uploaded melody (or audio prompt) as ([channels, samples] float32, sample_rate); raises UploadError."""
     ext = PurePath(name or "").suffix.lower().lstrip(".")
     if ext not in logic.MELODY_EXTENSIONS:
         raise UploadError(
@@ -165,7 +187,23 @@ def decode_upload(
         raise UploadError(t("upload_unreadable", lang, name=name, error=exc, ext=ext.upper())) from None
     if audio.shape[-1] == 0:
         raise UploadError(t("upload_silent", lang, name=name))
+    if not np.isfinite(audio).all() or not np.any(audio):
+        raise UploadError(t("upload_quiet", lang, name=name))
     seconds = audio.shape[-1] / float(rate)
     if seconds > max_seconds:
         raise UploadError(t("upload_long", lang, name=name, seconds=seconds, limit=max_seconds))
     return audio, int(rate)
+
+
+def decode_audio_prompt(
+    name: str, data: bytes, duration: float, max_duration: float, *, lang: str = "en", **limits
+) -> tuple[np.ndarray, int]:
+    """An uploaded audio prompt to continue with `duration` s of new music, as ([channels, samples]
+    float32, sample_rate); UploadError when the file is unusable or the prompt and the new music do not
+    fit in one window of the server's `max_duration` (`limits`: decode_upload's max_bytes)."""
+    audio, rate = decode_upload(name, data, max_seconds=float("inf"), lang=lang, **limits)
+    try:
+        logic.check_continuation(audio.shape[-1] / float(rate), duration, max_duration, lang)
+    except logic.ValidationError as exc:
+        raise UploadError(str(exc)) from None
+    return audio, rate

@@ -108,6 +108,29 @@ STRINGS: dict[str, tuple[str, str]] = {
             "旋律引导需要 '{melody_type}' 类型的模型权重。"
         ),
     ),
+    "audio_prompt": ("Continue a piece (optional audio prompt)", "续写一段音乐（可选的音频提示）"),
+    "continue_unknown": (
+        "Continuing a piece is off: the server's model is unknown (server not reachable).",
+        "续写已关闭：不知道服务器的模型（无法连接服务器）。",
+    ),
+    "continue_ok": (
+        "The clip starts with this audio and continues it; Duration is the new music after it.",
+        "生成的片段以这段音频开头并接着续写；“时长”是其后新生成音乐的长度。",
+    ),
+    "continue_off": (
+        "Continuing a piece is off: the served model ({ckpt}, type '{kind}') does not take an audio prompt.",
+        "续写已关闭：服务器的模型（{ckpt}，类型 '{kind}'）不接受音频提示。",
+    ),
+    "continuation_window": (
+        (
+            "the audio prompt ({prompt:.1f} s) and {duration:g} s of new music do not fit in one window of "
+            "{window:g} s: ask for at most {room:.1f} s of new music, or upload a shorter piece"
+        ),
+        (
+            "音频提示（{prompt:.1f} 秒）加上 {duration:g} 秒新音乐超出了 {window:g} 秒的窗口："
+            "新音乐最多 {room:.1f} 秒，或者上传更短的音频"
+        ),
+    ),
     "advanced": ("Advanced settings", "高级设置"),
     "model": ("Model", "模型"),
     "model_help": ("The generation models the server has loaded.", "服务器已加载的生成模型。"),
@@ -168,6 +191,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     # errors
     "err_form": ("Check the form: {detail}", "请检查表单：{detail}"),
     "err_melody": ("Melody upload: {detail}", "旋律上传：{detail}"),
+    "err_audio_prompt": ("Audio prompt: {detail}", "音频提示：{detail}"),
     "err_unexpected": ("Unexpected error: {detail}", "意外错误：{detail}"),
     "err_unavailable": ("Server unavailable: {detail}", "服务器不可用：{detail}"),
     "err_not_ready": ("Server not ready: {detail} Try again in a moment.", "服务器未就绪：{detail} 请稍后再试。"),
@@ -194,6 +218,10 @@ STRINGS: dict[str, tuple[str, str]] = {
         "'{name}' 无法作为音频读取（{error}）。它是有效的 {ext} 文件吗？",
     ),
     "upload_silent": ("'{name}' holds no audio", "'{name}' 里没有音频"),
+    "upload_quiet": (
+        "'{name}' is silent (every sample is zero or not a number)",
+        "'{name}' 是静音的（所有采样都是零或不是数字）",
+    ),
     "upload_long": (
         "'{name}' is {seconds:.0f} s long: a melody may be at most {limit:g} s",
         "'{name}' 长 {seconds:.0f} 秒：旋律最多 {limit:g} 秒",
@@ -227,6 +255,12 @@ STRINGS: dict[str, tuple[str, str]] = {
     ),
     "waveform": ("Waveform", "波形"),
     "spectrogram": ("Spectrogram", "频谱图"),
+    "plots_stereo": ("L = left channel, R = right channel.", "L = 左声道，R = 右声道。"),
+    "continuation_summary": (
+        "Continued: the first {prompt:.2f} s are the uploaded piece, then {new:.2f} s of new music "
+        "(the dashed line in the plots).",
+        "续写：前 {prompt:.2f} 秒是上传的音频，之后是 {new:.2f} 秒新音乐（图中的虚线处）。",
+    ),
     "reuse_latest": ("Reuse these settings (same seed)", "复用这些设置（相同种子）"),
     "reuse": ("Reuse these settings", "复用这些设置"),
     "earlier": ("Earlier results", "之前的结果"),
