@@ -37,6 +37,7 @@ except ImportError:  # pragma: no cover - without the client extra; _module() sa
 from musicgen_runtime import audio_io, prompt_language
 from musicgen_runtime.validation import (
     DEFAULT_MAX_DURATION,
+    DEFAULT_WINDOW_SECONDS,
     GenerationParams,
     ValidationError,
     validate_params,
@@ -60,7 +61,7 @@ TLS_PORT = 443
 MODEL = "musicgen"
 STREAM_MODEL = "musicgen_stream"
 INFO_MODEL = "musicgen_info"
-ENGINE_MODEL = "lm_engine"  # holds the `max_duration` parameter
+ENGINE_MODEL = "lm_engine"  # holds the `max_duration` and `window_seconds` parameters
 OUTPUTS = ("audio", "sample_rate", "audio_codes", "seed_used")
 PROMPT_FRAMES = "prompt_frames"  # where the new music starts in a continuation (0 without an audio prompt)
 
@@ -293,7 +294,7 @@ class MusicGenClient:
         self.timeout = float(timeout)
         self.connect_timeout = float(connect_timeout)
         self.model, self.stream_model, self.info_model = model, stream_model, info_model
-        self._max_duration = max_duration
+        self._engine_params = {} if max_duration is None else {"max_duration": float(max_duration)}
         self._local = threading.local()
         self._all: list = []
         self._lock = threading.Lock()
@@ -375,20 +376,29 @@ class MusicGenClient:
     # -- requests ---------------------------------------------------------------------------------
     @property
     def max_duration(self) -> float:
-        """The server's duration limit (lm_engine's `max_duration` parameter), read once; DEFAULT_MAX_DURATION if unknown."""
-        if self._max_duration is None:
-            value = DEFAULT_MAX_DURATION
+        """The server's duration limit (lm_engine's `max_duration` parameter); DEFAULT_MAX_DURATION if unknown."""
+        return self._engine_parameter("max_duration", DEFAULT_MAX_DURATION)
+
+    @property
+    def window_seconds(self) -> float:
+        """The server's window (lm_engine's `window_seconds`): an audio prompt must be shorter."""
+        return self._engine_parameter("window_seconds", DEFAULT_WINDOW_SECONDS)
+
+    def _engine_parameter(self, name: str, default: float) -> float:
+        """A number from lm_engine's config parameters, read once; `default` if the server does not say."""
+        if name not in self._engine_params:
+            value = default
             try:
                 cfg = self.model_config(ENGINE_MODEL)
-                raw = cfg.get("parameters", {}).get("max_duration", {}).get("string_value")
+                raw = cfg.get("parameters", {}).get(name, {}).get("string_value")
                 if raw:
                     value = float(raw)
             except MusicGenError:
-                return DEFAULT_MAX_DURATION  # not cached: the server may come up later
+                return default  # not cached: the server may come up later
             except (TypeError, ValueError, AttributeError):
                 pass
-            self._max_duration = value
-        return self._max_duration
+            self._engine_params[name] = value
+        return self._engine_params[name]
 
     def validate(
         self, prompt, duration, top_k=None, top_p=None, temperature=None, guidance_scale=None, seed=None

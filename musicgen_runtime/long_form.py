@@ -23,7 +23,6 @@ import numpy as np
 from . import chroma as chroma_mod
 from .lm import Generation, GenerationRequest, LanguageModel
 
-DEFAULT_WINDOW_SECONDS = 30.0  # audiocraft's max_duration: one window of the LM
 DEFAULT_EXTEND_STRIDE = 18.0  # audiocraft's extend_stride
 
 

@@ -13,6 +13,7 @@ DEFAULT_TOP_K = 250
 DEFAULT_TOP_P = 0.0
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_GUIDANCE = 3.0
+DEFAULT_WINDOW_SECONDS = 30.0  # lm_engine parameter `window_seconds`: audiocraft's max_duration, one LM window
 DEFAULT_MAX_DURATION = 120.0  # lm_engine parameter `max_duration`: clips beyond a window are long form
 MAX_PROMPT_CHARS = 2000
 MAX_TOP_K = 1_000_000

@@ -302,8 +302,8 @@ def test_continue_an_uploaded_piece(monkeypatch, url):
     generate(at, duration=1.0)
     assert any(t.startswith("Audio prompt: 'quiet.wav' is silent") for t in page_errors(at))
     long = io.BytesIO()
-    sf.write(long, synth_melody(29.5, 8000, 1, seed=1).T, 8000, format="WAV")
+    sf.write(long, synth_melody(30.5, 8000, 1, seed=1).T, 8000, format="WAV")
     at.file_uploader(key="audio_prompt").set_value(("long.wav", long.getvalue(), "audio/wav"))
     generate(at, duration=2.0)
-    assert any("do not fit in one window of 30 s" in t for t in page_errors(at))
+    assert any("must be shorter than the model's window (30 s)" in t for t in page_errors(at))
     assert len(at.session_state["history"]) == 1

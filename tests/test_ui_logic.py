@@ -269,7 +269,7 @@ def test_decode_upload_ok_and_errors():
 def test_duration_limit_is_the_servers():
     assert logic.duration_limit(120.0) == 120.0  # a long-form server: not capped at 30 s
     assert logic.duration_limit(12.5) == 12.5
-    assert logic.duration_limit(None) == logic.DURATION_MAX == 30.0  # unknown until the server answers
+    assert logic.duration_limit(None) == logic.DURATION_MAX == 120.0  # the default limit until the server answers
     assert logic.duration_limit(0.2) == logic.DURATION_MIN
 
 
@@ -291,26 +291,23 @@ def test_audio_prompt_upload_to_request():
     audio, rate = _tone(1.0, 44100, 2)
     audio[1] *= 0.5  # a real stereo file: the channels differ
     flac = media.encode(audio, rate, "flac")
-    wave, r = media.decode_audio_prompt("piece.flac", flac, duration=8.0, max_duration=30.0)
+    wave, r = media.decode_audio_prompt("piece.flac", flac, window_seconds=30.0)
     assert r == 44100 and wave.shape == (2, 44100) and wave.dtype == np.float32
     assert np.abs(wave - audio).max() < 1e-3
     sent, sent_rate = MusicGenClient.prepare_audio_prompt((wave, r))  # what the page's request carries
     assert sent_rate == 44100 and np.array_equal(sent, wave)
 
     with pytest.raises(media.UploadError, match="could not be read as audio"):
-        media.decode_audio_prompt("broken.wav", b"RIFF....WAVEfmt garbage" * 10, 8.0, 30.0)
+        media.decode_audio_prompt("broken.wav", b"RIFF....WAVEfmt garbage" * 10, 30.0)
     silent = media.encode(np.zeros((2, 16000), np.float32), 16000, "wav", normalize=None)
     with pytest.raises(media.UploadError, match="'quiet.wav' is silent"):
-        media.decode_audio_prompt("quiet.wav", silent, 8.0, 30.0)
+        media.decode_audio_prompt("quiet.wav", silent, 30.0)
     long = media.encode(*_tone(5.0, 8000, 1), "wav")
-    with pytest.raises(media.UploadError, match=r"\(5.0 s\) and 28 s of new music do not fit in one window of 30 s"):
-        media.decode_audio_prompt("long.wav", long, 28.0, 30.0)
-    with pytest.raises(media.UploadError, match=r"at most 25.0 s of new music"):
-        media.decode_audio_prompt("long.wav", long, 28.0, 30.0)
-    assert media.decode_audio_prompt("long.wav", long, 25.0, 30.0)[0].shape == (1, 40000)  # fits exactly
-    assert media.decode_audio_prompt("long.wav", long, 28.0, 120.0)[0].shape == (1, 40000)  # a long-form window
-    with pytest.raises(media.UploadError, match="超出了 30 秒的窗口"):
-        media.decode_audio_prompt("long.wav", long, 28.0, 30.0, lang="zh")
+    with pytest.raises(media.UploadError, match=r"\(5.0 s\) must be shorter than the model's window \(5 s\)"):
+        media.decode_audio_prompt("long.wav", long, 5.0)
+    assert media.decode_audio_prompt("long.wav", long, 5.02)[0].shape == (1, 40000)  # shorter than the window
+    with pytest.raises(media.UploadError, match="必须短于模型的窗口（4 秒）"):
+        media.decode_audio_prompt("long.wav", long, 4.0, lang="zh")
 
 
 def test_stereo_plots_one_row_per_channel_with_the_prompt_boundary():

@@ -286,9 +286,8 @@ def run_generation(out) -> None:
     audio_prompt = None
     if prompt_file is not None and continue_ok:
         try:
-            max_duration = status.max_duration or logic.DURATION_MAX
             audio_prompt = media.decode_audio_prompt(
-                prompt_file.name, prompt_file.getvalue(), params.duration, max_duration, lang=L
+                prompt_file.name, prompt_file.getvalue(), status.window_seconds, lang=L
             )
         except media.UploadError as exc:
             ss.last_error = tr("err_audio_prompt", detail=exc)

@@ -18,7 +18,7 @@ import numpy as np
 
 import client as mgclient
 from client import MusicGenClient, MusicGenError
-from musicgen_runtime.validation import DEFAULT_MAX_DURATION, GenerationParams
+from musicgen_runtime.validation import DEFAULT_MAX_DURATION, DEFAULT_WINDOW_SECONDS, GenerationParams
 
 from . import logic
 from .strings import t, translate_detail
@@ -71,6 +71,7 @@ class ServerStatus:
     models: list[str] = field(default_factory=list)  # user-facing generation models, streaming first
     manifest: dict | None = None
     max_duration: float = DEFAULT_MAX_DURATION
+    window_seconds: float = DEFAULT_WINDOW_SECONDS  # an audio prompt must be shorter
     checked_at: float = field(default_factory=time.time)
 
     @property
@@ -158,7 +159,7 @@ class Backend:
             if rep.live and not models and st.error is None:
                 st.ready, st.error = False, "the server has no generation model loaded"
             if st.ready:
-                st.max_duration = float(c.max_duration)
+                st.max_duration, st.window_seconds = float(c.max_duration), float(c.window_seconds)
             return st
         except MusicGenError as exc:  # health() reports rather than raises; belt and braces
             return ServerStatus(url=self.url, ready=False, error=exc.message)

@@ -67,14 +67,11 @@ def duration_limit(max_duration: float | None) -> float:
     return float(max(DURATION_MIN, max_duration or DURATION_MAX))
 
 
-def check_continuation(prompt_seconds: float, duration: float, max_duration: float, lang: str = "en") -> None:
-    """An audio prompt and the new music share one window of `max_duration` seconds (the server's rule,
+def check_continuation(prompt_seconds: float, window_seconds: float, lang: str = "en") -> None:
+    """An audio prompt must be shorter than one window of `window_seconds` (the server's rule,
     said before sending); raises ValidationError."""
-    if prompt_seconds + duration > max_duration + 1e-6:
-        room = max(0.0, max_duration - prompt_seconds)
-        raise ValidationError(
-            t("continuation_window", lang, prompt=prompt_seconds, duration=duration, window=max_duration, room=room)
-        )
+    if prompt_seconds >= window_seconds:
+        raise ValidationError(t("continuation_window", lang, prompt=prompt_seconds, window=window_seconds))
 
 
 def build_request(

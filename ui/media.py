@@ -196,14 +196,14 @@ def decode_upload(
 
 
 def decode_audio_prompt(
-    name: str, data: bytes, duration: float, max_duration: float, *, lang: str = "en", **limits
+    name: str, data: bytes, window_seconds: float, *, lang: str = "en", **limits
 ) -> tuple[np.ndarray, int]:
     """An uploaded audio prompt to continue with `duration` s of new music, as ([channels, samples]
-    float32, sample_rate); UploadError when the file is unusable or the prompt and the new music do not
-    fit in one window of the server's `max_duration` (`limits`: decode_upload's max_bytes)."""
+    float32, sample_rate); UploadError when the file is unusable or not shorter than the server's window
+    (`limits`: decode_upload's max_bytes)."""
     audio, rate = decode_upload(name, data, max_seconds=float("inf"), lang=lang, **limits)
     try:
-        logic.check_continuation(audio.shape[-1] / float(rate), duration, max_duration, lang)
+        logic.check_continuation(audio.shape[-1] / float(rate), window_seconds, lang)
     except logic.ValidationError as exc:
         raise UploadError(str(exc)) from None
     return audio, rate

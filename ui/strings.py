@@ -122,14 +122,8 @@ STRINGS: dict[str, tuple[str, str]] = {
         "续写已关闭：服务器的模型（{ckpt}，类型 '{kind}'）不接受音频提示。",
     ),
     "continuation_window": (
-        (
-            "the audio prompt ({prompt:.1f} s) and {duration:g} s of new music do not fit in one window of "
-            "{window:g} s: ask for at most {room:.1f} s of new music, or upload a shorter piece"
-        ),
-        (
-            "音频提示（{prompt:.1f} 秒）加上 {duration:g} 秒新音乐超出了 {window:g} 秒的窗口："
-            "新音乐最多 {room:.1f} 秒，或者上传更短的音频"
-        ),
+        "the audio prompt ({prompt:.1f} s) must be shorter than the model's window ({window:g} s): upload a shorter piece",
+        "音频提示（{prompt:.1f} 秒）必须短于模型的窗口（{window:g} 秒）：请上传更短的音频",
     ),
     "advanced": ("Advanced settings", "高级设置"),
     "model": ("Model", "模型"),

@@ -19,7 +19,7 @@ from musicgen_runtime.engine_metrics import EngineMetrics
 from musicgen_runtime.lm import GenerationRequest
 from musicgen_runtime.scheduler import Job, Scheduler
 from musicgen_runtime.step_graph import BLOCKWISE_INT8_MAX_ROWS
-from musicgen_runtime.validation import DEFAULT_MAX_DURATION, ValidationError, validate_params
+from musicgen_runtime.validation import DEFAULT_MAX_DURATION, DEFAULT_WINDOW_SECONDS, ValidationError, validate_params
 from musicgen_runtime.variants import open_language_model
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -33,7 +33,7 @@ class TritonPythonModel:
         device = triton_io.device(args)
         # a request may be longer than a window (long form); the KV cache holds one window per request
         self.windows = long_form.WindowConfig.from_seconds(
-            params.get("window_seconds") or long_form.DEFAULT_WINDOW_SECONDS,
+            params.get("window_seconds") or DEFAULT_WINDOW_SECONDS,
             params.get("extend_stride") or long_form.DEFAULT_EXTEND_STRIDE,
             dims.frame_rate,
             max_window=dims.max_positions - 1 - dims.num_codebooks,
