@@ -41,6 +41,7 @@ log = logging.getLogger("server.supervisor")
 
 DEFAULT_HEALTH_PORT = 8003
 HEARTBEAT_METRIC = "musicgen_lm_heartbeat_timestamp_seconds"
+IN_FLIGHT_METRIC = "musicgen_lm_requests_in_flight"  # requests queued or generating in the engine
 PROBE_MODEL = "musicgen"
 PROBE_REQUEST = json.dumps(
     {
@@ -256,20 +257,53 @@ def model_states(http_url: str) -> dict[str, str] | None:
 
 
 def metric_value(metrics_url: str, name: str) -> float | None:
-    """The value of an unlabelled Prometheus metric, or None when absent (or no answer)."""
+    """A Prometheus metric summed over its series, or None when absent (or no answer)."""
     status, body = http_get(metrics_url, 5.0)
     if status != 200:
         return None
-    for line in body.decode(errors="replace").splitlines():
-        if line.startswith((name + " ", name + "{")):
-            return float(line.rsplit(" ", 1)[1])
-    return None
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in body.decode(errors="replace").splitlines()
+        if line.startswith((name + " ", name + "{"))
+    ]
+    return sum(values) if values else None
 
 
 def heartbeat_age(metrics_url: str) -> float | None:
     """Seconds since the engine thread last looped, or None when there is no engine (or no answer)."""
     value = metric_value(metrics_url, HEARTBEAT_METRIC)
     return time.time() - value if value else None
+
+
+def wait_for_drain(
+    metrics_url: str, *, delay: float = 20.0, quiet: float = 10.0, timeout: float = 600.0, poll: float = 0.5
+) -> dict:
+    """Block until the server has no generation left; what ``python -m server drain`` (the pod's preStop) runs.
+
+    Sleeps ``delay`` s (a Terminating pod leaves the endpoints meanwhile), then polls the engine's
+    in-flight gauge (requests queued or generating) until it has read 0 for ``quiet`` s in a row (the
+    audio decode after the LM takes seconds), ``timeout`` s have passed, or the metrics stop answering
+    (the server is gone: nothing to wait for). Returns ``{"outcome": "idle" | "timeout" | "no metrics",
+    "waited_s", "peak_in_flight", "in_flight"}``.
+    """
+    time.sleep(delay)
+    start = time.monotonic()
+    idle_since, peak = None, 0.0
+    while True:
+        now, value = time.monotonic(), metric_value(metrics_url, IN_FLIGHT_METRIC)
+        outcome = None
+        if value is None:
+            outcome = "no metrics"
+        else:
+            peak = max(peak, value)
+            idle_since = (idle_since or now) if value == 0 else None
+            if idle_since is not None and now - idle_since >= quiet:
+                outcome = "idle"
+            elif now - start >= timeout:
+                outcome = "timeout"
+        if outcome:
+            return {"outcome": outcome, "waited_s": round(now - start, 2), "peak_in_flight": peak, "in_flight": value}
+        time.sleep(poll)
 
 
 def stub_counts(server_pid: int | None) -> dict[str, int]:
