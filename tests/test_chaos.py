@@ -192,7 +192,12 @@ class Load:
             cause = next((e for e in errors if e is not None), exc)
             raise classify(cause, url=self.srv.grpc_url, model="musicgen_stream") from None
         finally:
-            c.close()  # gone mid-stream without a word
+            # gone mid-stream without a word: the connection closes under the stream, as when a client
+            # process dies. (tritonclient's close() would half-close politely and then wait, without a
+            # bound, until the server ends the RPC: a stream whose request hangs on the server never
+            # does.) With the channel closed, close() only joins a thread that already ended.
+            c._channel.close()
+            c.close()
 
     def _invalid(self, n: int) -> None:
         with self._client("http", max_duration=1000) as c:
