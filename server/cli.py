@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import psutil
+
 from .supervisor import DEFAULT_HEALTH_PORT, http_get, wait_for_drain
 from .triton import (
     LOOPBACK,
@@ -43,7 +45,6 @@ from .triton import (
     http_status,
     new_shm_prefix,
     pid_alive,
-    process_cmdline,
     terminate_process,
 )
 
@@ -104,7 +105,10 @@ def state_is_running(state: dict) -> bool:
     pid = state["pid"]
     if not pid_alive(pid):
         return False
-    cmdline = process_cmdline(pid)
+    try:
+        cmdline = psutil.Process(pid).cmdline()
+    except psutil.Error:
+        cmdline = []
     if not cmdline:  # unreadable process entry: trust the pid
         return True
     prefix = state.get("shm_prefix")
