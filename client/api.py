@@ -262,11 +262,17 @@ def _end_stream(conn, finished: bool, wait: float) -> None:
     local act that ends that thread). An unfinished stream is cancelled at once.
     """
 
+    stream = getattr(conn, "_stream", None)
+
     def close(cancel: bool) -> None:
         try:
             conn.stop_stream(cancel_requests=cancel)
         except Exception:
             pass
+        if cancel and stream is not None:
+            # a cancel leaves grpc's request-sending thread waiting for the next request forever (one
+            # thread leaked per cancelled stream): the end-of-requests marker lets it finish
+            stream._request_queue.put(None)
 
     if finished:
         polite = threading.Thread(target=close, args=(False,), name="stream-close", daemon=True)
