@@ -255,6 +255,42 @@ class HealthReport:
 # ------------------------------------------------------------------------------------------------
 
 
+def _end_stream(conn, finished: bool, wait: float) -> None:
+    """Close a tritonclient stream within ``wait`` s whatever the server does.
+
+    A finished stream is half-closed politely (no cancellation after the final response), but
+    tritonclient's ``stop_stream`` then joins a thread that ends only when the server ends the RPC:
+    a frozen server, or one whose request hangs, never does. Past ``wait`` the RPC is cancelled (a
+    local act that ends that thread). An unfinished stream is cancelled at once.
+    """
+
+    stream = getattr(conn, "_stream", None)
+
+    def close(cancel: bool) -> None:
+        try:
+            conn.stop_stream(cancel_requests=cancel)
+        except Exception:
+            pass
+        if cancel and stream is not None:
+            # a cancel leaves grpc's request-sending thread waiting for the next request forever (one
+            # thread leaked per cancelled stream): the end-of-requests marker lets it finish
+            stream._request_queue.put(None)
+
+    if finished:
+        polite = threading.Thread(target=close, args=(False,), name="stream-close", daemon=True)
+        polite.start()
+        polite.join(wait)
+        if polite.is_alive():
+            close(True)
+            polite.join(wait)
+    else:
+        close(True)
+    try:
+        conn.close()
+    except Exception:
+        pass
+
+
 class MusicGenClient:
     """A MusicGen server at `url` over gRPC (default) or HTTP.
 
@@ -669,14 +705,7 @@ class MusicGenClient:
                 else:
                     yield StreamEvent(kind, done, total, elapsed)
         finally:
-            try:
-                conn.stop_stream(cancel_requests=not finished)
-            except Exception:
-                pass
-            try:
-                conn.close()
-            except Exception:
-                pass
+            _end_stream(conn, finished, self.connect_timeout)
 
     # -- information ------------------------------------------------------------------------------
     def models(self) -> list[dict]:

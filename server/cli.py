@@ -1,9 +1,11 @@
-"""``python -m server start|stop|status|run``: a supervised tritonserver for ``make serve`` / ``make stop``.
+"""``python -m server start|stop|status|run|drain``: a supervised tritonserver for ``make serve`` / ``make stop``.
 
 ``run`` is the supervisor in the foreground (the container's entrypoint): it starts tritonserver,
 restarts it when a model's process dies or the engine stalls (:mod:`server.supervisor`), serves
 ``/livez`` and ``/readyz`` on ``--health-port``, and stops everything on SIGTERM/SIGINT. ``start``
-runs ``run`` in the background and waits until ``/readyz`` says ready. It is recorded in the work dir
+runs ``run`` in the background and waits until ``/readyz`` says ready. ``drain`` waits until the
+engine has no request in flight (the Kubernetes pod's preStop hook; :func:`server.supervisor.wait_for_drain`).
+A started server is recorded in the work dir
 (default ``.work/triton`` under the project root, or ``$MUSICGEN_TRITON_WORK_DIR``, or ``--work-dir``)::
 
     tritonserver.pid    the supervisor's pid, one line
@@ -13,7 +15,7 @@ runs ``run`` in the background and waits until ``/readyz`` says ready. It is rec
 
 Exit codes: 0 success; 1 failure (server did not come up, another server is running with a
 different configuration, could not stop); 2 usage error (bad arguments, missing repository);
-3 ``status``: not running; 130 interrupted.
+3 ``status``: not running; 4 ``drain``: requests still in flight at its timeout; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .supervisor import DEFAULT_HEALTH_PORT, http_get
+import psutil
+
+from .supervisor import DEFAULT_HEALTH_PORT, http_get, wait_for_drain
 from .triton import (
     LOOPBACK,
     ServerError,
@@ -41,12 +45,11 @@ from .triton import (
     http_status,
     new_shm_prefix,
     pid_alive,
-    process_cmdline,
     terminate_process,
 )
 
 log = logging.getLogger("server")
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_STILL_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 PID_FILE = "tritonserver.pid"
 STATE_FILE = "tritonserver.json"
 LOG_FILE = "tritonserver.log"
@@ -102,7 +105,10 @@ def state_is_running(state: dict) -> bool:
     pid = state["pid"]
     if not pid_alive(pid):
         return False
-    cmdline = process_cmdline(pid)
+    try:
+        cmdline = psutil.Process(pid).cmdline()
+    except psutil.Error:
+        cmdline = []
     if not cmdline:  # unreadable process entry: trust the pid
         return True
     prefix = state.get("shm_prefix")
@@ -375,6 +381,20 @@ def _readyz(health_url: str) -> dict:
         return {}
 
 
+def cmd_drain(args: argparse.Namespace, work_dir: Path) -> int:
+    """Wait until nothing is in flight (see :func:`server.supervisor.wait_for_drain`)."""
+    seen = wait_for_drain(args.metrics, delay=args.delay, quiet=args.quiet, timeout=args.timeout)
+    outcome, waited, peak = seen["outcome"], seen["waited_s"], seen["peak_in_flight"]
+    if outcome == "idle":
+        print(f"drained: nothing in flight for {args.quiet:g} s after {waited:g} s (peak {peak:g} in flight)")
+    elif outcome == "no metrics":
+        print(f"drained: the metrics at {args.metrics} do not answer (the server is gone); nothing to wait for")
+    else:
+        _err(f"drain: {seen['in_flight']:g} request(s) still in flight after {args.timeout:g} s; giving up")
+        return EXIT_STILL_BUSY
+    return EXIT_OK
+
+
 # ---- parser -----------------------------------------------------------------------------------
 
 
@@ -388,10 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m server",
         description="Run the tritonserver bundled in nvidia-pytriton in the background.",
-        epilog="Exit codes: 0 ok, 1 failure, 2 usage error, 3 not running (status).",
+        epilog="Exit codes: 0 ok, 1 failure, 2 usage error, 3 not running (status), 4 still busy (drain).",
     )
     parser.add_argument("--work-dir", default=None, help=argparse.SUPPRESS)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{start,stop,status,run}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{start,stop,status,run,drain}")
 
     server_opts = argparse.ArgumentParser(add_help=False)
     server_opts.add_argument(
@@ -459,6 +479,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between SIGTERM and SIGKILL (default: the server's exit timeout + 10)",
     )
 
+    drain = sub.add_parser(
+        "drain",
+        help="wait until the engine has no request in flight (Kubernetes preStop; exit 4 at the timeout)",
+        description="Sleep --delay s, then wait until the engine's in-flight gauge has read 0 for --quiet s "
+        "in a row, at most --timeout s. Ends at once when the metrics do not answer (server gone).",
+    )
+    drain.add_argument(
+        "--metrics",
+        default=f"http://{LOOPBACK}:8002/metrics",
+        metavar="URL",
+        help="the server's metrics URL (default: %(default)s)",
+    )
+    drain.add_argument(
+        "--delay", type=float, default=20.0, help="seconds before watching: endpoint removal (default: %(default)s)"
+    )
+    drain.add_argument(
+        "--quiet",
+        type=float,
+        default=10.0,
+        help="seconds with nothing in flight that count as idle (default: %(default)s)",
+    )
+    drain.add_argument(
+        "--timeout", type=float, default=600.0, help="longest wait for in-flight requests (default: %(default)s)"
+    )
+
     status = sub.add_parser("status", parents=[common], help="tell whether the server runs (exit 3 if not)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -479,7 +524,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if port is not None and not 0 < port < 65536:
             build_parser().error(f"--{name.replace('_', '-')} must be in 1..65535 (got {port})")
     work_dir = Path(args.work_dir).expanduser().resolve() if args.work_dir else default_work_dir()
-    handler = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "run": cmd_run}[args.command]
+    if args.command == "drain" and min(args.delay, args.quiet, args.timeout) < 0:
+        build_parser().error("--delay, --quiet and --timeout must be >= 0")
+    handler = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "run": cmd_run, "drain": cmd_drain}
+    handler = handler[args.command]
     try:
         return handler(args, work_dir)
     except ServerError as exc:

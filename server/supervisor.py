@@ -9,8 +9,8 @@ flight hanging, and with such requests pending Triton answers the reload without
 stub). Every ``interval`` s it checks
 
 * the tritonserver process is alive and answers ``/v2/health/live``;
-* every model's stub processes are still there (psutil: the server's children, counted per model
-  when it became ready);
+* every model's stub processes are still there (psutil: the server's children when it became ready;
+  a dead one's exit status, e.g. ``killed by SIGSEGV``, goes into the reason);
 * the engine's heartbeat (``musicgen_lm_heartbeat_timestamp_seconds`` on the metrics endpoint, set by
   the engine thread at least every 0.2 s while it loops) is younger than ``stall_seconds``;
 * every model is READY in the repository index;
@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import signal
 import threading
 import time
 import urllib.error
@@ -41,6 +42,7 @@ log = logging.getLogger("server.supervisor")
 
 DEFAULT_HEALTH_PORT = 8003
 HEARTBEAT_METRIC = "musicgen_lm_heartbeat_timestamp_seconds"
+IN_FLIGHT_METRIC = "musicgen_lm_requests_in_flight"  # requests queued or generating in the engine
 PROBE_MODEL = "musicgen"
 PROBE_REQUEST = json.dumps(
     {
@@ -74,7 +76,7 @@ class Supervisor:
         self.state, self.reason, self.broken_model = "starting", "", None
         self.recoveries: list[dict] = []  # {"reason", "model", "seconds", "at"} per restart
         self.history: collections.deque = collections.deque(maxlen=200)  # (unix time, state, reason) changes
-        self._stubs: dict[str, int] = {}  # model -> stub processes when it became ready
+        self._stubs: dict[int, str] = {}  # pid -> model of the stub processes when the server became ready
         self._probe: dict = {}  # the latest real-work probe: {"ok", "error", "at"}
         self._probe_thread: threading.Thread | None = None
         self._not_live = 0
@@ -136,7 +138,7 @@ class Supervisor:
 
     def _after_start(self) -> None:
         """Baseline of the stub processes, then a real-work probe before saying ready."""
-        self._stubs = stub_counts(self.server.pid)
+        self._stubs = stub_pids(self.server.pid)
         self._not_live = 0
         self._probe = {}
         self._run_probe()
@@ -147,10 +149,11 @@ class Supervisor:
         rc = srv.process.poll() if srv.process else None
         if srv.process is None or rc is not None:
             return "restart", f"tritonserver exited (code {rc})", None
-        now = stub_counts(srv.pid)
-        for model, count in self._stubs.items():
-            if now.get(model, 0) < count:
-                return "restart", f"a process of model {model} died ({now.get(model, 0)} of {count} left)", model
+        now = stub_pids(srv.pid)
+        gone = [(pid, model) for pid, model in self._stubs.items() if pid not in now]
+        if gone:
+            pid, model = gone[0]
+            return "restart", f"a process of model {model} died (pid {pid}, {exit_status(pid)})", model
         if http_get(f"{srv.http_url}/v2/health/live", 2.0)[0] != 200:
             self._not_live += 1
             if self._not_live >= self.live_failures:
@@ -256,14 +259,16 @@ def model_states(http_url: str) -> dict[str, str] | None:
 
 
 def metric_value(metrics_url: str, name: str) -> float | None:
-    """The value of an unlabelled Prometheus metric, or None when absent (or no answer)."""
+    """A Prometheus metric summed over its series, or None when absent (or no answer)."""
     status, body = http_get(metrics_url, 5.0)
     if status != 200:
         return None
-    for line in body.decode(errors="replace").splitlines():
-        if line.startswith((name + " ", name + "{")):
-            return float(line.rsplit(" ", 1)[1])
-    return None
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in body.decode(errors="replace").splitlines()
+        if line.startswith((name + " ", name + "{"))
+    ]
+    return sum(values) if values else None
 
 
 def heartbeat_age(metrics_url: str) -> float | None:
@@ -272,25 +277,70 @@ def heartbeat_age(metrics_url: str) -> float | None:
     return time.time() - value if value else None
 
 
-def stub_counts(server_pid: int | None) -> dict[str, int]:
-    """{model: python stub processes} among the server's children (the model from the stub's model.py path)."""
-    counts: dict[str, int] = {}
+def wait_for_drain(
+    metrics_url: str, *, delay: float = 20.0, quiet: float = 10.0, timeout: float = 600.0, poll: float = 0.5
+) -> dict:
+    """Block until the server has no generation left; what ``python -m server drain`` (the pod's preStop) runs.
+
+    Sleeps ``delay`` s (a Terminating pod leaves the endpoints meanwhile), then polls the engine's
+    in-flight gauge (requests queued or generating) until it has read 0 for ``quiet`` s in a row (the
+    audio decode after the LM takes seconds), ``timeout`` s have passed, or the metrics stop answering
+    (the server is gone: nothing to wait for). Returns ``{"outcome": "idle" | "timeout" | "no metrics",
+    "waited_s", "peak_in_flight", "in_flight"}``.
+    """
+    time.sleep(delay)
+    start = time.monotonic()
+    idle_since, peak = None, 0.0
+    while True:
+        now, value = time.monotonic(), metric_value(metrics_url, IN_FLIGHT_METRIC)
+        outcome = None
+        if value is None:
+            outcome = "no metrics"
+        else:
+            peak = max(peak, value)
+            idle_since = (idle_since or now) if value == 0 else None
+            if idle_since is not None and now - idle_since >= quiet:
+                outcome = "idle"
+            elif now - start >= timeout:
+                outcome = "timeout"
+        if outcome:
+            return {"outcome": outcome, "waited_s": round(now - start, 2), "peak_in_flight": peak, "in_flight": value}
+        time.sleep(poll)
+
+
+def stub_pids(server_pid: int | None) -> dict[int, str]:
+    """{pid: model} of the live python stub processes among the server's children (the model from the
+    stub's model.py path)."""
+    stubs: dict[int, str] = {}
     try:
         children = psutil.Process(server_pid).children() if server_pid else []
     except psutil.Error:
-        return counts
+        return stubs
     for child in children:
         try:
-            args = child.cmdline()
-            if child.status() == psutil.STATUS_ZOMBIE:
-                continue
+            script = next((a for a in child.cmdline() if a.endswith("/model.py")), None)
+            if script and child.status() != psutil.STATUS_ZOMBIE:
+                stubs[child.pid] = PurePath(script).parent.parent.name
         except psutil.Error:
             continue
-        script = next((a for a in args if a.endswith("/model.py")), None)
-        if script:
-            model = PurePath(script).parent.parent.name
-            counts[model] = counts.get(model, 0) + 1
-    return counts
+    return stubs
+
+
+def exit_status(pid: int) -> str:
+    """How a dead child ended ("killed by SIGSEGV", "exit code 1"), from /proc/<pid>/stat while it is a
+    zombie: Triton reaps a dead stub only when it unloads the model, and its log often says nothing."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            status = int(fh.read().rsplit(")", 1)[1].split()[-1])  # field 52, as waitpid reports it
+    except (OSError, ValueError, IndexError):
+        return "exit status unknown"
+    if status & 0x7F:
+        try:
+            name = signal.Signals(status & 0x7F).name
+        except ValueError:
+            name = f"signal {status & 0x7F}"
+        return f"killed by {name}" + (" (core dumped)" if status & 0x80 else "")
+    return f"exit code {status >> 8}"
 
 
 class _HealthServer(ThreadingHTTPServer):

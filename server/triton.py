@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import glob
 import importlib.metadata
 import importlib.util
 import json
@@ -270,7 +271,7 @@ def build_environment(
 
 
 def build_command(
-    work: WorkDir,
+    work: WorkDir | None,
     model_repository: str | os.PathLike,
     *,
     http_port: int,
@@ -279,25 +280,26 @@ def build_command(
     shm_prefix: str,
     address: str = LOOPBACK,
     extra_args: Sequence[str] = (),
+    binary: str | os.PathLike | None = None,
 ) -> list[str]:
-    """The tritonserver command line (list form, no shell)."""
-    return [
-        str(work.install.binary),
-        f"--model-repository={Path(model_repository).resolve()}",
-        f"--backend-directory={work.backend_dir}",
-        f"--cache-directory={work.cache_dir}",
-        *_listen_args(address, http_port, grpc_port, metrics_port),
-        "--allow-gpu-metrics=false",
-        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
-        *extra_args,
-    ]
-
-
-def _listen_args(address: str, http_port: int, grpc_port: int, metrics_port: int) -> list[str]:
-    return [
+    """The tritonserver command line (list form, no shell): the wheel's server with the work dir's
+    backends, or ``binary``, an installation of its own (the container's: backends in place, GPU metrics)."""
+    if binary:
+        server = [str(binary)]
+    else:
+        server = [str(work.install.binary), f"--backend-directory={work.backend_dir}"]
+        server += [f"--cache-directory={work.cache_dir}", "--allow-gpu-metrics=false"]
+    listen = [
         f"--{kind}-{key}={value}"
         for kind, port in (("http", http_port), ("grpc", grpc_port), ("metrics", metrics_port))
         for key, value in (("address", address), ("port", port))
+    ]
+    return [
+        *server,
+        f"--model-repository={Path(model_repository).resolve()}",
+        *listen,
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+        *extra_args,
     ]
 
 
@@ -345,36 +347,29 @@ def cleanup_shm(prefix: str, shm_dir: Path = SHM_DIR) -> list[Path]:
     if not prefix or "/" in prefix:
         raise ValueError(f"refusing to clean shm with prefix {prefix!r}")
     removed = []
-    for p in shm_dir.glob(glob_escape(prefix) + "*"):
+    for p in shm_dir.glob(glob.escape(prefix) + "*"):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
             removed.append(p)
     return removed
 
 
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
-
-
-def process_cmdline(pid: int) -> list[str]:
-    try:
-        return psutil.Process(pid).cmdline()
-    except psutil.Error:
-        return []
-
-
 def terminate_process(
     pid: int, *, timeout: float = 30.0, poll: Callable[[], bool] | None = None, sig: int = signal.SIGTERM
 ) -> str:
     """Send ``sig`` (SIGTERM) to ``pid``, wait up to ``timeout`` s, then SIGKILL it and what is left of
-    its process tree (python stubs). ``poll()`` -> "still alive" may be given for a child of ours (so
-    it gets reaped). Returns ``"terminated"``, ``"killed"`` or ``"not running"``."""
+    its process tree (python stubs) and the process group it leads (we start servers and supervisors
+    in sessions of their own; a pid stays reserved while it names a group with members). ``poll()`` ->
+    "still alive" may be given for a child of ours (so it gets reaped). Returns ``"terminated"``,
+    ``"killed"`` or ``"not running"``."""
     alive = poll or (lambda: pid_alive(pid))
-    try:  # the tree first: stubs outlive a SIGKILLed server (re-parented, same process group)
+    try:  # the tree first: a dead process's children are re-parented, out of reach
         rest = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        rest = []
-    rest += [p for p in _group_members(pid) if p.pid not in {r.pid for r in rest}]
+        leads_group = os.getpgid(pid) == pid
+    except (psutil.NoSuchProcess, ProcessLookupError):  # gone (reaped): the group it led may live on
+        rest, leads_group = [], True
+    except (psutil.Error, OSError):
+        rest, leads_group = [], False
     result = "not running"
     if alive():
         result = "terminated"
@@ -385,6 +380,10 @@ def terminate_process(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _wait_until(lambda: not alive(), 10.0)
+    if leads_group:  # a server runs in a session of its own: its stubs stay in its group, even orphaned
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+        _wait_until(lambda: not _group_alive(pid), 5.0)
     for proc in rest:
         with contextlib.suppress(psutil.Error):
             proc.kill()
@@ -392,14 +391,12 @@ def terminate_process(
     return result
 
 
-def _group_members(pgid: int) -> list[psutil.Process]:
-    """Our processes left in process group ``pgid`` (stubs whose server is already gone)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error, OSError):
-            if proc.pid != pgid and os.getpgid(proc.pid) == pgid and "triton" in " ".join(proc.info["cmdline"] or ()):
-                found.append(proc)
-    return found
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except OSError:
+        return False
+    return True
 
 
 def _wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
@@ -467,6 +464,9 @@ def _stop_forgotten_servers() -> None:  # pragma: no cover - exercised only at i
 
 
 def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
+    """SIGTERM to the server when the thread that started it dies, even by SIGKILL (no atexit, no
+    supervisor runs then). Only the kernel can do that: prctl(PR_SET_PDEATHSIG), which neither the
+    standard library nor psutil wraps; one ctypes call is the simplest correct way."""
     try:
         import ctypes
 
@@ -595,16 +595,8 @@ class TritonServer:
 
     @property
     def command(self) -> list[str]:
-        if self.binary:  # a tritonserver installation of its own (the container's)
-            return [
-                str(self.binary),
-                f"--model-repository={self.model_repository}",
-                *_listen_args(self.address, self.http_port, self.grpc_port, self.metrics_port),
-                f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
-                *self.extra_args,
-            ]
         return build_command(
-            self._work or prepare_work_dir(self.work_dir),
+            None if self.binary else self._work or prepare_work_dir(self.work_dir),
             self.model_repository,
             http_port=self.http_port,
             grpc_port=self.grpc_port,
@@ -612,6 +604,7 @@ class TritonServer:
             shm_prefix=self.shm_prefix,
             address=self.address,
             extra_args=self.extra_args,
+            binary=self.binary,
         )
 
     def endpoints(self) -> dict[str, str]:
@@ -706,7 +699,11 @@ class TritonServer:
         else:
             env = build_environment(self._work.install, extra=self.extra_env)
         # a restarted server appends: the log keeps why the previous one was restarted
-        with open(self.log_path, "ab" if self.restarts else "wb") as log:
+        if not self.restarts:
+            self.log_path.write_bytes(b"")
+        # append mode for every writer: a stub of a killed server that still writes as it dies must not
+        # write over what came after it (the restart's reason, the next server's log)
+        with open(self.log_path, "ab") as log:
             log.write(("# " + " ".join(cmd) + "\n").encode())
             log.flush()
             self.process = subprocess.Popen(

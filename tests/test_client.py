@@ -4,6 +4,8 @@ health, model information, errors (server down, bad parameter, unknown model, ti
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -167,10 +169,14 @@ def test_generate_with_stream_callback_and_http_refuses_streaming(clients):
 
 
 def test_leaving_a_stream_early_cancels_it_and_the_server_stays_healthy(clients):
-    for event in clients["grpc"].stream(PROMPT, 5.0, seed=1):
-        if event.kind == "progress":
-            break
+    threads = threading.active_count()
+    for seed in range(5):
+        for event in clients["grpc"].stream(PROMPT, 5.0, seed=seed):
+            if event.kind == "progress":
+                break
     assert clients["grpc"].generate(PROMPT, 0.2, seed=1).codes.shape == (4, 10)
+    # no thread left behind per cancelled stream (grpc's request sender waited forever)
+    assert threading.active_count() <= threads + 1, threading.enumerate()
 
 
 def test_server_side_rejection_maps_to_invalid_parameter(triton):
@@ -196,6 +202,60 @@ def test_server_down_is_server_unavailable(dead_endpoint, proto):
                 list(c.stream(PROMPT, 1.0))
         rep = c.health()
         assert not rep.ok and rep.error_kind == "ServerUnavailable" and not rep.live
+
+
+def _bounded(fn, bound: float = 120.0):
+    """Run ``fn`` on a thread; what it returned or raised, or a failure if it still runs after ``bound`` s
+    (the client's timeout below is 600 s: only a wait on the server that nothing bounds reaches it)."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(bound)
+    assert not t.is_alive(), f"still waiting after {bound:g} s"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_a_stream_never_waits_on_a_frozen_or_killed_server(tiny_repo):
+    """A real tritonserver frozen (SIGSTOP) right after a stream's final response: leaving the stream
+    does not wait for the server to end the RPC (tritonclient's close would, until the stream's
+    timeout). Then killed (SIGKILL) mid-stream: the stream ends with ServerUnavailable, not at its
+    timeout."""
+    from server import TritonServer
+
+    # supervised for its start (started again if it aborts while loading), checks an hour apart: this
+    # test freezes and kills the server itself
+    with TritonServer(tiny_repo, supervisor_options={"interval": 3600}) as srv:
+        url = f"grpc://{srv.grpc_endpoint}"
+        with MusicGenClient(url, timeout=600, connect_timeout=2) as c:
+
+            def until_final_then_freeze():
+                kinds = []
+                for event in c.stream(PROMPT, 0.5, seed=1):
+                    kinds.append(event.kind)
+                    if event.kind == "final":
+                        os.kill(srv.pid, signal.SIGSTOP)
+                return kinds
+
+            try:
+                assert _bounded(until_final_then_freeze)[-1] == "final"
+            finally:
+                os.kill(srv.pid, signal.SIGCONT)
+
+            def kill_at_first_event():
+                for _ in c.stream(PROMPT, 30.0, seed=2):
+                    os.kill(srv.pid, signal.SIGKILL)
+
+            with pytest.raises(ServerUnavailable):
+                _bounded(kill_at_first_event)
 
 
 @pytest.mark.parametrize("proto", ["http", "grpc"])

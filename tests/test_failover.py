@@ -8,7 +8,7 @@ active health checks) in front, a bounded mixed load of unary generations over H
    (no hang), every request sent after the kill succeeds on r0;
 3. r1 restarts on the same ports and HAProxy sends it traffic again (the time is reported);
 4. a rollout, as the Triton pod's preStop does it: r1 is taken out of the balancer (as Kubernetes
-   drops a terminating pod from its endpoints) with requests in flight on it, musicgen-drain waits
+   drops a terminating pod from its endpoints) with requests in flight on it, the drain waits
    until none is left, then SIGTERM: nothing fails, r1 exits cleanly, the load goes on on r0.
 
 "In flight" is made certain, not left to timing: r1's process group is stopped (SIGSTOP) until
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import os
 import signal
 import threading
@@ -31,14 +30,9 @@ import pytest
 from haproxy_lb import HAProxy, HealthCheck, ensure_haproxy
 
 from client import MusicGenClient, ServerUnavailable
-from server.supervisor import PROBE_MODEL, PROBE_REQUEST
+from server.supervisor import PROBE_MODEL, PROBE_REQUEST, wait_for_drain
 
 ROOT = Path(__file__).resolve().parent.parent
-
-# The Triton pod's preStop hook (deploy/docker/triton-drain.py), run here against a replica.
-_spec = importlib.util.spec_from_file_location("triton_drain", ROOT / "deploy" / "docker" / "triton-drain.py")
-DRAIN = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(DRAIN)
 
 # The replicas' readiness as HAProxy checks it: the supervisor's real-work probe (a one-frame
 # generation through the `musicgen` ensemble) POSTed to each replica's HTTP port, every 2 s. It sees a
@@ -266,7 +260,7 @@ def test_failover_and_drain_behind_haproxy(replicas, tmp_path):
             figures["restart_to_traffic_s"] = round(t_rejoin - t_restart, 2)
 
             # 4. a rollout, as the Triton pod's preStop does it: r1 leaves the balancer (Kubernetes drops a
-            #    terminating pod from its endpoints), musicgen-drain waits until nothing is in flight on it,
+            #    terminating pod from its endpoints), the drain (the pod's preStop, `python -m server drain`) waits until nothing is in flight on it,
             #    then SIGTERM: its in-flight requests complete and it exits cleanly.
             freeze_with_requests_in_flight(lb, r1, "r1")
             figures["drained_in_flight"] = in_flight(lb, "r1")
@@ -274,7 +268,7 @@ def test_failover_and_drain_behind_haproxy(replicas, tmp_path):
                 lb.command(f"set server {backend}/r1 state drain")
             t_drain = time.monotonic()
             os.killpg(r1.pid, signal.SIGCONT)
-            seen = DRAIN.wait_for_drain(r1.metrics_url, delay=0, quiet=3, timeout=60, log=lambda _: None)
+            seen = wait_for_drain(r1.metrics_url, delay=0, quiet=3, timeout=60)
             assert seen["outcome"] == "idle", seen
             figures["drain_wait_s"] = round(time.monotonic() - t_drain, 2)
             t_term = time.monotonic()

@@ -13,12 +13,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from server import (
@@ -532,3 +534,61 @@ def test_a_supervised_server_that_exits_while_starting_is_started_again(tmp_path
     (model / "1" / "crashed-once").unlink()
     with pytest.raises(ServerStartError):
         TritonServer(tmp_path / "repo", supervise=False).start()
+
+
+# ---- drain (the Kubernetes pod's preStop) -----------------------------------------------------
+
+
+def _drain(metrics_url: str, *args: str) -> subprocess.CompletedProcess:
+    return _cli("drain", "--metrics", metrics_url, "--delay", "0", *args)
+
+
+def test_drain_waits_for_the_request_in_flight(triton):
+    """`python -m server drain` on the real server with a generation in flight: while the engine holds
+    it (its stub stopped, so the in-flight gauge cannot move) the drain gives up at its timeout (exit 4);
+    once the engine runs again the drain ends, with the gauge at 0, and the request succeeds (nothing cut)."""
+    from client import MusicGenClient
+    from server.supervisor import IN_FLIGHT_METRIC, metric_value
+
+    engine = next(
+        c
+        for c in psutil.Process(triton.pid).children()
+        if any(a.endswith("/lm_engine/1/model.py") for a in c.cmdline())
+    )
+
+    def in_flight() -> float:
+        return metric_value(triton.metrics_url, IN_FLIGHT_METRIC) or 0
+
+    assert _drain(triton.metrics_url, "--quiet", "0", "--timeout", "30").returncode == 0  # idle server: at once
+    for seed in range(5):  # the longest clip, caught while the engine reports it (a fast machine may need a retry)
+        done: dict = {}
+
+        def generate(seed=seed):
+            with MusicGenClient(f"http://{triton.http_endpoint}", timeout=300) as c:
+                done["result"] = c.generate("drain me", 30.0, seed=seed)
+
+        request = threading.Thread(target=generate)
+        request.start()
+        while request.is_alive() and in_flight() < 1:
+            time.sleep(0.02)
+        engine.suspend()
+        if in_flight() >= 1:
+            break
+        engine.resume()
+        request.join(300)
+    else:
+        pytest.fail("no generation was seen in flight")
+    try:
+        busy = _drain(triton.metrics_url, "--quiet", "1", "--timeout", "1")
+    finally:
+        engine.resume()
+    assert busy.returncode == 4, busy
+    assert "request(s) still in flight after 1 s" in busy.stderr
+    drained = _drain(triton.metrics_url, "--quiet", "1", "--timeout", "300")
+    assert drained.returncode == 0, drained
+    assert "drained: nothing in flight for 1 s" in drained.stdout
+    assert in_flight() == 0
+    request.join(300)
+    assert done["result"].audio.size  # the drained request completed
+    gone = _drain(f"http://127.0.0.1:{find_free_ports(1)[0]}/metrics", "--timeout", "30")
+    assert gone.returncode == 0 and "do not answer" in gone.stdout  # no server: nothing to wait for

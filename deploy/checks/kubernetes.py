@@ -7,7 +7,8 @@ one on PATH). check_rendered(docs) returns findings for: schema errors; a Deploy
 Job container without requests and limits (cpu, memory) or with an unpinned image; a Deployment
 container without readiness and liveness probes; the Triton Deployment without one GPU
 (nvidia.com/gpu: 1 requested and limited), a memory-backed /dev/shm, the read-only model volume,
-probes on the health port's /readyz and /livez (startup too), musicgen-drain as preStop, and a
+the supervisor as its process (`python3 -m server run`: it serves the health port), probes on the
+health port's /readyz and /livez (startup too), `python3 -m server drain` as preStop, and a
 grace period that covers the drain and Triton's exit timeout; a Service that publishes Triton's pods or ports outside the
 cluster (NodePort, LoadBalancer, externalIPs); an Ingress to Triton without the token check
 (auth-url to the token Service of the same namespace), without TLS for its hosts, without
@@ -154,10 +155,16 @@ def _exit_timeout(c: dict) -> int | None:
     return None
 
 
+def _runs_server(cmd: list, subcommand: str) -> bool:
+    """``cmd`` is ``python3 -m server <subcommand> ...``."""
+    cmd = [str(a) for a in cmd]
+    return len(cmd) >= 4 and cmd[0].startswith("python") and cmd[1:4] == ["-m", "server", subcommand]
+
+
 def _drain(c: dict) -> dict[str, float] | None:
-    """The preStop's musicgen-drain options ({} without them), or None when preStop is not musicgen-drain."""
+    """The preStop's drain options ({} without them), or None when preStop is not `python3 -m server drain`."""
     cmd = [str(a) for a in ((((c.get("lifecycle") or {}).get("preStop") or {}).get("exec") or {}).get("command") or [])]
-    if not any(a.endswith("musicgen-drain") for a in cmd):
+    if not _runs_server(cmd, "drain"):
         return None
     return {a[2:]: float(b) for a, b in itertools.pairwise(cmd) if a in ("--delay", "--quiet", "--timeout")}
 
@@ -194,11 +201,16 @@ def triton_findings(docs: list[dict]) -> list[str]:
                 f"{where}: {probe} must GET {path} on the health port {TRITON_PORTS['health']} "
                 f"(the supervisor's real-work check), is {got} on {port}"
             )
+    if not _runs_server([*(c.get("command") or []), *(c.get("args") or [])], "run"):
+        out.append(
+            f"{where}: the container must run the supervisor (python3 -m server run): it serves the health "
+            f"port {TRITON_PORTS['health']} and restarts tritonserver when a model's process dies"
+        )
     drain, exit_timeout = _drain(c), _exit_timeout(c)
     if drain is None:
         out.append(
-            f"{where}: preStop must run musicgen-drain (wait for the endpoints to drop the pod, then for "
-            "in-flight generations): Triton's SIGTERM alone fails ensemble requests in flight"
+            f"{where}: preStop must run `python3 -m server drain` (wait for the endpoints to drop the pod, then "
+            "for in-flight generations): Triton's SIGTERM alone fails ensemble requests in flight"
         )
     if exit_timeout is None:
         out.append(f"{where}: tritonserver needs --exit-timeout-secs (how long it waits for open connections)")

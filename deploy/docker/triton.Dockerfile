@@ -34,14 +34,12 @@ RUN python3 /tmp/runtime-requirements.py pyproject.toml --gpu "onnxruntime-gpu==
     && if python3 -c "import torch" 2>/dev/null; then echo "torch must not be in the Triton image" >&2; exit 1; fi \
     && rm -rf /src /tmp/requirements.txt /tmp/runtime-requirements.py
 
-# The Kubernetes preStop hook: waits until the replica has no generation in flight (deploy/kubernetes).
-COPY deploy/docker/triton-drain.py /usr/local/bin/musicgen-drain
-
 WORKDIR /opt/tritonserver
 EXPOSE 8000 8001 8002 8003
 # The supervisor (server/supervisor.py) runs tritonserver, restarts it when a model's process dies or
 # the engine stalls, and answers /livez and /readyz on 8003 (/readyz: every model READY and a real
 # one-frame generation succeeded; /v2/health/ready stays 200 after a python stub has died).
+# `python3 -m server drain` (the Kubernetes preStop) waits until no generation is in flight.
 HEALTHCHECK --interval=15s --timeout=6s --start-period=600s --retries=5 \
     CMD ["python3", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8003/readyz', timeout=4).status == 200 else 1)"]
 # /models is the repository volume written by the export step (configs, model code, weights).

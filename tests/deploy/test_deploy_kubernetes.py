@@ -89,10 +89,10 @@ MUTATIONS = [
         "is not pinned",
     ),
     (lambda d: _triton(d).update(image="registry.example.com/musicgen/triton"), "is not pinned"),
-    (lambda d: _triton(d)["lifecycle"].pop("preStop"), "preStop must run musicgen-drain"),
+    (lambda d: _triton(d)["lifecycle"].pop("preStop"), "preStop must run `python3 -m server drain`"),
     (
         lambda d: _triton(d)["lifecycle"]["preStop"]["exec"].update(command=["sleep", "20"]),
-        "preStop must run musicgen-drain",
+        "preStop must run `python3 -m server drain`",
     ),
     (
         lambda d: _triton(d)["lifecycle"]["preStop"]["exec"]["command"].extend(["--timeout", "3600"]),
@@ -102,7 +102,11 @@ MUTATIONS = [
         lambda d: k8s._pod(_find(d, "Deployment", "musicgen-triton")).update(terminationGracePeriodSeconds=30),
         "a rollout would cut generations",
     ),
-    (lambda d: _triton(d).update(args=["tritonserver", "--model-repository=/models"]), "needs --exit-timeout-secs"),
+    (lambda d: _triton(d).update(args=["tritonserver", "--model-repository=/models"]), "must run the supervisor"),
+    (
+        lambda d: _triton(d).update(args=["python3", "-m", "server", "run", "--model-repository=/models"]),
+        "needs --exit-timeout-secs",
+    ),
     (
         lambda d: k8s._pod(_find(d, "Deployment", "musicgen-triton"))["volumes"][1].update(emptyDir={}),
         "/dev/shm must be a memory-backed emptyDir",
