@@ -206,6 +206,11 @@ def triton_findings(docs: list[dict]) -> list[str]:
             f"{where}: the container must run the supervisor (python3 -m server run): it serves the health "
             f"port {TRITON_PORTS['health']} and restarts tritonserver when a model's process dies"
         )
+    if not pod.get("shareProcessNamespace"):
+        out.append(
+            f"{where}: shareProcessNamespace must be true: the supervisor is the container's PID 1 and does not "
+            "reap the stubs a killed tritonserver leaves; the pod's pause process does"
+        )
     drain, exit_timeout = _drain(c), _exit_timeout(c)
     if drain is None:
         out.append(

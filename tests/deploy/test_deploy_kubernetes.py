@@ -104,6 +104,10 @@ MUTATIONS = [
     ),
     (lambda d: _triton(d).update(args=["tritonserver", "--model-repository=/models"]), "must run the supervisor"),
     (
+        lambda d: k8s._pod(_find(d, "Deployment", "musicgen-triton")).pop("shareProcessNamespace"),
+        "shareProcessNamespace must be true",
+    ),
+    (
         lambda d: _triton(d).update(args=["python3", "-m", "server", "run", "--model-repository=/models"]),
         "needs --exit-timeout-secs",
     ),
