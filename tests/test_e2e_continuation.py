@@ -4,11 +4,10 @@ the greedy oracle against transformers' generate(input_values=...), refusals, a 
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from test_e2e_server import generate_http, stream
+from test_e2e_server import concurrently, generate_http, stream
 from tritonclient.utils import InferenceServerException
 
 from export.signals import synth_melody
@@ -127,15 +126,7 @@ def test_plain_request_unaffected_by_concurrent_prompts(triton):
         dict(duration=0.4, audio_prompt=np.full((1, 500), np.nan, np.float32), rate=16000),
         dict(duration=0.6, seed=21),
     ]
-
-    def run(kw):
-        try:
-            return unary(triton, **kw)
-        except InferenceServerException as exc:
-            return exc
-
-    with ThreadPoolExecutor(4) as pool:
-        res = list(pool.map(run, jobs))
+    res = concurrently(unary, triton, jobs)
     assert isinstance(res[2], InferenceServerException) and "audio_prompt" in str(res[2])
     assert res[1]["prompt_frames"].tolist() == [25] and res[1]["audio_codes"].shape == (4, 45)
     for r in (res[0], res[3]):

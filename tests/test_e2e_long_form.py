@@ -8,11 +8,10 @@ import json
 import math
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from test_e2e_server import generate_http, stream
+from test_e2e_server import concurrently, generate_http, stream
 from test_error_codes import _http_infer
 from tritonclient.utils import InferenceServerException
 
@@ -124,15 +123,7 @@ def test_other_requests_unaffected_by_a_long_one(long_triton):
     solo_long = generate_http(long_triton, prompt=PROMPT, duration=2.9, seed=9)
     jobs = [dict(prompt=PROMPT, duration=2.9, seed=9), dict(prompt="drums", duration=0.6, seed=21)]
     jobs += [dict(prompt=PROMPT, duration=4.0), dict(prompt="drums", duration=0.6, seed=21)]
-
-    def run(kw):
-        try:
-            return generate_http(long_triton, **kw)
-        except InferenceServerException as exc:
-            return exc
-
-    with ThreadPoolExecutor(4) as pool:
-        res = list(pool.map(run, jobs))
+    res = concurrently(generate_http, long_triton, jobs)
     assert np.array_equal(res[0]["audio_codes"], solo_long["audio_codes"]) and res[0]["audio_codes"].shape == (4, 145)
     assert isinstance(res[2], InferenceServerException) and "duration" in str(res[2])
     for r in (res[1], res[3]):

@@ -66,6 +66,19 @@ def generate_grpc(srv, **params):
         c.close()
 
 
+def concurrently(call, srv, jobs: list[dict]) -> list:
+    """`call(srv, **job)` for every job at once (one thread each): each result, or the error it raised."""
+
+    def run(kw):
+        try:
+            return call(srv, **kw)
+        except InferenceServerException as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(run, jobs))
+
+
 def assert_healthy(srv):
     """A real small inference (the ready endpoint stays 200 even when a model's stub died)."""
     out = generate_http(srv, prompt="healthy?", duration=0.1, seed=1)
@@ -241,15 +254,7 @@ def test_concurrent_good_and_bad_requests_do_not_disturb_each_other(triton):
         dict(prompt=PROMPT, duration=1.0, seed=7),
         dict(prompt=PROMPT, duration=199.0),
     ]
-
-    def run(p):
-        try:
-            return generate_grpc(triton, **p)
-        except InferenceServerException as exc:
-            return exc
-
-    with ThreadPoolExecutor(4) as pool:
-        res = list(pool.map(run, params))
+    res = concurrently(generate_grpc, triton, params)
     assert isinstance(res[1], InferenceServerException) and isinstance(res[3], InferenceServerException)
     assert np.array_equal(res[0]["audio_codes"], res[2]["audio_codes"])
 
