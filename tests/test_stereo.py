@@ -55,7 +55,8 @@ def test_verify_stereo_fp32_parity_and_greedy_oracle(stereo_repo):
     assert report["codes"]["audio_encoder"]["shape"][0] == K  # each channel encoded, codebooks interleaved
     runs = report["greedy_oracle"]["runs"]
     assert all(r["identical"] and r["audio"]["shape"][0] == 2 and r["audio"]["max_abs"] < 1e-4 for r in runs)
-    assert sum(r["prompt_frames"] > 0 for r in runs) == 2  # a stereo and a mono prompt, continued
+    assert sum(r["prompt_frames"] > 0 and "windows" not in r for r in runs) == 2  # a stereo and a mono prompt
+    assert sum("windows" in r for r in runs) == 2  # long form on a stereo model: text only, after a prompt
 
 
 def _chunks(events):
