@@ -9,9 +9,11 @@ Generations share one batched decoder step: each feeds one token per step, so a 
 joins a running batch at any step, in free rows of the cache, with its own positions, sampling
 parameters and random generator; finished ones leave and their rows are reused. A generation whose
 conditioning comes before its first token (`prefix_len` > 0, e.g. melody's prepended chroma and
-text) or that continues an audio prompt (`prompt_codes`) is first prefilled on its own rows — prefix,
-BOS and the prompt's delayed columns in one step — then decodes with the others. A prompt's codes
-fill the delay pattern; only the positions they leave unknown are sampled (as transformers does).
+text) or that continues an audio prompt (`prompt_codes`) is first prefilled on its own rows: BOS and
+the prompt's delayed columns, at most `prefill_chunk` columns per step (the first chunk also carries
+the prefix), each step's chunk next to the batched decode step of the others, so a long prompt never
+holds them up for long; then it decodes with the others. A prompt's codes fill the delay pattern;
+only the positions they leave unknown are sampled (as transformers does).
 
     lm = open_language_model(model_dir)
     gen = lm.prepare(GenerationRequest(text_states, text_mask, params, frames, chroma=None))
@@ -36,6 +38,12 @@ from .step_graph import BLOCKWISE_INT8_MAX_ROWS, StepGraph
 from .validation import GenerationParams
 
 _ids = itertools.count(1)
+
+# Most prefill columns one generation runs per engine step: a long audio prompt (or a long-form window's
+# prompt) prefills over several steps, between the decode steps of the others. A 10-column chunk of
+# musicgen-small int8 with guidance (2 rows) took 0.2-0.36 s on our 2-core AMD EPYC VM under load
+# (20-50 ms a column as the load varied); the whole 600-column window prompt in one step took 27.5 s.
+PREFILL_CHUNK = 10
 
 
 @dataclass(eq=False)
@@ -68,6 +76,7 @@ class Generation:
     audio_channels: int = 1
     on_step: Callable[["Generation"], None] | None = None
     t: int = 0  # columns filled after BOS (a prompt's columns are filled from the start)
+    prefilled: int = 0  # prefill columns (BOS and the prompt's) already in this generation's cache rows
     id: int = field(default_factory=lambda: next(_ids))
     error: BaseException | None = None
     cancelled: bool = False
@@ -83,6 +92,11 @@ class Generation:
         return self.prefix_len > 0 or self.prompt_frames > 0
 
     @property
+    def prefill_left(self) -> int:
+        """Prefill columns (BOS and the prompt's) still to run; 0 once it decodes."""
+        return self.prompt_frames + 1 - self.prefilled if self.needs_prefill else 0
+
+    @property
     def first_position(self) -> int:
         """Position (and cache index) of the BOS token: after the prefix."""
         return self.prefix_len
@@ -90,6 +104,8 @@ class Generation:
     @property
     def positions_written(self) -> int:
         """Cache positions this generation's rows hold."""
+        if self.prefill_left:
+            return self.first_position + self.prefilled if self.prefilled else 0
         return self.first_position + self.t + 1
 
     @property
@@ -134,7 +150,8 @@ class LanguageModel:
     conditioning inputs (`decode_inputs`, `prefill_inputs`); it does not touch the loop.
 
     max_rows: cache rows (a request takes 2 with guidance); max_steps: the longest request's steps (the
-    cache's positions follow); blockwise_int8_max_rows: see step_graph (0: never load that graph).
+    cache's positions follow); blockwise_int8_max_rows: see step_graph (0: never load that graph);
+    prefill_chunk: most prefill columns a generation runs in one step (see `step`).
     """
 
     model_type: str = ""
@@ -148,7 +165,11 @@ class LanguageModel:
         max_rows: int = 32,
         max_steps: int | None = None,
         blockwise_int8_max_rows: int = BLOCKWISE_INT8_MAX_ROWS,
+        prefill_chunk: int = PREFILL_CHUNK,
     ):
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk
         model_dir = Path(model_dir)
         self.manifest = manifest_mod.read(model_dir)
         if self.manifest.get("model_type", "musicgen") != self.model_type:
@@ -162,7 +183,7 @@ class LanguageModel:
         self.num_layers, self.cache_dtype = self.decoder.num_layers, self.decoder.cache_dtype
         self.cache: KVCache = self.decoder.new_cache(max_rows, self.capacity(max_steps))
         self.rows = RowAllocator(self.cache)
-        self.pending: list[Generation] = []  # waiting for their prefill at the next step
+        self.pending: list[Generation] = []  # prefill to run: rows taken at their first chunk
         self._lock = threading.Lock()
 
     # -- what a variant supplies ----------------------------------------------------------------------
@@ -182,8 +203,9 @@ class LanguageModel:
         """The conditioning inputs of a decode step over every seated row: StepGraph.run's `extra`/`cross`."""
         raise NotImplementedError
 
-    def prefill_inputs(self, gen: Generation) -> dict:
-        """The conditioning inputs of `gen`'s prefill on its own rows: StepGraph.run's `extra`/`cross`."""
+    def prefill_inputs(self, gen: Generation, rows: slice) -> dict:
+        """The conditioning inputs of `gen`'s next prefill chunk on `rows` of its own rows (the prefix only
+        in the first chunk, `gen.prefilled` == 0): StepGraph.run's `extra`/`cross`."""
         raise NotImplementedError(f"{type(self).__name__} has no prefill step")
 
     def max_frames(self, text_tokens: int) -> int:
@@ -253,7 +275,7 @@ class LanguageModel:
 
     def add(self, gen: Generation) -> None:
         """Join the running batch: at once in the lowest free rows (nothing is copied; RuntimeError when
-        full), or, with a prefix or a prompt, at the next step, prefilled on its own rows."""
+        full), or, with a prefix or a prompt, from the next step on, prefilled on its own rows."""
         with self._lock:
             if gen.needs_prefill:
                 self.pending.append(gen)
@@ -271,37 +293,44 @@ class LanguageModel:
 
     # -- the loop -------------------------------------------------------------------------------------------
     def step(self) -> list[Generation]:
-        """One step: a batched decode step for the seated generations, then the prefill of those waiting.
+        """One step: a batched decode step for the seated generations that decode, then one prefill chunk
+        for each generation with prefill left (its rows taken at its first chunk: a full cache fails it
+        alone). A cancelled generation leaves here, between chunks too, and its rows are free.
 
         Returns the generations that left (done, failed or cancelled).
         """
         with self._lock:
-            if self.rows.active:
+            if any(not g.prefill_left for g in self.rows.active):
                 self._decode()
-            pending, self.pending = self.pending, []
             left = []
-            for gen in pending:
-                if gen.cancelled:
-                    left.append(gen)
-                    continue
-                try:
-                    start = self.rows.take(gen)
-                except RuntimeError as exc:  # no room: this request alone fails
-                    gen.error = exc
-                    left.append(gen)
-                    continue
-                self._prefill(gen, start)
+            for gen in list(self.pending):
+                if not gen.done and gen.id not in self.rows.start:
+                    try:
+                        self.rows.take(gen)
+                    except RuntimeError as exc:  # no room: this request alone fails
+                        gen.error = exc
+                if not gen.done:
+                    self._prefill_chunk(gen)
+                if gen.done or not gen.prefill_left:
+                    self.pending.remove(gen)
+                    if gen.id not in self.rows.start:  # never seated: it leaves here, not from its rows
+                        left.append(gen)
             return left + self.rows.release_done()
 
     def _decode(self) -> None:
+        """Every seated row steps; a generation still prefilling feeds padding at the position its next
+        chunk starts at (which that chunk overwrites) and samples nothing."""
         d = self.dims
         rows = self.rows.used
         ids = np.full((rows, d.num_codebooks, 1), d.pad_token_id, np.int64)  # gap rows: padding at position 0
         pos = np.zeros((rows, 1), np.int64)
         for gen in self.rows.active:
             r = self.rows.start[gen.id]
-            ids[r : r + gen.rows, :, 0] = gen.tokens[:, gen.t]
-            pos[r : r + gen.rows] = gen.first_position + gen.t
+            if gen.prefill_left:
+                pos[r : r + gen.rows] = gen.first_position + gen.prefilled
+            else:
+                ids[r : r + gen.rows, :, 0] = gen.tokens[:, gen.t]
+                pos[r : r + gen.rows] = gen.first_position + gen.t
         try:
             logits = self.decoder.run(ids, pos, self.cache, **self.decode_inputs())
         except Exception as exc:  # a failed batched step fails the generations in it, clearly
@@ -310,20 +339,33 @@ class LanguageModel:
                 gen.error = err
             return
         for gen in self.rows.active:
-            if not gen.cancelled:
+            if not gen.cancelled and not gen.prefill_left:
                 gen.advance(logits, self.rows.start[gen.id], d.pad_token_id)
 
-    def _prefill(self, gen: Generation, start: int) -> None:
-        """Prefix, BOS and the prompt's columns (0..t) in one step on the generation's own rows (their
-        cache positions are free), then its first unknown column."""
-        ids = np.repeat(gen.tokens[None, :, : gen.t + 1], gen.rows, axis=0)
-        pos = np.tile(np.arange(gen.prefix_len + gen.t + 1, dtype=np.int64), (gen.rows, 1))
+    def _prefill_chunk(self, gen: Generation) -> None:
+        """The next at most `prefill_chunk` prefill columns on the generation's own rows, at their cache
+        positions (the first chunk from position 0: the prefix, then BOS); after the last chunk, its
+        first unknown column is sampled."""
+        a = gen.prefilled
+        b = min(a + self.prefill_chunk, gen.prompt_frames + 1)
+        ids = np.repeat(gen.tokens[None, :, a:b], gen.rows, axis=0)
+        first = 0 if a == 0 else gen.first_position + a
+        pos = np.tile(np.arange(first, gen.first_position + b, dtype=np.int64), (gen.rows, 1))
+        # GroupQueryAttention on CPU takes several new tokens after a past for one row at a time only
+        # ("batch_size must be 1 when sequence_length > 1 and past context is given"): later chunks run per row
+        parts = [slice(0, gen.rows)] if a == 0 or b - a == 1 else [slice(i, i + 1) for i in range(gen.rows)]
+        start, last = self.rows.start[gen.id], []
         try:
-            logits = self.decoder.run(ids, pos, self.cache, first_row=start, **self.prefill_inputs(gen))
+            for part in parts:
+                inputs = self.prefill_inputs(gen, part)
+                logits = self.decoder.run(ids[part], pos[part], self.cache, first_row=start + part.start, **inputs)
+                last.append(logits[:, :, -1:])
         except Exception as exc:
             gen.error = RuntimeError(f"prefill failed: {exc}")
             return
-        gen.advance(logits, 0, self.dims.pad_token_id)
+        gen.prefilled = b
+        if not gen.prefill_left:
+            gen.advance(np.concatenate(last), 0, self.dims.pad_token_id)
 
     # -- whole requests -------------------------------------------------------------------------------------
     def run_together(self, gens) -> None:

@@ -17,8 +17,9 @@ Graphs (exported by export/onnx_export.py, names below):
   melody_decoder_step.onnx inputs_embeds [B,E,H], input_ids [B,K,S], position_ids [B,E+S], seqlens_k [B],
                            total_sequence_length [], past_key_values.{i}.decoder.{key,value} [B,h,capacity,d]
                            -> logits [B,K,S,V] (token positions only), present.* (the same buffers: in place)
-The step graph takes the prefix embeddings and the BOS ids together (prefill, E = P, on a new
-generation's own cache rows) or token ids alone (E = 0, every running row at its own position).
+The step graph takes the prefix embeddings and the BOS ids together (a prefill's first chunk, E = P, on a
+new generation's own cache rows) or token ids alone (E = 0: its later chunks, and the decode step of
+every running row at its own position).
 Generations at different steps, with prefixes of different lengths, share one batched decode step.
 
 The loop is lm.LanguageModel's; a request's `chroma` (chroma.chroma(...)) is optional.
@@ -70,7 +71,8 @@ class MelodyConditioner:
 
 class MelodyLanguageModel(LanguageModel):
     """melody_condition + melody_decoder_step graphs of one MusicGen-Melody export. A new generation's
-    prefill (prefix + BOS) runs on its own rows at the next step, then it decodes with the others."""
+    prefill (prefix + BOS, + a prompt's columns) runs on its own rows from the next step, then it decodes
+    with the others."""
 
     model_type = MODEL_TYPE
 
@@ -145,8 +147,10 @@ class MelodyLanguageModel(LanguageModel):
     def decode_inputs(self) -> dict:
         return {"extra": {INPUTS_EMBEDS: np.zeros((self.rows.used, 0, self.dims.hidden_size), np.float32)}}
 
-    def prefill_inputs(self, gen: Generation) -> dict:
-        return {"extra": {INPUTS_EMBEDS: gen.condition}}
+    def prefill_inputs(self, gen: Generation, rows: slice) -> dict:
+        """The prefix embeddings in the first chunk; later chunks continue after them, as decode steps do."""
+        embeds = gen.condition[rows]
+        return {"extra": {INPUTS_EMBEDS: embeds if gen.prefilled == 0 else embeds[:, :0]}}
 
     def run_step(self, embeds: np.ndarray, ids: np.ndarray, pos: np.ndarray, cache, first_row: int = 0) -> np.ndarray:
         """The step graph on rows [first_row, first_row + len(ids)) of `cache` (verification): embeds

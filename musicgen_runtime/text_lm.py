@@ -83,23 +83,27 @@ class TextLanguageModel(LanguageModel):
         """Cross-attention K/V and mask in row order; gap rows get zeros (fully masked). Kept while the
         rows stay the same (the step's kept binding holds the K/V values)."""
         if self._batch[0] != self.rows.layout:
-            self._batch = (self.rows.layout, self._cross_inputs(self.rows.active, self.rows.start, self.rows.used))
+            placed = [(self.rows.start[g.id], g.condition) for g in self.rows.active]
+            self._batch = (self.rows.layout, self._cross_inputs(placed, self.rows.used))
         return self._batch[1]
 
-    def prefill_inputs(self, gen: Generation) -> dict:
-        """A prompt's prefill: this generation's cross-attention K/V and mask on its own rows."""
-        return self._cross_inputs([gen], {gen.id: 0}, gen.rows)
+    def prefill_inputs(self, gen: Generation, rows: slice) -> dict:
+        """A prompt's prefill: this generation's cross-attention K/V and mask on `rows` of its own rows."""
+        c = gen.condition
+        part = CrossCondition([kv[rows] for kv in c.cross], c.enc_mask[rows])
+        return self._cross_inputs([(0, part)], part.enc_mask.shape[0])
 
-    def _cross_inputs(self, gens: list[Generation], start: dict, rows: int) -> dict:
-        t_max = max(g.condition.enc_mask.shape[1] for g in gens)
+    def _cross_inputs(self, placed: list[tuple[int, CrossCondition]], rows: int) -> dict:
+        """The K/V and mask inputs of `rows` rows, each condition at its first row (others: zeros)."""
+        t_max = max(c.enc_mask.shape[1] for _, c in placed)
         d = self.dims
         cross = [np.zeros((rows, d.num_heads, t_max, d.head_dim), self.cache_dtype) for _ in range(2 * self.num_layers)]
         enc_mask = np.zeros((rows, t_max), np.int64)
-        for g in gens:
-            r, t = start[g.id], g.condition.enc_mask.shape[1]
-            enc_mask[r : r + g.rows, :t] = g.condition.enc_mask
-            for buf, c in zip(cross, g.condition.cross):
-                buf[r : r + g.rows, :, :t] = c
+        for r, c in placed:
+            n, t = c.enc_mask.shape
+            enc_mask[r : r + n, :t] = c.enc_mask
+            for buf, kv in zip(cross, c.cross):
+                buf[r : r + n, :, :t] = kv
         return {"extra": {names.ENCODER_ATTENTION_MASK: enc_mask}, "cross": [self.decoder.value(c) for c in cross]}
 
     def run_step(self, ids: np.ndarray, pos: np.ndarray, enc_mask: np.ndarray, cache, cross: list) -> np.ndarray:

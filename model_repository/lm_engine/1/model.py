@@ -16,7 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from musicgen_runtime import audio_prompt, chroma, delay, long_form, manifest, names, triton_io
 from musicgen_runtime.engine_metrics import EngineMetrics
-from musicgen_runtime.lm import GenerationRequest
+from musicgen_runtime.lm import PREFILL_CHUNK, GenerationRequest
 from musicgen_runtime.scheduler import Job, Scheduler
 from musicgen_runtime.step_graph import BLOCKWISE_INT8_MAX_ROWS
 from musicgen_runtime.validation import DEFAULT_MAX_DURATION, DEFAULT_WINDOW_SECONDS, ValidationError, validate_params
@@ -44,12 +44,15 @@ class TritonPythonModel:
         steps = delay.num_steps(self.windows.window, dims.num_codebooks, dims.audio_channels)
         # steps of up to this many rows run an int8 export's blockwise-int8 step graph (0: never load it)
         blockwise = int(params.get("blockwise_int8_max_rows") or BLOCKWISE_INT8_MAX_ROWS)
+        # a prompt's prefill runs this many columns per engine step, between the others' decode steps
+        prefill_chunk = int(params.get("prefill_chunk_frames") or PREFILL_CHUNK)
         self.lm = open_language_model(
             d,
             device=device,
             max_rows=2 * max_active,
             max_steps=steps,
             blockwise_int8_max_rows=blockwise,
+            prefill_chunk=prefill_chunk,
         )
         self.dims = self.lm.dims
         enc = d / names.AUDIO_ENCODER_FILE  # text-only exports: continuation from an audio prompt
