@@ -14,8 +14,10 @@ UI_PORT ?= 8501
 
 .PHONY: setup export verify serve stop run ui lint test chaos-soak deploy-check bench bench-short bench-quick clean
 
-# Idempotent: reinstalls only when pyproject.toml changed since the last install.
+# Idempotent: reinstalls only when pyproject.toml changed since the last install; then builds our CPU
+# kernel library for ONNX Runtime (musicgen_runtime/cpu_kernels, gcc) unless it is current.
 setup: $(STAMP)
+	$(BIN)/python -m musicgen_runtime.cpu_kernels
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

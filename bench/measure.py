@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgen_runtime import names
+from musicgen_runtime import cpu_kernels, names
 from musicgen_runtime.lm import GenerationRequest
 
 
@@ -316,7 +316,7 @@ def _timed(fn) -> float:
 
 
 WEIGHT_OPS = {
-    "MatMulNBits",
+    cpu_kernels.OP,
     "MatMulInteger",
     "DynamicQuantizeMatMul",
     "MatMulIntegerToFloat",
@@ -365,7 +365,13 @@ def step_profile(
     blockwise = lm.decoder.select(rows) is lm.decoder.blockwise_int8_sess
     graph_file = names.DECODER_STEP_BLOCKWISE_INT8_FILE if blockwise else names.DECODER_STEP_FILE
     with tempfile.TemporaryDirectory() as tmp:
-        sess = open_graph(Path(model_dir) / graph_file, lm.device, threads, profile_prefix=str(Path(tmp) / "step"))
+        sess = open_graph(
+            Path(model_dir) / graph_file,
+            lm.device,
+            threads,
+            profile_prefix=str(Path(tmp) / "step"),
+            custom_ops=blockwise,
+        )
         if blockwise:  # the batch's next steps run on the profiling session of the same graph
             lm.decoder.blockwise_int8_sess = sess
         else:

@@ -351,16 +351,52 @@ def to_int8(path: Path) -> None:
 
 
 def to_int8_blockwise(src: Path, path: Path) -> None:
-    """Blockwise int8 (CPU): MatMulNBits with 8-bit weights, one symmetric scale per 128 inputs,
-    int8 arithmetic (accuracy level 4). Its kernel streams the weights faster than dynamic int8's
-    GEMM when a step has one or two rows (step_graph.BLOCKWISE_INT8_MAX_ROWS); with more rows it computes
-    slower."""
+    """Blockwise int8 (CPU): every MatMul with a constant weight [K, N] becomes our Int8BlockGemv
+    (musicgen_runtime/cpu_kernels): int8 weights, one symmetric scale per output and 128 inputs (the
+    largest of 128, 64, 32, 16 that divides K), packed for the kernel. Its kernel streams the weights
+    faster than dynamic int8's GEMM when a step has one or two rows (step_graph.BLOCKWISE_INT8_MAX_ROWS);
+    with more rows it computes slower."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    from onnx import helper, numpy_helper
 
-    q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=8, block_size=128, is_symmetric=True, accuracy_level=4)
-    q.process()
-    _save(fuse_skip_layer_norm(q.model.model), path)
+    from musicgen_runtime import cpu_kernels
+
+    proto = fuse_skip_layer_norm(onnx.load(str(src)))  # first: its shape inference does not know our operator
+    graph = proto.graph
+    weights = {t.name: t for t in graph.initializer}
+    packed: dict[str, tuple[str, str, int, int]] = {}  # weight name -> (Qp name, Sp name, N, block)
+    nodes = []
+    for node in graph.node:
+        w = weights.get(node.input[1]) if node.op_type == "MatMul" else None
+        block = next((b for b in (128, 64, 32, 16) if w is not None and w.dims[0] % b == 0), None)
+        if w is None or len(w.dims) != 2 or block is None:
+            nodes.append(node)
+            continue
+        if w.name not in packed:
+            qp, sp = cpu_kernels.pack(numpy_helper.to_array(w), block)
+            packed[w.name] = (w.name + "_int8_packed", w.name + "_int8_scales", int(w.dims[1]), block)
+            graph.initializer.extend(
+                [numpy_helper.from_array(qp, packed[w.name][0]), numpy_helper.from_array(sp, packed[w.name][1])]
+            )
+        q_name, s_name, n, block = packed[w.name]
+        nodes.append(
+            helper.make_node(
+                cpu_kernels.OP,
+                [node.input[0], q_name, s_name],
+                list(node.output),
+                node.name,
+                domain=cpu_kernels.DOMAIN,
+                N=n,
+                block_size=block,
+            )
+        )
+    still_read = {i for node in nodes for i in node.input}
+    kept = [t for t in graph.initializer if t.name not in packed or t.name in still_read]
+    del graph.node[:], graph.initializer[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(kept)
+    proto.opset_import.append(helper.make_opsetid(cpu_kernels.DOMAIN, 1))
+    _save(proto, path)
 
 
 def fuse_skip_layer_norm(proto):

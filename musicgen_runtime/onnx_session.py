@@ -7,6 +7,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from . import cpu_kernels
+
 
 class GraphError(RuntimeError):
     pass
@@ -33,6 +35,7 @@ def open_graph(
     expect_outputs=(),
     spin: bool = True,
     profile_prefix: str | None = None,
+    custom_ops: bool = False,
 ) -> ort.InferenceSession:
     """Load a graph; fail clearly if it is missing or lacks the tensor names the runtime uses.
 
@@ -44,6 +47,7 @@ def open_graph(
     on a 2-core machine busy with other processes, a one-request int8 step took about half the time
     without spinning; on a quiet one, about a tenth more (docs/performance.md).
     profile_prefix: ORT's per-node profiling into <prefix>_<date>.json (the benchmark's step profile).
+    custom_ops: the graph uses our operators (cpu_kernels): register their library with the session.
     """
     path = Path(path)
     if not path.exists():
@@ -59,6 +63,17 @@ def open_graph(
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix
+    if custom_ops:
+        library = cpu_kernels.library()
+        if library is None:
+            raise GraphError(
+                f"{path.name} uses our CPU kernels, whose library is not built: run "
+                "`python -m musicgen_runtime.cpu_kernels` (`make setup` does)"
+            )
+        try:
+            so.register_custom_ops_library(str(library))
+        except Exception as exc:
+            raise GraphError(f"onnxruntime could not load {library.name}: {exc}") from exc
     try:
         sess = ort.InferenceSession(str(path), sess_options=so, providers=providers_for(device))
     except Exception as exc:

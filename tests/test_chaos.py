@@ -265,8 +265,10 @@ def test_chaos(chaos_server):
         n_after = len(load.records)
         _wait(lambda: len(load.records) >= n_after + 2 * len(Load.KINDS), RECOVERY_BOUND, "load after the faults")
     records = load.records
-    # the supervisor says how the stub ended (its exit status: the log says nothing of a kill -9)
-    assert "killed by SIGKILL" in faults[0]["supervisor"]["reason"], faults[0]
+    # the supervisor says how the stub ended (its exit status: the log says nothing of a kill -9), unless
+    # tritonserver aborted on the stub's death before the supervisor's next check (seen once in ~20 runs)
+    reason = faults[0]["supervisor"]["reason"]
+    assert "killed by SIGKILL" in reason or reason == "tritonserver exited (code -6)", faults[0]
 
     raw = [r for r in records if r[1].startswith("RAW")]
     assert not raw, f"requests ended with an unclassified error: {raw[:5]}"

@@ -96,7 +96,7 @@ def test_export_from_save_pretrained_directory(tmp_path, tiny_checkpoint):
     assert report["passed"], report
 
 
-def test_int8_export_is_quantized_and_close(tmp_path):
+def test_int8_export_is_quantized_and_close(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     m = build("tiny-random", repo, precision="int8")
     assert m["precision"] == "int8" and m["graphs"]["decoder_step.onnx"]["precision"] == "int8"
@@ -109,7 +109,7 @@ def test_int8_export_is_quantized_and_close(tmp_path):
     assert report["graphs"]["decoder_step_blockwise_int8"]["rel_l2"] < 0.1
     assert report["checks"]["top250_overlap_blockwise_int8"] > 0.9
     few_ops = _step_ops(repo, names.DECODER_STEP_BLOCKWISE_INT8_FILE)
-    assert few_ops["MatMulNBits"] > 0 and few_ops["MatMul"] == few_ops["MatMulInteger"] == 0
+    assert few_ops["Int8BlockGemv"] > 0 and few_ops["MatMul"] == few_ops["MatMulInteger"] == 0
     assert few_ops["GroupQueryAttention"] == few_ops["MultiHeadAttention"] == 2
     # every LayerNormalization fused with the residual Add before it: 3 per layer and the first one's input sum
     assert few_ops["LayerNormalization"] == 0 and few_ops["SkipLayerNormalization"] == 3 * 2 + 1
@@ -123,6 +123,14 @@ def test_int8_export_is_quantized_and_close(tmp_path):
     )
     # lm_engine's "blockwise_int8_max_rows": "0"
     assert TextLanguageModel(repo / "lm_engine" / "1", blockwise_int8_max_rows=0).decoder.blockwise_int8_sess is None
+    # without our kernel library (not built, or a CPU without AVX2) every step runs the main graph, and says why
+    from musicgen_runtime import cpu_kernels
+
+    monkeypatch.setattr(cpu_kernels, "library", lambda: None)
+    step = TextLanguageModel(repo / "lm_engine" / "1").decoder
+    assert step.blockwise_int8_sess is None and step.select(1) is step.sess
+    assert "library is not built" in step.blockwise_int8_unavailable
+    monkeypatch.undo()
 
     # staged and current: skipped; staged by other exporter code: exported again
     # a killed export's staging folder (Triton would refuse the repository) goes, a live one's stays

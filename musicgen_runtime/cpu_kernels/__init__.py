@@ -1,0 +1,96 @@
+"""Our own CPU kernels for ONNX Runtime: the blockwise-int8 matrix-vector product of decode steps.
+
+ONNX Runtime's MatMulNBits (8-bit) read a one-request step's weights at about half the memory's
+rate on AVX2 CPUs without VNNI (its int8 arithmetic is the bound there); `Int8BlockGemv` (int8_gemv.h)
+reads them as one sequential stream and multiplies in int16. The C sources are built into a shared
+library by `python -m musicgen_runtime.cpu_kernels` (`make setup` runs it); sessions of graphs that
+use the operator register that library (`onnx_session.open_graph(custom_ops=True)`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+DOMAIN = "ai.musicgen"
+OP = "Int8BlockGemv"
+BLOCK = 128  # inputs per weight scale
+TILE = 4  # output rows per packed tile
+CHUNK = 16  # inputs per packed chunk
+
+_HERE = Path(__file__).resolve().parent
+SOURCES = (_HERE / "int8_gemv.c", _HERE / "ort_op.c")
+HEADERS = (_HERE / "int8_gemv.h", _HERE / "ort_abi.h")
+LIBRARY = _HERE / "libmusicgen_cpu_kernels.so"
+CFLAGS = ["-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall", "-Werror", "-std=c11"]
+
+
+class KernelBuildError(RuntimeError):
+    pass
+
+
+def built() -> bool:
+    """The library exists and is newer than every source."""
+    if not LIBRARY.exists():
+        return False
+    stamp = LIBRARY.stat().st_mtime
+    return all(not p.exists() or p.stat().st_mtime <= stamp for p in SOURCES + HEADERS)
+
+
+def build(force: bool = False) -> Path:
+    """Compile the library (C compiler: $CC, else cc) unless it is current; returns its path."""
+    if built() and not force:
+        return LIBRARY
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        raise KernelBuildError(f"no C compiler ({cc!r}) to build {LIBRARY.name}: install gcc, or set CC")
+    with tempfile.TemporaryDirectory(dir=_HERE) as tmp:  # built aside, then moved: never half-written
+        out = Path(tmp) / LIBRARY.name
+        cmd = [cc, *CFLAGS, "-o", str(out), *map(str, SOURCES), "-lm"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise KernelBuildError(f"building {LIBRARY.name} failed:\n{done.stderr.strip()}")
+        os.replace(out, LIBRARY)
+    return LIBRARY
+
+
+def library() -> Path | None:
+    """The built library, or None when it has not been built (or its sources changed since)."""
+    return LIBRARY if built() else None
+
+
+def pack(weight: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """A MatMul's weight [K, N] (fp32) → the operator's (Qp int8 [N4/4, K/16, 64], Sp fp32 [N4/4, K/block, 4]):
+    symmetric int8 with one scale per output and `block` inputs, packed in tiles of 4 outputs
+    (N4: N rounded up to 4; the padding rows are zeros)."""
+    k, n = weight.shape
+    if k % block or block % CHUNK:
+        raise ValueError(f"K {k} must be a multiple of the block {block}, and the block of {CHUNK}")
+    n4 = -(-n // TILE) * TILE
+    w = np.zeros((n4, k), np.float32)
+    w[:n] = weight.T
+    blocks = w.reshape(n4, k // block, block)
+    scale = np.abs(blocks).max(axis=2) / 127.0
+    scale[scale == 0] = 1.0
+    q = np.clip(np.rint(blocks / scale[:, :, None]), -127, 127).astype(np.int8).reshape(n4, k)
+    qp = (
+        q.reshape(n4 // TILE, TILE, k // CHUNK, CHUNK)
+        .transpose(0, 2, 1, 3)
+        .reshape(n4 // TILE, k // CHUNK, TILE * CHUNK)
+    )
+    sp = scale.reshape(n4 // TILE, TILE, k // block).transpose(0, 2, 1).astype(np.float32)
+    return np.ascontiguousarray(qp), np.ascontiguousarray(sp)
+
+
+def unpack(qp: np.ndarray, sp: np.ndarray, n: int) -> np.ndarray:
+    """The weight [K, N] that `pack`'s output stands for (dequantized): the operator's reference."""
+    tiles, chunks, _ = qp.shape
+    k, block = chunks * CHUNK, chunks * CHUNK // sp.shape[1]
+    q = qp.reshape(tiles, chunks, TILE, CHUNK).transpose(0, 2, 1, 3).reshape(tiles * TILE, k).astype(np.float32)
+    scale = sp.transpose(0, 2, 1).reshape(tiles * TILE, k // block)
+    return (q * np.repeat(scale, block, axis=1))[:n].T

@@ -1,0 +1,75 @@
+/* The kernel of int8_gemv.h. Built with -mavx2 -mfma; the library checks the CPU before it
+   registers the operator (ort_op.c). */
+#include "int8_gemv.h"
+
+#include <immintrin.h>
+#include <math.h>
+
+/* Bytes ahead of the current chunk to prefetch: 16 chunks (1 KB). Without it the step's weights
+   read at 20 GB/s, with it at 25 GB/s (of 30 GB/s for a plain read) on the 2-core Zen 2 VM. */
+#define PREFETCH_AHEAD 1024
+
+static inline float hsum(__m256 v) {
+  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+void int8_gemv_quantize(const float* a, int rows, int k, int block, QuantRows* q) {
+  int nblk = k / block;
+  q->rows = rows, q->k = k, q->block = block;
+  for (int m = 0; m < rows; m++)
+    for (int b = 0; b < nblk; b++) {
+      const float* x = a + (size_t)m * k + (size_t)b * block;
+      float mx = 0.f;
+      for (int i = 0; i < block; i++) mx = fmaxf(mx, fabsf(x[i]));
+      float scale = mx > 0.f ? mx / 32767.f : 1.f, inv = 1.f / scale;
+      int16_t* out = q->a16 + (size_t)m * k + (size_t)b * block;
+      for (int i = 0; i < block; i++) out[i] = (int16_t)lrintf(x[i] * inv);
+      q->scale[m * nblk + b] = scale;
+    }
+}
+
+/* MT (1 or 2) rows of A against one tile of 4 outputs. Within a block, int32 sums of int16 x int8
+   products cannot overflow: |a| <= 32767, |q| <= 127, block <= 1024 (checked when the op is made). */
+static inline __attribute__((always_inline)) void tile(int MT, const QuantRows* a, int m0, const int8_t* qp,
+                                                        const float* sp, float* y, int n, int n0) {
+  const int k = a->k, block = a->block, nblk = k / block;
+  __m256 tot[2][4];
+  for (int m = 0; m < MT; m++)
+    for (int j = 0; j < 4; j++) tot[m][j] = _mm256_setzero_ps();
+  for (int b = 0; b < nblk; b++) {
+    __m256i acc[2][4];
+    for (int m = 0; m < MT; m++)
+      for (int j = 0; j < 4; j++) acc[m][j] = _mm256_setzero_si256();
+    for (int c = b * block; c < (b + 1) * block; c += 16) {
+      const int8_t* p = qp + (size_t)c * 4;
+      _mm_prefetch((const char*)p + PREFETCH_AHEAD, _MM_HINT_T0);
+      __m256i av[2];
+      for (int m = 0; m < MT; m++) av[m] = _mm256_loadu_si256((const __m256i*)(a->a16 + (size_t)(m0 + m) * k + c));
+      for (int j = 0; j < 4; j++) {
+        __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(p + 16 * j)));
+        for (int m = 0; m < MT; m++) acc[m][j] = _mm256_add_epi32(acc[m][j], _mm256_madd_epi16(av[m], w));
+      }
+    }
+    for (int m = 0; m < MT; m++) {
+      float sa = a->scale[(m0 + m) * nblk + b];
+      for (int j = 0; j < 4; j++)
+        tot[m][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m][j]), _mm256_set1_ps(sa * sp[b * 4 + j]), tot[m][j]);
+    }
+  }
+  for (int m = 0; m < MT; m++)
+    for (int j = 0; j < 4 && n0 + j < n; j++) y[(size_t)(m0 + m) * n + n0 + j] = hsum(tot[m][j]);
+}
+
+void int8_gemv_tiles(const QuantRows* a, const int8_t* qp, const float* sp, float* y, int n, int t0, int t1) {
+  const int k = a->k, nblk = k / a->block;
+  for (int t = t0; t < t1; t++) {
+    const int8_t* q = qp + (size_t)t * 4 * k;
+    const float* s = sp + (size_t)t * 4 * nblk;
+    int m = 0;
+    for (; m + 2 <= a->rows; m += 2) tile(2, a, m, q, s, y, n, 4 * t);
+    if (m < a->rows) tile(1, a, m, q, s, y, n, 4 * t);
+  }
+}
