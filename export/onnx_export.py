@@ -351,11 +351,12 @@ def to_int8(path: Path) -> None:
 
 
 def to_int8_blockwise(src: Path, path: Path) -> None:
-    """Blockwise int8 (CPU): every MatMul with a constant weight [K, N] becomes our Int8BlockGemv
-    (musicgen_runtime/cpu_kernels): int8 weights, one symmetric scale per output and 128 inputs (the
-    largest of 128, 64, 32, 16 that divides K), packed for the kernel. Its kernel streams the weights
-    faster than dynamic int8's GEMM when a step has one or two rows (step_graph.BLOCKWISE_INT8_MAX_ROWS);
-    with more rows it computes slower."""
+    """Blockwise int8 (CPU), on our operators (musicgen_runtime/cpu_kernels): every MatMul with a constant
+    weight [K, N] becomes Int8BlockGemv (int8 weights, one symmetric scale per output and 128 inputs — the
+    largest of 128, 64, 32, 16 that divides K — packed for the kernel), and every self-attention
+    GroupQueryAttention CachedAttention. Its kernels stream the weights and the cache faster than ORT's
+    when a step has one or two rows (step_graph.BLOCKWISE_INT8_MAX_ROWS); with more rows dynamic int8's
+    GEMM computes faster."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -367,6 +368,9 @@ def to_int8_blockwise(src: Path, path: Path) -> None:
     packed: dict[str, tuple[str, str, int, int]] = {}  # weight name -> (Qp name, Sp name, N, block)
     nodes = []
     for node in graph.node:
+        if node.op_type == "GroupQueryAttention":
+            nodes.append(_cached_attention(node))
+            continue
         w = weights.get(node.input[1]) if node.op_type == "MatMul" else None
         block = next((b for b in (128, 64, 32, 16) if w is not None and w.dims[0] % b == 0), None)
         if w is None or len(w.dims) != 2 or block is None:
@@ -397,6 +401,27 @@ def to_int8_blockwise(src: Path, path: Path) -> None:
     graph.initializer.extend(kept)
     proto.opset_import.append(helper.make_opsetid(cpu_kernels.DOMAIN, 1))
     _save(proto, path)
+
+
+def _cached_attention(node):
+    """Our CachedAttention for a GroupQueryAttention of packed QKV with an explicit scale and no rotary
+    or window (what the step graphs export); any other GroupQueryAttention is kept."""
+    from onnx import helper
+
+    from musicgen_runtime import cpu_kernels
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    qkv, key, value, past_key, past_value, seqlens_k, total = list(node.input)[:7]
+    if key or value or set(attrs) != {"num_heads", "kv_num_heads", "scale"} or len(node.input) > 7:
+        return node
+    return helper.make_node(
+        cpu_kernels.ATTENTION_OP,
+        [qkv, past_key, past_value, seqlens_k, total],
+        list(node.output),
+        node.name,
+        domain=cpu_kernels.DOMAIN,
+        **attrs,
+    )
 
 
 def fuse_skip_layer_norm(proto):

@@ -110,7 +110,7 @@ def test_int8_export_is_quantized_and_close(tmp_path, monkeypatch):
     assert report["checks"]["top250_overlap_blockwise_int8"] > 0.9
     few_ops = _step_ops(repo, names.DECODER_STEP_BLOCKWISE_INT8_FILE)
     assert few_ops["Int8BlockGemv"] > 0 and few_ops["MatMul"] == few_ops["MatMulInteger"] == 0
-    assert few_ops["GroupQueryAttention"] == few_ops["MultiHeadAttention"] == 2
+    assert few_ops["CachedAttention"] == few_ops["MultiHeadAttention"] == 2 and few_ops["GroupQueryAttention"] == 0
     # every LayerNormalization fused with the residual Add before it: 3 per layer and the first one's input sum
     assert few_ops["LayerNormalization"] == 0 and few_ops["SkipLayerNormalization"] == 3 * 2 + 1
     from musicgen_runtime.step_graph import BLOCKWISE_INT8_MAX_ROWS

@@ -96,3 +96,124 @@ def test_build_is_skipped_when_current_and_redone_when_a_source_changes(library,
     with pytest.raises(cpu_kernels.KernelBuildError, match="no C compiler"):
         cpu_kernels.build(force=True)
     assert cpu_kernels.built()  # a failed build leaves the working library in place
+
+
+def _attention_graph(tmp_path, op: str, heads: int, kv_heads: int, name: str):
+    """One attention node: ours (CachedAttention) or ORT's GroupQueryAttention with the same inputs."""
+    domain, inputs = cpu_kernels.DOMAIN, ["qkv", "past_key", "past_value", "seqlens_k", "total"]
+    if op == "GroupQueryAttention":
+        domain, inputs = "com.microsoft", ["qkv", "", "", "past_key", "past_value", "seqlens_k", "total"]
+    node = helper.make_node(
+        op,
+        inputs,
+        ["out", "present_key", "present_value"],
+        domain=domain,
+        num_heads=heads,
+        kv_num_heads=kv_heads,
+        scale=0.125,
+    )
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [node],
+        "attention",
+        [
+            helper.make_tensor_value_info("qkv", f, None),
+            helper.make_tensor_value_info("past_key", f, None),
+            helper.make_tensor_value_info("past_value", f, None),
+            helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, None),
+            helper.make_tensor_value_info("total", TensorProto.INT32, None),
+        ],
+        [helper.make_tensor_value_info(n, f, None) for n in ("out", "present_key", "present_value")],
+    )
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid(domain, 1)]
+    path = tmp_path / name
+    path.write_bytes(helper.make_model(graph, opset_imports=opsets, ir_version=8).SerializeToString())
+    return open_graph(path, threads=2, custom_ops=op != "GroupQueryAttention")
+
+
+def _run_in_place(sess, qkv, key, value, last):
+    """Run with the caches bound as both past and present (as the engine does); returns the output."""
+    io = sess.io_binding()
+    io.bind_output("out")
+    for name, arr in (("qkv", qkv), ("seqlens_k", last), ("total", np.array(last.max() + 1, np.int32))):
+        io.bind_cpu_input(name, arr)
+    for past, present, cache in (("past_key", "present_key", key), ("past_value", "present_value", value)):
+        io.bind_input(past, "cpu", 0, np.float32, list(cache.shape), cache.ctypes.data)
+        io.bind_output(present, "cpu", 0, np.float32, list(cache.shape), cache.ctypes.data)
+    sess.run_with_iobinding(io)
+    return io.copy_outputs_to_cpu()[0]
+
+
+def _reference_attention(qkv, key, value, last, heads, kv_heads):
+    """numpy: store each row's new K/V at its last positions, then causal softmax attention per head."""
+    rows, tokens, _ = qkv.shape
+    d = key.shape[3]
+    key, value, out = key.copy(), value.copy(), np.zeros((rows, tokens, heads * d), np.float32)
+    for b in range(rows):
+        start = last[b] + 1 - tokens
+        for i in range(tokens):
+            t = qkv[b, i].reshape(heads + 2 * kv_heads, d)
+            key[b, :, start + i], value[b, :, start + i] = t[heads : heads + kv_heads], t[heads + kv_heads :]
+        for h in range(heads):
+            g = h // (heads // kv_heads)
+            for i in range(tokens):
+                n = start + i + 1
+                s = key[b, g, :n] @ qkv[b, i, h * d : (h + 1) * d] * 0.125
+                w = np.exp(s - s.max())
+                out[b, i, h * d : (h + 1) * d] = (w / w.sum()) @ value[b, g, :n]
+    return out, key, value
+
+
+@pytest.mark.parametrize(
+    "rows, tokens, heads, kv_heads, d, last",
+    [
+        (2, 1, 4, 4, 64, [5, 30]),  # a decode step of rows at different positions
+        (1, 3, 4, 2, 16, [9]),  # a prefill chunk after a past, grouped heads
+        (2, 2, 2, 2, 8, [1, 17]),  # several tokens after a past on several rows (ORT's CPU GQA refuses it)
+        (3, 1, 2, 1, 64, [0, 700, 12]),  # a first token, and a long past
+    ],
+)
+def test_cached_attention_equals_the_reference_in_place(tmp_path, library, rows, tokens, heads, kv_heads, d, last):
+    rng = np.random.default_rng(rows * 100 + tokens)
+    capacity = max(last) + 4
+    qkv = rng.standard_normal((rows, tokens, (heads + 2 * kv_heads) * d)).astype(np.float32)
+    key = rng.standard_normal((rows, kv_heads, capacity, d)).astype(np.float32)
+    value = rng.standard_normal((rows, kv_heads, capacity, d)).astype(np.float32)
+    last = np.array(last, np.int32)
+    ref_out, ref_key, ref_value = _reference_attention(qkv, key, value, last, heads, kv_heads)
+    ours = _attention_graph(tmp_path, cpu_kernels.ATTENTION_OP, heads, kv_heads, "ours.onnx")
+    out = _run_in_place(ours, qkv, key, value, last)
+    assert np.abs(out - ref_out).max() < 2e-5
+    assert np.array_equal(key, ref_key) and np.array_equal(value, ref_value)  # written in place, nothing else
+    if tokens == 1:  # and ORT's own kernel agrees where it runs
+        key2, value2 = (
+            rng.standard_normal(key.shape).astype(np.float32),
+            rng.standard_normal(key.shape).astype(np.float32),
+        )
+        gqa = _attention_graph(tmp_path, "GroupQueryAttention", heads, kv_heads, "gqa.onnx")
+        theirs = _run_in_place(gqa, qkv, key2.copy(), value2.copy(), last)
+        assert np.abs(_run_in_place(ours, qkv, key2, value2, last) - theirs).max() < 2e-5
+
+
+def test_cached_attention_copies_the_past_when_present_is_not_bound_to_it(tmp_path, library):
+    rng = np.random.default_rng(5)
+    qkv = rng.standard_normal((1, 1, 3 * 2 * 8)).astype(np.float32)
+    key, value = rng.standard_normal((2, 1, 2, 6, 8)).astype(np.float32)
+    last = np.array([3], np.int32)
+    ours = _attention_graph(tmp_path, cpu_kernels.ATTENTION_OP, 2, 2, "ours.onnx")
+    out, present_key, _ = ours.run(
+        None, {"qkv": qkv, "past_key": key, "past_value": value, "seqlens_k": last, "total": np.array(4, np.int32)}
+    )
+    ref_out, ref_key, _ = _reference_attention(qkv, key, value, last, 2, 2)
+    assert np.abs(out - ref_out).max() < 2e-5 and np.array_equal(present_key, ref_key)
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="CachedAttention: qkv"):
+        ours.run(
+            None,
+            {
+                "qkv": qkv,
+                "past_key": key,
+                "past_value": value,
+                "seqlens_k": np.array([6], np.int32),
+                "total": np.array(7, np.int32),
+            },
+        )  # a position past the cache's capacity

@@ -27,7 +27,7 @@ typedef struct {
 /* The API version this library asks for: GetTensorData (the newest function used) came in 23. */
 #define ORT_API_USED 23
 
-enum { ORT_ELEM_FLOAT = 1, ORT_ELEM_INT8 = 3 };
+enum { ORT_ELEM_FLOAT = 1, ORT_ELEM_INT8 = 3, ORT_ELEM_INT32 = 6 };
 enum { ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 };
 
 /* Indices into OrtApi and the function types found there. */
@@ -41,6 +41,7 @@ enum { ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 };
 #define ORT_GetDimensionsCount(api) ORT_FN(61, OrtStatus * (*)(const OrtTensorTypeAndShapeInfo*, size_t*))
 #define ORT_GetDimensions(api) ORT_FN(62, OrtStatus * (*)(const OrtTensorTypeAndShapeInfo*, int64_t*, size_t))
 #define ORT_GetTensorTypeAndShape(api) ORT_FN(65, OrtStatus * (*)(const OrtValue*, OrtTensorTypeAndShapeInfo**))
+#define ORT_KernelInfoGetAttribute_float(api) ORT_FN(85, OrtStatus * (*)(const OrtKernelInfo*, const char*, float*))
 #define ORT_KernelInfoGetAttribute_int64(api) ORT_FN(86, OrtStatus * (*)(const OrtKernelInfo*, const char*, int64_t*))
 #define ORT_KernelContext_GetInput(api) ORT_FN(90, OrtStatus * (*)(const OrtKernelContext*, size_t, const OrtValue**))
 #define ORT_KernelContext_GetOutput(api) \

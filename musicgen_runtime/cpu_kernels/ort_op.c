@@ -1,11 +1,20 @@
-/* ONNX Runtime operator ai.musicgen.Int8BlockGemv: Y = A x W for packed blockwise-int8 weights.
+/* Our ONNX Runtime operators, domain ai.musicgen (CPU):
 
-   Inputs:  A float [..., K]; Qp int8 [N4/4, K/16, 64] and Sp float [N4/4, K/block, 4] (int8_gemv.h,
-            N4 = N rounded up to 4). Attributes: N, block_size. Output: Y float [..., N].
-   The output tiles are shared out on the session's intra-op threads (KernelContext_ParallelFor). */
+   Int8BlockGemv: Y = A x W for packed blockwise-int8 weights (int8_gemv.h).
+     Inputs: A float [..., K]; Qp int8 [N4/4, K/16, 64]; Sp float [N4/4, K/block, 4] (N4 = N rounded
+     up to 4). Attributes: N, block_size. Output: Y float [..., N].
+   CachedAttention: GroupQueryAttention over an in-place cache, without rotary (cached_attention.h).
+     Inputs: qkv float [B, S, (H + 2 Hkv) D]; past_key, past_value float [B, Hkv, capacity, D];
+     seqlens_k int32 [B]; total_sequence_length int32 []. Attributes: num_heads, kv_num_heads, scale.
+     Outputs: out float [B, S, H D]; present_key, present_value [B, Hkv, capacity, D] (bound to the
+     past's buffers, they are written in place; otherwise the past is copied into them first).
+
+   Work is shared out on the session's intra-op threads (KernelContext_ParallelFor). */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "cached_attention.h"
 #include "int8_gemv.h"
 #include "ort_abi.h"
 
@@ -16,39 +25,62 @@
 
 static OrtApiTable api;
 
-typedef struct {
-  int64_t n, block;
-} Kernel;
-
-#define CHECK(call)                    \
-  do {                                 \
-    OrtStatus* status_ = (call);       \
-    if (status_) return status_;       \
+#define CHECK(call)              \
+  do {                           \
+    OrtStatus* status_ = (call); \
+    if (status_) return status_; \
   } while (0)
 
 static OrtStatus* fail(int code, const char* msg) { return ORT_CreateStatus(api)(code, msg); }
 
-/* The element type and shape of a tensor; returns its rank (at most 8) in *rank. */
-static OrtStatus* shape_of(const OrtValue* v, int* type, int64_t* dims, size_t* rank) {
+typedef struct {
+  int type;
+  size_t rank;
+  int64_t dims[8];
+  const void* data;
+} Tensor;
+
+/* Input `index`: its element type, shape and data. */
+static OrtStatus* input(OrtKernelContext* ctx, size_t index, Tensor* t) {
+  const OrtValue* v;
   OrtTensorTypeAndShapeInfo* info;
+  CHECK(ORT_KernelContext_GetInput(api)(ctx, index, &v));
   CHECK(ORT_GetTensorTypeAndShape(api)(v, &info));
-  OrtStatus* s = ORT_GetTensorElementType(api)(info, type);
-  if (!s) s = ORT_GetDimensionsCount(api)(info, rank);
-  if (!s && *rank > 8) s = fail(ORT_INVALID_ARGUMENT, "Int8BlockGemv: tensors of rank above 8 are not supported");
-  if (!s) s = ORT_GetDimensions(api)(info, dims, *rank);
+  OrtStatus* s = ORT_GetTensorElementType(api)(info, &t->type);
+  if (!s) s = ORT_GetDimensionsCount(api)(info, &t->rank);
+  if (!s && t->rank > 8) s = fail(ORT_INVALID_ARGUMENT, "ai.musicgen: tensors of rank above 8 are not supported");
+  if (!s) s = ORT_GetDimensions(api)(info, t->dims, t->rank);
   ORT_ReleaseTensorTypeAndShapeInfo(api)(info);
-  return s;
+  return s ? s : ORT_GetTensorData(api)(v, &t->data);
 }
 
-static OrtStatus* create_kernel(const OrtCustomOp* op, OrtApiTable a, const OrtKernelInfo* info, void** out) {
+static OrtStatus* output(OrtKernelContext* ctx, size_t index, const int64_t* dims, size_t rank, void** data) {
+  OrtValue* v;
+  CHECK(ORT_KernelContext_GetOutput(api)(ctx, index, dims, rank, &v));
+  return ORT_GetTensorMutableData(api)(v, data);
+}
+
+static OrtStatus* bad_input(const char* op, const char* expected) {
+  char msg[320];
+  snprintf(msg, sizeof msg, "%s: %s", op, expected);
+  return fail(ORT_INVALID_ARGUMENT, msg);
+}
+
+/* ---- Int8BlockGemv ---- */
+
+typedef struct {
+  int64_t n, block;
+} Gemv;
+
+static OrtStatus* gemv_create(const OrtCustomOp* op, OrtApiTable a, const OrtKernelInfo* info, void** out) {
   (void)op, (void)a;
-  Kernel* k = malloc(sizeof *k);
+  Gemv* k = malloc(sizeof *k);
   if (!k) return fail(ORT_FAIL, "Int8BlockGemv: out of memory");
   OrtStatus* s = ORT_KernelInfoGetAttribute_int64(api)(info, "N", &k->n);
   if (!s) s = ORT_KernelInfoGetAttribute_int64(api)(info, "block_size", &k->block);
   /* int32 sums of a block's int16 x int8 products stay below 2^31 up to 1024 inputs */
   if (!s && (k->n < 1 || k->block < 16 || k->block > 1024 || k->block % 16))
-    s = fail(ORT_INVALID_ARGUMENT, "Int8BlockGemv: N must be >= 1 and block_size a multiple of 16 up to 1024");
+    s = bad_input("Int8BlockGemv", "N must be >= 1 and block_size a multiple of 16 up to 1024");
   if (s) {
     free(k);
     return s;
@@ -63,90 +95,165 @@ typedef struct {
   const float* sp;
   float* y;
   int n, tiles;
-} Job;
+} GemvJob;
 
-static void run_task(void* user, size_t i) {
-  const Job* j = user;
+static void gemv_task(void* user, size_t i) {
+  const GemvJob* j = user;
   int t0 = (int)i * TILES_PER_TASK, t1 = t0 + TILES_PER_TASK < j->tiles ? t0 + TILES_PER_TASK : j->tiles;
   int8_gemv_tiles(j->a, j->qp, j->sp, j->y, j->n, t0, t1);
 }
 
-static OrtStatus* compute(void* kernel, OrtKernelContext* ctx) {
-  const Kernel* kn = kernel;
-  const OrtValue *av, *qv, *sv;
-  CHECK(ORT_KernelContext_GetInput(api)(ctx, 0, &av));
-  CHECK(ORT_KernelContext_GetInput(api)(ctx, 1, &qv));
-  CHECK(ORT_KernelContext_GetInput(api)(ctx, 2, &sv));
-  int at, qt, st;
-  int64_t ad[8], qd[8], sd[8];
-  size_t ar, qr, sr;
-  CHECK(shape_of(av, &at, ad, &ar));
-  CHECK(shape_of(qv, &qt, qd, &qr));
-  CHECK(shape_of(sv, &st, sd, &sr));
-  if (ar < 1) return fail(ORT_INVALID_ARGUMENT, "Int8BlockGemv: A must have at least one dimension");
-  int64_t k = ad[ar - 1], rows = 1, tiles = (kn->n + 3) / 4, block = kn->block;
-  for (size_t i = 0; i + 1 < ar; i++) rows *= ad[i];
-  if (at != ORT_ELEM_FLOAT || qt != ORT_ELEM_INT8 || st != ORT_ELEM_FLOAT || qr != 3 || sr != 3 || k % block ||
-      qd[0] != tiles || qd[1] * 16 != k || qd[2] != 64 || sd[0] != tiles || sd[1] * block != k || sd[2] != 4) {
+static OrtStatus* gemv_compute(void* kernel, OrtKernelContext* ctx) {
+  const Gemv* kn = kernel;
+  Tensor a, q, sc;
+  CHECK(input(ctx, 0, &a));
+  CHECK(input(ctx, 1, &q));
+  CHECK(input(ctx, 2, &sc));
+  int64_t k = a.rank ? a.dims[a.rank - 1] : 0, rows = 1, tiles = (kn->n + 3) / 4, block = kn->block;
+  for (size_t i = 0; i + 1 < a.rank; i++) rows *= a.dims[i];
+  if (a.rank < 1 || a.type != ORT_ELEM_FLOAT || q.type != ORT_ELEM_INT8 || sc.type != ORT_ELEM_FLOAT || q.rank != 3 ||
+      sc.rank != 3 || k % block || q.dims[0] != tiles || q.dims[1] * 16 != k || q.dims[2] != 64 ||
+      sc.dims[0] != tiles || sc.dims[1] * block != k || sc.dims[2] != 4) {
     char msg[256];
     snprintf(msg, sizeof msg,
-             "Int8BlockGemv: A [..., %lld] float, weights [%lld, K/16, 64] int8 and scales [%lld, K/%lld, 4] "
-             "float expected (N %lld, K a multiple of the block)",
+             "A [..., %lld] float, weights [%lld, K/16, 64] int8 and scales [%lld, K/%lld, 4] float expected "
+             "(N %lld, K a multiple of the block)",
              (long long)k, (long long)tiles, (long long)tiles, (long long)block, (long long)kn->n);
-    return fail(ORT_INVALID_ARGUMENT, msg);
+    return bad_input("Int8BlockGemv", msg);
   }
   int64_t yd[8];
-  for (size_t i = 0; i < ar; i++) yd[i] = ad[i];
-  yd[ar - 1] = kn->n;
-  OrtValue* yv;
-  const void *a, *qp, *sp;
+  memcpy(yd, a.dims, sizeof(int64_t) * a.rank);
+  yd[a.rank - 1] = kn->n;
   void* y;
-  CHECK(ORT_KernelContext_GetOutput(api)(ctx, 0, yd, ar, &yv));
-  CHECK(ORT_GetTensorData(api)(av, &a));
-  CHECK(ORT_GetTensorData(api)(qv, &qp));
-  CHECK(ORT_GetTensorData(api)(sv, &sp));
-  CHECK(ORT_GetTensorMutableData(api)(yv, &y));
+  CHECK(output(ctx, 0, yd, a.rank, &y));
   if (rows == 0) return NULL;
 
-  QuantRows q = {malloc(sizeof(int16_t) * rows * k), malloc(sizeof(float) * rows * (k / block)), 0, 0, 0};
+  QuantRows qa = {malloc(sizeof(int16_t) * rows * k), malloc(sizeof(float) * rows * (k / block)), 0, 0, 0};
   OrtStatus* s = NULL;
-  if (!q.a16 || !q.scale) {
+  if (!qa.a16 || !qa.scale) {
     s = fail(ORT_FAIL, "Int8BlockGemv: out of memory");
   } else {
-    int8_gemv_quantize(a, (int)rows, (int)k, (int)block, &q);
-    Job job = {&q, qp, sp, y, (int)kn->n, (int)tiles};
+    int8_gemv_quantize(a.data, (int)rows, (int)k, (int)block, &qa);
+    GemvJob job = {&qa, q.data, sc.data, y, (int)kn->n, (int)tiles};
     size_t tasks = (size_t)(tiles + TILES_PER_TASK - 1) / TILES_PER_TASK;
-    s = ORT_KernelContext_ParallelFor(api)(ctx, run_task, tasks, 0, &job);
+    s = ORT_KernelContext_ParallelFor(api)(ctx, gemv_task, tasks, 0, &job);
   }
-  free(q.a16);
-  free(q.scale);
+  free(qa.a16);
+  free(qa.scale);
   return s;
 }
 
+static int gemv_input_type(const OrtCustomOp* op, size_t i) { return (void)op, i == 1 ? ORT_ELEM_INT8 : ORT_ELEM_FLOAT; }
+static size_t gemv_input_count(const OrtCustomOp* op) { return (void)op, 3; }
+static size_t gemv_output_count(const OrtCustomOp* op) { return (void)op, 1; }
+
+/* ---- CachedAttention ---- */
+
+typedef struct {
+  int64_t heads, kv_heads;
+  float scale;
+} Attention;
+
+static OrtStatus* attention_create(const OrtCustomOp* op, OrtApiTable a, const OrtKernelInfo* info, void** out) {
+  (void)op, (void)a;
+  Attention* k = malloc(sizeof *k);
+  if (!k) return fail(ORT_FAIL, "CachedAttention: out of memory");
+  OrtStatus* s = ORT_KernelInfoGetAttribute_int64(api)(info, "num_heads", &k->heads);
+  if (!s) s = ORT_KernelInfoGetAttribute_int64(api)(info, "kv_num_heads", &k->kv_heads);
+  if (!s) s = ORT_KernelInfoGetAttribute_float(api)(info, "scale", &k->scale);
+  if (!s && (k->kv_heads < 1 || k->heads % k->kv_heads))
+    s = bad_input("CachedAttention", "num_heads must be a multiple of kv_num_heads");
+  if (s) {
+    free(k);
+    return s;
+  }
+  *out = k;
+  return NULL;
+}
+
+typedef struct {
+  const CachedAttention* a;
+  float* scores; /* capacity floats per task */
+} AttentionJob;
+
+static void attention_task(void* user, size_t i) {
+  const AttentionJob* j = user;
+  cached_attention_head(j->a, (int)i / j->a->heads, (int)i % j->a->heads, j->scores + i * j->a->capacity);
+}
+
+static OrtStatus* attention_compute(void* kernel, OrtKernelContext* ctx) {
+  const Attention* kn = kernel;
+  Tensor qkv, pk, pv, seqlens, total;
+  CHECK(input(ctx, 0, &qkv));
+  CHECK(input(ctx, 1, &pk));
+  CHECK(input(ctx, 2, &pv));
+  CHECK(input(ctx, 3, &seqlens));
+  CHECK(input(ctx, 4, &total));
+  int64_t b = pk.dims[0], d = pk.dims[3], cap = pk.dims[2], s = qkv.dims[1];
+  int ok = qkv.type == ORT_ELEM_FLOAT && pk.type == ORT_ELEM_FLOAT && pv.type == ORT_ELEM_FLOAT &&
+           seqlens.type == ORT_ELEM_INT32 && total.type == ORT_ELEM_INT32 && qkv.rank == 3 && pk.rank == 4 &&
+           pv.rank == 4 && seqlens.rank == 1 && memcmp(pk.dims, pv.dims, sizeof(int64_t) * 4) == 0 &&
+           pk.dims[1] == kn->kv_heads && d % 8 == 0 && d <= 256 && qkv.dims[0] == b && seqlens.dims[0] == b &&
+           qkv.dims[2] == (kn->heads + 2 * kn->kv_heads) * d;
+  const int32_t* last = seqlens.data;
+  for (int64_t r = 0; ok && r < b; r++) ok = last[r] + 1 >= s && last[r] < cap;
+  if (!ok)
+    return bad_input("CachedAttention",
+                     "qkv [B, S, (H + 2 Hkv) D] float, past key/value [B, Hkv, capacity, D] float (D a multiple of 8 "
+                     "up to 256), seqlens_k [B] int32 with S <= seqlens_k + 1 <= capacity expected");
+  int64_t od[3] = {b, s, kn->heads * d};
+  void *out, *key, *value;
+  CHECK(output(ctx, 0, od, 3, &out));
+  CHECK(output(ctx, 1, pk.dims, 4, &key));
+  CHECK(output(ctx, 2, pv.dims, 4, &value));
+  size_t cache_bytes = sizeof(float) * b * kn->kv_heads * cap * d;
+  if (key != pk.data) memcpy(key, pk.data, cache_bytes); /* present not bound to the past's buffer */
+  if (value != pv.data) memcpy(value, pv.data, cache_bytes);
+  if (b == 0 || s == 0) return NULL;
+
+  int32_t* totals = malloc(sizeof(int32_t) * b);
+  float* scores = malloc(sizeof(float) * b * kn->heads * cap);
+  OrtStatus* st = NULL;
+  if (!totals || !scores) {
+    st = fail(ORT_FAIL, "CachedAttention: out of memory");
+  } else {
+    for (int64_t r = 0; r < b; r++) totals[r] = last[r] + 1;
+    CachedAttention at = {(int)b, (int)s, (int)kn->heads, (int)kn->kv_heads, (int)d, (int)cap, kn->scale,
+                          qkv.data, key, value, totals, out};
+    cached_attention_store(&at);
+    AttentionJob job = {&at, scores};
+    st = ORT_KernelContext_ParallelFor(api)(ctx, attention_task, (size_t)(b * kn->heads), 0, &job);
+  }
+  free(totals);
+  free(scores);
+  return st;
+}
+
+static int attention_input_type(const OrtCustomOp* op, size_t i) {
+  return (void)op, i >= 3 ? ORT_ELEM_INT32 : ORT_ELEM_FLOAT;
+}
+static size_t attention_input_count(const OrtCustomOp* op) { return (void)op, 5; }
+static size_t attention_output_count(const OrtCustomOp* op) { return (void)op, 3; }
+
+/* ---- registration ---- */
+
 static void destroy_kernel(void* kernel) { free(kernel); }
-static const char* op_name(const OrtCustomOp* op) { return (void)op, "Int8BlockGemv"; }
+static const char* gemv_name(const OrtCustomOp* op) { return (void)op, "Int8BlockGemv"; }
+static const char* attention_name(const OrtCustomOp* op) { return (void)op, "CachedAttention"; }
 static const char* cpu_provider(const OrtCustomOp* op) { return (void)op, NULL; }
-static int input_type(const OrtCustomOp* op, size_t i) { return (void)op, i == 1 ? ORT_ELEM_INT8 : ORT_ELEM_FLOAT; }
-static size_t input_count(const OrtCustomOp* op) { return (void)op, 3; }
-static int output_type(const OrtCustomOp* op, size_t i) { return (void)op, (void)i, ORT_ELEM_FLOAT; }
-static size_t output_count(const OrtCustomOp* op) { return (void)op, 1; }
+static int float_output(const OrtCustomOp* op, size_t i) { return (void)op, (void)i, ORT_ELEM_FLOAT; }
 static int zero(const OrtCustomOp* op, size_t i) { return (void)op, (void)i, 0; }
 
-static const OrtCustomOp int8_block_gemv = {
-    .version = ORT_CUSTOM_OP_VERSION,
-    .GetName = op_name,
-    .GetExecutionProviderType = cpu_provider,
-    .GetInputType = input_type,
-    .GetInputTypeCount = input_count,
-    .GetOutputType = output_type,
-    .GetOutputTypeCount = output_count,
-    .KernelDestroy = destroy_kernel,
-    .GetInputCharacteristic = zero,
-    .GetOutputCharacteristic = zero,
-    .GetInputMemoryType = zero,
-    .CreateKernelV2 = create_kernel,
-    .KernelComputeV2 = compute,
-};
+#define OPERATOR(NAME, PREFIX)                                                                                      \
+  {                                                                                                                 \
+    .version = ORT_CUSTOM_OP_VERSION, .GetName = NAME, .GetExecutionProviderType = cpu_provider,                    \
+    .GetInputType = PREFIX##_input_type, .GetInputTypeCount = PREFIX##_input_count, .GetOutputType = float_output, \
+    .GetOutputTypeCount = PREFIX##_output_count, .KernelDestroy = destroy_kernel, .GetInputCharacteristic = zero,  \
+    .GetOutputCharacteristic = zero, .GetInputMemoryType = zero, .CreateKernelV2 = PREFIX##_create,                \
+    .KernelComputeV2 = PREFIX##_compute,                                                                            \
+  }
+
+static const OrtCustomOp operators[] = {OPERATOR(gemv_name, gemv), OPERATOR(attention_name, attention)};
 
 /* The entry point of SessionOptions.register_custom_ops_library. */
 __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOptions* options,
@@ -154,12 +261,13 @@ __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOp
   api = base->GetApi(ORT_API_USED);
   if (!api) { /* ONNX Runtime before 1.23: every version can make a status */
     api = base->GetApi(1);
-    return fail(ORT_FAIL, "Int8BlockGemv needs ONNX Runtime 1.23 or later");
+    return fail(ORT_FAIL, "the ai.musicgen operators need ONNX Runtime 1.23 or later");
   }
   if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
-    return fail(ORT_FAIL, "Int8BlockGemv needs a CPU with AVX2 and FMA");
+    return fail(ORT_FAIL, "the ai.musicgen operators need a CPU with AVX2 and FMA");
   OrtCustomOpDomain* domain;
   CHECK(ORT_CreateCustomOpDomain(api)(DOMAIN, &domain));
-  CHECK(ORT_CustomOpDomain_Add(api)(domain, &int8_block_gemv));
+  for (size_t i = 0; i < sizeof operators / sizeof operators[0]; i++)
+    CHECK(ORT_CustomOpDomain_Add(api)(domain, &operators[i]));
   return ORT_AddCustomOpDomain(api)(options, domain);
 }
