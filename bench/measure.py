@@ -134,7 +134,8 @@ def step_cache_bytes(lm, rows: int, positions: int, text_tokens: int) -> int:
     and the cross-attention K/V of `text_tokens`, for `rows` rows, every layer."""
     d = lm.dims
     per_position = 2 * lm.num_layers * rows * d.num_heads * d.head_dim
-    return per_position * (positions + text_tokens) * np.dtype(lm.cache_dtype).itemsize  # cross K/V: same dtype
+    cross_dtype = getattr(lm.decoder, "cross_dtype", lm.cache_dtype)
+    return per_position * (positions * np.dtype(lm.cache_dtype).itemsize + text_tokens * np.dtype(cross_dtype).itemsize)
 
 
 def _lm_and_prompt(
@@ -324,7 +325,11 @@ WEIGHT_OPS = {
     "FusedMatMul",
     "Gemm",
 }
-ATTENTION_OPS = {"GroupQueryAttention": "self_attention", "MultiHeadAttention": "cross_attention"}
+ATTENTION_OPS = {
+    "GroupQueryAttention": "self_attention",
+    cpu_kernels.ATTENTION_OP: "self_attention",
+    "MultiHeadAttention": "cross_attention",
+}
 
 
 def step_profile(
@@ -365,13 +370,7 @@ def step_profile(
     blockwise = lm.decoder.select(rows) is lm.decoder.blockwise_int8_sess
     graph_file = names.DECODER_STEP_BLOCKWISE_INT8_FILE if blockwise else names.DECODER_STEP_FILE
     with tempfile.TemporaryDirectory() as tmp:
-        sess = open_graph(
-            Path(model_dir) / graph_file,
-            lm.device,
-            threads,
-            profile_prefix=str(Path(tmp) / "step"),
-            custom_ops=blockwise,
-        )
+        sess = open_graph(Path(model_dir) / graph_file, lm.device, threads, profile_prefix=str(Path(tmp) / "step"))
         if blockwise:  # the batch's next steps run on the profiling session of the same graph
             lm.decoder.blockwise_int8_sess = sess
         else:

@@ -303,6 +303,7 @@ def finish_graphs(
                 onnx.checker.check_model(str(out / blockwise_int8), full_check=True)
                 info[blockwise_int8] = {"precision": "int8-block128"}
             to_int8(out / fname)
+            _save(with_cached_attention(onnx.load(str(out / fname))), out / fname)  # the cache both graphs share
             graph_precision = "int8"
         onnx.checker.check_model(str(out / fname), full_check=True)
         info[fname] = {"precision": graph_precision}
@@ -353,10 +354,10 @@ def to_int8(path: Path) -> None:
 def to_int8_blockwise(src: Path, path: Path) -> None:
     """Blockwise int8 (CPU), on our operators (musicgen_runtime/cpu_kernels): every MatMul with a constant
     weight [K, N] becomes Int8BlockGemv (int8 weights, one symmetric scale per output and 128 inputs — the
-    largest of 128, 64, 32, 16 that divides K — packed for the kernel), and every self-attention
-    GroupQueryAttention CachedAttention. Its kernels stream the weights and the cache faster than ORT's
-    when a step has one or two rows (step_graph.BLOCKWISE_INT8_MAX_ROWS); with more rows dynamic int8's
-    GEMM computes faster."""
+    largest of 128, 64, 32, 16 that divides K — packed for the kernel), and its self-attention
+    CachedAttention (`with_cached_attention`). Its kernel streams the weights faster than dynamic int8's
+    GEMM when a step has one or two rows (step_graph.BLOCKWISE_INT8_MAX_ROWS); with more rows it computes
+    slower."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -368,9 +369,6 @@ def to_int8_blockwise(src: Path, path: Path) -> None:
     packed: dict[str, tuple[str, str, int, int]] = {}  # weight name -> (Qp name, Sp name, N, block)
     nodes = []
     for node in graph.node:
-        if node.op_type == "GroupQueryAttention":
-            nodes.append(_cached_attention(node))
-            continue
         w = weights.get(node.input[1]) if node.op_type == "MatMul" else None
         block = next((b for b in (128, 64, 32, 16) if w is not None and w.dims[0] % b == 0), None)
         if w is None or len(w.dims) != 2 or block is None:
@@ -400,7 +398,31 @@ def to_int8_blockwise(src: Path, path: Path) -> None:
     graph.node.extend(nodes)
     graph.initializer.extend(kept)
     proto.opset_import.append(helper.make_opsetid(cpu_kernels.DOMAIN, 1))
-    _save(proto, path)
+    _save(with_cached_attention(proto), path)
+
+
+def with_cached_attention(proto):
+    """Every self-attention GroupQueryAttention as our CachedAttention over a float16 cache (int8 CPU
+    graphs): the decoder cache's graph inputs and outputs become float16, half the bytes a step reads
+    of them; the arithmetic stays fp32. Returns the proto, changed in place."""
+    from onnx import TensorProto, helper
+
+    from musicgen_runtime import cpu_kernels
+
+    graph, cache = proto.graph, set()
+    for node in graph.node:
+        if node.op_type == "GroupQueryAttention":
+            ours = _cached_attention(node)
+            if ours is node:
+                raise ValueError(f"{node.name}: a GroupQueryAttention that CachedAttention cannot replace")
+            node.CopyFrom(ours)
+            cache.update([*node.input[1:3], *node.output[1:3]])
+    for value in [*graph.input, *graph.output]:
+        if value.name in cache:
+            value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    if cache and all(o.domain != cpu_kernels.DOMAIN for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid(cpu_kernels.DOMAIN, 1))
+    return proto
 
 
 def _cached_attention(node):

@@ -35,7 +35,6 @@ def open_graph(
     expect_outputs=(),
     spin: bool = True,
     profile_prefix: str | None = None,
-    custom_ops: bool = False,
 ) -> ort.InferenceSession:
     """Load a graph; fail clearly if it is missing or lacks the tensor names the runtime uses.
 
@@ -47,7 +46,8 @@ def open_graph(
     on a 2-core machine busy with other processes, a one-request int8 step took about half the time
     without spinning; on a quiet one, about a tenth more (docs/performance.md).
     profile_prefix: ORT's per-node profiling into <prefix>_<date>.json (the benchmark's step profile).
-    custom_ops: the graph uses our operators (cpu_kernels): register their library with the session.
+    Our operators (cpu_kernels, used by int8 exports) are registered with every session when their
+    library is built; a graph that needs them without it is refused with what to do.
     """
     path = Path(path)
     if not path.exists():
@@ -63,20 +63,20 @@ def open_graph(
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix
-    if custom_ops:
-        library = cpu_kernels.library()
-        if library is None:
-            raise GraphError(
-                f"{path.name} uses our CPU kernels, whose library is not built: run "
-                "`python -m musicgen_runtime.cpu_kernels` (`make setup` does)"
-            )
+    library, missing = cpu_kernels.library(), "not built"
+    if library is not None:
         try:
             so.register_custom_ops_library(str(library))
-        except Exception as exc:
-            raise GraphError(f"onnxruntime could not load {library.name}: {exc}") from exc
+        except Exception as exc:  # e.g. a CPU without AVX2: only graphs that use the operators fail
+            library, missing = None, f"not usable here ({str(exc).splitlines()[-1]})"
     try:
         sess = ort.InferenceSession(str(path), sess_options=so, providers=providers_for(device))
     except Exception as exc:
+        if library is None and cpu_kernels.DOMAIN in str(exc):
+            raise GraphError(
+                f"{path.name} uses our CPU kernels ({cpu_kernels.DOMAIN}), whose library is {missing}: run "
+                "`python -m musicgen_runtime.cpu_kernels` (`make setup` does)"
+            ) from exc
         raise GraphError(f"onnxruntime could not load {path.name}: {exc}") from exc
     have_in = {i.name for i in sess.get_inputs()}
     have_out = {o.name for o in sess.get_outputs()}

@@ -7,7 +7,6 @@ K/V and mask for text-only MusicGen, prefix embeddings for MusicGen-Melody).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,6 @@ from .onnx_session import GraphError, open_graph
 # Steps with up to this many new tokens in all (one request with guidance: 2 rows) run an int8 export's
 # blockwise-int8 step graph: measured faster than dynamic int8 at 1-2 rows, slower from 4 rows on.
 BLOCKWISE_INT8_MAX_ROWS = 2
-
-log = logging.getLogger(__name__)
 
 
 def _io_signature(sess) -> list:
@@ -56,21 +53,20 @@ class StepGraph:
         self.sess = open_graph(Path(model_dir) / step_file, device, threads, **expect)
         self.blockwise_int8_max_rows = blockwise_int8_max_rows
         self.blockwise_int8_sess = None  # loaded when exported (int8) and not switched off (max rows 0)
-        self.blockwise_int8_unavailable: str | None = None  # why an exported blockwise graph is not used
         path = Path(model_dir) / blockwise_int8_file
         if blockwise_int8_max_rows > 0 and path.exists():
-            try:
-                self.blockwise_int8_sess = open_graph(path, device, threads, custom_ops=True, **expect)
-            except GraphError as exc:  # no kernel library (or no AVX2): every step runs the main graph
-                self.blockwise_int8_unavailable = str(exc)
-                log.warning("one-request steps run the slower %s: %s", step_file, exc)
-            if self.blockwise_int8_sess and _io_signature(self.blockwise_int8_sess) != _io_signature(self.sess):
+            self.blockwise_int8_sess = open_graph(path, device, threads, **expect)
+            if _io_signature(self.blockwise_int8_sess) != _io_signature(self.sess):
                 raise GraphError(f"{path.name} does not take the inputs of {step_file}: re-export")
         past = [i for i in self.sess.get_inputs() if i.name.startswith("past_key_values.")]
         self.num_layers = len(past) // past_per_layer
         if self.num_layers != dims.num_layers:
             raise GraphError(f"{step_file} has {self.num_layers} layers, manifest says {dims.num_layers}")
         self.cache_dtype = np.float16 if past[0].type == "tensor(float16)" else np.float32
+        # cross-attention K/V inputs (text-only MusicGen): float16 in fp16 exports; int8 exports keep them
+        # float beside a float16 self-attention cache (their attention is ORT's)
+        cross = [i for i in past if ".encoder." in i.name]
+        self.cross_dtype = np.float16 if cross and cross[0].type == "tensor(float16)" else np.float32
         # float inputs take the graph's dtype (fp16 exports); integer inputs keep the caller's
         self.input_dtype = {
             i.name: np.float16 if i.type == "tensor(float16)" else np.float32

@@ -65,9 +65,9 @@ class TextLanguageModel(LanguageModel):
         return (limit if max_steps is None else min(max_steps, limit)) + 1
 
     def cross_kv(self, hidden: np.ndarray) -> list[np.ndarray]:
-        """Every layer's cross-attention K and V of text states [rows, T, H], in the cache dtype."""
+        """Every layer's cross-attention K and V of text states [rows, T, H], in the step graph's dtype."""
         cross = self.cross_sess.run(self.cross_out, {names.ENCODER_HIDDEN_STATES: hidden.astype(self.hidden_dtype)})
-        return [c.astype(self.cache_dtype, copy=False) for c in cross]
+        return [c.astype(self.decoder.cross_dtype, copy=False) for c in cross]
 
     def condition(self, request: GenerationRequest, params: GenerationParams) -> tuple[CrossCondition, int]:
         if request.chroma is not None:
@@ -97,7 +97,10 @@ class TextLanguageModel(LanguageModel):
         """The K/V and mask inputs of `rows` rows, each condition at its first row (others: zeros)."""
         t_max = max(c.enc_mask.shape[1] for _, c in placed)
         d = self.dims
-        cross = [np.zeros((rows, d.num_heads, t_max, d.head_dim), self.cache_dtype) for _ in range(2 * self.num_layers)]
+        cross = [
+            np.zeros((rows, d.num_heads, t_max, d.head_dim), self.decoder.cross_dtype)
+            for _ in range(2 * self.num_layers)
+        ]
         enc_mask = np.zeros((rows, t_max), np.int64)
         for r, c in placed:
             n, t = c.enc_mask.shape

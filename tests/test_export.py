@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from export import checkpoints
+from musicgen_runtime.onnx_session import GraphError
 from export.__main__ import main as export_main
 from export.build import build
 from export.verify import verify
@@ -123,13 +124,17 @@ def test_int8_export_is_quantized_and_close(tmp_path, monkeypatch):
     )
     # lm_engine's "blockwise_int8_max_rows": "0"
     assert TextLanguageModel(repo / "lm_engine" / "1", blockwise_int8_max_rows=0).decoder.blockwise_int8_sess is None
-    # without our kernel library (not built, or a CPU without AVX2) every step runs the main graph, and says why
+    # both int8 step graphs run our operators over a float16 self-attention cache: without their library
+    # (not built) the export is refused by name, with what to do
     from musicgen_runtime import cpu_kernels
 
+    assert step.cache_dtype == np.float16 and step.cross_dtype == np.float32
+    assert _step_ops(repo)["CachedAttention"] == 2
     monkeypatch.setattr(cpu_kernels, "library", lambda: None)
-    step = TextLanguageModel(repo / "lm_engine" / "1").decoder
-    assert step.blockwise_int8_sess is None and step.select(1) is step.sess
-    assert "library is not built" in step.blockwise_int8_unavailable
+    with pytest.raises(
+        GraphError, match="decoder_step.onnx uses our CPU kernels.*python -m musicgen_runtime.cpu_kernels"
+    ):
+        TextLanguageModel(repo / "lm_engine" / "1")
     monkeypatch.undo()
 
     # staged and current: skipped; staged by other exporter code: exported again

@@ -152,19 +152,23 @@ def freeze_with_requests_in_flight(lb: HAProxy, replica, server: str) -> None:
     wait_until(lambda: in_flight(lb, server) >= 1, 60, f"a request in flight on frozen {server}")
 
 
-def restart(replica) -> int:
-    """Start the replica again on its ports; a start that fails is retried once, as the kubelet would
-    restart a container that crashed while starting (a python-backend stub has been seen dying at
-    load with a boost lock_exception on this busy machine). Returns the attempts it took."""
+def restart(replica, attempts: int = 3) -> int:
+    """Start the replica again on its ports; a start that fails is retried after a backoff, as the
+    kubelet restarts a container that crashed while starting (tritonserver has been seen aborting at
+    load with a boost lock_exception in the python backend while the machine is busy: docs/operations.md).
+    Returns the attempts it took."""
     from server import ServerStartError
 
-    try:
-        replica.start()
-        return 1
-    except ServerStartError as exc:
-        print(f"\nrestart failed once, retrying with the same settings: {str(exc)[-300:]}")
-        replica.start()
-        return 2
+    for attempt in range(1, attempts + 1):
+        try:
+            replica.start()
+            return attempt
+        except ServerStartError as exc:
+            if attempt == attempts:
+                raise
+            print(f"\nrestart attempt {attempt} failed, retrying with the same settings: {str(exc)[-300:]}")
+            time.sleep(2.0 * attempt)
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ rate on AVX2 CPUs without VNNI (its int8 arithmetic is the bound there); `Int8Bl
 reads them as one sequential stream and multiplies in int16. `CachedAttention` (cached_attention.h)
 reads the self-attention cache, which at mid-clip of a 30 s clip is as large as the weights, at the
 memory's rate. The C sources are built into a shared
-library by `python -m musicgen_runtime.cpu_kernels` (`make setup` runs it); sessions of graphs that
-use the operator register that library (`onnx_session.open_graph(custom_ops=True)`).
+library by `python -m musicgen_runtime.cpu_kernels` (`make setup` runs it); `onnx_session.open_graph`
+registers that library with every session.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _HERE = Path(__file__).resolve().parent
 SOURCES = (_HERE / "int8_gemv.c", _HERE / "cached_attention.c", _HERE / "ort_op.c")
 HEADERS = (_HERE / "int8_gemv.h", _HERE / "cached_attention.h", _HERE / "ort_abi.h")
 LIBRARY = _HERE / "libmusicgen_cpu_kernels.so"
-CFLAGS = ["-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall", "-Werror", "-std=c11"]
+CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall", "-Werror", "-std=c11"]
 
 
 class KernelBuildError(RuntimeError):

@@ -1,8 +1,8 @@
-/* Self-attention over an in-place KV cache for decode steps (AVX2 + FMA), GroupQueryAttention's
+/* Self-attention over an in-place KV cache for decode steps (AVX2 + FMA + F16C), GroupQueryAttention's
    semantics without rotary embeddings or windows:
 
-   qkv [B, S, (H + 2 Hkv) D] packs each new token's query, key and value; the caches are
-   [B, Hkv, capacity, D]; row b holds total_b = seqlens_k[b] + 1 positions after this step, of which
+   qkv [B, S, (H + 2 Hkv) D] packs each new token's query, key and value; the caches are float16
+   [B, Hkv, capacity, D] (half the bytes a step reads of them; the arithmetic is fp32); row b holds total_b = seqlens_k[b] + 1 positions after this step, of which
    its S new tokens are the last (positions total_b - S .. total_b - 1), each attending causally.
 
    At position 751 of one request (2 rows, musicgen-small's shapes) a step reads 295 MB of cache, as
@@ -18,8 +18,8 @@ typedef struct {
   int rows, tokens, heads, kv_heads, head_dim, capacity;
   float scale;
   const float* qkv;      /* [rows, tokens, (heads + 2 kv_heads) head_dim] */
-  float* key;            /* [rows, kv_heads, capacity, head_dim], written in place */
-  float* value;          /* same */
+  uint16_t* key;         /* [rows, kv_heads, capacity, head_dim] IEEE halves, written in place */
+  uint16_t* value;       /* same */
   const int32_t* total;  /* positions of each row after this step (seqlens_k + 1) */
   float* out;            /* [rows, tokens, heads head_dim] */
 } CachedAttention;

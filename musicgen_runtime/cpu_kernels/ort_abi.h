@@ -27,7 +27,7 @@ typedef struct {
 /* The API version this library asks for: GetTensorData (the newest function used) came in 23. */
 #define ORT_API_USED 23
 
-enum { ORT_ELEM_FLOAT = 1, ORT_ELEM_INT8 = 3, ORT_ELEM_INT32 = 6 };
+enum { ORT_ELEM_FLOAT = 1, ORT_ELEM_INT8 = 3, ORT_ELEM_INT32 = 6, ORT_ELEM_FLOAT16 = 10 };
 enum { ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 };
 
 /* Indices into OrtApi and the function types found there. */

@@ -3,10 +3,10 @@
    Int8BlockGemv: Y = A x W for packed blockwise-int8 weights (int8_gemv.h).
      Inputs: A float [..., K]; Qp int8 [N4/4, K/16, 64]; Sp float [N4/4, K/block, 4] (N4 = N rounded
      up to 4). Attributes: N, block_size. Output: Y float [..., N].
-   CachedAttention: GroupQueryAttention over an in-place cache, without rotary (cached_attention.h).
-     Inputs: qkv float [B, S, (H + 2 Hkv) D]; past_key, past_value float [B, Hkv, capacity, D];
+   CachedAttention: GroupQueryAttention over an in-place float16 cache, without rotary (cached_attention.h).
+     Inputs: qkv float [B, S, (H + 2 Hkv) D]; past_key, past_value float16 [B, Hkv, capacity, D];
      seqlens_k int32 [B]; total_sequence_length int32 []. Attributes: num_heads, kv_num_heads, scale.
-     Outputs: out float [B, S, H D]; present_key, present_value [B, Hkv, capacity, D] (bound to the
+     Outputs: out float [B, S, H D]; present_key, present_value float16 [B, Hkv, capacity, D] (bound to the
      past's buffers, they are written in place; otherwise the past is copied into them first).
 
    Work is shared out on the session's intra-op threads (KernelContext_ParallelFor). */
@@ -190,7 +190,7 @@ static OrtStatus* attention_compute(void* kernel, OrtKernelContext* ctx) {
   CHECK(input(ctx, 3, &seqlens));
   CHECK(input(ctx, 4, &total));
   int64_t b = pk.dims[0], d = pk.dims[3], cap = pk.dims[2], s = qkv.dims[1];
-  int ok = qkv.type == ORT_ELEM_FLOAT && pk.type == ORT_ELEM_FLOAT && pv.type == ORT_ELEM_FLOAT &&
+  int ok = qkv.type == ORT_ELEM_FLOAT && pk.type == ORT_ELEM_FLOAT16 && pv.type == ORT_ELEM_FLOAT16 &&
            seqlens.type == ORT_ELEM_INT32 && total.type == ORT_ELEM_INT32 && qkv.rank == 3 && pk.rank == 4 &&
            pv.rank == 4 && seqlens.rank == 1 && memcmp(pk.dims, pv.dims, sizeof(int64_t) * 4) == 0 &&
            pk.dims[1] == kn->kv_heads && d % 8 == 0 && d <= 256 && qkv.dims[0] == b && seqlens.dims[0] == b &&
@@ -199,14 +199,14 @@ static OrtStatus* attention_compute(void* kernel, OrtKernelContext* ctx) {
   for (int64_t r = 0; ok && r < b; r++) ok = last[r] + 1 >= s && last[r] < cap;
   if (!ok)
     return bad_input("CachedAttention",
-                     "qkv [B, S, (H + 2 Hkv) D] float, past key/value [B, Hkv, capacity, D] float (D a multiple of 8 "
+                     "qkv [B, S, (H + 2 Hkv) D] float, past key/value [B, Hkv, capacity, D] float16 (D a multiple of 8 "
                      "up to 256), seqlens_k [B] int32 with S <= seqlens_k + 1 <= capacity expected");
   int64_t od[3] = {b, s, kn->heads * d};
   void *out, *key, *value;
   CHECK(output(ctx, 0, od, 3, &out));
   CHECK(output(ctx, 1, pk.dims, 4, &key));
   CHECK(output(ctx, 2, pv.dims, 4, &value));
-  size_t cache_bytes = sizeof(float) * b * kn->kv_heads * cap * d;
+  size_t cache_bytes = sizeof(uint16_t) * b * kn->kv_heads * cap * d;
   if (key != pk.data) memcpy(key, pk.data, cache_bytes); /* present not bound to the past's buffer */
   if (value != pv.data) memcpy(value, pv.data, cache_bytes);
   if (b == 0 || s == 0) return NULL;
@@ -230,8 +230,9 @@ static OrtStatus* attention_compute(void* kernel, OrtKernelContext* ctx) {
 }
 
 static int attention_input_type(const OrtCustomOp* op, size_t i) {
-  return (void)op, i >= 3 ? ORT_ELEM_INT32 : ORT_ELEM_FLOAT;
+  return (void)op, i >= 3 ? ORT_ELEM_INT32 : i ? ORT_ELEM_FLOAT16 : ORT_ELEM_FLOAT;
 }
+static int attention_output_type(const OrtCustomOp* op, size_t i) { return (void)op, i ? ORT_ELEM_FLOAT16 : ORT_ELEM_FLOAT; }
 static size_t attention_input_count(const OrtCustomOp* op) { return (void)op, 5; }
 static size_t attention_output_count(const OrtCustomOp* op) { return (void)op, 3; }
 
@@ -241,13 +242,13 @@ static void destroy_kernel(void* kernel) { free(kernel); }
 static const char* gemv_name(const OrtCustomOp* op) { return (void)op, "Int8BlockGemv"; }
 static const char* attention_name(const OrtCustomOp* op) { return (void)op, "CachedAttention"; }
 static const char* cpu_provider(const OrtCustomOp* op) { return (void)op, NULL; }
-static int float_output(const OrtCustomOp* op, size_t i) { return (void)op, (void)i, ORT_ELEM_FLOAT; }
+static int gemv_output_type(const OrtCustomOp* op, size_t i) { return (void)op, (void)i, ORT_ELEM_FLOAT; }
 static int zero(const OrtCustomOp* op, size_t i) { return (void)op, (void)i, 0; }
 
 #define OPERATOR(NAME, PREFIX)                                                                                      \
   {                                                                                                                 \
     .version = ORT_CUSTOM_OP_VERSION, .GetName = NAME, .GetExecutionProviderType = cpu_provider,                    \
-    .GetInputType = PREFIX##_input_type, .GetInputTypeCount = PREFIX##_input_count, .GetOutputType = float_output, \
+    .GetInputType = PREFIX##_input_type, .GetInputTypeCount = PREFIX##_input_count, .GetOutputType = PREFIX##_output_type, \
     .GetOutputTypeCount = PREFIX##_output_count, .KernelDestroy = destroy_kernel, .GetInputCharacteristic = zero,  \
     .GetOutputCharacteristic = zero, .GetInputMemoryType = zero, .CreateKernelV2 = PREFIX##_create,                \
     .KernelComputeV2 = PREFIX##_compute,                                                                            \
@@ -263,8 +264,8 @@ __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOp
     api = base->GetApi(1);
     return fail(ORT_FAIL, "the ai.musicgen operators need ONNX Runtime 1.23 or later");
   }
-  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
-    return fail(ORT_FAIL, "the ai.musicgen operators need a CPU with AVX2 and FMA");
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
+    return fail(ORT_FAIL, "the ai.musicgen operators need a CPU with AVX2, FMA and F16C");
   OrtCustomOpDomain* domain;
   CHECK(ORT_CreateCustomOpDomain(api)(DOMAIN, &domain));
   for (size_t i = 0; i < sizeof operators / sizeof operators[0]; i++)
