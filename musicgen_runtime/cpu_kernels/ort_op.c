@@ -66,6 +66,16 @@ static OrtStatus* bad_input(const char* op, const char* expected) {
   return fail(ORT_INVALID_ARGUMENT, msg);
 }
 
+/* A kernel object whose attributes were read with status `s`: handed to ONNX Runtime, or freed. */
+static OrtStatus* created(void* kernel, OrtStatus* s, void** out) {
+  if (s) {
+    free(kernel);
+    return s;
+  }
+  *out = kernel;
+  return NULL;
+}
+
 /* ---- Int8BlockGemv ---- */
 
 typedef struct {
@@ -81,12 +91,7 @@ static OrtStatus* gemv_create(const OrtCustomOp* op, OrtApiTable a, const OrtKer
   /* int32 sums of a block's int16 x int8 products stay below 2^31 up to 1024 inputs */
   if (!s && (k->n < 1 || k->block < 16 || k->block > 1024 || k->block % 16))
     s = bad_input("Int8BlockGemv", "N must be >= 1 and block_size a multiple of 16 up to 1024");
-  if (s) {
-    free(k);
-    return s;
-  }
-  *out = k;
-  return NULL;
+  return created(k, s, out);
 }
 
 typedef struct {
@@ -163,12 +168,7 @@ static OrtStatus* attention_create(const OrtCustomOp* op, OrtApiTable a, const O
   if (!s) s = ORT_KernelInfoGetAttribute_float(api)(info, "scale", &k->scale);
   if (!s && (k->kv_heads < 1 || k->heads % k->kv_heads))
     s = bad_input("CachedAttention", "num_heads must be a multiple of kv_num_heads");
-  if (s) {
-    free(k);
-    return s;
-  }
-  *out = k;
-  return NULL;
+  return created(k, s, out);
 }
 
 typedef struct {
