@@ -213,19 +213,30 @@ def prepare(
 
 def run_together(lm: LanguageModel, seqs) -> None:
     """Like LanguageModel.run_together, for Generations and LongGenerations: a finished window's successor
-    joins at once (the scheduler does the same on its thread)."""
+    joins at once (the scheduler does the same on its thread, through `reseat`)."""
     current = {}
     for s in seqs:
         gen = current_window(s)
         current[gen.id] = s
         lm.add(gen)
     while current:
-        for gen in lm.step():
-            s = current.pop(gen.id)
-            nxt = next_window(s, gen)
-            if nxt is not None:
-                current[nxt.id] = s
-                lm.add(nxt)
+        reseat(lm, lm.step(), current, lambda s: s)
+
+
+def reseat(lm: LanguageModel, finished: list[Generation], current: dict, seq_of) -> list:
+    """After an LM step: each finished generation's owner in `current` ({generation id: owner}; `seq_of`
+    gives an owner's Generation or LongGeneration) moves to its next window, seated at once, or is over.
+    Returns the owners that are over, in order."""
+    over = []
+    for gen in finished:
+        owner = current.pop(gen.id)
+        nxt = next_window(seq_of(owner), gen)
+        if nxt is None:
+            over.append(owner)
+        else:  # a long clip's next window: fresh rows, the owner goes on
+            current[nxt.id] = owner
+            lm.add(nxt)
+    return over
 
 
 def current_window(seq) -> Generation:

@@ -21,7 +21,7 @@ from typing import Callable
 
 from .errors import Cancelled
 from .lm import Generation, LanguageModel
-from .long_form import LongGeneration, current_window, next_window
+from .long_form import LongGeneration, current_window, reseat
 
 log = logging.getLogger(__name__)
 CANCEL_CHECK_EVERY = 10  # steps
@@ -170,14 +170,8 @@ class Scheduler:
                 finished = self.lm.step()
                 if self._step_times is not None:
                     self._step_times.write(f"{rows} {(time.perf_counter() - t) * 1000.0:.3f}\n")
-                for gen in finished:
-                    job = self._jobs.pop(gen.id)
-                    nxt = next_window(job.seq, gen)
-                    if nxt is None:
-                        self._finish(job, job.seq)
-                    else:  # a long clip's next window: fresh rows, the job goes on
-                        self._jobs[nxt.id] = job
-                        self.lm.add(nxt)
+                for job in reseat(self.lm, finished, self._jobs, lambda job: job.seq):
+                    self._finish(job, job.seq)
             except Exception as exc:  # never let the engine thread die: fail what is in flight, go on
                 log.exception("engine step failed")
                 for job in list(self._jobs.values()):
