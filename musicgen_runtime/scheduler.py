@@ -127,6 +127,14 @@ class Scheduler:
                 job._last_reported = ready
                 job.on_progress(job.seq)
 
+    def _ask_prefilling(self) -> None:
+        """Whether the clients of generations still prefilling left: those sample nothing, so `_on_step`
+        does not run for them, and a long prompt's prefill (a later window's: seconds) would run on for
+        nobody. Asked between their chunks, one chunk a step."""
+        for job in self._jobs.values():
+            if job.is_cancelled is not None and current_window(job.seq).prefill_left and job.is_cancelled():
+                job.seq.cancelled = True
+
     def _admit(self, block: bool) -> None:
         while len(self._jobs) < self.max_active:
             try:
@@ -172,6 +180,7 @@ class Scheduler:
                     self._step_times.write(f"{rows} {(time.perf_counter() - t) * 1000.0:.3f}\n")
                 for job in reseat(self.lm, finished, self._jobs, lambda job: job.seq):
                     self._finish(job, job.seq)
+                self._ask_prefilling()
             except Exception as exc:  # never let the engine thread die: fail what is in flight, go on
                 log.exception("engine step failed")
                 for job in list(self._jobs.values()):

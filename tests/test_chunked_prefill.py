@@ -5,10 +5,14 @@ test_melody, test_long_form)."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
+from musicgen_runtime.errors import Cancelled
 from musicgen_runtime.lm import GenerationRequest
+from musicgen_runtime.scheduler import Job, Scheduler
 from musicgen_runtime.validation import GenerationParams
 from musicgen_runtime.variants import open_language_model
 
@@ -98,3 +102,33 @@ def test_a_cancel_between_chunks_frees_the_rows(model_dir):
     req = _request(lm, 5, 20, 7)
     codes = lm.generate(req)
     np.testing.assert_array_equal(codes, open_language_model(model_dir, prefill_chunk=ONE_STEP).generate(req))
+
+
+def test_a_client_that_leaves_during_the_prefill_is_noticed_between_chunks(model_dir):
+    """The engine asks a prefilling generation's client between its chunks (it samples nothing yet, so no
+    step callback asks): a 30-frame prompt in 3-column chunks ends a few chunks after the client left."""
+    lm = open_language_model(model_dir, max_rows=2, prefill_chunk=3)
+    gen = lm.prepare(_request(lm, 4, 40, 30))
+    asked, ended = [], threading.Event()
+
+    def is_cancelled() -> bool:  # the client leaves once the engine has asked twice
+        asked.append(gen.prefilled)
+        return len(asked) >= 2
+
+    errors = []
+    sched = Scheduler(lm, max_active=1)
+    try:
+        sched.submit(
+            Job(
+                gen,
+                on_done=lambda s: ended.set(),
+                on_error=lambda s, e: (errors.append(e), ended.set()),
+                is_cancelled=is_cancelled,
+            )
+        )
+        assert ended.wait(60)
+    finally:
+        sched.close()
+    assert len(errors) == 1 and isinstance(errors[0], Cancelled)
+    assert asked[:2] == [3, 6] and gen.prefill_left and gen.prefilled <= 9  # never reached its first sample
+    assert lm.rows_used == 0
