@@ -134,8 +134,8 @@ def step_cache_bytes(lm, rows: int, positions: int, text_tokens: int) -> int:
     and the cross-attention K/V of `text_tokens`, for `rows` rows, every layer."""
     d = lm.dims
     per_position = 2 * lm.num_layers * rows * d.num_heads * d.head_dim
-    cross_dtype = getattr(lm.decoder, "cross_dtype", lm.cache_dtype)
-    return per_position * (positions * np.dtype(lm.cache_dtype).itemsize + text_tokens * np.dtype(cross_dtype).itemsize)
+    cross_bytes = np.dtype(lm.decoder.cross_dtype).itemsize
+    return per_position * (positions * np.dtype(lm.cache_dtype).itemsize + text_tokens * cross_bytes)
 
 
 def _lm_and_prompt(

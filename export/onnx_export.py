@@ -303,7 +303,6 @@ def finish_graphs(
                 onnx.checker.check_model(str(out / blockwise_int8), full_check=True)
                 info[blockwise_int8] = {"precision": "int8-block128"}
             to_int8(out / fname)
-            _save(with_cached_attention(onnx.load(str(out / fname))), out / fname)  # the cache both graphs share
             graph_precision = "int8"
         onnx.checker.check_model(str(out / fname), full_check=True)
         info[fname] = {"precision": graph_precision}
@@ -321,9 +320,10 @@ def to_fp16(proto, keep_io_types: list[str]):
 
 
 def to_int8(path: Path) -> None:
-    """Dynamic int8 (CPU): S8 per-channel weights on every MatMul, activations quantized per step.
+    """Dynamic int8 (CPU): S8 per-channel weights on every MatMul, activations quantized per step, and
+    self-attention over the float16 cache both int8 step graphs share (`with_cached_attention`).
 
-    The KV cache, layer norms, softmax and logits stay fp32. Weights use 7 bits (`reduce_range`): on
+    Layer norms, softmax and logits stay fp32. Weights use 7 bits (`reduce_range`): on
     x86 CPUs without VNNI (AVX2 only, e.g. AMD Zen 2) ORT's u8 x s8 kernel sums pairs of products in
     saturating int16, and full-range weights overflowed it (logits rel-L2 0.27 against 0.007 on a
     VNNI CPU, tiny-random); 7-bit weights cannot overflow, on every CPU.
@@ -345,7 +345,8 @@ def to_int8(path: Path) -> None:
     data.unlink()
     import onnx
 
-    _save(onnx.load(str(tmp)), path)  # re-save under the canonical name (external data named after it)
+    # re-save under the canonical name (external data named after it)
+    _save(with_cached_attention(onnx.load(str(tmp))), path)
     tmp.unlink()
     for f in tmp.parent.glob(tmp.name + "*"):  # the quantizer's own external-data file
         f.unlink()
@@ -355,9 +356,9 @@ def to_int8_blockwise(src: Path, path: Path) -> None:
     """Blockwise int8 (CPU), on our operators (musicgen_runtime/cpu_kernels): every MatMul with a constant
     weight [K, N] becomes Int8BlockGemv (int8 weights, one symmetric scale per output and 128 inputs — the
     largest of 128, 64, 32, 16 that divides K — packed for the kernel), and its self-attention
-    CachedAttention (`with_cached_attention`). Its kernel streams the weights faster than dynamic int8's
-    GEMM when a step has one or two rows (step_graph.BLOCKWISE_INT8_MAX_ROWS); with more rows it computes
-    slower."""
+    CachedAttention (`with_cached_attention`). For steps of one or two rows (step_graph.BLOCKWISE_INT8_MAX_ROWS)
+    it is as fast as dynamic int8 on AVX2 without VNNI, with logits closer to fp32; with more rows it
+    computes slower."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -413,7 +414,7 @@ def with_cached_attention(proto):
     for node in graph.node:
         if node.op_type == "GroupQueryAttention":
             ours = _cached_attention(node)
-            if ours is node:
+            if ours is None:
                 raise ValueError(f"{node.name}: a GroupQueryAttention that CachedAttention cannot replace")
             node.CopyFrom(ours)
             cache.update([*node.input[1:3], *node.output[1:3]])
@@ -427,7 +428,7 @@ def with_cached_attention(proto):
 
 def _cached_attention(node):
     """Our CachedAttention for a GroupQueryAttention of packed QKV with an explicit scale and no rotary
-    or window (what the step graphs export); any other GroupQueryAttention is kept."""
+    or window (what the step graphs export); None for any other."""
     from onnx import helper
 
     from musicgen_runtime import cpu_kernels
@@ -435,7 +436,7 @@ def _cached_attention(node):
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     qkv, key, value, past_key, past_value, seqlens_k, total = list(node.input)[:7]
     if key or value or set(attrs) != {"num_heads", "kv_num_heads", "scale"} or len(node.input) > 7:
-        return node
+        return None
     return helper.make_node(
         cpu_kernels.ATTENTION_OP,
         [qkv, past_key, past_value, seqlens_k, total],
