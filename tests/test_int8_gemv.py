@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import re
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from musicgen_runtime import cpu_kernels
@@ -16,50 +21,91 @@ def library():
     return cpu_kernels.build()  # `make setup` built it; this rebuilds only if a source changed since
 
 
-def _graph(tmp_path, weight: np.ndarray, block: int, name: str = "gemv.onnx"):
+def _graph(tmp_path, weight: np.ndarray, block: int, name: str = "gemv.onnx", weights: str = "external"):
+    """One Int8BlockGemv node. weights: "external" initializers in a .data file (as exports save them; the
+    kernel copies them when it is made), "inline" initializers, or "inputs" fed with every run."""
     qp, sp = cpu_kernels.pack(weight, block)
     node = helper.make_node(
         cpu_kernels.OP, ["A", "Qp", "Sp"], ["Y"], domain=cpu_kernels.DOMAIN, N=weight.shape[1], block_size=block
     )
+    inputs = [helper.make_tensor_value_info("A", TensorProto.FLOAT, None)]
+    if weights == "inputs":
+        inputs += [helper.make_tensor_value_info("Qp", TensorProto.INT8, None)]
+        inputs += [helper.make_tensor_value_info("Sp", TensorProto.FLOAT, None)]
     graph = helper.make_graph(
         [node],
         "gemv",
-        [helper.make_tensor_value_info("A", TensorProto.FLOAT, None)],
+        inputs,
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(qp, "Qp"), numpy_helper.from_array(sp, "Sp")],
+        [] if weights == "inputs" else [numpy_helper.from_array(qp, "Qp"), numpy_helper.from_array(sp, "Sp")],
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(cpu_kernels.DOMAIN, 1)], ir_version=8
     )
     path = tmp_path / name
-    path.write_bytes(model.SerializeToString())
-    return path, cpu_kernels.unpack(qp, sp, weight.shape[1])
+    onnx.save(model, path, save_as_external_data=weights == "external", location=f"{name}.data", size_threshold=0)
+    return path, cpu_kernels.unpack(qp, sp, weight.shape[1]), {"Qp": qp, "Sp": sp} if weights == "inputs" else {}
 
 
 @pytest.mark.parametrize(
-    "k, n, block, lead",
+    "k, n, block, lead, weights",
     [
-        (1024, 3072, 128, (2, 1)),  # one request's step: 2 rows (guidance), 1 token each
-        (4096, 1024, 128, (1,)),
-        (32, 130, 32, (3, 5)),  # N not a multiple of the 4-output tile; odd row count
-        (128, 1, 64, (2,)),
-        (256, 64, 128, (20,)),  # a prefill chunk's rows
+        (1024, 3072, 128, (2, 1), "external"),  # one request's step: 2 rows (guidance), 1 token each
+        (4096, 1024, 128, (1,), "external"),
+        (32, 130, 32, (3, 5), "inline"),  # N not a multiple of the 4-output tile; odd row count
+        (128, 1, 64, (2,), "inputs"),
+        (256, 64, 128, (20,), "inputs"),  # a prefill chunk's rows
+        (1024, 8, 128, (3,), "external"),  # fewer output tiles than the threads' share of the work
     ],
 )
-def test_operator_equals_the_dequantized_product(tmp_path, library, k, n, block, lead):
+def test_operator_equals_the_dequantized_product(tmp_path, library, k, n, block, lead, weights):
     rng = np.random.default_rng(k + n)
     weight = rng.standard_normal((k, n)).astype(np.float32)
-    path, dequantized = _graph(tmp_path, weight, block)
+    path, dequantized, fed = _graph(tmp_path, weight, block, weights=weights)
     sess = open_graph(path, threads=2)
     a = rng.standard_normal((*lead, k)).astype(np.float32)
     a[..., :8] *= 30  # an outlier channel: activations are scaled per block, not per row
-    y = sess.run(None, {"A": a})[0]
+    y = sess.run(None, {"A": a, **fed})[0]
     assert y.shape == (*lead, n)
     ref = a @ dequantized
     # int16 activations (per row and block) against fp32: a few 1e-5 of the output's scale
     assert np.abs(y - ref).max() < 1e-4 * np.abs(ref).max()
     # and the weights' own int8 error against the fp32 product: well under 1 %
     assert np.linalg.norm(y - a @ weight) < 0.01 * np.linalg.norm(a @ weight)
+
+
+def _huge_page_advised_kb() -> int:
+    """Resident kB of this process's mappings advised MADV_HUGEPAGE (VmFlags "hg")."""
+    total = 0
+    for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", Path("/proc/self/smaps").read_text()):
+        flags = re.search(r"^VmFlags:(.*)$", block, re.M)
+        if flags and " hg" in flags.group(1):
+            total += int(re.search(r"^Rss:\s+(\d+) kB", block, re.M).group(1))
+    return total
+
+
+@pytest.mark.skipif(
+    "[never]"
+    in (
+        Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+        if Path("/sys/kernel/mm/transparent_hugepage/enabled").exists()
+        else "[never]"
+    ),
+    reason="this kernel has no transparent huge pages: the weights stay where ONNX Runtime put them",
+)
+def test_initializer_weights_are_copied_to_huge_pages_and_given_back(tmp_path, library):
+    weight = np.random.default_rng(3).standard_normal((1024, 4096)).astype(np.float32)
+    path, dequantized, _ = _graph(tmp_path, weight, 128)
+    gc.collect()
+    before = _huge_page_advised_kb()
+    sess = open_graph(path, threads=2)
+    assert _huge_page_advised_kb() - before >= 4096  # the 4 MB of int8 weights (and their scales)
+    a = np.random.default_rng(4).standard_normal((2, 1024)).astype(np.float32)
+    ref = a @ dequantized
+    assert np.abs(sess.run(None, {"A": a})[0] - ref).max() < 1e-4 * np.abs(ref).max()
+    del sess
+    gc.collect()
+    assert _huge_page_advised_kb() <= before  # the last copy in its chunk: the chunk is unmapped
 
 
 def test_pack_rounds_each_weight_to_half_a_step():
@@ -75,7 +121,7 @@ def test_pack_rounds_each_weight_to_half_a_step():
 
 def test_wrong_shapes_are_a_clear_error_not_a_crash(tmp_path, library):
     rng = np.random.default_rng(2)
-    path, _ = _graph(tmp_path, rng.standard_normal((128, 8)).astype(np.float32), 64)
+    path, _, _ = _graph(tmp_path, rng.standard_normal((128, 8)).astype(np.float32), 64)
     sess = open_graph(path)
     with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match=r"Int8BlockGemv: A \[\.\.\., 96\]"):
         sess.run(None, {"A": np.zeros((2, 96), np.float32)})
@@ -83,7 +129,7 @@ def test_wrong_shapes_are_a_clear_error_not_a_crash(tmp_path, library):
 
 
 def test_without_the_library_the_graph_is_refused_by_name(tmp_path, library, monkeypatch):
-    path, _ = _graph(tmp_path, np.ones((128, 4), np.float32), 128)
+    path, _, _ = _graph(tmp_path, np.ones((128, 4), np.float32), 128)
     monkeypatch.setattr(cpu_kernels, "library", lambda: None)
     with pytest.raises(
         GraphError, match="gemv.onnx uses our CPU kernels.*not built.*python -m musicgen_runtime.cpu_kernels"

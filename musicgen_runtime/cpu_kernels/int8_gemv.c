@@ -3,7 +3,6 @@
 #include "int8_gemv.h"
 
 #include <immintrin.h>
-#include <math.h>
 
 /* Bytes ahead of the current chunk to prefetch: 16 chunks (1 KB). Without it the step's weights
    read at 20 GB/s, with it at 25 GB/s (of 30 GB/s for a plain read) on the 2-core Zen 2 VM; 512 and
@@ -17,17 +16,33 @@ static inline float hsum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
+static inline float hmax(__m256 v) {
+  __m128 lo = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  lo = _mm_max_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_max_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+/* Vectorized: scalar lrintf made it a fifth of a one-request step's GEMV time, on one thread. Rounds to
+   nearest even (the MXCSR default), as np.rint does. */
 void int8_gemv_quantize(const float* a, int rows, int k, int block, QuantRows* q) {
   int nblk = k / block;
+  const __m256 sign = _mm256_set1_ps(-0.f);
   q->rows = rows, q->k = k, q->block = block;
   for (int m = 0; m < rows; m++)
     for (int b = 0; b < nblk; b++) {
       const float* x = a + (size_t)m * k + (size_t)b * block;
-      float mx = 0.f;
-      for (int i = 0; i < block; i++) mx = fmaxf(mx, fabsf(x[i]));
-      float scale = mx > 0.f ? mx / 32767.f : 1.f, inv = 1.f / scale;
+      __m256 mx = _mm256_setzero_ps();
+      for (int i = 0; i < block; i += 8) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+      float top = hmax(mx), scale = top > 0.f ? top / 32767.f : 1.f;
+      __m256 inv = _mm256_set1_ps(1.f / scale);
       int16_t* out = q->a16 + (size_t)m * k + (size_t)b * block;
-      for (int i = 0; i < block; i++) out[i] = (int16_t)lrintf(x[i] * inv);
+      for (int i = 0; i < block; i += 16) {
+        __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+        __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8), inv));
+        /* packs interleaves the 128-bit halves: lo 0-3, hi 0-3, lo 4-7, hi 4-7 */
+        _mm256_storeu_si256((__m256i*)(out + i), _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8));
+      }
       q->scale[m * nblk + b] = scale;
     }
 }

@@ -46,6 +46,8 @@ enum { ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 };
 #define ORT_KernelContext_GetInput(api) ORT_FN(90, OrtStatus * (*)(const OrtKernelContext*, size_t, const OrtValue**))
 #define ORT_KernelContext_GetOutput(api) \
   ORT_FN(91, OrtStatus * (*)(OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**))
+#define ORT_KernelInfoGetConstantInput_tensor(api) \
+  ORT_FN(249, OrtStatus * (*)(const OrtKernelInfo*, size_t, int*, const OrtValue**))
 #define ORT_ReleaseTensorTypeAndShapeInfo(api) ORT_FN(99, void (*)(OrtTensorTypeAndShapeInfo*))
 #define ORT_KernelContext_ParallelFor(api) \
   ORT_FN(274, OrtStatus * (*)(const OrtKernelContext*, void (*)(void*, size_t), size_t, size_t, void*))

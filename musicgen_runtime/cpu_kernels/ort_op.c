@@ -9,19 +9,24 @@
      Outputs: out float [B, S, H D]; present_key, present_value float16 [B, Hkv, capacity, D] (bound to the
      past's buffers, they are written in place; otherwise the past is copied into them first).
 
-   Work is shared out on the session's intra-op threads (KernelContext_ParallelFor). */
+   Work is shared out on the session's intra-op threads (KernelContext_ParallelFor). Int8BlockGemv's
+   weights, when they are initializers, are copied onto huge pages when the kernel is made (hugepage_copy.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
 #include "cached_attention.h"
+#include "hugepage_copy.h"
 #include "int8_gemv.h"
 #include "ort_abi.h"
 
 #define DOMAIN "ai.musicgen"
-/* 64 outputs (64 KB of weights at K = 1024) per task; 1, 4 or 64 tiles, or one batch per thread,
-   gave the same step time (one request, small-random, 2-core EPYC) */
-#define TILES_PER_TASK 16
+/* A GEMV is shared out as this many contiguous ranges of outputs per CPU: each thread reads long
+   sequential runs of weights (ranges of 16 tiles, taken in turn by the threads, cost a tenth more). */
+#define TASKS_PER_CPU 2
+static size_t gemv_tasks = TASKS_PER_CPU; /* set at registration */
 
 static OrtApiTable api;
 
@@ -40,11 +45,9 @@ typedef struct {
   const void* data;
 } Tensor;
 
-/* Input `index`: its element type, shape and data. */
-static OrtStatus* input(OrtKernelContext* ctx, size_t index, Tensor* t) {
-  const OrtValue* v;
+/* A tensor's element type, shape and data. */
+static OrtStatus* tensor(const OrtValue* v, Tensor* t) {
   OrtTensorTypeAndShapeInfo* info;
-  CHECK(ORT_KernelContext_GetInput(api)(ctx, index, &v));
   CHECK(ORT_GetTensorTypeAndShape(api)(v, &info));
   OrtStatus* s = ORT_GetTensorElementType(api)(info, &t->type);
   if (!s) s = ORT_GetDimensionsCount(api)(info, &t->rank);
@@ -52,6 +55,18 @@ static OrtStatus* input(OrtKernelContext* ctx, size_t index, Tensor* t) {
   if (!s) s = ORT_GetDimensions(api)(info, t->dims, t->rank);
   ORT_ReleaseTensorTypeAndShapeInfo(api)(info);
   return s ? s : ORT_GetTensorData(api)(v, &t->data);
+}
+
+static OrtStatus* input(OrtKernelContext* ctx, size_t index, Tensor* t) {
+  const OrtValue* v;
+  CHECK(ORT_KernelContext_GetInput(api)(ctx, index, &v));
+  return tensor(v, t);
+}
+
+static size_t tensor_bytes(const Tensor* t, size_t element) {
+  size_t n = element;
+  for (size_t i = 0; i < t->rank; i++) n *= (size_t)t->dims[i];
+  return n;
 }
 
 static OrtStatus* output(OrtKernelContext* ctx, size_t index, const int64_t* dims, size_t rank, void** data) {
@@ -80,18 +95,45 @@ static OrtStatus* created(void* kernel, OrtStatus* s, void** out) {
 
 typedef struct {
   int64_t n, block;
+  HugeCopy q, s; /* the initializers' copies (data NULL: the weights are read from the inputs) */
 } Gemv;
+
+/* Input `index` copied onto huge pages if it is an initializer; left NULL otherwise, or without memory. */
+static OrtStatus* copy_constant(const OrtKernelInfo* info, size_t index, size_t element, HugeCopy* copy) {
+  int constant = 0;
+  const OrtValue* v = NULL;
+  Tensor t;
+  CHECK(ORT_KernelInfoGetConstantInput_tensor(api)(info, index, &constant, &v));
+  if (!constant || !v) return NULL;
+  CHECK(tensor(v, &t));
+  if (hugepage_copy(t.data, tensor_bytes(&t, element), copy)) copy->data = NULL;
+  return NULL;
+}
+
+static void gemv_destroy(void* kernel) {
+  Gemv* k = kernel;
+  if (k->q.data) hugepage_release(&k->q);
+  if (k->s.data) hugepage_release(&k->s);
+  free(k);
+}
 
 static OrtStatus* gemv_create(const OrtCustomOp* op, OrtApiTable a, const OrtKernelInfo* info, void** out) {
   (void)op, (void)a;
-  Gemv* k = malloc(sizeof *k);
+  Gemv* k = calloc(1, sizeof *k);
   if (!k) return fail(ORT_FAIL, "Int8BlockGemv: out of memory");
   OrtStatus* s = ORT_KernelInfoGetAttribute_int64(api)(info, "N", &k->n);
   if (!s) s = ORT_KernelInfoGetAttribute_int64(api)(info, "block_size", &k->block);
   /* int32 sums of a block's int16 x int8 products stay below 2^31 up to 1024 inputs */
   if (!s && (k->n < 1 || k->block < 16 || k->block > 1024 || k->block % 16))
     s = bad_input("Int8BlockGemv", "N must be >= 1 and block_size a multiple of 16 up to 1024");
-  return created(k, s, out);
+  if (!s) s = copy_constant(info, 1, sizeof(int8_t), &k->q);
+  if (!s) s = copy_constant(info, 2, sizeof(float), &k->s);
+  if (s) {
+    gemv_destroy(k);
+    return s;
+  }
+  *out = k;
+  return NULL;
 }
 
 typedef struct {
@@ -99,12 +141,12 @@ typedef struct {
   const int8_t* qp;
   const float* sp;
   float* y;
-  int n, tiles;
+  int n, tiles, tasks;
 } GemvJob;
 
 static void gemv_task(void* user, size_t i) {
   const GemvJob* j = user;
-  int t0 = (int)i * TILES_PER_TASK, t1 = t0 + TILES_PER_TASK < j->tiles ? t0 + TILES_PER_TASK : j->tiles;
+  int t0 = (int)((int64_t)j->tiles * (int64_t)i / j->tasks), t1 = (int)((int64_t)j->tiles * (int64_t)(i + 1) / j->tasks);
   int8_gemv_tiles(j->a, j->qp, j->sp, j->y, j->n, t0, t1);
 }
 
@@ -139,8 +181,9 @@ static OrtStatus* gemv_compute(void* kernel, OrtKernelContext* ctx) {
     s = fail(ORT_FAIL, "Int8BlockGemv: out of memory");
   } else {
     int8_gemv_quantize(a.data, (int)rows, (int)k, (int)block, &qa);
-    GemvJob job = {&qa, q.data, sc.data, y, (int)kn->n, (int)tiles};
-    size_t tasks = (size_t)(tiles + TILES_PER_TASK - 1) / TILES_PER_TASK;
+    size_t tasks = gemv_tasks < (size_t)tiles ? gemv_tasks : (size_t)tiles;
+    GemvJob job = {&qa, kn->q.data ? kn->q.data : q.data, kn->s.data ? kn->s.data : sc.data, y, (int)kn->n,
+                   (int)tiles, (int)tasks};
     s = ORT_KernelContext_ParallelFor(api)(ctx, gemv_task, tasks, 0, &job);
   }
   free(qa.a16);
@@ -238,7 +281,7 @@ static size_t attention_output_count(const OrtCustomOp* op) { return (void)op, 3
 
 /* ---- registration ---- */
 
-static void destroy_kernel(void* kernel) { free(kernel); }
+static void attention_destroy(void* kernel) { free(kernel); }
 static const char* gemv_name(const OrtCustomOp* op) { return (void)op, "Int8BlockGemv"; }
 static const char* attention_name(const OrtCustomOp* op) { return (void)op, "CachedAttention"; }
 static const char* cpu_provider(const OrtCustomOp* op) { return (void)op, NULL; }
@@ -249,7 +292,7 @@ static int zero(const OrtCustomOp* op, size_t i) { return (void)op, (void)i, 0; 
   {                                                                                                                 \
     .version = ORT_CUSTOM_OP_VERSION, .GetName = NAME, .GetExecutionProviderType = cpu_provider,                    \
     .GetInputType = PREFIX##_input_type, .GetInputTypeCount = PREFIX##_input_count, .GetOutputType = PREFIX##_output_type, \
-    .GetOutputTypeCount = PREFIX##_output_count, .KernelDestroy = destroy_kernel, .GetInputCharacteristic = zero,  \
+    .GetOutputTypeCount = PREFIX##_output_count, .KernelDestroy = PREFIX##_destroy, .GetInputCharacteristic = zero,  \
     .GetOutputCharacteristic = zero, .GetInputMemoryType = zero, .CreateKernelV2 = PREFIX##_create,                \
     .KernelComputeV2 = PREFIX##_compute,                                                                            \
   }
@@ -266,6 +309,8 @@ __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOp
   }
   if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
     return fail(ORT_FAIL, "the ai.musicgen operators need a CPU with AVX2, FMA and F16C");
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  gemv_tasks = TASKS_PER_CPU * (size_t)(cpus > 0 ? cpus : 1);
   OrtCustomOpDomain* domain;
   CHECK(ORT_CreateCustomOpDomain(api)(DOMAIN, &domain));
   for (size_t i = 0; i < sizeof operators / sizeof operators[0]; i++)
