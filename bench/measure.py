@@ -60,6 +60,48 @@ def memory_bandwidth(mb: int = 512, repeats: int = 5, threads: int = 1) -> dict:
     }
 
 
+def raw_read(mb: int = 512, repeats: int = 5, threads: int | None = None) -> dict | None:
+    """GB/s of reading a `mb` MiB buffer on 2 MB pages with AVX2 loads (cpu_kernels' read probe), split
+    across `threads` threads (all CPUs by default), best of `repeats`: the fastest read this machine
+    gives a program, and the way our GEMV reads its weights (copied onto 2 MB pages; over 4 KB pages the
+    same loads ran a quarter slower on the 2-core EPYC VM). None without the kernel library."""
+    import ctypes
+    import mmap
+    import os
+
+    library = cpu_kernels.library()
+    if library is None:
+        return None
+    read = ctypes.CDLL(str(library)).musicgen_read_bytes
+    read.restype, read.argtypes = ctypes.c_uint64, [ctypes.c_void_p, ctypes.c_size_t]
+    nbytes, huge = mb << 20, 2 << 20
+    region = mmap.mmap(-1, nbytes + huge, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    region.madvise(mmap.MADV_HUGEPAGE)
+    raw = np.frombuffer(region, np.uint8)
+    start = (-raw.ctypes.data) % huge
+    buf = raw[start : start + nbytes]
+    buf[:] = 1
+    threads = threads or os.cpu_count() or 1
+    parts = [(buf.ctypes.data + i * (nbytes // threads), nbytes // threads) for i in range(threads)]
+
+    def run():  # ctypes lets go of the GIL during the call
+        ts = [threading.Thread(target=read, args=part) for part in parts]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    seconds = _best(run, repeats)
+    del raw, buf
+    region.close()
+    return {
+        "array_mb": mb,
+        "threads": threads,
+        "read_gbps": nbytes // threads * threads / seconds / 1e9,
+        "repeats": repeats,
+    }
+
+
 def matmul_read(mb: int = 512, repeats: int = 5, threads: int | None = None) -> dict:
     """GB/s of onnxruntime reading `mb` MiB of fp32 weights the way a decode step does: 2 rows times
     16 MatMul weights [1024, n] (MLAS's packed GEMM), best of `repeats`. A probe with the step's own

@@ -300,3 +300,13 @@ def test_the_floor_uses_the_fastest_read_measured_in_the_run():
 def test_matmul_read_probe_reads_its_weights():
     r = measure.matmul_read(32, 2)
     assert r["weights_mb"] == 32 and r["read_gbps"] > 0.5
+
+
+def test_raw_read_probe_reads_huge_pages_with_the_kernel_library(monkeypatch):
+    from musicgen_runtime import cpu_kernels
+
+    cpu_kernels.build()
+    r = measure.raw_read(32, 2, threads=2)
+    assert r["array_mb"] == 32 and r["threads"] == 2 and r["read_gbps"] > 0.5
+    monkeypatch.setattr(cpu_kernels, "library", lambda: None)
+    assert measure.raw_read(32, 2) is None  # no library, no probe: the floor uses the others
