@@ -28,7 +28,13 @@ TILE = 4  # output rows per packed tile
 CHUNK = 16  # inputs per packed chunk
 
 _HERE = Path(__file__).resolve().parent
-SOURCES = (_HERE / "int8_gemv.c", _HERE / "cached_attention.c", _HERE / "hugepage_copy.c", _HERE / "read_probe.c", _HERE / "ort_op.c")
+SOURCES = (
+    _HERE / "int8_gemv.c",
+    _HERE / "cached_attention.c",
+    _HERE / "hugepage_copy.c",
+    _HERE / "read_probe.c",
+    _HERE / "ort_op.c",
+)
 HEADERS = (_HERE / "int8_gemv.h", _HERE / "cached_attention.h", _HERE / "hugepage_copy.h", _HERE / "ort_abi.h")
 LIBRARY = _HERE / "libmusicgen_cpu_kernels.so"
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall", "-Werror", "-std=c11"]
