@@ -321,7 +321,7 @@ def to_fp16(proto, keep_io_types: list[str]):
 
 def to_int8(path: Path) -> None:
     """Dynamic int8 (CPU): S8 per-channel weights on every MatMul, activations quantized per step, and
-    self-attention over the float16 cache both int8 step graphs share (`with_cached_attention`).
+    attention on our operators over the float16 K/V both int8 step graphs share (`with_our_attention`).
 
     Layer norms, softmax and logits stay fp32. Weights use 7 bits (`reduce_range`): on
     x86 CPUs without VNNI (AVX2 only, e.g. AMD Zen 2) ORT's u8 x s8 kernel sums pairs of products in
@@ -346,7 +346,7 @@ def to_int8(path: Path) -> None:
     import onnx
 
     # re-save under the canonical name (external data named after it)
-    _save(with_cached_attention(onnx.load(str(tmp))), path)
+    _save(with_our_attention(onnx.load(str(tmp))), path)
     tmp.unlink()
     for f in tmp.parent.glob(tmp.name + "*"):  # the quantizer's own external-data file
         f.unlink()
@@ -355,10 +355,10 @@ def to_int8(path: Path) -> None:
 def to_int8_blockwise(src: Path, path: Path) -> None:
     """Blockwise int8 (CPU), on our operators (musicgen_runtime/cpu_kernels): every MatMul with a constant
     weight [K, N] becomes Int8BlockGemv (int8 weights, one symmetric scale per output and 128 inputs — the
-    largest of 128, 64, 32, 16 that divides K — packed for the kernel), and its self-attention
-    CachedAttention (`with_cached_attention`). For steps of one or two rows (step_graph.BLOCKWISE_INT8_MAX_ROWS)
-    it is as fast as dynamic int8 on AVX2 without VNNI, with logits closer to fp32; with more rows it
-    computes slower."""
+    largest of 128, 64, 32, 16 that divides K — packed for the kernel), and its attention our
+    CachedAttention and CrossAttention (`with_our_attention`). For steps of one or two rows
+    (step_graph.BLOCKWISE_INT8_MAX_ROWS) it is faster than dynamic int8 on AVX2 without VNNI, with logits
+    closer to fp32; with more rows it computes slower (int16 multiply-adds against ORT's int8 ones)."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -399,29 +399,38 @@ def to_int8_blockwise(src: Path, path: Path) -> None:
     graph.node.extend(nodes)
     graph.initializer.extend(kept)
     proto.opset_import.append(helper.make_opsetid(cpu_kernels.DOMAIN, 1))
-    _save(with_cached_attention(proto), path)
+    _save(with_our_attention(proto), path)
 
 
-def with_cached_attention(proto):
-    """Every self-attention GroupQueryAttention as our CachedAttention over a float16 cache (int8 CPU
-    graphs): the decoder cache's graph inputs and outputs become float16, half the bytes a step reads
-    of them; the arithmetic stays fp32. Returns the proto, changed in place."""
+def with_our_attention(proto):
+    """The attention of int8 CPU step graphs on our operators, over float16 keys and values (half the
+    bytes a step reads of them; the arithmetic stays fp32): every self-attention GroupQueryAttention as
+    CachedAttention over the decoder cache, every cross-attention MultiHeadAttention as CrossAttention
+    over the text K/V. Their graph inputs and outputs become float16. Returns the proto, changed in place."""
     from onnx import TensorProto, helper
 
     from musicgen_runtime import cpu_kernels
 
-    graph, cache = proto.graph, set()
+    graph, halves = proto.graph, set()
     for node in graph.node:
-        if node.op_type == "GroupQueryAttention":
-            ours = _cached_attention(node)
-            if ours is None:
-                raise ValueError(f"{node.name}: a GroupQueryAttention that CachedAttention cannot replace")
-            node.CopyFrom(ours)
-            cache.update([*node.input[1:3], *node.output[1:3]])
+        if node.op_type not in ("GroupQueryAttention", "MultiHeadAttention"):
+            continue
+        ours = _cached_attention(node) if node.op_type == "GroupQueryAttention" else _cross_attention(node)
+        if ours is None:
+            raise ValueError(f"{node.name}: a {node.op_type} that our attention operators cannot replace")
+        node.CopyFrom(ours)
+        halves.update(node.input[1:3])
+        if node.op_type == cpu_kernels.ATTENTION_OP:
+            halves.update(node.output[1:3])
+    graph_inputs = {v.name for v in graph.input}
+    for node in graph.node:  # the K/V must come straight from the graph's inputs, the only ones made float16
+        if node.domain == cpu_kernels.DOMAIN and node.op_type != cpu_kernels.OP:
+            if any(name not in graph_inputs for name in node.input[1:3]):
+                raise ValueError(f"{node.name}: its keys and values are not inputs of the graph")
     for value in [*graph.input, *graph.output]:
-        if value.name in cache:
+        if value.name in halves:
             value.type.tensor_type.elem_type = TensorProto.FLOAT16
-    if cache and all(o.domain != cpu_kernels.DOMAIN for o in proto.opset_import):
+    if halves and all(o.domain != cpu_kernels.DOMAIN for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid(cpu_kernels.DOMAIN, 1))
     return proto
 
@@ -440,6 +449,31 @@ def _cached_attention(node):
     return helper.make_node(
         cpu_kernels.ATTENTION_OP,
         [qkv, past_key, past_value, seqlens_k, total],
+        list(node.output),
+        node.name,
+        domain=cpu_kernels.DOMAIN,
+        **attrs,
+    )
+
+
+def _cross_attention(node):
+    """Our CrossAttention for a MultiHeadAttention of a query against whole K/V ([B, H, T, D]) with a key
+    padding mask, no bias and an explicit scale (the text-conditioned step graphs' cross-attention); None
+    for any other."""
+    from onnx import helper
+
+    from musicgen_runtime import cpu_kernels
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    inputs = list(node.input) + [""] * (5 - len(node.input))
+    q, key, value, bias, mask = inputs[:5]
+    if bias or not (key and value and mask) or len(node.input) > 5 or len(node.output) > 1:
+        return None
+    if set(attrs) != {"num_heads", "scale"}:
+        return None
+    return helper.make_node(
+        cpu_kernels.CROSS_ATTENTION_OP,
+        [q, key, value, mask],
         list(node.output),
         node.name,
         domain=cpu_kernels.DOMAIN,

@@ -64,8 +64,8 @@ class StepGraph:
         if self.num_layers != dims.num_layers:
             raise GraphError(f"{step_file} has {self.num_layers} layers, manifest says {dims.num_layers}")
         self.cache_dtype = np.float16 if past[0].type == "tensor(float16)" else np.float32
-        # cross-attention K/V inputs (text-only MusicGen): float16 in fp16 exports; int8 exports keep them
-        # float beside a float16 self-attention cache (their attention is ORT's)
+        # cross-attention K/V inputs (text-only MusicGen): float16 in fp16 and int8 exports (int8: our
+        # CrossAttention reads halves), float in fp32 ones
         cross = [i for i in past if ".encoder." in i.name]
         self.cross_dtype = np.float16 if cross and cross[0].type == "tensor(float16)" else np.float32
         # float inputs take the graph's dtype (fp16 exports); integer inputs keep the caller's

@@ -104,14 +104,15 @@ def test_int8_export_is_quantized_and_close(tmp_path, monkeypatch):
     report = verify(repo, steps=12)
     assert report["passed"], report
     assert report["graphs"]["decoder_step"]["rel_l2"] < 0.1 and report["checks"]["top250_overlap"] > 0.9
-    assert _step_ops(repo)["MultiHeadAttention"] == 2
+    assert _step_ops(repo)["CrossAttention"] == 2 and _step_ops(repo)["MultiHeadAttention"] == 0
     # and the blockwise-int8 copy that runs steps of one request (BLOCKWISE_INT8_MAX_ROWS), checked the same way
     assert m["graphs"][names.DECODER_STEP_BLOCKWISE_INT8_FILE]["precision"] == "int8-block128"
     assert report["graphs"]["decoder_step_blockwise_int8"]["rel_l2"] < 0.1
     assert report["checks"]["top250_overlap_blockwise_int8"] > 0.9
     few_ops = _step_ops(repo, names.DECODER_STEP_BLOCKWISE_INT8_FILE)
     assert few_ops["Int8BlockGemv"] > 0 and few_ops["MatMul"] == few_ops["MatMulInteger"] == 0
-    assert few_ops["CachedAttention"] == few_ops["MultiHeadAttention"] == 2 and few_ops["GroupQueryAttention"] == 0
+    assert few_ops["CachedAttention"] == few_ops["CrossAttention"] == 2
+    assert few_ops["GroupQueryAttention"] == few_ops["MultiHeadAttention"] == 0
     # every LayerNormalization fused with the residual Add before it: 3 per layer and the first one's input sum
     assert few_ops["LayerNormalization"] == 0 and few_ops["SkipLayerNormalization"] == 3 * 2 + 1
     from musicgen_runtime.step_graph import BLOCKWISE_INT8_MAX_ROWS
@@ -124,11 +125,11 @@ def test_int8_export_is_quantized_and_close(tmp_path, monkeypatch):
     )
     # lm_engine's "blockwise_int8_max_rows": "0"
     assert TextLanguageModel(repo / "lm_engine" / "1", blockwise_int8_max_rows=0).decoder.blockwise_int8_sess is None
-    # both int8 step graphs run our operators over a float16 self-attention cache: without their library
+    # both int8 step graphs run our operators over float16 self- and cross-attention K/V: without their library
     # (not built) the export is refused by name, with what to do
     from musicgen_runtime import cpu_kernels
 
-    assert step.cache_dtype == np.float16 and step.cross_dtype == np.float32
+    assert step.cache_dtype == step.cross_dtype == np.float16
     assert _step_ops(repo)["CachedAttention"] == 2
     monkeypatch.setattr(cpu_kernels, "library", lambda: None)
     with pytest.raises(

@@ -264,3 +264,51 @@ def test_cached_attention_copies_the_past_when_present_is_not_bound_to_it(tmp_pa
                 "total": np.array(7, np.int32),
             },
         )  # a position past the cache's capacity
+
+
+def _cross_graph(tmp_path, op: str, heads: int, kv_type: int, name: str):
+    """One cross-attention node: ours (CrossAttention, float16 K/V) or ORT's MultiHeadAttention (float K/V)."""
+    domain, inputs = cpu_kernels.DOMAIN, ["q", "key", "value", "mask"]
+    if op == "MultiHeadAttention":
+        domain, inputs = "com.microsoft", ["q", "key", "value", "", "mask"]
+    node = helper.make_node(op, inputs, ["out"], domain=domain, num_heads=heads, scale=0.125)
+    graph = helper.make_graph(
+        [node],
+        "cross",
+        [
+            helper.make_tensor_value_info("q", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("key", kv_type, None),
+            helper.make_tensor_value_info("value", kv_type, None),
+            helper.make_tensor_value_info("mask", TensorProto.INT32, None),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+    )
+    path = tmp_path / name
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid(domain, 1)]
+    path.write_bytes(helper.make_model(graph, opset_imports=opsets, ir_version=8).SerializeToString())
+    return open_graph(path, threads=2)
+
+
+@pytest.mark.parametrize(
+    "rows, tokens, heads, d, text_len",
+    [
+        (2, 1, 16, 64, 12),  # one request's decode step (guidance: the second row's mask is all zeros)
+        (3, 5, 4, 16, 7),  # a prefill chunk; odd text length (a partial group of four scores)
+        (1, 1, 2, 8, 1),
+    ],
+)
+def test_cross_attention_equals_onnxruntimes_multi_head_attention(tmp_path, library, rows, tokens, heads, d, text_len):
+    rng = np.random.default_rng(rows * 10 + tokens)
+    q = rng.standard_normal((rows, tokens, heads * d)).astype(np.float32)
+    key, value = (rng.standard_normal((rows, heads, text_len, d)).astype(np.float16) for _ in range(2))
+    mask = (rng.random((rows, text_len)) < 0.7).astype(np.int32)
+    mask[0, 0] = 1
+    mask[-1] = 0 if rows > 1 else mask[-1]  # a fully masked row: ORT averages its values, as do we
+    ours = _cross_graph(tmp_path, cpu_kernels.CROSS_ATTENTION_OP, heads, TensorProto.FLOAT16, "ours.onnx")
+    mha = _cross_graph(tmp_path, "MultiHeadAttention", heads, TensorProto.FLOAT, "mha.onnx")
+    out = ours.run(None, {"q": q, "key": key, "value": value, "mask": mask})[0]
+    ref = mha.run(None, {"q": q, "key": key.astype(np.float32), "value": value.astype(np.float32), "mask": mask})[0]
+    assert out.shape == ref.shape == (rows, tokens, heads * d)
+    assert np.abs(out - ref).max() < 2e-5 * max(1.0, np.abs(ref).max())
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="CrossAttention: q"):
+        ours.run(None, {"q": q, "key": key, "value": value, "mask": mask[:, :-1] if text_len > 1 else mask[:0]})

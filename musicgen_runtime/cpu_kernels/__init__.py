@@ -3,7 +3,7 @@
 ONNX Runtime's MatMulNBits (8-bit) read a one-request step's weights at about half the memory's
 rate on AVX2 CPUs without VNNI (its int8 arithmetic is the bound there); `Int8BlockGemv` (int8_gemv.h)
 reads them as one sequential stream per thread and multiplies in int16, from a copy on 2 MB pages made
-when the session is created (hugepage_copy.h). `CachedAttention` (cached_attention.h)
+when the session is created (hugepage_copy.h). `CachedAttention` (attention.h)
 reads the self-attention cache, which at mid-clip of a 30 s clip is as large as the weights, at the
 memory's rate. The C sources are built into a shared
 library by `python -m musicgen_runtime.cpu_kernels` (`make setup` runs it); `onnx_session.open_graph`
@@ -23,6 +23,7 @@ import numpy as np
 DOMAIN = "ai.musicgen"
 OP = "Int8BlockGemv"
 ATTENTION_OP = "CachedAttention"  # GroupQueryAttention (packed QKV, in-place cache, no rotary) in our kernel
+CROSS_ATTENTION_OP = "CrossAttention"  # MultiHeadAttention over float16 text K/V with a key padding mask
 BLOCK = 128  # inputs per weight scale
 TILE = 4  # output rows per packed tile
 CHUNK = 16  # inputs per packed chunk
@@ -30,12 +31,18 @@ CHUNK = 16  # inputs per packed chunk
 _HERE = Path(__file__).resolve().parent
 SOURCES = (
     _HERE / "int8_gemv.c",
-    _HERE / "cached_attention.c",
+    _HERE / "attention.c",
     _HERE / "hugepage_copy.c",
     _HERE / "read_probe.c",
     _HERE / "ort_op.c",
 )
-HEADERS = (_HERE / "int8_gemv.h", _HERE / "cached_attention.h", _HERE / "hugepage_copy.h", _HERE / "ort_abi.h")
+HEADERS = (
+    _HERE / "int8_gemv.h",
+    _HERE / "attention.h",
+    _HERE / "simd_math.h",
+    _HERE / "hugepage_copy.h",
+    _HERE / "ort_abi.h",
+)
 LIBRARY = _HERE / "libmusicgen_cpu_kernels.so"
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall", "-Werror", "-std=c11"]
 

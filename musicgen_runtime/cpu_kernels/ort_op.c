@@ -3,11 +3,14 @@
    Int8BlockGemv: Y = A x W for packed blockwise-int8 weights (int8_gemv.h).
      Inputs: A float [..., K]; Qp int8 [N4/4, K/16, 64]; Sp float [N4/4, K/block, 4] (N4 = N rounded
      up to 4). Attributes: N, block_size. Output: Y float [..., N].
-   CachedAttention: GroupQueryAttention over an in-place float16 cache, without rotary (cached_attention.h).
+   CachedAttention: GroupQueryAttention over an in-place float16 cache, without rotary (attention.h).
      Inputs: qkv float [B, S, (H + 2 Hkv) D]; past_key, past_value float16 [B, Hkv, capacity, D];
      seqlens_k int32 [B]; total_sequence_length int32 []. Attributes: num_heads, kv_num_heads, scale.
      Outputs: out float [B, S, H D]; present_key, present_value float16 [B, Hkv, capacity, D] (bound to the
      past's buffers, they are written in place; otherwise the past is copied into them first).
+   CrossAttention: MultiHeadAttention of new tokens to text K/V with a key padding mask (attention.h).
+     Inputs: q float [B, S, H D]; key, value float16 [B, H, T, D]; key_padding_mask int32 [B, T] (0: masked).
+     Attributes: num_heads, scale. Output: float [B, S, H D].
 
    Work is shared out on the session's intra-op threads (KernelContext_ParallelFor). Int8BlockGemv's
    weights, when they are initializers, are copied onto huge pages when the kernel is made (hugepage_copy.h). */
@@ -17,7 +20,7 @@
 
 #include <unistd.h>
 
-#include "cached_attention.h"
+#include "attention.h"
 #include "hugepage_copy.h"
 #include "int8_gemv.h"
 #include "ort_abi.h"
@@ -279,13 +282,89 @@ static int attention_output_type(const OrtCustomOp* op, size_t i) { return (void
 static size_t attention_input_count(const OrtCustomOp* op) { return (void)op, 5; }
 static size_t attention_output_count(const OrtCustomOp* op) { return (void)op, 3; }
 
+/* ---- CrossAttention ---- */
+
+typedef struct {
+  int64_t heads;
+  float scale;
+} Cross;
+
+static OrtStatus* cross_create(const OrtCustomOp* op, OrtApiTable a, const OrtKernelInfo* info, void** out) {
+  (void)op, (void)a;
+  Cross* k = malloc(sizeof *k);
+  if (!k) return fail(ORT_FAIL, "CrossAttention: out of memory");
+  OrtStatus* s = ORT_KernelInfoGetAttribute_int64(api)(info, "num_heads", &k->heads);
+  if (!s) s = ORT_KernelInfoGetAttribute_float(api)(info, "scale", &k->scale);
+  if (!s && k->heads < 1) s = bad_input("CrossAttention", "num_heads must be >= 1");
+  return created(k, s, out);
+}
+
+typedef struct {
+  const CrossAttention* a;
+  float* scores; /* text_len floats per task */
+} CrossJob;
+
+static void cross_task(void* user, size_t i) {
+  const CrossJob* j = user;
+  cross_attention_head(j->a, (int)i / j->a->heads, (int)i % j->a->heads, j->scores + i * j->a->text_len);
+}
+
+static OrtStatus* cross_compute(void* kernel, OrtKernelContext* ctx) {
+  const Cross* kn = kernel;
+  Tensor q, key, value, mask;
+  CHECK(input(ctx, 0, &q));
+  CHECK(input(ctx, 1, &key));
+  CHECK(input(ctx, 2, &value));
+  CHECK(input(ctx, 3, &mask));
+  int64_t b = key.dims[0], t = key.dims[2], d = key.dims[3];
+  int ok = q.type == ORT_ELEM_FLOAT && key.type == ORT_ELEM_FLOAT16 && value.type == ORT_ELEM_FLOAT16 &&
+           mask.type == ORT_ELEM_INT32 && q.rank == 3 && key.rank == 4 && value.rank == 4 && mask.rank == 2 &&
+           memcmp(key.dims, value.dims, sizeof(int64_t) * 4) == 0 && key.dims[1] == kn->heads && d % 8 == 0 &&
+           d <= 256 && q.dims[0] == b && q.dims[2] == kn->heads * d && mask.dims[0] == b && mask.dims[1] == t;
+  if (!ok)
+    return bad_input("CrossAttention",
+                     "q [B, S, H D] float, key/value [B, H, T, D] float16 (D a multiple of 8 up to 256) and "
+                     "key_padding_mask [B, T] int32 expected");
+  void* out;
+  CHECK(output(ctx, 0, q.dims, 3, &out));
+  if (b == 0 || q.dims[1] == 0 || t == 0) {
+    if (t == 0) memset(out, 0, sizeof(float) * b * q.dims[1] * q.dims[2]); /* nothing to attend to */
+    return NULL;
+  }
+  float* bias = malloc(sizeof(float) * b * t);
+  float* scores = malloc(sizeof(float) * b * kn->heads * t);
+  OrtStatus* st = NULL;
+  if (!bias || !scores) {
+    st = fail(ORT_FAIL, "CrossAttention: out of memory");
+  } else {
+    const int32_t* m = mask.data;
+    for (int64_t i = 0; i < b * t; i++) bias[i] = m[i] ? 0.f : -10000.f; /* ORT's mask_filter_value */
+    CrossAttention at = {(int)b, (int)q.dims[1], (int)kn->heads, (int)d, (int)t, kn->scale,
+                         q.data, key.data, value.data, bias, out};
+    CrossJob job = {&at, scores};
+    st = ORT_KernelContext_ParallelFor(api)(ctx, cross_task, (size_t)(b * kn->heads), 0, &job);
+  }
+  free(bias);
+  free(scores);
+  return st;
+}
+
+static int cross_input_type(const OrtCustomOp* op, size_t i) {
+  return (void)op, i == 3 ? ORT_ELEM_INT32 : i ? ORT_ELEM_FLOAT16 : ORT_ELEM_FLOAT;
+}
+static size_t cross_input_count(const OrtCustomOp* op) { return (void)op, 4; }
+static size_t cross_output_count(const OrtCustomOp* op) { return (void)op, 1; }
+
 /* ---- registration ---- */
 
 static void attention_destroy(void* kernel) { free(kernel); }
+#define cross_destroy attention_destroy
 static const char* gemv_name(const OrtCustomOp* op) { return (void)op, "Int8BlockGemv"; }
 static const char* attention_name(const OrtCustomOp* op) { return (void)op, "CachedAttention"; }
+static const char* cross_name(const OrtCustomOp* op) { return (void)op, "CrossAttention"; }
 static const char* cpu_provider(const OrtCustomOp* op) { return (void)op, NULL; }
 static int gemv_output_type(const OrtCustomOp* op, size_t i) { return (void)op, (void)i, ORT_ELEM_FLOAT; }
+#define cross_output_type gemv_output_type
 static int zero(const OrtCustomOp* op, size_t i) { return (void)op, (void)i, 0; }
 
 #define OPERATOR(NAME, PREFIX)                                                                                      \
@@ -297,7 +376,8 @@ static int zero(const OrtCustomOp* op, size_t i) { return (void)op, (void)i, 0; 
     .KernelComputeV2 = PREFIX##_compute,                                                                            \
   }
 
-static const OrtCustomOp operators[] = {OPERATOR(gemv_name, gemv), OPERATOR(attention_name, attention)};
+static const OrtCustomOp operators[] = {OPERATOR(gemv_name, gemv), OPERATOR(attention_name, attention),
+                                        OPERATOR(cross_name, cross)};
 
 /* The entry point of SessionOptions.register_custom_ops_library. */
 __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOptions* options,
