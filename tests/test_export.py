@@ -98,6 +98,10 @@ def test_export_from_save_pretrained_directory(tmp_path, tiny_checkpoint):
 
 
 def test_int8_export_is_quantized_and_close(tmp_path, monkeypatch):
+    import collections
+
+    from musicgen_runtime import cpu_kernels
+
     repo = tmp_path / "repo"
     m = build("tiny-random", repo, precision="int8")
     assert m["precision"] == "int8" and m["graphs"]["decoder_step.onnx"]["precision"] == "int8"
@@ -113,8 +117,17 @@ def test_int8_export_is_quantized_and_close(tmp_path, monkeypatch):
     assert few_ops["Int8BlockGemv"] > 0 and few_ops["MatMul"] == few_ops["MatMulInteger"] == 0
     assert few_ops["CachedAttention"] == few_ops["CrossAttention"] == 2
     assert few_ops["GroupQueryAttention"] == few_ops["MultiHeadAttention"] == 0
-    # every LayerNormalization fused with the residual Add before it: 3 per layer and the first one's input sum
-    assert few_ops["LayerNormalization"] == 0 and few_ops["SkipLayerNormalization"] == 3 * 2 + 1
+    # every LayerNormalization fused with the residual Add before it (3 per layer and the final one), and
+    # folded into the GEMV that reads it, as is each GELU: only the final norm (read by 4 heads) stays a kernel
+    assert few_ops["LayerNormalization"] == few_ops["Gelu"] == few_ops["Erf"] == 0
+    assert few_ops["SkipLayerNormalization"] == 1
+    import onnx
+
+    g = onnx.load(str(repo / "lm_engine" / "1" / names.DECODER_STEP_BLOCKWISE_INT8_FILE), load_external_data=False)
+    prologues = collections.Counter(
+        onnx.helper.get_attribute_value(a) for n in g.graph.node for a in n.attribute if a.name == "prologue"
+    )
+    assert prologues == {cpu_kernels.PROLOGUE_SKIP_LAYER_NORM: 3 * 2, cpu_kernels.PROLOGUE_GELU: 2}
     from musicgen_runtime.step_graph import BLOCKWISE_INT8_MAX_ROWS
     from musicgen_runtime.text_lm import TextLanguageModel
 
@@ -127,7 +140,6 @@ def test_int8_export_is_quantized_and_close(tmp_path, monkeypatch):
     assert TextLanguageModel(repo / "lm_engine" / "1", blockwise_int8_max_rows=0).decoder.blockwise_int8_sess is None
     # both int8 step graphs run our operators over float16 self- and cross-attention K/V: without their library
     # (not built) the export is refused by name, with what to do
-    from musicgen_runtime import cpu_kernels
 
     assert step.cache_dtype == step.cross_dtype == np.float16
     assert _step_ops(repo)["CachedAttention"] == 2

@@ -27,11 +27,13 @@ CROSS_ATTENTION_OP = "CrossAttention"  # MultiHeadAttention over float16 text K/
 BLOCK = 128  # inputs per weight scale
 TILE = 4  # output rows per packed tile
 CHUNK = 16  # inputs per packed chunk
+PROLOGUE_GELU, PROLOGUE_SKIP_LAYER_NORM = 1, 2  # Int8BlockGemv's `prologue` attribute (prologue.h)
 
 _HERE = Path(__file__).resolve().parent
 SOURCES = (
     _HERE / "int8_gemv.c",
     _HERE / "attention.c",
+    _HERE / "prologue.c",
     _HERE / "hugepage_copy.c",
     _HERE / "read_probe.c",
     _HERE / "ort_op.c",
@@ -39,6 +41,7 @@ SOURCES = (
 HEADERS = (
     _HERE / "int8_gemv.h",
     _HERE / "attention.h",
+    _HERE / "prologue.h",
     _HERE / "simd_math.h",
     _HERE / "hugepage_copy.h",
     _HERE / "ort_abi.h",

@@ -43,6 +43,9 @@ enum { ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 };
 #define ORT_GetTensorTypeAndShape(api) ORT_FN(65, OrtStatus * (*)(const OrtValue*, OrtTensorTypeAndShapeInfo**))
 #define ORT_KernelInfoGetAttribute_float(api) ORT_FN(85, OrtStatus * (*)(const OrtKernelInfo*, const char*, float*))
 #define ORT_KernelInfoGetAttribute_int64(api) ORT_FN(86, OrtStatus * (*)(const OrtKernelInfo*, const char*, int64_t*))
+#define ORT_ReleaseStatus(api) ORT_FN(93, void (*)(OrtStatus*))
+#define ORT_KernelContext_GetInputCount(api) ORT_FN(88, OrtStatus * (*)(const OrtKernelContext*, size_t*))
+#define ORT_KernelContext_GetOutputCount(api) ORT_FN(89, OrtStatus * (*)(const OrtKernelContext*, size_t*))
 #define ORT_KernelContext_GetInput(api) ORT_FN(90, OrtStatus * (*)(const OrtKernelContext*, size_t, const OrtValue**))
 #define ORT_KernelContext_GetOutput(api) \
   ORT_FN(91, OrtStatus * (*)(OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**))

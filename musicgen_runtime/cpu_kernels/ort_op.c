@@ -1,8 +1,10 @@
 /* Our ONNX Runtime operators, domain ai.musicgen (CPU):
 
-   Int8BlockGemv: Y = A x W for packed blockwise-int8 weights (int8_gemv.h).
+   Int8BlockGemv: Y = prologue(A) x W for packed blockwise-int8 weights (int8_gemv.h, prologue.h).
      Inputs: A float [..., K]; Qp int8 [N4/4, K/16, 64]; Sp float [N4/4, K/block, 4] (N4 = N rounded
-     up to 4). Attributes: N, block_size. Output: Y float [..., N].
+     up to 4); with prologue 2 also skip float [..., K] (A's shape), gamma and beta float [K].
+     Attributes: N, block_size; prologue (0 none, 1 gelu, 2 skip layer norm; default 0), epsilon
+     (default 1e-5). Output: Y float [..., N]; with prologue 2 also the sum A + skip float [..., K].
    CachedAttention: GroupQueryAttention over an in-place float16 cache, without rotary (attention.h).
      Inputs: qkv float [B, S, (H + 2 Hkv) D]; past_key, past_value float16 [B, Hkv, capacity, D];
      seqlens_k int32 [B]; total_sequence_length int32 []. Attributes: num_heads, kv_num_heads, scale.
@@ -24,6 +26,7 @@
 #include "hugepage_copy.h"
 #include "int8_gemv.h"
 #include "ort_abi.h"
+#include "prologue.h"
 
 #define DOMAIN "ai.musicgen"
 /* A GEMV is shared out as this many contiguous ranges of outputs per CPU: each thread reads long
@@ -97,9 +100,23 @@ static OrtStatus* created(void* kernel, OrtStatus* s, void** out) {
 /* ---- Int8BlockGemv ---- */
 
 typedef struct {
-  int64_t n, block;
+  int64_t n, block, prologue;
+  float epsilon;
   HugeCopy q, s; /* the initializers' copies (data NULL: the weights are read from the inputs) */
 } Gemv;
+
+/* An attribute the node may leave out: its default then. */
+static OrtStatus* optional_int64(const OrtKernelInfo* info, const char* name, int64_t fallback, int64_t* out) {
+  OrtStatus* s = ORT_KernelInfoGetAttribute_int64(api)(info, name, out);
+  if (s) ORT_ReleaseStatus(api)(s), *out = fallback;
+  return NULL;
+}
+
+static OrtStatus* optional_float(const OrtKernelInfo* info, const char* name, float fallback, float* out) {
+  OrtStatus* s = ORT_KernelInfoGetAttribute_float(api)(info, name, out);
+  if (s) ORT_ReleaseStatus(api)(s), *out = fallback;
+  return NULL;
+}
 
 /* Input `index` copied onto huge pages if it is an initializer; left NULL otherwise, or without memory. */
 static OrtStatus* copy_constant(const OrtKernelInfo* info, size_t index, size_t element, HugeCopy* copy) {
@@ -129,6 +146,10 @@ static OrtStatus* gemv_create(const OrtCustomOp* op, OrtApiTable a, const OrtKer
   /* int32 sums of a block's int16 x int8 products stay below 2^31 up to 1024 inputs */
   if (!s && (k->n < 1 || k->block < 16 || k->block > 1024 || k->block % 16))
     s = bad_input("Int8BlockGemv", "N must be >= 1 and block_size a multiple of 16 up to 1024");
+  if (!s) s = optional_int64(info, "prologue", PROLOGUE_NONE, &k->prologue);
+  if (!s) s = optional_float(info, "epsilon", 1e-5f, &k->epsilon);
+  if (!s && (k->prologue < PROLOGUE_NONE || k->prologue > PROLOGUE_SKIP_LAYER_NORM))
+    s = bad_input("Int8BlockGemv", "prologue must be 0 (none), 1 (gelu) or 2 (skip layer norm)");
   if (!s) s = copy_constant(info, 1, sizeof(int8_t), &k->q);
   if (!s) s = copy_constant(info, 2, sizeof(float), &k->s);
   if (s) {
@@ -151,6 +172,35 @@ static void gemv_task(void* user, size_t i) {
   const GemvJob* j = user;
   int t0 = (int)((int64_t)j->tiles * (int64_t)i / j->tasks), t1 = (int)((int64_t)j->tiles * (int64_t)(i + 1) / j->tasks);
   int8_gemv_tiles(j->a, j->qp, j->sp, j->y, j->n, t0, t1);
+}
+
+/* The rows the product reads: A itself, or A after the kernel's prologue in `staged` (rows x k floats). */
+static OrtStatus* apply_prologue(const Gemv* kn, OrtKernelContext* ctx, const Tensor* a, int64_t rows, int64_t k,
+                                 float* staged) {
+  if (k % 8) return bad_input("Int8BlockGemv", "a prologue needs K a multiple of 8");
+  if (kn->prologue == PROLOGUE_GELU) {
+    prologue_gelu(a->data, staged, (long)(rows * k));
+    return NULL;
+  }
+  size_t inputs, outputs;
+  CHECK(ORT_KernelContext_GetInputCount(api)(ctx, &inputs));
+  CHECK(ORT_KernelContext_GetOutputCount(api)(ctx, &outputs));
+  if (inputs < 6 || outputs < 2)
+    return bad_input("Int8BlockGemv", "prologue 2 (skip layer norm) takes skip, gamma and beta, and gives the sum");
+  Tensor skip, gamma, beta;
+  CHECK(input(ctx, 3, &skip));
+  CHECK(input(ctx, 4, &gamma));
+  CHECK(input(ctx, 5, &beta));
+  if (skip.type != ORT_ELEM_FLOAT || gamma.type != ORT_ELEM_FLOAT || beta.type != ORT_ELEM_FLOAT ||
+      skip.rank != a->rank || memcmp(skip.dims, a->dims, sizeof(int64_t) * a->rank) || gamma.rank != 1 ||
+      gamma.dims[0] != k || beta.rank != 1 || beta.dims[0] != k)
+    return bad_input("Int8BlockGemv", "skip float of A's shape, gamma and beta float [K] expected");
+  void* sum;
+  CHECK(output(ctx, 1, a->dims, a->rank, &sum));
+  for (int64_t r = 0; r < rows; r++)
+    prologue_skip_layer_norm((const float*)a->data + r * k, (const float*)skip.data + r * k, gamma.data, beta.data,
+                             kn->epsilon, (int)k, (float*)sum + r * k, staged + r * k);
+  return NULL;
 }
 
 static OrtStatus* gemv_compute(void* kernel, OrtKernelContext* ctx) {
@@ -176,27 +226,34 @@ static OrtStatus* gemv_compute(void* kernel, OrtKernelContext* ctx) {
   yd[a.rank - 1] = kn->n;
   void* y;
   CHECK(output(ctx, 0, yd, a.rank, &y));
-  if (rows == 0) return NULL;
 
-  QuantRows qa = {malloc(sizeof(int16_t) * rows * k), malloc(sizeof(float) * rows * (k / block)), 0, 0, 0};
+  QuantRows qa = {malloc(sizeof(int16_t) * rows * k + 1), malloc(sizeof(float) * rows * (k / block) + 1), 0, 0, 0};
+  float* staged = kn->prologue ? malloc(sizeof(float) * rows * k + 1) : NULL;
   OrtStatus* s = NULL;
-  if (!qa.a16 || !qa.scale) {
+  if (!qa.a16 || !qa.scale || (kn->prologue && !staged)) {
     s = fail(ORT_FAIL, "Int8BlockGemv: out of memory");
   } else {
-    int8_gemv_quantize(a.data, (int)rows, (int)k, (int)block, &qa);
-    size_t tasks = gemv_tasks < (size_t)tiles ? gemv_tasks : (size_t)tiles;
-    GemvJob job = {&qa, kn->q.data ? kn->q.data : q.data, kn->s.data ? kn->s.data : sc.data, y, (int)kn->n,
-                   (int)tiles, (int)tasks};
-    s = ORT_KernelContext_ParallelFor(api)(ctx, gemv_task, tasks, 0, &job);
+    if (kn->prologue) s = apply_prologue(kn, ctx, &a, rows, k, staged);
+    if (!s && rows > 0) {
+      int8_gemv_quantize(staged ? staged : a.data, (int)rows, (int)k, (int)block, &qa);
+      size_t tasks = gemv_tasks < (size_t)tiles ? gemv_tasks : (size_t)tiles;
+      GemvJob job = {&qa, kn->q.data ? kn->q.data : q.data, kn->s.data ? kn->s.data : sc.data, y, (int)kn->n,
+                     (int)tiles, (int)tasks};
+      s = ORT_KernelContext_ParallelFor(api)(ctx, gemv_task, tasks, 0, &job);
+    }
   }
   free(qa.a16);
   free(qa.scale);
+  free(staged);
   return s;
 }
 
 static int gemv_input_type(const OrtCustomOp* op, size_t i) { return (void)op, i == 1 ? ORT_ELEM_INT8 : ORT_ELEM_FLOAT; }
-static size_t gemv_input_count(const OrtCustomOp* op) { return (void)op, 3; }
-static size_t gemv_output_count(const OrtCustomOp* op) { return (void)op, 1; }
+static size_t gemv_input_count(const OrtCustomOp* op) { return (void)op, 6; }
+static size_t gemv_output_count(const OrtCustomOp* op) { return (void)op, 2; }
+/* 0 required, 1 optional: the prologue's inputs and output */
+static int gemv_input_characteristic(const OrtCustomOp* op, size_t i) { return (void)op, i >= 3; }
+static int gemv_output_characteristic(const OrtCustomOp* op, size_t i) { return (void)op, i >= 1; }
 
 /* ---- CachedAttention ---- */
 
@@ -366,14 +423,19 @@ static const char* cpu_provider(const OrtCustomOp* op) { return (void)op, NULL; 
 static int gemv_output_type(const OrtCustomOp* op, size_t i) { return (void)op, (void)i, ORT_ELEM_FLOAT; }
 #define cross_output_type gemv_output_type
 static int zero(const OrtCustomOp* op, size_t i) { return (void)op, (void)i, 0; }
+#define attention_input_characteristic zero
+#define attention_output_characteristic zero
+#define cross_input_characteristic zero
+#define cross_output_characteristic zero
 
-#define OPERATOR(NAME, PREFIX)                                                                                      \
-  {                                                                                                                 \
-    .version = ORT_CUSTOM_OP_VERSION, .GetName = NAME, .GetExecutionProviderType = cpu_provider,                    \
-    .GetInputType = PREFIX##_input_type, .GetInputTypeCount = PREFIX##_input_count, .GetOutputType = PREFIX##_output_type, \
-    .GetOutputTypeCount = PREFIX##_output_count, .KernelDestroy = PREFIX##_destroy, .GetInputCharacteristic = zero,  \
-    .GetOutputCharacteristic = zero, .GetInputMemoryType = zero, .CreateKernelV2 = PREFIX##_create,                \
-    .KernelComputeV2 = PREFIX##_compute,                                                                            \
+#define OPERATOR(NAME, PREFIX)                                                                          \
+  {                                                                                                     \
+    .version = ORT_CUSTOM_OP_VERSION, .GetName = NAME, .GetExecutionProviderType = cpu_provider,        \
+    .GetInputType = PREFIX##_input_type, .GetInputTypeCount = PREFIX##_input_count,                     \
+    .GetOutputType = PREFIX##_output_type, .GetOutputTypeCount = PREFIX##_output_count,                 \
+    .KernelDestroy = PREFIX##_destroy, .GetInputCharacteristic = PREFIX##_input_characteristic,         \
+    .GetOutputCharacteristic = PREFIX##_output_characteristic, .GetInputMemoryType = zero,              \
+    .CreateKernelV2 = PREFIX##_create, .KernelComputeV2 = PREFIX##_compute,                             \
   }
 
 static const OrtCustomOp operators[] = {OPERATOR(gemv_name, gemv), OPERATOR(attention_name, attention),
