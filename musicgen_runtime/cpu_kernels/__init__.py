@@ -55,11 +55,11 @@ class KernelBuildError(RuntimeError):
 
 
 def built() -> bool:
-    """The library exists and is newer than every source."""
+    """The library exists and is newer than every source and this file (its compiler flags)."""
     if not LIBRARY.exists():
         return False
     stamp = LIBRARY.stat().st_mtime
-    return all(not p.exists() or p.stat().st_mtime <= stamp for p in SOURCES + HEADERS)
+    return all(not p.exists() or p.stat().st_mtime <= stamp for p in (*SOURCES, *HEADERS, Path(__file__)))
 
 
 def build(force: bool = False) -> Path:
