@@ -371,6 +371,7 @@ ATTENTION_OPS = {
     "GroupQueryAttention": "self_attention",
     cpu_kernels.ATTENTION_OP: "self_attention",
     "MultiHeadAttention": "cross_attention",
+    cpu_kernels.CROSS_ATTENTION_OP: "cross_attention",
 }
 
 

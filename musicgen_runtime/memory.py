@@ -1,10 +1,12 @@
 """Memory pages for the LM: huge pages for the weights, small lazily committed pages for the KV cache.
 
-Weights: ONNX Runtime allocates them with malloc. Asking glibc to back its large allocations with
-transparent huge pages (tunable ``glibc.malloc.hugetlb=1``, read once at process start, so it is set
-in the environment of the processes that load the graphs) made the int8 decode step ≈8 % faster for
-one request and ≈14 % for eight on our 2-core VM: a step streams hundreds of MB of weights, and 2 MiB
-pages cost far fewer TLB misses than 4 KiB ones.
+Weights: ONNX Runtime packs MatMul weights into memory it allocates with malloc. Asking glibc to back
+its large allocations with transparent huge pages (tunable ``glibc.malloc.hugetlb=1``, read once at
+process start, so it is set in the environment of the processes that load the graphs) made the int8
+decode step ≈8 % faster for one request and ≈14 % for eight on our 2-core VM: a step streams hundreds
+of MB of weights, and 2 MiB pages cost far fewer TLB misses than 4 KiB ones. Initializers ONNX Runtime
+does not repack stay mapped from the graph's data file in 4 KiB pages; our Int8BlockGemv copies its
+weights onto 2 MiB pages itself (cpu_kernels/hugepage_copy.h).
 
 KV cache: reserved for the longest request and committed only where written (np.zeros semantics). It
 must not get huge pages: with [rows, heads, capacity, head_dim] a 2 MiB page spans several heads'

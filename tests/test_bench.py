@@ -310,3 +310,11 @@ def test_raw_read_probe_reads_huge_pages_with_the_kernel_library(monkeypatch):
     assert r["array_mb"] == 32 and r["threads"] == 2 and r["read_gbps"] > 0.5
     monkeypatch.setattr(cpu_kernels, "library", lambda: None)
     assert measure.raw_read(32, 2) is None  # no library, no probe: the floor uses the others
+
+
+def test_step_profile_groups_our_operators_with_what_they_replace():
+    from musicgen_runtime import cpu_kernels
+
+    assert cpu_kernels.OP in measure.WEIGHT_OPS
+    assert measure.ATTENTION_OPS[cpu_kernels.ATTENTION_OP] == measure.ATTENTION_OPS["GroupQueryAttention"]
+    assert measure.ATTENTION_OPS[cpu_kernels.CROSS_ATTENTION_OP] == measure.ATTENTION_OPS["MultiHeadAttention"]
