@@ -48,13 +48,15 @@ static inline __attribute__((always_inline)) __m128 four_scores(const __m256* qv
 /* One query against n positions: out = softmax(q . keys + bias) values, q already scaled; bias: NULL, or n
    additive terms (a mask). d8 = head_dim / 8 (a constant 8 for MusicGen's 64, so the query and the output
    accumulators stay in registers). */
-static inline __attribute__((always_inline)) void attend(const __m256* qv, const uint16_t* keys, const uint16_t* values,
-                                                         int n, const float* bias, float* scores, float* o, const int d8) {
+static inline __attribute__((always_inline)) void attend(const __m256* qv, const uint16_t* keys,
+                                                         const uint16_t* values, int n, const float* bias,
+                                                         float* scores, float* o, const int d8) {
   const int d = 8 * d8;
   __m128 top4 = _mm_set1_ps(-INFINITY);
   int j = 0;
   for (; j + 4 <= n; j += 4) {
-    for (int p = 0; p < d8; p++) _mm_prefetch((const char*)(keys + (size_t)(j + PREFETCH_POSITIONS) * d) + 64 * p, _MM_HINT_T0);
+    const char* ahead = (const char*)(keys + (size_t)(j + PREFETCH_POSITIONS) * d);
+    for (int p = 0; p < d8; p++) _mm_prefetch(ahead + 64 * p, _MM_HINT_T0);
     __m128 s4 = four_scores(qv, keys + (size_t)j * d, d8);
     if (bias) s4 = _mm_add_ps(s4, _mm_loadu_ps(bias + j));
     _mm_storeu_ps(scores + j, s4);
@@ -82,7 +84,8 @@ static inline __attribute__((always_inline)) void attend(const __m256* qv, const
   for (j = 0; j < n; j++) {
     __m256 w = _mm256_broadcast_ss(scores + j);
     const uint16_t* v = values + (size_t)j * d;
-    for (int p = 0; p < d8 / 4; p++) _mm_prefetch((const char*)(v + (size_t)PREFETCH_POSITIONS * d) + 64 * p, _MM_HINT_T0);
+    const char* ahead = (const char*)(v + (size_t)PREFETCH_POSITIONS * d);
+    for (int p = 0; p < d8 / 4; p++) _mm_prefetch(ahead + 64 * p, _MM_HINT_T0);
     for (int c = 0; c < d8; c++) acc[c] = _mm256_fmadd_ps(w, load8(v + 8 * c), acc[c]);
   }
   __m256 inv = _mm256_set1_ps(1.0f / sum);

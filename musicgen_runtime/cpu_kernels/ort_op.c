@@ -170,7 +170,8 @@ typedef struct {
 
 static void gemv_task(void* user, size_t i) {
   const GemvJob* j = user;
-  int t0 = (int)((int64_t)j->tiles * (int64_t)i / j->tasks), t1 = (int)((int64_t)j->tiles * (int64_t)(i + 1) / j->tasks);
+  int t0 = (int)((int64_t)j->tiles * (int64_t)i / j->tasks);
+  int t1 = (int)((int64_t)j->tiles * (int64_t)(i + 1) / j->tasks);
   int8_gemv_tiles(j->a, j->qp, j->sp, j->y, j->n, t0, t1);
 }
 
@@ -255,6 +256,37 @@ static size_t gemv_output_count(const OrtCustomOp* op) { return (void)op, 2; }
 static int gemv_input_characteristic(const OrtCustomOp* op, size_t i) { return (void)op, i >= 3; }
 static int gemv_output_characteristic(const OrtCustomOp* op, size_t i) { return (void)op, i >= 1; }
 
+/* ---- attention: one task per (row, head), each with its own scores buffer ---- */
+
+typedef struct {
+  void (*head)(const void* attention, int row, int head, float* scores);
+  const void* attention;
+  int heads;
+  size_t positions; /* floats of scores a task needs */
+  float* scores;
+} HeadJob;
+
+static void head_task(void* user, size_t i) {
+  const HeadJob* j = user;
+  j->head(j->attention, (int)i / j->heads, (int)i % j->heads, j->scores + i * j->positions);
+}
+
+static OrtStatus* run_heads(OrtKernelContext* ctx, const char* op, HeadJob job, int rows) {
+  size_t tasks = (size_t)rows * job.heads;
+  job.scores = malloc(sizeof(float) * tasks * job.positions + 1);
+  if (!job.scores) {
+    char msg[64];
+    snprintf(msg, sizeof msg, "%s: out of memory", op);
+    return fail(ORT_FAIL, msg);
+  }
+  OrtStatus* s = ORT_KernelContext_ParallelFor(api)(ctx, head_task, tasks, 0, &job);
+  free(job.scores);
+  return s;
+}
+
+static void one_cached_head(const void* a, int b, int h, float* scores) { cached_attention_head(a, b, h, scores); }
+static void one_cross_head(const void* a, int b, int h, float* scores) { cross_attention_head(a, b, h, scores); }
+
 /* ---- CachedAttention ---- */
 
 typedef struct {
@@ -272,16 +304,6 @@ static OrtStatus* attention_create(const OrtCustomOp* op, OrtApiTable a, const O
   if (!s && (k->kv_heads < 1 || k->heads % k->kv_heads))
     s = bad_input("CachedAttention", "num_heads must be a multiple of kv_num_heads");
   return created(k, s, out);
-}
-
-typedef struct {
-  const CachedAttention* a;
-  float* scores; /* capacity floats per task */
-} AttentionJob;
-
-static void attention_task(void* user, size_t i) {
-  const AttentionJob* j = user;
-  cached_attention_head(j->a, (int)i / j->a->heads, (int)i % j->a->heads, j->scores + i * j->a->capacity);
 }
 
 static OrtStatus* attention_compute(void* kernel, OrtKernelContext* ctx) {
@@ -315,20 +337,14 @@ static OrtStatus* attention_compute(void* kernel, OrtKernelContext* ctx) {
   if (b == 0 || s == 0) return NULL;
 
   int32_t* totals = malloc(sizeof(int32_t) * b);
-  float* scores = malloc(sizeof(float) * b * kn->heads * cap);
-  OrtStatus* st = NULL;
-  if (!totals || !scores) {
-    st = fail(ORT_FAIL, "CachedAttention: out of memory");
-  } else {
-    for (int64_t r = 0; r < b; r++) totals[r] = last[r] + 1;
-    CachedAttention at = {(int)b, (int)s, (int)kn->heads, (int)kn->kv_heads, (int)d, (int)cap, kn->scale,
-                          qkv.data, key, value, totals, out};
-    cached_attention_store(&at);
-    AttentionJob job = {&at, scores};
-    st = ORT_KernelContext_ParallelFor(api)(ctx, attention_task, (size_t)(b * kn->heads), 0, &job);
-  }
+  if (!totals) return fail(ORT_FAIL, "CachedAttention: out of memory");
+  for (int64_t r = 0; r < b; r++) totals[r] = last[r] + 1;
+  CachedAttention at = {(int)b, (int)s, (int)kn->heads, (int)kn->kv_heads, (int)d, (int)cap, kn->scale,
+                        qkv.data, key, value, totals, out};
+  cached_attention_store(&at);
+  HeadJob job = {one_cached_head, &at, (int)kn->heads, (size_t)cap, NULL};
+  OrtStatus* st = run_heads(ctx, "CachedAttention", job, (int)b);
   free(totals);
-  free(scores);
   return st;
 }
 
@@ -356,16 +372,6 @@ static OrtStatus* cross_create(const OrtCustomOp* op, OrtApiTable a, const OrtKe
   return created(k, s, out);
 }
 
-typedef struct {
-  const CrossAttention* a;
-  float* scores; /* text_len floats per task */
-} CrossJob;
-
-static void cross_task(void* user, size_t i) {
-  const CrossJob* j = user;
-  cross_attention_head(j->a, (int)i / j->a->heads, (int)i % j->a->heads, j->scores + i * j->a->text_len);
-}
-
 static OrtStatus* cross_compute(void* kernel, OrtKernelContext* ctx) {
   const Cross* kn = kernel;
   Tensor q, key, value, mask;
@@ -389,20 +395,14 @@ static OrtStatus* cross_compute(void* kernel, OrtKernelContext* ctx) {
     return NULL;
   }
   float* bias = malloc(sizeof(float) * b * t);
-  float* scores = malloc(sizeof(float) * b * kn->heads * t);
-  OrtStatus* st = NULL;
-  if (!bias || !scores) {
-    st = fail(ORT_FAIL, "CrossAttention: out of memory");
-  } else {
-    const int32_t* m = mask.data;
-    for (int64_t i = 0; i < b * t; i++) bias[i] = m[i] ? 0.f : -10000.f; /* ORT's mask_filter_value */
-    CrossAttention at = {(int)b, (int)q.dims[1], (int)kn->heads, (int)d, (int)t, kn->scale,
-                         q.data, key.data, value.data, bias, out};
-    CrossJob job = {&at, scores};
-    st = ORT_KernelContext_ParallelFor(api)(ctx, cross_task, (size_t)(b * kn->heads), 0, &job);
-  }
+  if (!bias) return fail(ORT_FAIL, "CrossAttention: out of memory");
+  const int32_t* m = mask.data;
+  for (int64_t i = 0; i < b * t; i++) bias[i] = m[i] ? 0.f : -10000.f; /* ORT's mask_filter_value */
+  CrossAttention at = {(int)b, (int)q.dims[1], (int)kn->heads, (int)d, (int)t, kn->scale,
+                       q.data, key.data, value.data, bias, out};
+  HeadJob job = {one_cross_head, &at, (int)kn->heads, (size_t)t, NULL};
+  OrtStatus* st = run_heads(ctx, "CrossAttention", job, (int)b);
   free(bias);
-  free(scores);
   return st;
 }
 

@@ -20,7 +20,8 @@ static inline __m256 erf_nonnegative(__m256 z) {
 }
 
 void prologue_gelu(const float* x, float* out, long n) {
-  const __m256 sign = _mm256_set1_ps(-0.f), half = _mm256_set1_ps(0.5f), root_half = _mm256_set1_ps(0.70710678118654752f);
+  const __m256 sign = _mm256_set1_ps(-0.f), half = _mm256_set1_ps(0.5f);
+  const __m256 root_half = _mm256_set1_ps(0.70710678118654752f);
   for (long i = 0; i < n; i += 8) {
     __m256 v = _mm256_loadu_ps(x + i);
     __m256 z = _mm256_mul_ps(v, root_half);
