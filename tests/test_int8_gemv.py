@@ -94,20 +94,20 @@ def _huge_page_advised_kb() -> int:
     reason="this kernel has no transparent huge pages: the weights stay where ONNX Runtime put them",
 )
 def test_initializer_weights_are_copied_to_huge_pages_and_given_back(tmp_path, library):
-    weight = np.random.default_rng(3).standard_normal((1024, 4096)).astype(np.float32)
+    weight = np.random.default_rng(3).standard_normal((1024, 8192)).astype(np.float32)
     path, dequantized, _ = _graph(tmp_path, weight, 128)
     gc.collect()
     before = _huge_page_advised_kb()
     sess = open_graph(path, threads=2)
-    assert _huge_page_advised_kb() - before >= 4096  # the 4 MB of int8 weights (and their scales)
+    assert _huge_page_advised_kb() - before >= 8192  # the 8 MB of int8 weights (and their scales)
     a = np.random.default_rng(4).standard_normal((2, 1024)).astype(np.float32)
     ref = a @ dequantized
     assert np.abs(sess.run(None, {"A": a})[0] - ref).max() < 1e-4 * np.abs(ref).max()
     del sess
     gc.collect()
-    # its pages are given back (the whole chunk if it was the chunk's last copy); a chunk that other sessions'
-    # copies keep may still hold the untouched rest of the last 2 MB page the copy faulted in
-    assert _huge_page_advised_kb() <= before + 2048
+    # its pages are given back (the whole chunk if it held no other session's copies); in a chunk shared with
+    # other copies, the 2 MB pages at its ends may stay, split, with their untouched rest
+    assert _huge_page_advised_kb() - before < 4096
 
 
 def test_pack_rounds_each_weight_to_half_a_step():
