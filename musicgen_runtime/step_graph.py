@@ -16,8 +16,8 @@ from .kv_cache import KVCache
 from .onnx_session import GraphError, open_graph
 
 # Steps with up to this many new tokens in all (one request with guidance: 2 rows) run an int8 export's
-# blockwise-int8 step graph: as fast as dynamic int8 at 1-2 rows on AVX2 without VNNI (AMD Zen 2), with
-# logits 2.8x closer to fp32; slower from 4 rows on (docs/performance.md).
+# blockwise-int8 step graph: faster than dynamic int8 at 1-2 rows on AVX2 without VNNI (AMD Zen 2), with
+# logits 2.8x closer to fp32; level at 4 rows there, slower from 6 on (docs/performance.md).
 BLOCKWISE_INT8_MAX_ROWS = 2
 
 

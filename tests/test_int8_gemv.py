@@ -21,12 +21,19 @@ def library():
     return cpu_kernels.build()  # `make setup` built it; this rebuilds only if a source changed since
 
 
-def _graph(tmp_path, weight: np.ndarray, block: int, name: str = "gemv.onnx", weights: str = "external"):
-    """One Int8BlockGemv node. weights: "external" initializers in a .data file (as exports save them; the
-    kernel copies them when it is made), "inline" initializers, or "inputs" fed with every run."""
+def _graph(tmp_path, weight: np.ndarray, block: int, name: str = "gemv.onnx", weights: str = "external", **attrs):
+    """One Int8BlockGemv node (with `attrs` besides N and block_size). weights: "external" initializers in a
+    .data file (as exports save them; the kernel copies them when it is made), "inline" initializers, or
+    "inputs" fed with every run."""
     qp, sp = cpu_kernels.pack(weight, block)
     node = helper.make_node(
-        cpu_kernels.OP, ["A", "Qp", "Sp"], ["Y"], domain=cpu_kernels.DOMAIN, N=weight.shape[1], block_size=block
+        cpu_kernels.OP,
+        ["A", "Qp", "Sp"],
+        ["Y"],
+        domain=cpu_kernels.DOMAIN,
+        N=weight.shape[1],
+        block_size=block,
+        **attrs,
     )
     inputs = [helper.make_tensor_value_info("A", TensorProto.FLOAT, None)]
     if weights == "inputs":
@@ -378,22 +385,8 @@ def test_skip_layer_norm_prologue_gives_the_sum_and_the_normalized_product(tmp_p
 
 
 def test_a_prologue_without_its_inputs_or_unknown_is_a_clear_error(tmp_path, library):
-    rng = np.random.default_rng(8)
-    weight = rng.standard_normal((128, 8)).astype(np.float32)
-    qp, sp = cpu_kernels.pack(weight, 128)
+    weight = np.random.default_rng(8).standard_normal((128, 8)).astype(np.float32)
     for prologue, error in ((cpu_kernels.PROLOGUE_SKIP_LAYER_NORM, "takes skip, gamma and beta"), (7, "must be 0")):
-        node = helper.make_node(
-            cpu_kernels.OP, ["A", "Qp", "Sp"], ["Y"], domain=cpu_kernels.DOMAIN, N=8, block_size=128, prologue=prologue
-        )
-        graph = helper.make_graph(
-            [node],
-            "gemv",
-            [helper.make_tensor_value_info("A", TensorProto.FLOAT, None)],
-            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-            [numpy_helper.from_array(qp, "Qp"), numpy_helper.from_array(sp, "Sp")],
-        )
-        opsets = [helper.make_opsetid("", 18), helper.make_opsetid(cpu_kernels.DOMAIN, 1)]
-        path = tmp_path / f"bad{prologue}.onnx"
-        path.write_bytes(helper.make_model(graph, opset_imports=opsets, ir_version=8).SerializeToString())
+        path, _, _ = _graph(tmp_path, weight, 128, f"bad{prologue}.onnx", weights="inline", prologue=prologue)
         with pytest.raises((GraphError, ort.capi.onnxruntime_pybind11_state.InvalidArgument), match=error):
             open_graph(path).run(None, {"A": np.ones((2, 128), np.float32)})

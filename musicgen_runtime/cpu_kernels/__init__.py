@@ -3,11 +3,11 @@
 ONNX Runtime's MatMulNBits (8-bit) read a one-request step's weights at about half the memory's
 rate on AVX2 CPUs without VNNI (its int8 arithmetic is the bound there); `Int8BlockGemv` (int8_gemv.h)
 reads them as one sequential stream per thread and multiplies in int16, from a copy on 2 MB pages made
-when the session is created (hugepage_copy.h). `CachedAttention` (attention.h)
-reads the self-attention cache, which at mid-clip of a 30 s clip is as large as the weights, at the
-memory's rate. The C sources are built into a shared
-library by `python -m musicgen_runtime.cpu_kernels` (`make setup` runs it); `onnx_session.open_graph`
-registers that library with every session.
+when the session is created (hugepage_copy.h), with a layer norm or GELU before it folded in (prologue.h).
+`CachedAttention` and `CrossAttention` (attention.h) read float16 keys and values (the self-attention
+cache is as large as the weights at mid-clip of a 30 s clip), each head's once and in order. The C sources
+are built into a shared library by `python -m musicgen_runtime.cpu_kernels` (`make setup` runs it);
+`onnx_session.open_graph` registers that library with every session.
 """
 
 from __future__ import annotations

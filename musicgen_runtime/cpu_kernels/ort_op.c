@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
 #include <unistd.h>
 
 #include "attention.h"
@@ -87,6 +86,12 @@ static OrtStatus* bad_input(const char* op, const char* expected) {
   return fail(ORT_INVALID_ARGUMENT, msg);
 }
 
+static OrtStatus* out_of_memory(const char* op) {
+  char msg[64];
+  snprintf(msg, sizeof msg, "%s: out of memory", op);
+  return fail(ORT_FAIL, msg);
+}
+
 /* A kernel object whose attributes were read with status `s`: handed to ONNX Runtime, or freed. */
 static OrtStatus* created(void* kernel, OrtStatus* s, void** out) {
   if (s) {
@@ -106,16 +111,14 @@ typedef struct {
 } Gemv;
 
 /* An attribute the node may leave out: its default then. */
-static OrtStatus* optional_int64(const OrtKernelInfo* info, const char* name, int64_t fallback, int64_t* out) {
+static void optional_int64(const OrtKernelInfo* info, const char* name, int64_t fallback, int64_t* out) {
   OrtStatus* s = ORT_KernelInfoGetAttribute_int64(api)(info, name, out);
   if (s) ORT_ReleaseStatus(api)(s), *out = fallback;
-  return NULL;
 }
 
-static OrtStatus* optional_float(const OrtKernelInfo* info, const char* name, float fallback, float* out) {
+static void optional_float(const OrtKernelInfo* info, const char* name, float fallback, float* out) {
   OrtStatus* s = ORT_KernelInfoGetAttribute_float(api)(info, name, out);
   if (s) ORT_ReleaseStatus(api)(s), *out = fallback;
-  return NULL;
 }
 
 /* Input `index` copied onto huge pages if it is an initializer; left NULL otherwise, or without memory. */
@@ -140,14 +143,14 @@ static void gemv_destroy(void* kernel) {
 static OrtStatus* gemv_create(const OrtCustomOp* op, OrtApiTable a, const OrtKernelInfo* info, void** out) {
   (void)op, (void)a;
   Gemv* k = calloc(1, sizeof *k);
-  if (!k) return fail(ORT_FAIL, "Int8BlockGemv: out of memory");
+  if (!k) return out_of_memory("Int8BlockGemv");
   OrtStatus* s = ORT_KernelInfoGetAttribute_int64(api)(info, "N", &k->n);
   if (!s) s = ORT_KernelInfoGetAttribute_int64(api)(info, "block_size", &k->block);
   /* int32 sums of a block's int16 x int8 products stay below 2^31 up to 1024 inputs */
   if (!s && (k->n < 1 || k->block < 16 || k->block > 1024 || k->block % 16))
     s = bad_input("Int8BlockGemv", "N must be >= 1 and block_size a multiple of 16 up to 1024");
-  if (!s) s = optional_int64(info, "prologue", PROLOGUE_NONE, &k->prologue);
-  if (!s) s = optional_float(info, "epsilon", 1e-5f, &k->epsilon);
+  optional_int64(info, "prologue", PROLOGUE_NONE, &k->prologue);
+  optional_float(info, "epsilon", 1e-5f, &k->epsilon);
   if (!s && (k->prologue < PROLOGUE_NONE || k->prologue > PROLOGUE_SKIP_LAYER_NORM))
     s = bad_input("Int8BlockGemv", "prologue must be 0 (none), 1 (gelu) or 2 (skip layer norm)");
   if (!s) s = copy_constant(info, 1, sizeof(int8_t), &k->q);
@@ -232,7 +235,7 @@ static OrtStatus* gemv_compute(void* kernel, OrtKernelContext* ctx) {
   float* staged = kn->prologue ? malloc(sizeof(float) * rows * k + 1) : NULL;
   OrtStatus* s = NULL;
   if (!qa.a16 || !qa.scale || (kn->prologue && !staged)) {
-    s = fail(ORT_FAIL, "Int8BlockGemv: out of memory");
+    s = out_of_memory("Int8BlockGemv");
   } else {
     if (kn->prologue) s = apply_prologue(kn, ctx, &a, rows, k, staged);
     if (!s && rows > 0) {
@@ -274,11 +277,7 @@ static void head_task(void* user, size_t i) {
 static OrtStatus* run_heads(OrtKernelContext* ctx, const char* op, HeadJob job, int rows) {
   size_t tasks = (size_t)rows * job.heads;
   job.scores = malloc(sizeof(float) * tasks * job.positions + 1);
-  if (!job.scores) {
-    char msg[64];
-    snprintf(msg, sizeof msg, "%s: out of memory", op);
-    return fail(ORT_FAIL, msg);
-  }
+  if (!job.scores) return out_of_memory(op);
   OrtStatus* s = ORT_KernelContext_ParallelFor(api)(ctx, head_task, tasks, 0, &job);
   free(job.scores);
   return s;
@@ -287,23 +286,32 @@ static OrtStatus* run_heads(OrtKernelContext* ctx, const char* op, HeadJob job, 
 static void one_cached_head(const void* a, int b, int h, float* scores) { cached_attention_head(a, b, h, scores); }
 static void one_cross_head(const void* a, int b, int h, float* scores) { cross_attention_head(a, b, h, scores); }
 
-/* ---- CachedAttention ---- */
-
+/* Both attention operators' attributes: num_heads and scale, and CachedAttention's kv_num_heads. */
 typedef struct {
   int64_t heads, kv_heads;
   float scale;
 } Attention;
 
+static OrtStatus* read_attention(const OrtKernelInfo* info, const char* op, int grouped, void** out) {
+  Attention* k = malloc(sizeof *k);
+  if (!k) return out_of_memory(op);
+  OrtStatus* s = ORT_KernelInfoGetAttribute_int64(api)(info, "num_heads", &k->heads);
+  if (!s) s = ORT_KernelInfoGetAttribute_float(api)(info, "scale", &k->scale);
+  if (!s && grouped) s = ORT_KernelInfoGetAttribute_int64(api)(info, "kv_num_heads", &k->kv_heads);
+  return created(k, s, out);
+}
+
+/* ---- CachedAttention ---- */
+
 static OrtStatus* attention_create(const OrtCustomOp* op, OrtApiTable a, const OrtKernelInfo* info, void** out) {
   (void)op, (void)a;
-  Attention* k = malloc(sizeof *k);
-  if (!k) return fail(ORT_FAIL, "CachedAttention: out of memory");
-  OrtStatus* s = ORT_KernelInfoGetAttribute_int64(api)(info, "num_heads", &k->heads);
-  if (!s) s = ORT_KernelInfoGetAttribute_int64(api)(info, "kv_num_heads", &k->kv_heads);
-  if (!s) s = ORT_KernelInfoGetAttribute_float(api)(info, "scale", &k->scale);
-  if (!s && (k->kv_heads < 1 || k->heads % k->kv_heads))
-    s = bad_input("CachedAttention", "num_heads must be a multiple of kv_num_heads");
-  return created(k, s, out);
+  CHECK(read_attention(info, "CachedAttention", 1, out));
+  const Attention* k = *out;
+  if (k->kv_heads < 1 || k->heads % k->kv_heads) {
+    free(*out);
+    return bad_input("CachedAttention", "num_heads must be a multiple of kv_num_heads");
+  }
+  return NULL;
 }
 
 static OrtStatus* attention_compute(void* kernel, OrtKernelContext* ctx) {
@@ -337,7 +345,7 @@ static OrtStatus* attention_compute(void* kernel, OrtKernelContext* ctx) {
   if (b == 0 || s == 0) return NULL;
 
   int32_t* totals = malloc(sizeof(int32_t) * b);
-  if (!totals) return fail(ORT_FAIL, "CachedAttention: out of memory");
+  if (!totals) return out_of_memory("CachedAttention");
   for (int64_t r = 0; r < b; r++) totals[r] = last[r] + 1;
   CachedAttention at = {(int)b, (int)s, (int)kn->heads, (int)kn->kv_heads, (int)d, (int)cap, kn->scale,
                         qkv.data, key, value, totals, out};
@@ -357,23 +365,18 @@ static size_t attention_output_count(const OrtCustomOp* op) { return (void)op, 3
 
 /* ---- CrossAttention ---- */
 
-typedef struct {
-  int64_t heads;
-  float scale;
-} Cross;
-
 static OrtStatus* cross_create(const OrtCustomOp* op, OrtApiTable a, const OrtKernelInfo* info, void** out) {
   (void)op, (void)a;
-  Cross* k = malloc(sizeof *k);
-  if (!k) return fail(ORT_FAIL, "CrossAttention: out of memory");
-  OrtStatus* s = ORT_KernelInfoGetAttribute_int64(api)(info, "num_heads", &k->heads);
-  if (!s) s = ORT_KernelInfoGetAttribute_float(api)(info, "scale", &k->scale);
-  if (!s && k->heads < 1) s = bad_input("CrossAttention", "num_heads must be >= 1");
-  return created(k, s, out);
+  CHECK(read_attention(info, "CrossAttention", 0, out));
+  if (((const Attention*)*out)->heads < 1) {
+    free(*out);
+    return bad_input("CrossAttention", "num_heads must be >= 1");
+  }
+  return NULL;
 }
 
 static OrtStatus* cross_compute(void* kernel, OrtKernelContext* ctx) {
-  const Cross* kn = kernel;
+  const Attention* kn = kernel;
   Tensor q, key, value, mask;
   CHECK(input(ctx, 0, &q));
   CHECK(input(ctx, 1, &key));
@@ -395,7 +398,7 @@ static OrtStatus* cross_compute(void* kernel, OrtKernelContext* ctx) {
     return NULL;
   }
   float* bias = malloc(sizeof(float) * b * t);
-  if (!bias) return fail(ORT_FAIL, "CrossAttention: out of memory");
+  if (!bias) return out_of_memory("CrossAttention");
   const int32_t* m = mask.data;
   for (int64_t i = 0; i < b * t; i++) bias[i] = m[i] ? 0.f : -10000.f; /* ORT's mask_filter_value */
   CrossAttention at = {(int)b, (int)q.dims[1], (int)kn->heads, (int)d, (int)t, kn->scale,
