@@ -175,9 +175,8 @@ def step_cache_bytes(lm, rows: int, positions: int, text_tokens: int) -> int:
     """Bytes of K/V a step reads besides the weights: the self-attention cache up to `positions`
     and the cross-attention K/V of `text_tokens`, for `rows` rows, every layer."""
     d = lm.dims
-    per_position = 2 * lm.num_layers * rows * d.num_heads * d.head_dim
-    cross_bytes = np.dtype(lm.decoder.cross_dtype).itemsize
-    return per_position * (positions * np.dtype(lm.cache_dtype).itemsize + text_tokens * cross_bytes)
+    cross = 2 * lm.num_layers * rows * d.num_heads * d.head_dim * np.dtype(lm.decoder.cross_dtype).itemsize
+    return lm.num_layers * 2 * rows * lm.cache.position_bytes * positions + cross * text_tokens
 
 
 def _lm_and_prompt(

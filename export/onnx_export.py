@@ -321,7 +321,7 @@ def to_fp16(proto, keep_io_types: list[str]):
 
 def to_int8(path: Path) -> None:
     """Dynamic int8 (CPU): S8 per-channel weights on every MatMul, activations quantized per step, and
-    attention on our operators over the float16 K/V both int8 step graphs share (`with_our_attention`).
+    attention on our operators over the int8 cache both int8 step graphs share (`with_our_attention`).
 
     Layer norms, softmax and logits stay fp32. Weights use 7 bits (`reduce_range`): on
     x86 CPUs without VNNI (AVX2 only, e.g. AMD Zen 2) ORT's u8 x s8 kernel sums pairs of products in
@@ -463,15 +463,16 @@ def with_gemv_prologues(proto):
 
 
 def with_our_attention(proto):
-    """The attention of int8 CPU step graphs on our operators, over float16 keys and values (half the
-    bytes a step reads of them; the arithmetic stays fp32): every self-attention GroupQueryAttention as
-    CachedAttention over the decoder cache, every cross-attention MultiHeadAttention as CrossAttention
-    over the text K/V. Their graph inputs and outputs become float16. Returns the proto, changed in place."""
+    """The attention of int8 CPU step graphs on our operators: every self-attention GroupQueryAttention as
+    CachedAttention over an int8 cache (each position's head_dim values and their float32 scale: the last
+    dimension becomes head_dim + 4, a quarter of the bytes of a float cache, which a step reads every
+    position of), every cross-attention MultiHeadAttention as CrossAttention over float16 text K/V. The
+    arithmetic stays fp32. Returns the proto, changed in place."""
     from onnx import TensorProto, helper
 
     from musicgen_runtime import cpu_kernels
 
-    graph, halves = proto.graph, set()
+    graph, kinds, pasts = proto.graph, {}, {}  # graph input/output name -> its new element type; present -> past
     for node in graph.node:
         if node.op_type not in ("GroupQueryAttention", "MultiHeadAttention"):
             continue
@@ -479,18 +480,30 @@ def with_our_attention(proto):
         if ours is None:
             raise ValueError(f"{node.name}: a {node.op_type} that our attention operators cannot replace")
         node.CopyFrom(ours)
-        halves.update(node.input[1:3])
         if node.op_type == cpu_kernels.ATTENTION_OP:
-            halves.update(node.output[1:3])
+            kinds.update(dict.fromkeys([*node.input[1:3], *node.output[1:3]], TensorProto.INT8))
+            pasts.update(zip(node.output[1:3], node.input[1:3]))
+        else:
+            kinds.update(dict.fromkeys(node.input[1:3], TensorProto.FLOAT16))
     graph_inputs = {v.name for v in graph.input}
-    for node in graph.node:  # the K/V must come straight from the graph's inputs, the only ones made float16
+    for node in graph.node:  # the K/V must come straight from the graph's inputs, the only ones changed
         if node.domain == cpu_kernels.DOMAIN and node.op_type != cpu_kernels.OP:
             if any(name not in graph_inputs for name in node.input[1:3]):
                 raise ValueError(f"{node.name}: its keys and values are not inputs of the graph")
-    for value in [*graph.input, *graph.output]:
-        if value.name in halves:
-            value.type.tensor_type.elem_type = TensorProto.FLOAT16
-    if halves and all(o.domain != cpu_kernels.DOMAIN for o in proto.opset_import):
+    for value in graph.input:
+        if value.name in kinds:
+            t = value.type.tensor_type
+            t.elem_type = kinds[value.name]
+            if t.elem_type == TensorProto.INT8:
+                width = t.shape.dim[3]
+                if not width.HasField("dim_value"):
+                    raise ValueError(f"{value.name}: the cache's head_dim must be static")
+                width.dim_value += cpu_kernels.CACHE_SCALE_BYTES
+    inputs = {v.name: v for v in graph.input}
+    for value in graph.output:  # a present cache: its past's type and shape (the same buffer)
+        if value.name in pasts:
+            value.type.CopyFrom(inputs[pasts[value.name]].type)
+    if kinds and all(o.domain != cpu_kernels.DOMAIN for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid(cpu_kernels.DOMAIN, 1))
     return proto
 

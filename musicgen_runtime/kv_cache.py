@@ -9,7 +9,8 @@ from .onnx_session import GraphError
 
 
 class KVCache:
-    """Self-attention K/V buffers, one per layer and kind, [max_rows, heads, capacity, head_dim].
+    """Self-attention K/V buffers, one per layer and kind, [max_rows, heads, capacity, width]: a position is
+    `width` elements (head_dim, or for an int8 cache head_dim values and their 4-byte scale).
 
     Allocated once. A step binds a contiguous run of rows as both the past input and the present
     output, so GroupQueryAttention writes each row's new K/V in place at its own position and reads
@@ -18,7 +19,7 @@ class KVCache:
     (memory.lazy_zeros), so a large capacity costs memory only for the positions generated.
     """
 
-    def __init__(self, ort, device: str, dtype, count: int, max_rows: int, heads: int, capacity: int, head_dim: int):
+    def __init__(self, ort, device: str, dtype, count: int, max_rows: int, heads: int, capacity: int, width: int):
         self.device, self.dtype = device, np.dtype(dtype)
         if device == "cuda" and self.dtype != np.float16:
             raise GraphError(
@@ -26,8 +27,9 @@ class KVCache:
                 "export with --precision fp16"
             )
         self.max_rows, self.capacity = max_rows, capacity
-        self._tail = [heads, capacity, head_dim]
-        self.row_bytes = heads * capacity * head_dim * self.dtype.itemsize
+        self._tail = [heads, capacity, width]
+        self.position_bytes = heads * width * self.dtype.itemsize  # of one row at one position, every head
+        self.row_bytes = capacity * self.position_bytes
         self.nbytes = count * max_rows * self.row_bytes  # all of it on a GPU; on CPU, at most this
         shape = [max_rows, *self._tail]
         if device == "cuda":

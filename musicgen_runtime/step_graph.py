@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import names
+from . import cpu_kernels, names
 from .kv_cache import KVCache
 from .onnx_session import GraphError, open_graph
 
@@ -19,6 +19,7 @@ from .onnx_session import GraphError, open_graph
 # blockwise-int8 step graph: faster than dynamic int8 at 1-2 rows on AVX2 without VNNI (AMD Zen 2), with
 # logits 2.8x closer to fp32; level at 4 rows there, slower from 6 on (docs/performance.md).
 BLOCKWISE_INT8_MAX_ROWS = 2
+_CACHE_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8}
 
 
 def _io_signature(sess) -> list:
@@ -63,7 +64,16 @@ class StepGraph:
         self.num_layers = len(past) // past_per_layer
         if self.num_layers != dims.num_layers:
             raise GraphError(f"{step_file} has {self.num_layers} layers, manifest says {dims.num_layers}")
-        self.cache_dtype = np.float16 if past[0].type == "tensor(float16)" else np.float32
+        # the self-attention cache's format: float, float16, or int8 positions of head_dim values and their
+        # float32 scale (our CachedAttention in int8 exports: the last dimension is head_dim + 4)
+        self_past = next(i for i in past if ".decoder." in i.name)
+        self.cache_dtype = _CACHE_TYPES[self_past.type]
+        width = self_past.shape[3]
+        self.cache_width = width if isinstance(width, int) else dims.head_dim
+        if self.cache_width != dims.head_dim + (cpu_kernels.CACHE_SCALE_BYTES if self.cache_dtype == np.int8 else 0):
+            raise GraphError(
+                f"{step_file}: a cache position of {width} {self_past.type} does not fit head_dim {dims.head_dim}"
+            )
         # cross-attention K/V inputs (text-only MusicGen): float16 in fp16 and int8 exports (int8: our
         # CrossAttention reads halves), float in fp32 ones
         cross = [i for i in past if ".encoder." in i.name]
@@ -87,7 +97,7 @@ class StepGraph:
         """A KV cache for this graph (the engine's own, or a scratch one for verification)."""
         d = self.dims
         return KVCache(
-            self._ort, self.device, self.cache_dtype, 2 * self.num_layers, rows, d.num_heads, capacity, d.head_dim
+            self._ort, self.device, self.cache_dtype, 2 * self.num_layers, rows, d.num_heads, capacity, self.cache_width
         )
 
     def value(self, arr: np.ndarray):

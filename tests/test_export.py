@@ -138,10 +138,11 @@ def test_int8_export_is_quantized_and_close(tmp_path, monkeypatch):
     )
     # lm_engine's "blockwise_int8_max_rows": "0"
     assert TextLanguageModel(repo / "lm_engine" / "1", blockwise_int8_max_rows=0).decoder.blockwise_int8_sess is None
-    # both int8 step graphs run our operators over float16 self- and cross-attention K/V: without their library
-    # (not built) the export is refused by name, with what to do
-
-    assert step.cache_dtype == step.cross_dtype == np.float16
+    # both int8 step graphs run our operators over an int8 self-attention cache (head_dim values and a float32
+    # scale a position) and float16 cross-attention K/V: without their library (not built) the export is
+    # refused by name, with what to do
+    assert step.cache_dtype == np.int8 and step.cache_width == step.dims.head_dim + cpu_kernels.CACHE_SCALE_BYTES
+    assert step.cross_dtype == np.float16
     assert _step_ops(repo)["CachedAttention"] == 2
     monkeypatch.setattr(cpu_kernels, "library", lambda: None)
     with pytest.raises(

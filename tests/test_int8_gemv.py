@@ -155,8 +155,8 @@ def test_build_is_skipped_when_current_and_redone_when_a_source_changes(library,
     assert cpu_kernels.built()  # a failed build leaves the working library in place
 
 
-def _attention_graph(tmp_path, op: str, heads: int, kv_heads: int, name: str):
-    """One attention node: ours (CachedAttention, float16 cache) or ORT's GroupQueryAttention (float cache)."""
+def _attention_graph(tmp_path, op: str, heads: int, kv_heads: int, name: str, cache=TensorProto.FLOAT16):
+    """One attention node: ours (CachedAttention, float16 or int8 cache) or ORT's GroupQueryAttention (float cache)."""
     domain, inputs = cpu_kernels.DOMAIN, ["qkv", "past_key", "past_value", "seqlens_k", "total"]
     if op == "GroupQueryAttention":
         domain, inputs = "com.microsoft", ["qkv", "", "", "past_key", "past_value", "seqlens_k", "total"]
@@ -169,7 +169,7 @@ def _attention_graph(tmp_path, op: str, heads: int, kv_heads: int, name: str):
         kv_num_heads=kv_heads,
         scale=0.125,
     )
-    f, cache = TensorProto.FLOAT, TensorProto.FLOAT if op == "GroupQueryAttention" else TensorProto.FLOAT16
+    f, cache = TensorProto.FLOAT, TensorProto.FLOAT if op == "GroupQueryAttention" else cache
     graph = helper.make_graph(
         [node],
         "attention",
@@ -202,24 +202,43 @@ def _run_in_place(sess, qkv, key, value, last):
     return io.copy_outputs_to_cpu()[0]
 
 
+def _quantize(x: np.ndarray) -> np.ndarray:
+    """[..., D] float32 as the int8 cache's positions [..., D + 4]: D int8 values, then their float32 scale
+    (absmax / 127; values rounded to nearest even after multiplying by 1 / scale, as the kernel does)."""
+    x = x.astype(np.float32)
+    scale = np.abs(x).max(-1, keepdims=True) / np.float32(127)
+    inv = np.where(scale > 0, np.float32(1) / np.where(scale > 0, scale, 1), 0).astype(np.float32)
+    return np.concatenate([np.rint(x * inv).astype(np.int8), scale.view(np.int8)], axis=-1)
+
+
+def _values(cache: np.ndarray) -> np.ndarray:
+    """A cache's positions as float32 (int8 ones dequantized)."""
+    if cache.dtype != np.int8:
+        return cache.astype(np.float32)
+    return cache[..., :-4].astype(np.float32) * np.ascontiguousarray(cache[..., -4:]).view(np.float32)
+
+
 def _reference_attention(qkv, key, value, last, heads, kv_heads):
-    """numpy: store each row's new K/V at its last positions (in the caches' dtype), then causal softmax
+    """numpy: store each row's new K/V at its last positions (in the caches' format), then causal softmax
     attention per head in float32."""
     rows, tokens, _ = qkv.shape
-    d = key.shape[3]
+    d = _values(key).shape[3]
+    store = _quantize if key.dtype == np.int8 else (lambda x: x)
     key, value, out = key.copy(), value.copy(), np.zeros((rows, tokens, heads * d), np.float32)
     for b in range(rows):
         start = last[b] + 1 - tokens
         for i in range(tokens):
             t = qkv[b, i].reshape(heads + 2 * kv_heads, d)
-            key[b, :, start + i], value[b, :, start + i] = t[heads : heads + kv_heads], t[heads + kv_heads :]
+            key[b, :, start + i] = store(t[heads : heads + kv_heads])
+            value[b, :, start + i] = store(t[heads + kv_heads :])
+        keys, values = _values(key), _values(value)
         for h in range(heads):
             g = h // (heads // kv_heads)
             for i in range(tokens):
                 n = start + i + 1
-                s = key[b, g, :n].astype(np.float32) @ qkv[b, i, h * d : (h + 1) * d] * 0.125
+                s = keys[b, g, :n] @ qkv[b, i, h * d : (h + 1) * d] * 0.125
                 w = np.exp(s - s.max())
-                out[b, i, h * d : (h + 1) * d] = (w / w.sum()) @ value[b, g, :n].astype(np.float32)
+                out[b, i, h * d : (h + 1) * d] = (w / w.sum()) @ values[b, g, :n]
     return out, key, value
 
 
@@ -244,6 +263,14 @@ def test_cached_attention_equals_the_reference_in_place(tmp_path, library, rows,
     out = _run_in_place(ours, qkv, key, value, last)
     assert np.abs(out - ref_out).max() < 2e-5
     assert np.array_equal(key, ref_key) and np.array_equal(value, ref_value)  # written in place, nothing else
+    # an int8 cache: the new K/V stored as _quantize does, the scores with the query in int16 (~1e-5 off)
+    key8, value8 = _quantize(key.astype(np.float32)), _quantize(value.astype(np.float32))
+    ref_out8, ref_key8, ref_value8 = _reference_attention(qkv, key8, value8, last, heads, kv_heads)
+    ours8 = _attention_graph(tmp_path, cpu_kernels.ATTENTION_OP, heads, kv_heads, "ours8.onnx", TensorProto.INT8)
+    out8 = _run_in_place(ours8, qkv, key8, value8, last)
+    assert np.abs(out8 - ref_out8).max() < 1e-3 * np.abs(ref_out8).max()
+    assert np.array_equal(key8, ref_key8) and np.array_equal(value8, ref_value8)
+    assert np.abs(out8 - ref_out).max() < 0.05 * np.abs(ref_out).max()  # the int8 cache's own error, bounded
     if tokens == 1:  # and ORT's own kernel on a float cache agrees, up to the new K/V's float16 rounding
         key2, value2 = (rng.standard_normal(key.shape).astype(np.float16) for _ in range(2))
         gqa = _attention_graph(tmp_path, "GroupQueryAttention", heads, kv_heads, "gqa.onnx")
@@ -251,12 +278,15 @@ def test_cached_attention_equals_the_reference_in_place(tmp_path, library, rows,
         assert np.abs(_run_in_place(ours, qkv, key2, value2, last) - theirs).max() < 2e-3 * np.abs(theirs).max()
 
 
-def test_cached_attention_copies_the_past_when_present_is_not_bound_to_it(tmp_path, library):
+@pytest.mark.parametrize("cache", [TensorProto.FLOAT16, TensorProto.INT8])
+def test_cached_attention_copies_the_past_when_present_is_not_bound_to_it(tmp_path, library, cache):
     rng = np.random.default_rng(5)
     qkv = rng.standard_normal((1, 1, 3 * 2 * 8)).astype(np.float32)
     key, value = rng.standard_normal((2, 1, 2, 6, 8)).astype(np.float16)
+    if cache == TensorProto.INT8:
+        key, value = _quantize(key), _quantize(value)
     last = np.array([3], np.int32)
-    ours = _attention_graph(tmp_path, cpu_kernels.ATTENTION_OP, 2, 2, "ours.onnx")
+    ours = _attention_graph(tmp_path, cpu_kernels.ATTENTION_OP, 2, 2, "ours.onnx", cache)
     out, present_key, _ = ours.run(
         None, {"qkv": qkv, "past_key": key, "past_value": value, "seqlens_k": last, "total": np.array(4, np.int32)}
     )
@@ -273,6 +303,10 @@ def test_cached_attention_copies_the_past_when_present_is_not_bound_to_it(tmp_pa
                 "total": np.array(7, np.int32),
             },
         )  # a position past the cache's capacity
+    if cache == TensorProto.INT8:  # positions without their scales: head_dim 4, not the 8 of qkv
+        bare = {"past_key": np.ascontiguousarray(key[..., :-4]), "past_value": np.ascontiguousarray(value[..., :-4])}
+        with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="D \\+ 4\\] int8"):
+            ours.run(None, {"qkv": qkv, **bare, "seqlens_k": last, "total": np.array(4, np.int32)})
 
 
 def _cross_graph(tmp_path, op: str, heads: int, kv_type: int, name: str):

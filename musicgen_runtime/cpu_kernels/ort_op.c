@@ -5,11 +5,11 @@
      up to 4); with prologue 2 also skip float [..., K] (A's shape), gamma and beta float [K].
      Attributes: N, block_size; prologue (0 none, 1 gelu, 2 skip layer norm; default 0), epsilon
      (default 1e-5). Output: Y float [..., N]; with prologue 2 also the sum A + skip float [..., K].
-   CachedAttention: GroupQueryAttention over an in-place float16 cache, without rotary (attention.h).
-     Inputs: qkv float [B, S, (H + 2 Hkv) D]; past_key, past_value float16 [B, Hkv, capacity, D];
-     seqlens_k int32 [B]; total_sequence_length int32 []. Attributes: num_heads, kv_num_heads, scale.
-     Outputs: out float [B, S, H D]; present_key, present_value float16 [B, Hkv, capacity, D] (bound to the
-     past's buffers, they are written in place; otherwise the past is copied into them first).
+   CachedAttention: GroupQueryAttention over an in-place cache, without rotary (attention.h).
+     Inputs: qkv float [B, S, (H + 2 Hkv) D]; past_key, past_value float16 [B, Hkv, capacity, D] or int8
+     [B, Hkv, capacity, D + 4]; seqlens_k int32 [B]; total_sequence_length int32 []. Attributes: num_heads,
+     kv_num_heads, scale. Outputs: out float [B, S, H D]; present_key, present_value as the past (bound to
+     the past's buffers, they are written in place; otherwise the past is copied into them first).
    CrossAttention: MultiHeadAttention of new tokens to text K/V with a key padding mask (attention.h).
      Inputs: q float [B, S, H D]; key, value float16 [B, H, T, D]; key_padding_mask int32 [B, T] (0: masked).
      Attributes: num_heads, scale. Output: float [B, S, H D].
@@ -322,24 +322,27 @@ static OrtStatus* attention_compute(void* kernel, OrtKernelContext* ctx) {
   CHECK(input(ctx, 2, &pv));
   CHECK(input(ctx, 3, &seqlens));
   CHECK(input(ctx, 4, &total));
-  int64_t b = pk.dims[0], d = pk.dims[3], cap = pk.dims[2], s = qkv.dims[1];
-  int ok = qkv.type == ORT_ELEM_FLOAT && pk.type == ORT_ELEM_FLOAT16 && pv.type == ORT_ELEM_FLOAT16 &&
+  /* the cache's format is its element type: float16 [.., D], or int8 [.., D + 4] (D values and their scale) */
+  const int int8 = pk.type == ORT_ELEM_INT8;
+  int64_t b = pk.dims[0], d = pk.dims[3] - (int8 ? (int64_t)sizeof(float) : 0), cap = pk.dims[2], s = qkv.dims[1];
+  int ok = qkv.type == ORT_ELEM_FLOAT && (int8 || pk.type == ORT_ELEM_FLOAT16) && pv.type == pk.type &&
            seqlens.type == ORT_ELEM_INT32 && total.type == ORT_ELEM_INT32 && qkv.rank == 3 && pk.rank == 4 &&
            pv.rank == 4 && seqlens.rank == 1 && memcmp(pk.dims, pv.dims, sizeof(int64_t) * 4) == 0 &&
-           pk.dims[1] == kn->kv_heads && d % 8 == 0 && d <= 256 && qkv.dims[0] == b && seqlens.dims[0] == b &&
-           qkv.dims[2] == (kn->heads + 2 * kn->kv_heads) * d;
+           pk.dims[1] == kn->kv_heads && d > 0 && d % 8 == 0 && d <= 256 && qkv.dims[0] == b &&
+           seqlens.dims[0] == b && qkv.dims[2] == (kn->heads + 2 * kn->kv_heads) * d;
   const int32_t* last = seqlens.data;
   for (int64_t r = 0; ok && r < b; r++) ok = last[r] + 1 >= s && last[r] < cap;
   if (!ok)
     return bad_input("CachedAttention",
-                     "qkv [B, S, (H + 2 Hkv) D] float, past key/value [B, Hkv, capacity, D] float16 (D a multiple of 8 "
-                     "up to 256), seqlens_k [B] int32 with S <= seqlens_k + 1 <= capacity expected");
+                     "qkv [B, S, (H + 2 Hkv) D] float, past key/value [B, Hkv, capacity, D] float16 or [B, Hkv, "
+                     "capacity, D + 4] int8 (D a multiple of 8 up to 256), seqlens_k [B] int32 with S <= seqlens_k + "
+                     "1 <= capacity expected");
   int64_t od[3] = {b, s, kn->heads * d};
   void *out, *key, *value;
   CHECK(output(ctx, 0, od, 3, &out));
   CHECK(output(ctx, 1, pk.dims, 4, &key));
   CHECK(output(ctx, 2, pv.dims, 4, &value));
-  size_t cache_bytes = sizeof(uint16_t) * b * kn->kv_heads * cap * d;
+  size_t cache_bytes = cached_position_bytes((int)d, int8) * b * kn->kv_heads * cap;
   if (key != pk.data) memcpy(key, pk.data, cache_bytes); /* present not bound to the past's buffer */
   if (value != pv.data) memcpy(value, pv.data, cache_bytes);
   if (b == 0 || s == 0) return NULL;
@@ -348,7 +351,7 @@ static OrtStatus* attention_compute(void* kernel, OrtKernelContext* ctx) {
   if (!totals) return out_of_memory("CachedAttention");
   for (int64_t r = 0; r < b; r++) totals[r] = last[r] + 1;
   CachedAttention at = {(int)b, (int)s, (int)kn->heads, (int)kn->kv_heads, (int)d, (int)cap, kn->scale,
-                        qkv.data, key, value, totals, out};
+                        qkv.data, int8, key, value, totals, out};
   cached_attention_store(&at);
   HeadJob job = {one_cached_head, &at, (int)kn->heads, (size_t)cap, NULL};
   OrtStatus* st = run_heads(ctx, "CachedAttention", job, (int)b);
@@ -356,10 +359,14 @@ static OrtStatus* attention_compute(void* kernel, OrtKernelContext* ctx) {
   return st;
 }
 
+/* CachedAttention is registered twice, once per cache type (float16, int8): ONNX Runtime picks the kernel by the
+   inputs' types; both run attention_compute. */
+static const OrtCustomOp operators[];
+static int cache_type(const OrtCustomOp* op) { return op == &operators[2] ? ORT_ELEM_INT8 : ORT_ELEM_FLOAT16; }
 static int attention_input_type(const OrtCustomOp* op, size_t i) {
-  return (void)op, i >= 3 ? ORT_ELEM_INT32 : i ? ORT_ELEM_FLOAT16 : ORT_ELEM_FLOAT;
+  return i >= 3 ? ORT_ELEM_INT32 : i ? cache_type(op) : ORT_ELEM_FLOAT;
 }
-static int attention_output_type(const OrtCustomOp* op, size_t i) { return (void)op, i ? ORT_ELEM_FLOAT16 : ORT_ELEM_FLOAT; }
+static int attention_output_type(const OrtCustomOp* op, size_t i) { return i ? cache_type(op) : ORT_ELEM_FLOAT; }
 static size_t attention_input_count(const OrtCustomOp* op) { return (void)op, 5; }
 static size_t attention_output_count(const OrtCustomOp* op) { return (void)op, 3; }
 
@@ -442,7 +449,7 @@ static int zero(const OrtCustomOp* op, size_t i) { return (void)op, (void)i, 0; 
   }
 
 static const OrtCustomOp operators[] = {OPERATOR(gemv_name, gemv), OPERATOR(attention_name, attention),
-                                        OPERATOR(cross_name, cross)};
+                                        OPERATOR(attention_name, attention), OPERATOR(cross_name, cross)};
 
 /* The entry point of SessionOptions.register_custom_ops_library. */
 __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOptions* options,
