@@ -127,7 +127,10 @@ def test_int8_export_is_quantized_and_close(tmp_path, monkeypatch):
     prologues = collections.Counter(
         onnx.helper.get_attribute_value(a) for n in g.graph.node for a in n.attribute if a.name == "prologue"
     )
-    assert prologues == {cpu_kernels.PROLOGUE_SKIP_LAYER_NORM: 3 * 2, cpu_kernels.PROLOGUE_GELU: 2}
+    epilogues = collections.Counter(
+        onnx.helper.get_attribute_value(a) for n in g.graph.node for a in n.attribute if a.name == "epilogue"
+    )
+    assert prologues == {cpu_kernels.PROLOGUE_SKIP_LAYER_NORM: 3 * 2} and epilogues == {cpu_kernels.EPILOGUE_GELU: 2}
     from musicgen_runtime.step_graph import BLOCKWISE_INT8_MAX_ROWS
     from musicgen_runtime.text_lm import TextLanguageModel
 

@@ -357,28 +357,30 @@ def test_cross_attention_equals_onnxruntimes_multi_head_attention(tmp_path, libr
         ours.run(None, {"q": q, "key": key, "value": value, "mask": mask[:, :-1] if text_len > 1 else mask[:0]})
 
 
-def _prologue_graph(tmp_path, weight: np.ndarray, prologue: int, name: str):
-    """Int8BlockGemv with a prologue: gelu (A), or skip layer norm (A, skip, gamma, beta -> Y, sum)."""
+def _skip_layer_norm_graph(tmp_path, weight: np.ndarray, name: str, gamma_beta=None):
+    """Int8BlockGemv with the skip layer norm prologue: (A, skip, gamma, beta) -> (Y, sum); gamma_beta: the two
+    as initializers (as exports have them, read once when the kernel is made), else graph inputs."""
     qp, sp = cpu_kernels.pack(weight, 128)
-    skip_ln = prologue == cpu_kernels.PROLOGUE_SKIP_LAYER_NORM
-    extra_in = ["skip", "gamma", "beta"] if skip_ln else []
     node = helper.make_node(
         cpu_kernels.OP,
-        ["A", "Qp", "Sp", *extra_in],
-        ["Y", "sum"] if skip_ln else ["Y"],
+        ["A", "Qp", "Sp", "skip", "gamma", "beta"],
+        ["Y", "sum"],
         domain=cpu_kernels.DOMAIN,
         N=weight.shape[1],
         block_size=128,
-        prologue=prologue,
+        prologue=cpu_kernels.PROLOGUE_SKIP_LAYER_NORM,
         epsilon=1e-5,
     )
     f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(qp, "Qp"), numpy_helper.from_array(sp, "Sp")]
+    if gamma_beta is not None:
+        inits += [numpy_helper.from_array(gamma_beta[0], "gamma"), numpy_helper.from_array(gamma_beta[1], "beta")]
     graph = helper.make_graph(
         [node],
         "gemv",
-        [helper.make_tensor_value_info(n, f, None) for n in ["A", *extra_in]],
-        [helper.make_tensor_value_info(n, f, None) for n in (["Y", "sum"] if skip_ln else ["Y"])],
-        [numpy_helper.from_array(qp, "Qp"), numpy_helper.from_array(sp, "Sp")],
+        [helper.make_tensor_value_info(n, f, None) for n in ["A", "skip"] + ([] if gamma_beta else ["gamma", "beta"])],
+        [helper.make_tensor_value_info(n, f, None) for n in ["Y", "sum"]],
+        inits,
     )
     opsets = [helper.make_opsetid("", 18), helper.make_opsetid(cpu_kernels.DOMAIN, 1)]
     path = tmp_path / name
@@ -386,41 +388,46 @@ def _prologue_graph(tmp_path, weight: np.ndarray, prologue: int, name: str):
     return open_graph(path, threads=2), cpu_kernels.unpack(qp, sp, weight.shape[1])
 
 
-def test_gelu_prologue_equals_erf_gelu_then_the_product(tmp_path, library):
+@pytest.mark.parametrize("lead", [(2, 1), (3,)])  # two rows per tile, and an odd one alone
+def test_gelu_epilogue_equals_the_product_then_erf_gelu(tmp_path, library, lead):
     import math
 
     rng = np.random.default_rng(6)
-    sess, dequantized = _prologue_graph(
-        tmp_path, rng.standard_normal((256, 40)).astype(np.float32), cpu_kernels.PROLOGUE_GELU, "gelu.onnx"
-    )
-    a = (rng.standard_normal((2, 3, 256)) * 3).astype(np.float32)
-    a[0, 0, :4] = [0.0, -12.0, 12.0, -0.5]
-    erf = np.vectorize(math.erf)
-    gelu = (0.5 * a * (1 + erf(a / math.sqrt(2)))).astype(np.float32)
-    y = sess.run(None, {"A": a})[0]
-    ref = gelu @ dequantized
-    assert y.shape == (2, 3, 40) and np.abs(y - ref).max() < 1e-4 * np.abs(ref).max()
+    weight = rng.standard_normal((256, 42)).astype(np.float32)  # N not a multiple of the 4-output tile
+    path, dequantized, _ = _graph(tmp_path, weight, 128, "gelu.onnx", epilogue=cpu_kernels.EPILOGUE_GELU)
+    a = (rng.standard_normal((*lead, 256)) * 0.2).astype(np.float32)  # outputs of about +-9: erf's tails too
+    y = open_graph(path, threads=2).run(None, {"A": a})[0]
+    x = (a @ dequantized).astype(np.float64)
+    ref = 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    assert y.shape == (*lead, 42) and np.abs(x).max() > 6
+    assert np.abs(y - ref).max() < 1e-4 * np.abs(ref).max()
 
 
-def test_skip_layer_norm_prologue_gives_the_sum_and_the_normalized_product(tmp_path, library):
+@pytest.mark.parametrize("constants", [False, True])
+def test_skip_layer_norm_prologue_gives_the_sum_and_the_normalized_product(tmp_path, library, constants):
     rng = np.random.default_rng(7)
-    sess, dequantized = _prologue_graph(
-        tmp_path, rng.standard_normal((128, 24)).astype(np.float32), cpu_kernels.PROLOGUE_SKIP_LAYER_NORM, "sln.onnx"
-    )
-    a, skip = (rng.standard_normal((2, 1, 128)).astype(np.float32) * 4 + 1 for _ in range(2))
     gamma, beta = rng.standard_normal(128).astype(np.float32), rng.standard_normal(128).astype(np.float32)
-    y, total = sess.run(None, {"A": a, "skip": skip, "gamma": gamma, "beta": beta})
+    weight = rng.standard_normal((128, 24)).astype(np.float32)
+    sess, dequantized = _skip_layer_norm_graph(tmp_path, weight, "sln.onnx", (gamma, beta) if constants else None)
+    a, skip = (rng.standard_normal((2, 1, 128)).astype(np.float32) * 4 + 1 for _ in range(2))
+    fed = {} if constants else {"gamma": gamma, "beta": beta}
+    y, total = sess.run(None, {"A": a, "skip": skip, **fed})
     s = a + skip
     normed = (s - s.mean(-1, keepdims=True)) / np.sqrt(s.var(-1, keepdims=True) + 1e-5) * gamma + beta
     ref = normed @ dequantized
     assert np.allclose(total, s, atol=1e-6) and np.abs(y - ref).max() < 1e-4 * np.abs(ref).max()
     with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="Int8BlockGemv: skip float"):
-        sess.run(None, {"A": a, "skip": skip[:1], "gamma": gamma, "beta": beta})
+        sess.run(None, {"A": a, "skip": skip[:1], **fed})
 
 
 def test_a_prologue_without_its_inputs_or_unknown_is_a_clear_error(tmp_path, library):
     weight = np.random.default_rng(8).standard_normal((128, 8)).astype(np.float32)
-    for prologue, error in ((cpu_kernels.PROLOGUE_SKIP_LAYER_NORM, "takes skip, gamma and beta"), (7, "must be 0")):
-        path, _, _ = _graph(tmp_path, weight, 128, f"bad{prologue}.onnx", weights="inline", prologue=prologue)
+    bad = [
+        ({"prologue": cpu_kernels.PROLOGUE_SKIP_LAYER_NORM}, "takes skip, gamma and beta"),
+        ({"prologue": 1}, "prologue must be 0 \\(none\\) or 2"),  # GELU is an epilogue now
+        ({"epilogue": 3}, "epilogue must be 0 \\(none\\) or 1"),
+    ]
+    for i, (attrs, error) in enumerate(bad):
+        path, _, _ = _graph(tmp_path, weight, 128, f"bad{i}.onnx", weights="inline", **attrs)
         with pytest.raises((GraphError, ort.capi.onnxruntime_pybind11_state.InvalidArgument), match=error):
             open_graph(path).run(None, {"A": np.ones((2, 128), np.float32)})

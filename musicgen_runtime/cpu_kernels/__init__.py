@@ -3,7 +3,8 @@
 ONNX Runtime's MatMulNBits (8-bit) read a one-request step's weights at about half the memory's
 rate on AVX2 CPUs without VNNI (its int8 arithmetic is the bound there); `Int8BlockGemv` (int8_gemv.h)
 reads them as one sequential stream per thread and multiplies in int16, from a copy on 2 MB pages made
-when the session is created (hugepage_copy.h), with a layer norm or GELU before it folded in (prologue.h).
+when the session is created (hugepage_copy.h), with the layer norm before it (prologue.h) or the GELU after
+it (int8_gemv.h) folded in.
 `CachedAttention` (attention.h) reads an int8 self-attention cache (a step reads all of it; in float16 it
 would be three quarters of the weights' bytes at the end of a 30 s clip), `CrossAttention` float16 text
 keys and values, each head's once and in order. The C sources are built into a shared library by
@@ -29,7 +30,8 @@ BLOCK = 128  # inputs per weight scale
 TILE = 4  # output rows per packed tile
 CHUNK = 16  # inputs per packed chunk
 CACHE_SCALE_BYTES = 4  # an int8 cache position: head_dim int8 values, then their float32 scale (attention.h)
-PROLOGUE_GELU, PROLOGUE_SKIP_LAYER_NORM = 1, 2  # Int8BlockGemv's `prologue` attribute (prologue.h)
+PROLOGUE_SKIP_LAYER_NORM = 2  # Int8BlockGemv's `prologue` attribute (prologue.h)
+EPILOGUE_GELU = 1  # its `epilogue` attribute (int8_gemv.h)
 
 _HERE = Path(__file__).resolve().parent
 SOURCES = (

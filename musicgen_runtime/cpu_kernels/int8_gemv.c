@@ -67,7 +67,24 @@ static inline __attribute__((always_inline)) void tile(int MT, const QuantRows* 
     for (int j = 0; j < 4 && n0 + j < n; j++) y[(size_t)(m0 + m) * n + n0 + j] = hsum(tot[m][j]);
 }
 
-void int8_gemv_tiles(const QuantRows* a, const int8_t* qp, const float* sp, float* y, int n, int t0, int t1) {
+/* gelu over y[m][from .. to) of every row, 8 at a time (the last 8 overlap the ones before when the
+   count is not a multiple of 8, and are recomputed from a saved copy) */
+static void gelu_range(float* y, int rows, int n, int from, int to) {
+  for (int m = 0; m < rows; m++) {
+    float* r = y + (size_t)m * n;
+    int i = from;
+    for (; i + 8 <= to; i += 8) _mm256_storeu_ps(r + i, gelu(_mm256_loadu_ps(r + i)));
+    if (i < to) {
+      float tail[8] = {0};
+      for (int j = i; j < to; j++) tail[j - i] = r[j];
+      _mm256_storeu_ps(tail, gelu(_mm256_loadu_ps(tail)));
+      for (int j = i; j < to; j++) r[j] = tail[j - i];
+    }
+  }
+}
+
+void int8_gemv_tiles(const QuantRows* a, const int8_t* qp, const float* sp, float* y, int n, int t0, int t1,
+                     int epilogue) {
   const int k = a->k, nblk = k / a->block;
   for (int t = t0; t < t1; t++) {
     const int8_t* q = qp + (size_t)t * 4 * k;
@@ -76,4 +93,5 @@ void int8_gemv_tiles(const QuantRows* a, const int8_t* qp, const float* sp, floa
     for (; m + 2 <= a->rows; m += 2) tile(2, a, m, q, s, y, n, 4 * t);
     if (m < a->rows) tile(1, a, m, q, s, y, n, 4 * t);
   }
+  if (epilogue == EPILOGUE_GELU) gelu_range(y, a->rows, n, 4 * t0, 4 * t1 < n ? 4 * t1 : n);
 }

@@ -27,7 +27,13 @@ typedef struct {
 /* Fills q (caller-owned buffers of M*K int16 and M*K/block floats) from A [M][K]. */
 void int8_gemv_quantize(const float* a, int rows, int k, int block, QuantRows* q);
 
-/* Y [rows][n] for output tiles [t0, t1) (outputs 4*t0 .. min(4*t1, n) - 1). */
-void int8_gemv_tiles(const QuantRows* a, const int8_t* qp, const float* sp, float* y, int n, int t0, int t1);
+enum { EPILOGUE_NONE = 0, EPILOGUE_GELU = 1 };
+
+/* Y [rows][n] for output tiles [t0, t1) (outputs 4*t0 .. min(4*t1, n) - 1), each output through the
+   epilogue: EPILOGUE_GELU applies gelu(y) = y/2 (1 + erf(y / sqrt 2)) to each tile's outputs as they are
+   made, while the next tile's weights stream in (as a kernel of its own, after the product, the GELU of
+   musicgen-small's MLP took 7.7 us a layer on one thread). */
+void int8_gemv_tiles(const QuantRows* a, const int8_t* qp, const float* sp, float* y, int n, int t0, int t1,
+                     int epilogue);
 
 #endif

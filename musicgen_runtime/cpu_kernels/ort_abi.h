@@ -49,6 +49,7 @@ enum { ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 };
 #define ORT_KernelContext_GetInput(api) ORT_FN(90, OrtStatus * (*)(const OrtKernelContext*, size_t, const OrtValue**))
 #define ORT_KernelContext_GetOutput(api) \
   ORT_FN(91, OrtStatus * (*)(OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**))
+#define ORT_KernelInfo_GetInputCount(api) ORT_FN(230, OrtStatus * (*)(const OrtKernelInfo*, size_t*))
 #define ORT_KernelInfoGetConstantInput_tensor(api) \
   ORT_FN(249, OrtStatus * (*)(const OrtKernelInfo*, size_t, int*, const OrtValue**))
 #define ORT_ReleaseTensorTypeAndShapeInfo(api) ORT_FN(99, void (*)(OrtTensorTypeAndShapeInfo*))

@@ -1,10 +1,11 @@
 /* Our ONNX Runtime operators, domain ai.musicgen (CPU):
 
-   Int8BlockGemv: Y = prologue(A) x W for packed blockwise-int8 weights (int8_gemv.h, prologue.h).
+   Int8BlockGemv: Y = epilogue(prologue(A) x W) for packed blockwise-int8 weights (int8_gemv.h, prologue.h).
      Inputs: A float [..., K]; Qp int8 [N4/4, K/16, 64]; Sp float [N4/4, K/block, 4] (N4 = N rounded
      up to 4); with prologue 2 also skip float [..., K] (A's shape), gamma and beta float [K].
-     Attributes: N, block_size; prologue (0 none, 1 gelu, 2 skip layer norm; default 0), epsilon
-     (default 1e-5). Output: Y float [..., N]; with prologue 2 also the sum A + skip float [..., K].
+     Attributes: N, block_size; prologue (0 none, 2 skip layer norm; default 0), epsilon (default 1e-5);
+     epilogue (0 none, 1 gelu; default 0). Output: Y float [..., N]; with prologue 2 also the sum
+     A + skip float [..., K].
    CachedAttention: GroupQueryAttention over an in-place cache, without rotary (attention.h).
      Inputs: qkv float [B, S, (H + 2 Hkv) D]; past_key, past_value float16 [B, Hkv, capacity, D] or int8
      [B, Hkv, capacity, D + 4]; seqlens_k int32 [B]; total_sequence_length int32 []. Attributes: num_heads,
@@ -15,7 +16,8 @@
      Attributes: num_heads, scale. Output: float [B, S, H D].
 
    Work is shared out on the session's intra-op threads (KernelContext_ParallelFor). Int8BlockGemv's
-   weights, when they are initializers, are copied onto huge pages when the kernel is made (hugepage_copy.h). */
+   weights, when they are initializers, are copied onto huge pages when the kernel is made (hugepage_copy.h);
+   its initializer inputs are read once then, not at every call (~0.4 us an input). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,10 +106,18 @@ static OrtStatus* created(void* kernel, OrtStatus* s, void** out) {
 
 /* ---- Int8BlockGemv ---- */
 
+/* An input that may be an initializer: then its tensor, read when the kernel is made (data on the huge-page
+   copy when one was made), else read from the context at each call. */
 typedef struct {
-  int64_t n, block, prologue;
+  int constant;
+  Tensor t;
+  HugeCopy copy; /* data NULL: no copy */
+} Constant;
+
+typedef struct {
+  int64_t n, block, prologue, epilogue;
   float epsilon;
-  HugeCopy q, s; /* the initializers' copies (data NULL: the weights are read from the inputs) */
+  Constant q, s, gamma, beta;
 } Gemv;
 
 /* An attribute the node may leave out: its default then. */
@@ -121,22 +131,27 @@ static void optional_float(const OrtKernelInfo* info, const char* name, float fa
   if (s) ORT_ReleaseStatus(api)(s), *out = fallback;
 }
 
-/* Input `index` copied onto huge pages if it is an initializer; left NULL otherwise, or without memory. */
-static OrtStatus* copy_constant(const OrtKernelInfo* info, size_t index, size_t element, HugeCopy* copy) {
-  int constant = 0;
+/* Input `index` if it is an initializer; with `element` > 0 its data copied onto huge pages (left where ONNX
+   Runtime keeps it without memory for the copy). */
+static OrtStatus* read_constant(const OrtKernelInfo* info, size_t index, size_t element, Constant* c) {
   const OrtValue* v = NULL;
-  Tensor t;
-  CHECK(ORT_KernelInfoGetConstantInput_tensor(api)(info, index, &constant, &v));
-  if (!constant || !v) return NULL;
-  CHECK(tensor(v, &t));
-  if (hugepage_copy(t.data, tensor_bytes(&t, element), copy)) copy->data = NULL;
+  CHECK(ORT_KernelInfoGetConstantInput_tensor(api)(info, index, &c->constant, &v));
+  if (!c->constant || !v) return c->constant = 0, NULL;
+  CHECK(tensor(v, &c->t));
+  if (element && !hugepage_copy(c->t.data, tensor_bytes(&c->t, element), &c->copy)) c->t.data = c->copy.data;
+  return NULL;
+}
+
+static OrtStatus* input_or_constant(OrtKernelContext* ctx, size_t index, const Constant* c, Tensor* t) {
+  if (!c->constant) return input(ctx, index, t);
+  *t = c->t;
   return NULL;
 }
 
 static void gemv_destroy(void* kernel) {
   Gemv* k = kernel;
-  if (k->q.data) hugepage_release(&k->q);
-  if (k->s.data) hugepage_release(&k->s);
+  if (k->q.copy.data) hugepage_release(&k->q.copy);
+  if (k->s.copy.data) hugepage_release(&k->s.copy);
   free(k);
 }
 
@@ -150,11 +165,20 @@ static OrtStatus* gemv_create(const OrtCustomOp* op, OrtApiTable a, const OrtKer
   if (!s && (k->n < 1 || k->block < 16 || k->block > 1024 || k->block % 16))
     s = bad_input("Int8BlockGemv", "N must be >= 1 and block_size a multiple of 16 up to 1024");
   optional_int64(info, "prologue", PROLOGUE_NONE, &k->prologue);
+  optional_int64(info, "epilogue", EPILOGUE_NONE, &k->epilogue);
   optional_float(info, "epsilon", 1e-5f, &k->epsilon);
-  if (!s && (k->prologue < PROLOGUE_NONE || k->prologue > PROLOGUE_SKIP_LAYER_NORM))
-    s = bad_input("Int8BlockGemv", "prologue must be 0 (none), 1 (gelu) or 2 (skip layer norm)");
-  if (!s) s = copy_constant(info, 1, sizeof(int8_t), &k->q);
-  if (!s) s = copy_constant(info, 2, sizeof(float), &k->s);
+  if (!s && k->prologue != PROLOGUE_NONE && k->prologue != PROLOGUE_SKIP_LAYER_NORM)
+    s = bad_input("Int8BlockGemv", "prologue must be 0 (none) or 2 (skip layer norm)");
+  if (!s && k->epilogue != EPILOGUE_NONE && k->epilogue != EPILOGUE_GELU)
+    s = bad_input("Int8BlockGemv", "epilogue must be 0 (none) or 1 (gelu)");
+  if (!s) s = read_constant(info, 1, sizeof(int8_t), &k->q);
+  if (!s) s = read_constant(info, 2, sizeof(float), &k->s);
+  size_t inputs = 0;
+  if (!s) s = ORT_KernelInfo_GetInputCount(api)(info, &inputs);
+  if (!s && k->prologue == PROLOGUE_SKIP_LAYER_NORM && inputs >= 6) {
+    s = read_constant(info, 4, 0, &k->gamma);
+    if (!s) s = read_constant(info, 5, 0, &k->beta);
+  }
   if (s) {
     gemv_destroy(k);
     return s;
@@ -168,24 +192,20 @@ typedef struct {
   const int8_t* qp;
   const float* sp;
   float* y;
-  int n, tiles, tasks;
+  int n, tiles, tasks, epilogue;
 } GemvJob;
 
 static void gemv_task(void* user, size_t i) {
   const GemvJob* j = user;
   int t0 = (int)((int64_t)j->tiles * (int64_t)i / j->tasks);
   int t1 = (int)((int64_t)j->tiles * (int64_t)(i + 1) / j->tasks);
-  int8_gemv_tiles(j->a, j->qp, j->sp, j->y, j->n, t0, t1);
+  int8_gemv_tiles(j->a, j->qp, j->sp, j->y, j->n, t0, t1, j->epilogue);
 }
 
 /* The rows the product reads: A itself, or A after the kernel's prologue in `staged` (rows x k floats). */
 static OrtStatus* apply_prologue(const Gemv* kn, OrtKernelContext* ctx, const Tensor* a, int64_t rows, int64_t k,
                                  float* staged) {
   if (k % 8) return bad_input("Int8BlockGemv", "a prologue needs K a multiple of 8");
-  if (kn->prologue == PROLOGUE_GELU) {
-    prologue_gelu(a->data, staged, (long)(rows * k));
-    return NULL;
-  }
   size_t inputs, outputs;
   CHECK(ORT_KernelContext_GetInputCount(api)(ctx, &inputs));
   CHECK(ORT_KernelContext_GetOutputCount(api)(ctx, &outputs));
@@ -193,8 +213,8 @@ static OrtStatus* apply_prologue(const Gemv* kn, OrtKernelContext* ctx, const Te
     return bad_input("Int8BlockGemv", "prologue 2 (skip layer norm) takes skip, gamma and beta, and gives the sum");
   Tensor skip, gamma, beta;
   CHECK(input(ctx, 3, &skip));
-  CHECK(input(ctx, 4, &gamma));
-  CHECK(input(ctx, 5, &beta));
+  CHECK(input_or_constant(ctx, 4, &kn->gamma, &gamma));
+  CHECK(input_or_constant(ctx, 5, &kn->beta, &beta));
   if (skip.type != ORT_ELEM_FLOAT || gamma.type != ORT_ELEM_FLOAT || beta.type != ORT_ELEM_FLOAT ||
       skip.rank != a->rank || memcmp(skip.dims, a->dims, sizeof(int64_t) * a->rank) || gamma.rank != 1 ||
       gamma.dims[0] != k || beta.rank != 1 || beta.dims[0] != k)
@@ -211,8 +231,8 @@ static OrtStatus* gemv_compute(void* kernel, OrtKernelContext* ctx) {
   const Gemv* kn = kernel;
   Tensor a, q, sc;
   CHECK(input(ctx, 0, &a));
-  CHECK(input(ctx, 1, &q));
-  CHECK(input(ctx, 2, &sc));
+  CHECK(input_or_constant(ctx, 1, &kn->q, &q));
+  CHECK(input_or_constant(ctx, 2, &kn->s, &sc));
   int64_t k = a.rank ? a.dims[a.rank - 1] : 0, rows = 1, tiles = (kn->n + 3) / 4, block = kn->block;
   for (size_t i = 0; i + 1 < a.rank; i++) rows *= a.dims[i];
   if (a.rank < 1 || a.type != ORT_ELEM_FLOAT || q.type != ORT_ELEM_INT8 || sc.type != ORT_ELEM_FLOAT || q.rank != 3 ||
@@ -241,8 +261,7 @@ static OrtStatus* gemv_compute(void* kernel, OrtKernelContext* ctx) {
     if (!s && rows > 0) {
       int8_gemv_quantize(staged ? staged : a.data, (int)rows, (int)k, (int)block, &qa);
       size_t tasks = gemv_tasks < (size_t)tiles ? gemv_tasks : (size_t)tiles;
-      GemvJob job = {&qa, kn->q.data ? kn->q.data : q.data, kn->s.data ? kn->s.data : sc.data, y, (int)kn->n,
-                     (int)tiles, (int)tasks};
+      GemvJob job = {&qa, q.data, sc.data, y, (int)kn->n, (int)tiles, (int)tasks, (int)kn->epilogue};
       s = ORT_KernelContext_ParallelFor(api)(ctx, gemv_task, tasks, 0, &job);
     }
   }

@@ -1,4 +1,4 @@
-/* AVX2 helpers shared by the kernels: horizontal reductions and e^x for softmax. */
+/* AVX2 helpers shared by the kernels: horizontal reductions, e^x for softmax, GELU. */
 #ifndef MUSICGEN_SIMD_MATH_H
 #define MUSICGEN_SIMD_MATH_H
 
@@ -35,6 +35,27 @@ static inline __m256 exp_nonpositive(__m256 x) {
   y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
   __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+/* erf(z) for z >= 0 (Abramowitz and Stegun 7.1.26, |error| <= 1.5e-7). */
+static inline __m256 erf_nonnegative(__m256 z) {
+  __m256 t = _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), z, _mm256_set1_ps(1.f)));
+  __m256 p = _mm256_set1_ps(1.061405429f);
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.453152027f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421413741f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.284496736f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.254829592f));
+  p = _mm256_mul_ps(p, t);
+  __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(z, z)));
+  return _mm256_fnmadd_ps(p, e, _mm256_set1_ps(1.f));
+}
+
+/* gelu(x) = x/2 (1 + erf(x / sqrt 2)), erf's exact form (what the MLP of MusicGen uses). */
+static inline __m256 gelu(__m256 x) {
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f));
+  __m256 erf = _mm256_xor_ps(erf_nonnegative(_mm256_andnot_ps(sign, z)), _mm256_and_ps(sign, z)); /* odd */
+  return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(_mm256_set1_ps(1.f), erf));
 }
 
 #endif
