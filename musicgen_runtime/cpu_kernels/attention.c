@@ -38,7 +38,9 @@ static inline __m128 four_scales(const char* k, size_t stride, int d) {
 
 static size_t qkv_stride(const CachedAttention* a) { return (size_t)(a->heads + 2 * a->kv_heads) * a->head_dim; }
 
-size_t cached_position_bytes(int head_dim, int int8) { return int8 ? (size_t)head_dim + sizeof(float) : 2 * (size_t)head_dim; }
+size_t cached_position_bytes(int head_dim, int int8) {
+  return int8 ? (size_t)head_dim + sizeof(float) : 2 * (size_t)head_dim;
+}
 
 /* x (d floats) as d int8 values and their scale (absmax / 127, symmetric, round to nearest even) at `at`. */
 static void store_int8(char* at, const float* x, int d) {
@@ -101,8 +103,10 @@ static inline __attribute__((always_inline)) __m128 four_scores_int8(const __m25
   for (int p = 0; p < 4; p++) {
     const char* kp = k + p * stride;
     __m256i acc = _mm256_madd_epi16(q16[0], _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)kp)));
-    for (int c = 1; c < d8 / 2; c++)
-      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(q16[c], _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(kp + 16 * c)))));
+    for (int c = 1; c < d8 / 2; c++) {
+      __m256i k16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(kp + 16 * c)));
+      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(q16[c], k16));
+    }
     s[p] = acc;
   }
   __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
@@ -118,7 +122,8 @@ static inline __attribute__((always_inline)) float query_int16(__m256i* q16, con
   float scale = hmax(top) / 32767.f;
   __m256 inv = _mm256_set1_ps(scale > 0 ? 1.f / scale : 0.f);
   for (int c = 0; c < d8 / 2; c++) {
-    __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(qv[2 * c], inv)), hi = _mm256_cvtps_epi32(_mm256_mul_ps(qv[2 * c + 1], inv));
+    __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(qv[2 * c], inv));
+    __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(qv[2 * c + 1], inv));
     q16[c] = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xd8); /* packs works per 128-bit lane */
   }
   return scale;
@@ -148,7 +153,7 @@ static inline __attribute__((always_inline)) void attend(const __m256* qv, const
   }
   top4 = _mm_max_ps(top4, _mm_movehl_ps(top4, top4));
   float top = fmaxf(_mm_cvtss_f32(top4), _mm_cvtss_f32(_mm_movehdup_ps(top4)));
-  for (; j < n; j++) {
+  for (; j < n; j++) { /* the last n % 4 positions, in floats (the query unrounded) */
     const char* k = keys + j * stride;
     __m256 acc = _mm256_mul_ps(qv[0], cached8(k, 0, q8));
     for (int c = 1; c < d8; c++) acc = _mm256_fmadd_ps(qv[c], cached8(k, 8 * c, q8), acc);
@@ -206,8 +211,8 @@ void cached_attention_head(const CachedAttention* a, int b, int h, float* scores
 static inline __attribute__((always_inline)) void cross_head(const CrossAttention* a, int b, int h, float* scores,
                                                              const int d8) {
   const int d = 8 * d8;
-  const size_t at = ((size_t)b * a->heads + h) * a->text_len * d;
-  const char *keys = (const char*)(a->key + at), *values = (const char*)(a->value + at);
+  const size_t kv = ((size_t)b * a->heads + h) * a->text_len * d;
+  const char *keys = (const char*)(a->key + kv), *values = (const char*)(a->value + kv);
   for (int i = 0; i < a->tokens; i++) {
     __m256 qv[32];
     size_t at = ((size_t)b * a->tokens + i) * a->heads * d + (size_t)h * d;
