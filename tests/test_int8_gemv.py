@@ -424,7 +424,7 @@ def test_a_prologue_without_its_inputs_or_unknown_is_a_clear_error(tmp_path, lib
     weight = np.random.default_rng(8).standard_normal((128, 8)).astype(np.float32)
     bad = [
         ({"prologue": cpu_kernels.PROLOGUE_SKIP_LAYER_NORM}, "takes skip, gamma and beta"),
-        ({"prologue": 1}, "prologue must be 0 \\(none\\) or 2"),  # GELU is an epilogue now
+        ({"prologue": 1}, "prologue must be 0 \\(none\\) or 2"),  # the GELU is an epilogue (int8_gemv.h)
         ({"epilogue": 3}, "epilogue must be 0 \\(none\\) or 1"),
     ]
     for i, (attrs, error) in enumerate(bad):

@@ -67,8 +67,8 @@ static inline __attribute__((always_inline)) void tile(int MT, const QuantRows* 
     for (int j = 0; j < 4 && n0 + j < n; j++) y[(size_t)(m0 + m) * n + n0 + j] = hsum(tot[m][j]);
 }
 
-/* gelu over y[m][from .. to) of every row, 8 at a time (the last 8 overlap the ones before when the
-   count is not a multiple of 8, and are recomputed from a saved copy) */
+/* gelu over y[m][from .. to) of every row, 8 at a time; a last group of fewer than 8 through a
+   zero-padded copy */
 static void gelu_range(float* y, int rows, int n, int from, int to) {
   for (int m = 0; m < rows; m++) {
     float* r = y + (size_t)m * n;

@@ -380,8 +380,11 @@ static OrtStatus* attention_compute(void* kernel, OrtKernelContext* ctx) {
 
 /* CachedAttention is registered twice, once per cache type (float16, int8): ONNX Runtime picks the kernel by the
    inputs' types; both run attention_compute. */
-static const OrtCustomOp operators[];
-static int cache_type(const OrtCustomOp* op) { return op == &operators[2] ? ORT_ELEM_INT8 : ORT_ELEM_FLOAT16; }
+enum { GEMV_OP, FLOAT16_CACHE_ATTENTION_OP, INT8_CACHE_ATTENTION_OP, CROSS_ATTENTION_OP, OPERATOR_COUNT };
+static const OrtCustomOp operators[OPERATOR_COUNT];
+static int cache_type(const OrtCustomOp* op) {
+  return op == &operators[INT8_CACHE_ATTENTION_OP] ? ORT_ELEM_INT8 : ORT_ELEM_FLOAT16;
+}
 static int attention_input_type(const OrtCustomOp* op, size_t i) {
   return i >= 3 ? ORT_ELEM_INT32 : i ? cache_type(op) : ORT_ELEM_FLOAT;
 }
@@ -467,8 +470,12 @@ static int zero(const OrtCustomOp* op, size_t i) { return (void)op, (void)i, 0; 
     .CreateKernelV2 = PREFIX##_create, .KernelComputeV2 = PREFIX##_compute,                             \
   }
 
-static const OrtCustomOp operators[] = {OPERATOR(gemv_name, gemv), OPERATOR(attention_name, attention),
-                                        OPERATOR(attention_name, attention), OPERATOR(cross_name, cross)};
+static const OrtCustomOp operators[OPERATOR_COUNT] = {
+    [GEMV_OP] = OPERATOR(gemv_name, gemv),
+    [FLOAT16_CACHE_ATTENTION_OP] = OPERATOR(attention_name, attention),
+    [INT8_CACHE_ATTENTION_OP] = OPERATOR(attention_name, attention),
+    [CROSS_ATTENTION_OP] = OPERATOR(cross_name, cross),
+};
 
 /* The entry point of SessionOptions.register_custom_ops_library. */
 __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOptions* options,
@@ -484,7 +491,7 @@ __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOp
   gemv_tasks = TASKS_PER_CPU * (size_t)(cpus > 0 ? cpus : 1);
   OrtCustomOpDomain* domain;
   CHECK(ORT_CreateCustomOpDomain(api)(DOMAIN, &domain));
-  for (size_t i = 0; i < sizeof operators / sizeof operators[0]; i++)
+  for (size_t i = 0; i < OPERATOR_COUNT; i++)
     CHECK(ORT_CustomOpDomain_Add(api)(domain, &operators[i]));
   return ORT_AddCustomOpDomain(api)(options, domain);
 }

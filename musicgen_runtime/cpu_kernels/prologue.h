@@ -4,7 +4,7 @@
 
    PROLOGUE_SKIP_LAYER_NORM: s = x + skip (the residual stream, also an output), then
      LayerNorm(s) gamma + beta (SkipLayerNormalization with input, skip, gamma, beta).
-   (1 was a GELU prologue: GELU is now the product's epilogue, int8_gemv.h.) */
+   (1 is not a prologue: the GELU runs as the product's epilogue, int8_gemv.h.) */
 #ifndef MUSICGEN_PROLOGUE_H
 #define MUSICGEN_PROLOGUE_H
 
