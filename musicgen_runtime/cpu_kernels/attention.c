@@ -15,7 +15,7 @@ static inline __m256 load8_i8(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
 }
 
-/* Values c .. c + 7 of a cached position: float16 (q8 0) or int8 (q8 1, unscaled). */
+/* Values c .. c + 7 of a position: float16 (q8 0: the text's K/V) or int8 (q8 1, unscaled: the cache). */
 static inline __attribute__((always_inline)) __m256 cached8(const char* at, int c, const int q8) {
   return q8 ? load8_i8((const int8_t*)at + c) : load8((const uint16_t*)at + c);
 }
@@ -32,15 +32,15 @@ static inline __m128 four_scales(const char* k, size_t stride, int d) {
                      position_scale(k + 3 * stride, d));
 }
 
-/* Positions ahead to prefetch: 16 (4 KB of a float cache at head_dim 64) read the cache at 15.1 GB/s
-   on one core of the Zen 2 VM, against 13.6 without; 8 and 32 gave 14.0 and 14.6. */
+/* Positions ahead to prefetch (1 KB of the int8 cache at head_dim 64, 2 KB of the float16 text K/V). On one
+   core of the Zen 2 VM, 24 layers of the int8 cache at position 750 read at 11.2-11.3 GB/s with 16, 10.8-11.9
+   with 32 and 11.0-11.2 with 64 (best of 7, two runs each); a float16 cache had read at 15.1 GB/s with 16
+   against 13.6 without. */
 #define PREFETCH_POSITIONS 16
 
 static size_t qkv_stride(const CachedAttention* a) { return (size_t)(a->heads + 2 * a->kv_heads) * a->head_dim; }
 
-size_t cached_position_bytes(int head_dim, int int8) {
-  return int8 ? (size_t)head_dim + sizeof(float) : 2 * (size_t)head_dim;
-}
+size_t cached_position_bytes(int head_dim) { return (size_t)head_dim + sizeof(float); }
 
 /* x (d floats) as d int8 values and their scale (absmax / 127, symmetric, round to nearest even) at `at`. */
 static void store_int8(char* at, const float* x, int d) {
@@ -57,14 +57,9 @@ static void store_int8(char* at, const float* x, int d) {
   memcpy(at + d, &scale, sizeof scale);
 }
 
-static void store_half(char* at, const float* x, int d) {
-  for (int c = 0; c < d; c += 8)
-    _mm_storeu_si128((__m128i*)(at + 2 * c), _mm256_cvtps_ph(_mm256_loadu_ps(x + c), _MM_FROUND_TO_NEAREST_INT));
-}
-
 void cached_attention_store(const CachedAttention* a) {
   const int d = a->head_dim;
-  const size_t bytes = cached_position_bytes(d, a->int8);
+  const size_t bytes = cached_position_bytes(d);
   for (int b = 0; b < a->rows; b++)
     for (int i = 0; i < a->tokens; i++) {
       const float* t = a->qkv + ((size_t)b * a->tokens + i) * qkv_stride(a);
@@ -72,8 +67,8 @@ void cached_attention_store(const CachedAttention* a) {
       for (int g = 0; g < a->kv_heads; g++) {
         size_t at = (((size_t)b * a->kv_heads + g) * a->capacity + pos) * bytes;
         const float *k = t + (size_t)(a->heads + g) * d, *v = t + (size_t)(a->heads + a->kv_heads + g) * d;
-        (a->int8 ? store_int8 : store_half)((char*)a->key + at, k, d);
-        (a->int8 ? store_int8 : store_half)((char*)a->value + at, v, d);
+        store_int8((char*)a->key + at, k, d);
+        store_int8((char*)a->value + at, v, d);
       }
     }
 }
@@ -187,25 +182,23 @@ static inline __attribute__((always_inline)) void load_query(__m256* qv, const f
 }
 
 static inline __attribute__((always_inline)) void cached_head(const CachedAttention* a, int b, int h, float* scores,
-                                                              const int d8, const int q8) {
+                                                              const int d8) {
   const int d = 8 * d8, g = h / (a->heads / a->kv_heads);
-  const size_t stride = cached_position_bytes(d, q8), at = ((size_t)b * a->kv_heads + g) * a->capacity * stride;
+  const size_t stride = cached_position_bytes(d), at = ((size_t)b * a->kv_heads + g) * a->capacity * stride;
   const char *keys = (const char*)a->key + at, *values = (const char*)a->value + at;
   for (int i = 0; i < a->tokens; i++) {
     __m256 qv[32];
     load_query(qv, a->qkv + ((size_t)b * a->tokens + i) * qkv_stride(a) + (size_t)h * d, a->scale, d8);
     float* o = a->out + ((size_t)b * a->tokens + i) * a->heads * d + (size_t)h * d;
-    attend(qv, keys, values, stride, a->total[b] - a->tokens + i + 1, NULL, scores, o, d8, q8); /* causal */
+    attend(qv, keys, values, stride, a->total[b] - a->tokens + i + 1, NULL, scores, o, d8, 1); /* causal */
   }
 }
 
 void cached_attention_head(const CachedAttention* a, int b, int h, float* scores) {
-  if (a->head_dim == 64 && a->int8)
-    cached_head(a, b, h, scores, 8, 1);
-  else if (a->head_dim == 64)
-    cached_head(a, b, h, scores, 8, 0);
+  if (a->head_dim == 64)
+    cached_head(a, b, h, scores, 8);
   else
-    cached_head(a, b, h, scores, a->head_dim / 8, a->int8);
+    cached_head(a, b, h, scores, a->head_dim / 8);
 }
 
 static inline __attribute__((always_inline)) void cross_head(const CrossAttention* a, int b, int h, float* scores,

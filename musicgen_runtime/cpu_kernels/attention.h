@@ -4,8 +4,8 @@
    rotary embeddings or windows:
 
    qkv [B, S, (H + 2 Hkv) D] packs each new token's query, key and value; the caches are [B, Hkv,
-   capacity, position] in one of two formats: float16 (a position is D halves) or int8 (D int8 values and
-   their float32 scale, absmax / 127: 68 bytes at D 64 against 128). Row b holds total_b = seqlens_k[b] + 1
+   capacity, position], a position being D int8 values and their float32 scale (absmax / 127: 68 bytes at
+   D 64, against 128 in float16). Row b holds total_b = seqlens_k[b] + 1
    positions after this step, of which its S new tokens are the last (positions total_b - S .. total_b - 1),
    each attending causally.
 
@@ -24,16 +24,15 @@ typedef struct {
   int rows, tokens, heads, kv_heads, head_dim, capacity;
   float scale;
   const float* qkv;      /* [rows, tokens, (heads + 2 kv_heads) head_dim] */
-  int int8;              /* the cache's format: 0 float16, 1 int8 (cached_position_bytes) */
   void* key;             /* [rows, kv_heads, capacity, position bytes], written in place */
   void* value;           /* same */
   const int32_t* total;  /* positions of each row after this step (seqlens_k + 1) */
   float* out;            /* [rows, tokens, heads head_dim] */
 } CachedAttention;
 
-/* Bytes of one cached position of one head: head_dim IEEE halves, or (int8) head_dim int8 values (rounded to
-   nearest even after dividing by the scale) and their float32 scale. */
-size_t cached_position_bytes(int head_dim, int int8);
+/* Bytes of one cached position of one head: head_dim int8 values (rounded to nearest even after dividing by the
+   scale), then their float32 scale. */
+size_t cached_position_bytes(int head_dim);
 
 /* Writes every row's new keys and values into the caches (before any head attends). */
 void cached_attention_store(const CachedAttention* a);

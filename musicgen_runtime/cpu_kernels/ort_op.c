@@ -7,8 +7,8 @@
      epilogue (0 none, 1 gelu; default 0). Output: Y float [..., N]; with prologue 2 also the sum
      A + skip float [..., K].
    CachedAttention: GroupQueryAttention over an in-place cache, without rotary (attention.h).
-     Inputs: qkv float [B, S, (H + 2 Hkv) D]; past_key, past_value float16 [B, Hkv, capacity, D] or int8
-     [B, Hkv, capacity, D + 4]; seqlens_k int32 [B]; total_sequence_length int32 []. Attributes: num_heads,
+     Inputs: qkv float [B, S, (H + 2 Hkv) D]; past_key, past_value int8 [B, Hkv, capacity, D + 4] (D values
+     and their scale); seqlens_k int32 [B]; total_sequence_length int32 []. Attributes: num_heads,
      kv_num_heads, scale. Outputs: out float [B, S, H D]; present_key, present_value as the past (bound to
      the past's buffers, they are written in place; otherwise the past is copied into them first).
    CrossAttention: MultiHeadAttention of new tokens to text K/V with a key padding mask (attention.h).
@@ -341,10 +341,8 @@ static OrtStatus* attention_compute(void* kernel, OrtKernelContext* ctx) {
   CHECK(input(ctx, 2, &pv));
   CHECK(input(ctx, 3, &seqlens));
   CHECK(input(ctx, 4, &total));
-  /* the cache's format is its element type: float16 [.., D], or int8 [.., D + 4] (D values and their scale) */
-  const int int8 = pk.type == ORT_ELEM_INT8;
-  int64_t b = pk.dims[0], d = pk.dims[3] - (int8 ? (int64_t)sizeof(float) : 0), cap = pk.dims[2], s = qkv.dims[1];
-  int ok = qkv.type == ORT_ELEM_FLOAT && (int8 || pk.type == ORT_ELEM_FLOAT16) && pv.type == pk.type &&
+  int64_t b = pk.dims[0], d = pk.dims[3] - (int64_t)sizeof(float), cap = pk.dims[2], s = qkv.dims[1];
+  int ok = qkv.type == ORT_ELEM_FLOAT && pk.type == ORT_ELEM_INT8 && pv.type == ORT_ELEM_INT8 &&
            seqlens.type == ORT_ELEM_INT32 && total.type == ORT_ELEM_INT32 && qkv.rank == 3 && pk.rank == 4 &&
            pv.rank == 4 && seqlens.rank == 1 && memcmp(pk.dims, pv.dims, sizeof(int64_t) * 4) == 0 &&
            pk.dims[1] == kn->kv_heads && d > 0 && d % 8 == 0 && d <= 256 && qkv.dims[0] == b &&
@@ -353,15 +351,14 @@ static OrtStatus* attention_compute(void* kernel, OrtKernelContext* ctx) {
   for (int64_t r = 0; ok && r < b; r++) ok = last[r] + 1 >= s && last[r] < cap;
   if (!ok)
     return bad_input("CachedAttention",
-                     "qkv [B, S, (H + 2 Hkv) D] float, past key/value [B, Hkv, capacity, D] float16 or [B, Hkv, "
-                     "capacity, D + 4] int8 (D a multiple of 8 up to 256), seqlens_k [B] int32 with S <= seqlens_k + "
-                     "1 <= capacity expected");
+                     "qkv [B, S, (H + 2 Hkv) D] float, past key/value [B, Hkv, capacity, D + 4] int8 (D a multiple "
+                     "of 8 up to 256), seqlens_k [B] int32 with S <= seqlens_k + 1 <= capacity expected");
   int64_t od[3] = {b, s, kn->heads * d};
   void *out, *key, *value;
   CHECK(output(ctx, 0, od, 3, &out));
   CHECK(output(ctx, 1, pk.dims, 4, &key));
   CHECK(output(ctx, 2, pv.dims, 4, &value));
-  size_t cache_bytes = cached_position_bytes((int)d, int8) * b * kn->kv_heads * cap;
+  size_t cache_bytes = cached_position_bytes((int)d) * b * kn->kv_heads * cap;
   if (key != pk.data) memcpy(key, pk.data, cache_bytes); /* present not bound to the past's buffer */
   if (value != pv.data) memcpy(value, pv.data, cache_bytes);
   if (b == 0 || s == 0) return NULL;
@@ -370,7 +367,7 @@ static OrtStatus* attention_compute(void* kernel, OrtKernelContext* ctx) {
   if (!totals) return out_of_memory("CachedAttention");
   for (int64_t r = 0; r < b; r++) totals[r] = last[r] + 1;
   CachedAttention at = {(int)b, (int)s, (int)kn->heads, (int)kn->kv_heads, (int)d, (int)cap, kn->scale,
-                        qkv.data, int8, key, value, totals, out};
+                        qkv.data, key, value, totals, out};
   cached_attention_store(&at);
   HeadJob job = {one_cached_head, &at, (int)kn->heads, (size_t)cap, NULL};
   OrtStatus* st = run_heads(ctx, "CachedAttention", job, (int)b);
@@ -378,17 +375,10 @@ static OrtStatus* attention_compute(void* kernel, OrtKernelContext* ctx) {
   return st;
 }
 
-/* CachedAttention is registered twice, once per cache type (float16, int8): ONNX Runtime picks the kernel by the
-   inputs' types; both run attention_compute. */
-enum { GEMV_OP, FLOAT16_CACHE_ATTENTION_OP, INT8_CACHE_ATTENTION_OP, CROSS_ATTENTION_OP, OPERATOR_COUNT };
-static const OrtCustomOp operators[OPERATOR_COUNT];
-static int cache_type(const OrtCustomOp* op) {
-  return op == &operators[INT8_CACHE_ATTENTION_OP] ? ORT_ELEM_INT8 : ORT_ELEM_FLOAT16;
-}
 static int attention_input_type(const OrtCustomOp* op, size_t i) {
-  return i >= 3 ? ORT_ELEM_INT32 : i ? cache_type(op) : ORT_ELEM_FLOAT;
+  return (void)op, i >= 3 ? ORT_ELEM_INT32 : i ? ORT_ELEM_INT8 : ORT_ELEM_FLOAT;
 }
-static int attention_output_type(const OrtCustomOp* op, size_t i) { return i ? cache_type(op) : ORT_ELEM_FLOAT; }
+static int attention_output_type(const OrtCustomOp* op, size_t i) { return (void)op, i ? ORT_ELEM_INT8 : ORT_ELEM_FLOAT; }
 static size_t attention_input_count(const OrtCustomOp* op) { return (void)op, 5; }
 static size_t attention_output_count(const OrtCustomOp* op) { return (void)op, 3; }
 
@@ -470,11 +460,10 @@ static int zero(const OrtCustomOp* op, size_t i) { return (void)op, (void)i, 0; 
     .CreateKernelV2 = PREFIX##_create, .KernelComputeV2 = PREFIX##_compute,                             \
   }
 
-static const OrtCustomOp operators[OPERATOR_COUNT] = {
-    [GEMV_OP] = OPERATOR(gemv_name, gemv),
-    [FLOAT16_CACHE_ATTENTION_OP] = OPERATOR(attention_name, attention),
-    [INT8_CACHE_ATTENTION_OP] = OPERATOR(attention_name, attention),
-    [CROSS_ATTENTION_OP] = OPERATOR(cross_name, cross),
+static const OrtCustomOp operators[] = {
+    OPERATOR(gemv_name, gemv),
+    OPERATOR(attention_name, attention),
+    OPERATOR(cross_name, cross),
 };
 
 /* The entry point of SessionOptions.register_custom_ops_library. */
@@ -491,7 +480,7 @@ __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOp
   gemv_tasks = TASKS_PER_CPU * (size_t)(cpus > 0 ? cpus : 1);
   OrtCustomOpDomain* domain;
   CHECK(ORT_CreateCustomOpDomain(api)(DOMAIN, &domain));
-  for (size_t i = 0; i < OPERATOR_COUNT; i++)
+  for (size_t i = 0; i < sizeof operators / sizeof *operators; i++)
     CHECK(ORT_CustomOpDomain_Add(api)(domain, &operators[i]));
   return ORT_AddCustomOpDomain(api)(options, domain);
 }
