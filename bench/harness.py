@@ -44,15 +44,15 @@ SEED = 1234
 # What the A/B of the reference's settings (bench/reference_tuning.py) found where it was run, recorded in
 # results.json by the runs that do not search (short, quick); the full run searches on its own machine.
 REFERENCE_TUNING_NOTE = (
-    "AMD EPYC (family 23 model 49, KVM, 2 vCPUs), small-random decoder step at 250 past positions, 6-8 "
-    "alternating rounds with other processes on the cores: in the quietest rounds every setting took "
-    "205-260 ms (default, 1 thread, OMP_WAIT_POLICY=PASSIVE, MKL_ENABLE_INSTRUCTIONS=AVX2, MKL_DEBUG_CPU_TYPE=5, "
-    "oneDNN off, ATEN_CPU_CAPABILITY=default), 1 thread as fast as 2. At load 2 the reference's step took "
-    "207 ms while numpy read 24 GB/s: it reads its ~1.5 GB of weights at ~7 GB/s, far below the machine's "
-    "rate (Xeon: 75 ms), and no setting tried changes that (MKL's path on AMD is a likely cause, not "
-    "confirmed). With the cores shared, the default 2 OpenMP threads (spin-waiting) slowed to 550-8700 ms "
-    "round medians while 1 thread and OMP_WAIT_POLICY=PASSIVE stayed at 220-540 ms (medians 2179 vs 370 "
-    "and 349 ms): the short run uses omp_passive."
+    "AMD EPYC (family 23 model 49, KVM, 2 vCPUs), small-random decoder step at 250 past positions, 6 "
+    "alternating rounds of 10 steps: MKL_CBWR=AUTO 113 ms against 194 ms by default (0.58x), 125 ms with "
+    "OMP_WAIT_POLICY=PASSIVE too; every other setting (1 thread, MKL_ENABLE_INSTRUCTIONS=AVX2, "
+    "MKL_DEBUG_CPU_TYPE=5, oneDNN off, ATEN_CPU_CAPABILITY=default, OMP_WAIT_POLICY=PASSIVE alone) 189-203 ms. "
+    "With MKL_CBWR set (AUTO, AVX and AVX2 alike: 115-121 ms) 2 threads took the step from 196 ms (1 thread) "
+    "to 117; without it 2 threads were no faster than 1, the products (aten::mm, 154 of 194 ms) reading the "
+    "weights at ~9 GB/s. An earlier search on the same CPU kind found torch's spin-waiting OpenMP threads "
+    "slowed many times over when other processes shared the cores; the bench's phases do not share them. "
+    "The short run uses mkl_cbwr."
 )
 
 
@@ -108,8 +108,8 @@ class Config:
     def short_defaults(cls, **kw) -> "Config":
         """The regression guard: small-random int8, the full run's ratios in about 5 minutes on a quiet
         2-core machine (one wave per concurrency level, one pair per duration, 3 s clips for batching,
-        the reference timed on a 2 s clip and extrapolated, under OMP_WAIT_POLICY=PASSIVE: see
-        REFERENCE_TUNING_NOTE)."""
+        the reference timed on a 2 s clip and extrapolated, under MKL_CBWR=AUTO, its fastest setting where
+        it was searched: see REFERENCE_TUNING_NOTE)."""
         base = dict(
             precision="int8",
             durations=[5.0, 10.0],
@@ -123,7 +123,7 @@ class Config:
             pairs=1,
             reference_extrapolate_from=2.0,
             tune_reference=False,
-            reference_setting="omp_passive",
+            reference_setting="mkl_cbwr",
             long_clip=0.0,
             short=True,
         )

@@ -34,6 +34,10 @@ SETTINGS = {
     "mkldnn_off": ({}, None, False),
     "aten_cpu_default": ({"ATEN_CPU_CAPABILITY": "default"}, None, True),
     "omp_passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, None, True),
+    # MKL's conditional numerical reproducibility mode (any value, AUTO included): on the Zen 2 EPYC it let
+    # MKL run the step's 2-row products on both threads (without it, 2 threads were no faster than 1)
+    "mkl_cbwr": ({"MKL_CBWR": "AUTO"}, None, True),
+    "mkl_cbwr_omp_passive": ({"MKL_CBWR": "AUTO", "OMP_WAIT_POLICY": "PASSIVE"}, None, True),
 }
 
 

@@ -84,7 +84,7 @@ def test_short_mode_is_the_ratio_run_and_quick_the_ci_smoke_run():
     short = parse_args(["--short"])
     assert (short.checkpoint, short.precision, short.short, short.quick) == ("small-random", "int8", True, False)
     assert short.durations == [5.0, 10.0] and max(short.concurrency) == 8 and short.reference_extrapolate_from
-    assert short.out.name == "small-random-int8-short" and short.reference_setting == "omp_passive"
+    assert short.out.name == "small-random-int8-short" and short.reference_setting == "mkl_cbwr"
     quick = parse_args(["--quick"])
     assert (quick.checkpoint, quick.quick, quick.short, quick.tune_reference) == ("tiny-random", True, False, False)
     full = parse_args([])
