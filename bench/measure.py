@@ -61,10 +61,11 @@ def memory_bandwidth(mb: int = 512, repeats: int = 5, threads: int = 1) -> dict:
 
 
 def raw_read(mb: int = 512, repeats: int = 5, threads: int | None = None) -> dict | None:
-    """GB/s of reading a `mb` MiB buffer on 2 MB pages with AVX2 loads (cpu_kernels' read probe), split
-    across `threads` threads (all CPUs by default), best of `repeats`: the fastest read this machine
-    gives a program, and the way our GEMV reads its weights (copied onto 2 MB pages; over 4 KB pages the
-    same loads ran a quarter slower on the 2-core EPYC VM). None without the kernel library."""
+    """GB/s of reading a `mb` MiB buffer on 2 MB pages with AVX2 loads, four streams side by side per thread
+    (cpu_kernels' read probe), split across `threads` threads (all CPUs by default), best of `repeats`: the
+    fastest read this machine gives a program (our GEMV reads its weights from a copy on 2 MB pages, in
+    three streams per thread; over 4 KB pages one stream ran a quarter slower on the 2-core EPYC VM).
+    None without the kernel library."""
     import ctypes
     import mmap
     import os

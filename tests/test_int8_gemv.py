@@ -59,7 +59,8 @@ def _graph(tmp_path, weight: np.ndarray, block: int, name: str = "gemv.onnx", we
     [
         (1024, 3072, 128, (2, 1), "external"),  # one request's step: 2 rows (guidance), 1 token each
         (4096, 1024, 128, (1,), "external"),
-        (32, 130, 32, (3, 5), "inline"),  # N not a multiple of the 4-output tile; odd row count
+        (32, 130, 32, (3, 5), "inline"),  # N not a multiple of the 8-output tile; odd row count; short runs
+        (1024, 200, 256, (2,), "external"),  # 25 tiles: runs of 2 and 1 read side by side
         (128, 1, 64, (2,), "inputs"),
         (256, 64, 128, (20,), "inputs"),  # a prefill chunk's rows
         (1024, 8, 128, (3,), "external"),  # fewer output tiles than the threads' share of the work
@@ -117,12 +118,19 @@ def test_initializer_weights_are_copied_to_huge_pages_and_given_back(tmp_path, l
     assert _huge_page_advised_kb() - before < 4096
 
 
+def test_the_largest_block_at_full_scale_does_not_overflow(tmp_path, library):
+    # every product at its largest (int16 32767 x int8 127), 512 of them summed in int32: 2.13e9 < 2^31
+    path, _, _ = _graph(tmp_path, np.ones((1024, 16), np.float32), 512, "full.onnx")
+    y = open_graph(path, threads=2).run(None, {"A": np.ones((2, 1024), np.float32)})[0]
+    assert np.allclose(y, 1024.0, rtol=1e-6)
+
+
 def test_pack_rounds_each_weight_to_half_a_step():
     rng = np.random.default_rng(1)
     weight = rng.standard_normal((256, 10)).astype(np.float32)
     qp, sp = cpu_kernels.pack(weight, 128)
-    assert qp.dtype == np.int8 and qp.shape == (3, 16, 64) and sp.shape == (3, 2, 4)
-    step = np.repeat(sp.transpose(0, 2, 1).reshape(12, 2)[:10], 128, axis=1).T  # [K, N]
+    assert qp.dtype == np.int8 and qp.shape == (2, 128, 16) and sp.shape == (2, 2, 8)
+    step = np.repeat(sp.transpose(0, 2, 1).reshape(16, 2)[:10], 128, axis=1).T  # [K, N]
     assert np.all(np.abs(cpu_kernels.unpack(qp, sp, 10) - weight) <= step / 2 + 1e-7)
     with pytest.raises(ValueError, match="multiple of the block"):
         cpu_kernels.pack(weight[:200], 128)
@@ -385,7 +393,7 @@ def test_gelu_epilogue_equals_the_product_then_erf_gelu(tmp_path, library, lead)
     import math
 
     rng = np.random.default_rng(6)
-    weight = rng.standard_normal((256, 42)).astype(np.float32)  # N not a multiple of the 4-output tile
+    weight = rng.standard_normal((256, 42)).astype(np.float32)  # N not a multiple of the 8-output tile
     path, dequantized, _ = _graph(tmp_path, weight, 128, "gelu.onnx", epilogue=cpu_kernels.EPILOGUE_GELU)
     a = (rng.standard_normal((*lead, 256)) * 0.2).astype(np.float32)  # outputs of about +-9: erf's tails too
     y = open_graph(path, threads=2).run(None, {"A": a})[0]
@@ -423,3 +431,15 @@ def test_a_prologue_without_its_inputs_or_unknown_is_a_clear_error(tmp_path, lib
         path, _, _ = _graph(tmp_path, weight, 128, f"bad{i}.onnx", weights="inline", **attrs)
         with pytest.raises((GraphError, ort.capi.onnxruntime_pybind11_state.InvalidArgument), match=error):
             open_graph(path).run(None, {"A": np.ones((2, 128), np.float32)})
+
+
+def test_weights_packed_for_the_older_tiles_are_refused_when_the_session_is_made(tmp_path, library):
+    path, _, _ = _graph(tmp_path, np.ones((128, 8), np.float32), 64, "old.onnx", weights="inline")
+    proto = onnx.load(str(path))
+    for init in proto.graph.initializer:  # as earlier exports packed them: Qp [N/4, K/16, 64], Sp [N/4, K/64, 4]
+        arr = numpy_helper.to_array(init)
+        old = (2, 8, 64) if arr.dtype == np.int8 else (2, 2, 4)
+        init.CopyFrom(numpy_helper.from_array(arr.reshape(old), init.name))
+    path.write_bytes(proto.SerializeToString())
+    with pytest.raises((GraphError, ort.capi.onnxruntime_pybind11_state.Fail), match="tiles of 8 outputs.*re-export"):
+        open_graph(path)

@@ -2,9 +2,9 @@
 
 ONNX Runtime's MatMulNBits (8-bit) read a one-request step's weights at about half the memory's
 rate on AVX2 CPUs without VNNI (its int8 arithmetic is the bound there); `Int8BlockGemv` (int8_gemv.h)
-reads them as one sequential stream per thread and multiplies in int16, from a copy on 2 MB pages made
-when the session is created (hugepage_copy.h), with the layer norm before it (prologue.h) or the GELU after
-it (int8_gemv.h) folded in.
+reads them as three sequential streams side by side per thread and multiplies in int16, from a copy on
+2 MB pages made when the session is created (hugepage_copy.h), with the layer norm before it (prologue.h)
+or the GELU after it (int8_gemv.h) folded in.
 `CachedAttention` (attention.h) reads an int8 self-attention cache (a step reads all of it; in float16 it
 would be three quarters of the weights' bytes at the end of a 30 s clip), `CrossAttention` float16 text
 keys and values, each head's once and in order. The C sources are built into a shared library by
@@ -27,8 +27,9 @@ OP = "Int8BlockGemv"
 ATTENTION_OP = "CachedAttention"  # GroupQueryAttention (packed QKV, in-place cache, no rotary) in our kernel
 CROSS_ATTENTION_OP = "CrossAttention"  # MultiHeadAttention over float16 text K/V with a key padding mask
 BLOCK = 128  # inputs per weight scale
-TILE = 4  # output rows per packed tile
-CHUNK = 16  # inputs per packed chunk
+TILE = 8  # output rows per packed tile (int8_gemv.h TILE_OUTPUTS)
+PAIR = 2  # inputs per packed group of a tile
+QUANT_BLOCK = 16  # the activations' quantizer works in groups of 16 inputs: a block is a multiple of it
 CACHE_SCALE_BYTES = 4  # an int8 cache position: head_dim int8 values, then their float32 scale (attention.h)
 PROLOGUE_SKIP_LAYER_NORM = 2  # Int8BlockGemv's `prologue` attribute (prologue.h)
 EPILOGUE_GELU = 1  # its `epilogue` attribute (int8_gemv.h)
@@ -89,32 +90,28 @@ def library() -> Path | None:
 
 
 def pack(weight: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """A MatMul's weight [K, N] (fp32) → the operator's (Qp int8 [N4/4, K/16, 64], Sp fp32 [N4/4, K/block, 4]):
-    symmetric int8 with one scale per output and `block` inputs, packed in tiles of 4 outputs
-    (N4: N rounded up to 4; the padding rows are zeros)."""
+    """A MatMul's weight [K, N] (fp32) → the operator's (Qp int8 [N8/8, K/2, 16], Sp fp32 [N8/8, K/block, 8]):
+    symmetric int8 with one scale per output and `block` inputs, packed in tiles of 8 outputs, each pair of
+    inputs the 8 outputs' 2 weights side by side (N8: N rounded up to 8; the padding rows are zeros)."""
     k, n = weight.shape
-    if k % block or block % CHUNK:
-        raise ValueError(f"K {k} must be a multiple of the block {block}, and the block of {CHUNK}")
-    n4 = -(-n // TILE) * TILE
-    w = np.zeros((n4, k), np.float32)
+    if k % block or block % QUANT_BLOCK:
+        raise ValueError(f"K {k} must be a multiple of the block {block}, and the block of {QUANT_BLOCK}")
+    n8 = -(-n // TILE) * TILE
+    w = np.zeros((n8, k), np.float32)
     w[:n] = weight.T
-    blocks = w.reshape(n4, k // block, block)
+    blocks = w.reshape(n8, k // block, block)
     scale = np.abs(blocks).max(axis=2) / 127.0
     scale[scale == 0] = 1.0
-    q = np.clip(np.rint(blocks / scale[:, :, None]), -127, 127).astype(np.int8).reshape(n4, k)
-    qp = (
-        q.reshape(n4 // TILE, TILE, k // CHUNK, CHUNK)
-        .transpose(0, 2, 1, 3)
-        .reshape(n4 // TILE, k // CHUNK, TILE * CHUNK)
-    )
-    sp = scale.reshape(n4 // TILE, TILE, k // block).transpose(0, 2, 1).astype(np.float32)
+    q = np.clip(np.rint(blocks / scale[:, :, None]), -127, 127).astype(np.int8).reshape(n8, k)
+    qp = q.reshape(n8 // TILE, TILE, k // PAIR, PAIR).transpose(0, 2, 1, 3).reshape(n8 // TILE, k // PAIR, TILE * PAIR)
+    sp = scale.reshape(n8 // TILE, TILE, k // block).transpose(0, 2, 1).astype(np.float32)
     return np.ascontiguousarray(qp), np.ascontiguousarray(sp)
 
 
 def unpack(qp: np.ndarray, sp: np.ndarray, n: int) -> np.ndarray:
     """The weight [K, N] that `pack`'s output stands for (dequantized): the operator's reference."""
-    tiles, chunks, _ = qp.shape
-    k, block = chunks * CHUNK, chunks * CHUNK // sp.shape[1]
-    q = qp.reshape(tiles, chunks, TILE, CHUNK).transpose(0, 2, 1, 3).reshape(tiles * TILE, k).astype(np.float32)
+    tiles, pairs, _ = qp.shape
+    k, block = pairs * PAIR, pairs * PAIR // sp.shape[1]
+    q = qp.reshape(tiles, pairs, TILE, PAIR).transpose(0, 2, 1, 3).reshape(tiles * TILE, k).astype(np.float32)
     scale = sp.transpose(0, 2, 1).reshape(tiles * TILE, k // block)
     return (q * np.repeat(scale, block, axis=1))[:n].T

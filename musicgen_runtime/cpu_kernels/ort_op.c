@@ -1,8 +1,8 @@
 /* Our ONNX Runtime operators, domain ai.musicgen (CPU):
 
    Int8BlockGemv: Y = epilogue(prologue(A) x W) for packed blockwise-int8 weights (int8_gemv.h, prologue.h).
-     Inputs: A float [..., K]; Qp int8 [N4/4, K/16, 64]; Sp float [N4/4, K/block, 4] (N4 = N rounded
-     up to 4); with prologue 2 also skip float [..., K] (A's shape), gamma and beta float [K].
+     Inputs: A float [..., K]; Qp int8 [N8/8, K/2, 16]; Sp float [N8/8, K/block, 8] (N8 = N rounded
+     up to 8); with prologue 2 also skip float [..., K] (A's shape), gamma and beta float [K].
      Attributes: N, block_size; prologue (0 none, 2 skip layer norm; default 0), epsilon (default 1e-5);
      epilogue (0 none, 1 gelu; default 0). Output: Y float [..., N]; with prologue 2 also the sum
      A + skip float [..., K].
@@ -161,9 +161,8 @@ static OrtStatus* gemv_create(const OrtCustomOp* op, OrtApiTable a, const OrtKer
   if (!k) return out_of_memory("Int8BlockGemv");
   OrtStatus* s = ORT_KernelInfoGetAttribute_int64(api)(info, "N", &k->n);
   if (!s) s = ORT_KernelInfoGetAttribute_int64(api)(info, "block_size", &k->block);
-  /* int32 sums of a block's int16 x int8 products stay below 2^31 up to 1024 inputs */
-  if (!s && (k->n < 1 || k->block < 16 || k->block > 1024 || k->block % 16))
-    s = bad_input("Int8BlockGemv", "N must be >= 1 and block_size a multiple of 16 up to 1024");
+  if (!s && (k->n < 1 || k->block < 16 || k->block > MAX_BLOCK || k->block % 16))
+    s = bad_input("Int8BlockGemv", "N must be >= 1 and block_size a multiple of 16 up to 512");
   optional_int64(info, "prologue", PROLOGUE_NONE, &k->prologue);
   optional_int64(info, "epilogue", EPILOGUE_NONE, &k->epilogue);
   optional_float(info, "epsilon", 1e-5f, &k->epsilon);
@@ -173,6 +172,10 @@ static OrtStatus* gemv_create(const OrtCustomOp* op, OrtApiTable a, const OrtKer
     s = bad_input("Int8BlockGemv", "epilogue must be 0 (none) or 1 (gelu)");
   if (!s) s = read_constant(info, 1, sizeof(int8_t), &k->q);
   if (!s) s = read_constant(info, 2, sizeof(float), &k->s);
+  /* weights packed for this kernel's tiles, told apart from an older export's when the session is made */
+  if (!s && ((k->q.constant && (k->q.t.rank != 3 || k->q.t.dims[2] != 2 * TILE_OUTPUTS)) ||
+             (k->s.constant && (k->s.t.rank != 3 || k->s.t.dims[2] != TILE_OUTPUTS))))
+    s = bad_input("Int8BlockGemv", "the weights are not packed in tiles of 8 outputs (an older export?): re-export");
   size_t inputs = 0;
   if (!s) s = ORT_KernelInfo_GetInputCount(api)(info, &inputs);
   if (!s && k->prologue == PROLOGUE_SKIP_LAYER_NORM && inputs >= 6) {
@@ -233,14 +236,15 @@ static OrtStatus* gemv_compute(void* kernel, OrtKernelContext* ctx) {
   CHECK(input(ctx, 0, &a));
   CHECK(input_or_constant(ctx, 1, &kn->q, &q));
   CHECK(input_or_constant(ctx, 2, &kn->s, &sc));
-  int64_t k = a.rank ? a.dims[a.rank - 1] : 0, rows = 1, tiles = (kn->n + 3) / 4, block = kn->block;
+  int64_t k = a.rank ? a.dims[a.rank - 1] : 0, rows = 1, tiles = (kn->n + TILE_OUTPUTS - 1) / TILE_OUTPUTS,
+          block = kn->block;
   for (size_t i = 0; i + 1 < a.rank; i++) rows *= a.dims[i];
   if (a.rank < 1 || a.type != ORT_ELEM_FLOAT || q.type != ORT_ELEM_INT8 || sc.type != ORT_ELEM_FLOAT || q.rank != 3 ||
-      sc.rank != 3 || k % block || q.dims[0] != tiles || q.dims[1] * 16 != k || q.dims[2] != 64 ||
-      sc.dims[0] != tiles || sc.dims[1] * block != k || sc.dims[2] != 4) {
+      sc.rank != 3 || k % block || q.dims[0] != tiles || q.dims[1] * 2 != k || q.dims[2] != 2 * TILE_OUTPUTS ||
+      sc.dims[0] != tiles || sc.dims[1] * block != k || sc.dims[2] != TILE_OUTPUTS) {
     char msg[256];
     snprintf(msg, sizeof msg,
-             "A [..., %lld] float, weights [%lld, K/16, 64] int8 and scales [%lld, K/%lld, 4] float expected "
+             "A [..., %lld] float, weights [%lld, K/2, 16] int8 and scales [%lld, K/%lld, 8] float expected "
              "(N %lld, K a multiple of the block)",
              (long long)k, (long long)tiles, (long long)tiles, (long long)block, (long long)kn->n);
     return bad_input("Int8BlockGemv", msg);
