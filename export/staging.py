@@ -59,12 +59,18 @@ def model_dims(model, tokenizer) -> manifest_mod.Dims:
 
 
 def exporter_digest() -> str:
-    """Hash of the exporter's and runtime's code: a staged export made by other code is not current."""
+    """Hash of the exporter's and runtime's code, our CPU kernels' included (they define how an int8 export's
+    weights are packed): a staged export made by other code is not current."""
     import hashlib
 
+    runtime = Path(manifest_mod.__file__).parent
     h = hashlib.sha256()
-    for pkg in (Path(__file__).parent, Path(manifest_mod.__file__).parent):
-        for f in sorted(pkg.glob("*.py")):
+    for pkg, patterns in (
+        (Path(__file__).parent, ("*.py",)),
+        (runtime, ("*.py",)),
+        (runtime / "cpu_kernels", ("*.py", "*.c", "*.h")),
+    ):
+        for f in sorted(f for pattern in patterns for f in pkg.glob(pattern)):
             h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 

@@ -293,3 +293,20 @@ def test_causality_check_tells_quantization_noise_from_a_leak():
     last_only = full.copy()
     last_only[:, :, -1] += 1.0
     assert causality(full, last_only, ref, "fp32")["causal"]
+
+
+def test_the_exporter_digest_covers_our_kernels_sources(tmp_path, monkeypatch):
+    # a change to how int8 weights are packed (cpu_kernels' Python or C) makes a staged export not current
+    from types import SimpleNamespace
+
+    from export import staging
+
+    runtime = tmp_path / "musicgen_runtime"
+    (runtime / "cpu_kernels").mkdir(parents=True)
+    (runtime / "manifest.py").write_text("")
+    monkeypatch.setattr(staging, "manifest_mod", SimpleNamespace(__file__=str(runtime / "manifest.py")))
+    digests = [staging.exporter_digest()]
+    for name in ("__init__.py", "int8_gemv.c", "int8_gemv.h"):
+        (runtime / "cpu_kernels" / name).write_text("// tiles of 8 outputs")
+        digests.append(staging.exporter_digest())
+    assert len(set(digests)) == len(digests)
