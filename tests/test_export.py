@@ -97,6 +97,24 @@ def test_export_from_save_pretrained_directory(tmp_path, tiny_checkpoint):
     assert report["passed"], report
 
 
+def _batched_codes_equal_solo(lm) -> bool:
+    from musicgen_runtime.lm import GenerationRequest
+    from musicgen_runtime.validation import GenerationParams
+
+    rng = np.random.default_rng(0)
+    hidden = [rng.standard_normal((6, lm.dims.hidden_size)).astype(np.float32) for _ in range(2)]
+    reqs = [
+        GenerationRequest(h, np.ones(6, np.int64), GenerationParams(duration=1, seed=i), 24)
+        for i, h in enumerate(hidden)
+    ]
+    seqs = [lm.prepare(r) for r in reqs]
+    for seq in seqs:
+        lm.add(seq)
+    while any(not seq.done for seq in seqs):
+        lm.step()
+    return all(np.array_equal(seq.codes(), lm.generate(r)) for seq, r in zip(seqs, reqs))
+
+
 def test_int8_export_is_quantized_and_close(tmp_path, monkeypatch):
     import collections
 
@@ -139,6 +157,9 @@ def test_int8_export_is_quantized_and_close(tmp_path, monkeypatch):
         step.select(BLOCKWISE_INT8_MAX_ROWS) is step.blockwise_int8_sess
         and step.select(BLOCKWISE_INT8_MAX_ROWS + 1) is step.sess
     )
+    # the blockwise graph quantizes each row's activations on its own: two requests batched (4 rows) give the
+    # codes each gives alone (the dynamic graph's per-tensor scales would tie them to each other)
+    assert _batched_codes_equal_solo(TextLanguageModel(repo / "lm_engine" / "1"))
     # lm_engine's "blockwise_int8_max_rows": "0"
     assert TextLanguageModel(repo / "lm_engine" / "1", blockwise_int8_max_rows=0).decoder.blockwise_int8_sess is None
     # both int8 step graphs run our operators over an int8 self-attention cache (head_dim values and a float32
