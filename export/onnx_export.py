@@ -356,9 +356,10 @@ def to_int8_blockwise(src: Path, path: Path) -> None:
     """Blockwise int8 (CPU), on our operators (musicgen_runtime/cpu_kernels): every MatMul with a constant
     weight [K, N] becomes Int8BlockGemv (int8 weights, one symmetric scale per output and 128 inputs — the
     largest of 128, 64, 32, 16 that divides K — packed for the kernel), and its attention our
-    CachedAttention and CrossAttention (`with_our_attention`). For steps of one or two rows
+    CachedAttention and CrossAttention (`with_our_attention`). For steps of up to 16 rows
     (step_graph.BLOCKWISE_INT8_MAX_ROWS) it is faster than dynamic int8 on AVX2 without VNNI, with logits
-    closer to fp32; with more rows it computes slower (int16 multiply-adds against ORT's int8 ones)."""
+    closer to fp32; at many more rows ORT's int8 multiply-adds, twice the work of our int16 ones per
+    instruction, should win."""
     import onnx
     from onnx import helper, numpy_helper
 

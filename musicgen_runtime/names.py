@@ -16,7 +16,7 @@ INPUT_VALUES = "input_values"  # audio_encoder graph input: waveform [B, C, samp
 TEXT_ENCODER_FILE = "text_encoder.onnx"
 CROSS_KV_FILE = "cross_kv.onnx"
 DECODER_STEP_FILE = "decoder_step.onnx"
-# int8 exports also carry the step with blockwise int8 weights (our Int8BlockGemv), for steps of 1-2 rows
+# int8 exports also carry the step with blockwise int8 weights (our Int8BlockGemv), for steps of up to 16 rows
 DECODER_STEP_BLOCKWISE_INT8_FILE = "decoder_step_blockwise_int8.onnx"
 AUDIO_DECODER_FILE = "audio_decoder.onnx"
 AUDIO_ENCODER_FILE = "audio_encoder.onnx"  # EnCodec encoder + quantizer (continuation), in lm_engine/1

@@ -127,7 +127,7 @@ def test_int8_export_is_quantized_and_close(tmp_path, monkeypatch):
     assert report["passed"], report
     assert report["graphs"]["decoder_step"]["rel_l2"] < 0.1 and report["checks"]["top250_overlap"] > 0.9
     assert _step_ops(repo)["CrossAttention"] == 2 and _step_ops(repo)["MultiHeadAttention"] == 0
-    # and the blockwise-int8 copy that runs steps of one request (BLOCKWISE_INT8_MAX_ROWS), checked the same way
+    # and the blockwise-int8 copy that runs steps of up to 8 requests (BLOCKWISE_INT8_MAX_ROWS), checked the same way
     assert m["graphs"][names.DECODER_STEP_BLOCKWISE_INT8_FILE]["precision"] == "int8-block128"
     assert report["graphs"]["decoder_step_blockwise_int8"]["rel_l2"] < 0.1
     assert report["checks"]["top250_overlap_blockwise_int8"] > 0.9

@@ -38,6 +38,12 @@ static inline __m128 four_scales(const char* k, size_t stride, int d) {
    against 13.6 without. */
 #define PREFETCH_POSITIONS 16
 
+/* A head's keys, then its values, are read as this many streams side by side (positions split in equal
+   segments), which the hardware prefetchers follow at once. Zen 2 VM, int8 cache at position 750, 24 layers
+   on one core: 7.2-7.3 ms with 1, 5.8-6.0 with 2, 5.6-5.7 with 3, 6.0-6.1 with 4; a one-request step over
+   a 30 s clip (in-process, alternating) 15.9-16.3 ms with 1, 15.5-16.0 with 3, and no change over 10 s. */
+#define SEGMENTS 3
+
 static size_t qkv_stride(const CachedAttention* a) { return (size_t)(a->heads + 2 * a->kv_heads) * a->head_dim; }
 
 size_t cached_position_bytes(int head_dim) { return (size_t)head_dim + sizeof(float); }
@@ -124,6 +130,31 @@ static inline __attribute__((always_inline)) float query_int16(__m256i* q16, con
   return scale;
 }
 
+/* Scores of positions j .. j + 3 (stored, and returned for the running maximum). */
+static inline __attribute__((always_inline)) __m128 score_four(const __m256i* q16, float q_scale, const __m256* qv,
+                                                               const char* keys, size_t stride, int j,
+                                                               const float* bias, float* scores, const int d8,
+                                                               const int q8, const int integer) {
+  const char* ahead = keys + (j + PREFETCH_POSITIONS) * stride;
+  for (size_t p = 0; p < 4 * stride; p += 64) _mm_prefetch(ahead + p, _MM_HINT_T0);
+  __m128 s4 = integer ? four_scores_int8(q16, q_scale, keys + j * stride, stride, d8)
+                      : four_scores(qv, keys + j * stride, stride, d8, q8);
+  if (bias) s4 = _mm_add_ps(s4, _mm_loadu_ps(bias + j));
+  _mm_storeu_ps(scores + j, s4);
+  return s4;
+}
+
+/* acc += weight j (its softmax numerator, times the position's scale) x value j */
+static inline __attribute__((always_inline)) void add_value(__m256* acc, const char* values, size_t stride, int j,
+                                                            const float* scores, const int d8, const int q8) {
+  const char* v = values + j * stride;
+  __m256 w = _mm256_set1_ps(scores[j] * (q8 ? position_scale(v, 8 * d8) : 1.f));
+  const char* ahead = v + PREFETCH_POSITIONS * stride;
+  _mm_prefetch(ahead, _MM_HINT_T0);
+  if (stride > 64) _mm_prefetch(ahead + 64, _MM_HINT_T0);
+  for (int c = 0; c < d8; c++) acc[c] = _mm256_fmadd_ps(w, cached8(v, 8 * c, q8), acc[c]);
+}
+
 /* One query against n positions: out = softmax(q . keys + bias) values, q already scaled; bias: NULL, or n
    additive terms (a mask). Positions are `stride` bytes apart, float16 or (q8) int8 with a scale.
    d8 = head_dim / 8 (a constant 8 for MusicGen's 64, so the query and the output accumulators stay in
@@ -136,16 +167,14 @@ static inline __attribute__((always_inline)) void attend(const __m256* qv, const
   const int integer = q8 && d8 % 2 == 0; /* int8 keys times an int16 query */
   const float q_scale = integer ? query_int16(q16, qv, d8) : 0.f;
   __m128 top4 = _mm_set1_ps(-INFINITY);
+  /* the keys as SEGMENTS streams side by side: segment s holds positions [s seg, (s + 1) seg) */
+  const int seg = (n / 4 / SEGMENTS) * 4;
   int j = 0;
-  for (; j + 4 <= n; j += 4) {
-    const char* ahead = keys + (j + PREFETCH_POSITIONS) * stride;
-    for (size_t p = 0; p < 4 * stride; p += 64) _mm_prefetch(ahead + p, _MM_HINT_T0);
-    __m128 s4 = integer ? four_scores_int8(q16, q_scale, keys + j * stride, stride, d8)
-                        : four_scores(qv, keys + j * stride, stride, d8, q8);
-    if (bias) s4 = _mm_add_ps(s4, _mm_loadu_ps(bias + j));
-    _mm_storeu_ps(scores + j, s4);
-    top4 = _mm_max_ps(top4, s4);
-  }
+  for (; j < seg; j += 4)
+    for (int s = 0; s < SEGMENTS; s++)
+      top4 = _mm_max_ps(top4, score_four(q16, q_scale, qv, keys, stride, j + s * seg, bias, scores, d8, q8, integer));
+  for (j = SEGMENTS * seg; j + 4 <= n; j += 4)
+    top4 = _mm_max_ps(top4, score_four(q16, q_scale, qv, keys, stride, j, bias, scores, d8, q8, integer));
   top4 = _mm_max_ps(top4, _mm_movehl_ps(top4, top4));
   float top = fmaxf(_mm_cvtss_f32(top4), _mm_cvtss_f32(_mm_movehdup_ps(top4)));
   for (; j < n; j++) { /* the last n % 4 positions, in floats (the query unrounded) */
@@ -165,14 +194,10 @@ static inline __attribute__((always_inline)) void attend(const __m256* qv, const
   for (; j < n; j++) sum += scores[j] = expf(scores[j] - top);
   __m256 acc[32];
   for (int c = 0; c < d8; c++) acc[c] = _mm256_setzero_ps();
-  for (j = 0; j < n; j++) {
-    const char* v = values + j * stride;
-    __m256 w = _mm256_set1_ps(scores[j] * (q8 ? position_scale(v, d) : 1.f));
-    const char* ahead = v + PREFETCH_POSITIONS * stride;
-    _mm_prefetch(ahead, _MM_HINT_T0);
-    if (stride > 64) _mm_prefetch(ahead + 64, _MM_HINT_T0);
-    for (int c = 0; c < d8; c++) acc[c] = _mm256_fmadd_ps(w, cached8(v, 8 * c, q8), acc[c]);
-  }
+  const int vseg = n / SEGMENTS; /* the values as SEGMENTS streams side by side too */
+  for (j = 0; j < vseg; j++)
+    for (int s = 0; s < SEGMENTS; s++) add_value(acc, values, stride, j + s * vseg, scores, d8, q8);
+  for (j = SEGMENTS * vseg; j < n; j++) add_value(acc, values, stride, j, scores, d8, q8);
   __m256 inv = _mm256_set1_ps(1.0f / sum);
   for (int c = 0; c < d8; c++) _mm256_storeu_ps(o + 8 * c, _mm256_mul_ps(acc[c], inv));
 }
