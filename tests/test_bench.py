@@ -312,6 +312,24 @@ def test_raw_read_probe_reads_huge_pages_with_the_kernel_library(monkeypatch):
     assert measure.raw_read(32, 2) is None  # no library, no probe: the floor uses the others
 
 
+def test_the_read_probe_reads_every_byte_once():
+    # four streams side by side: the checksum of the bytes it read equals numpy's over the whole buffer
+    import ctypes
+
+    import numpy as np
+
+    from musicgen_runtime import cpu_kernels
+
+    read = ctypes.CDLL(str(cpu_kernels.build())).musicgen_read_bytes
+    read.restype, read.argtypes = ctypes.c_uint64, [ctypes.c_void_p, ctypes.c_size_t]
+    buf = np.random.default_rng(0).integers(0, 256, (1 << 20) + 4 * 64 * 3 + 37, dtype=np.uint8)
+    part = len(buf) // 4 // 64 * 64  # the probe's stream length; the tail is summed bytewise
+    lanes = buf[: 4 * part].reshape(-1, 32).sum(axis=0, dtype=np.uint64) % 256  # vpaddb per byte lane
+    words = lanes.astype(np.uint8).view(np.uint64)
+    expected = (int(words[0]) ^ int(words[3])) + int(buf[4 * part :].sum(dtype=np.uint64))
+    assert read(buf.ctypes.data, len(buf)) == expected % (1 << 64)
+
+
 def test_step_profile_groups_our_operators_with_what_they_replace():
     from musicgen_runtime import cpu_kernels
 

@@ -35,7 +35,8 @@ void int8_gemv_quantize(const float* a, int rows, int k, int block, QuantRows* q
    pair of inputs is broadcast to all lanes and multiplied (vpmaddwd) with the pair's 16 int8 weights of a
    tile widened to int16, lane j summing output j. Within a block, int32 sums of int16 x int8 products
    cannot overflow: |a| <= 32767, |q| <= 127, block <= 512 (checked when the op is made). The float sums
-   per block stay in memory (tot): with them in registers too, 4 tiles x 2 rows would not fit in 16. */
+   across blocks stay in memory (tot, in L1): in registers they would double the integer sums' share of
+   the 16. */
 static inline __attribute__((always_inline)) void tiles(const int S, const int MT, const QuantRows* a, int m0,
                                                          const int8_t* const* qp, const float* const* sp, float* y,
                                                          int n, const int* n0) {
