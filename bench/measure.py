@@ -313,7 +313,6 @@ def batch_scaling(
     throughput of `requests` concurrent requests over one request is at most
     requests x (LM(1) + codec) / (LM(requests) + requests x codec).
     """
-    from musicgen_runtime import manifest
     from musicgen_runtime.codec import AudioDecoder
     from musicgen_runtime.validation import GenerationParams
 
@@ -343,10 +342,7 @@ def batch_scaling(
         }
 
     lm_runs = [generate(1), generate(requests)]
-    codec_dir = Path(repository) / "audio_decoder" / "1"
-    codec = AudioDecoder(
-        codec_dir / names.AUDIO_DECODER_FILE, manifest.dims(manifest.read(codec_dir)).hop_length, threads=threads
-    )
+    codec = AudioDecoder.from_directory(Path(repository) / "audio_decoder" / "1", threads=threads)
     codes = rng.integers(0, d.vocab_size, (1, d.num_codebooks, frames))  # [B, K, T]
     codec(codes)  # first run: allocations
     codec_s = float(np.median([_timed(lambda: codec(codes)) for _ in range(3)]))

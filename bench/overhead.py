@@ -33,7 +33,7 @@ class InProcessEngine:
         self.tok = PromptTokenizer(repo / "tokenizer" / "1" / names.TOKENIZER_FILE, d.max_text_tokens)
         self.enc = TextEncoder(repo / "text_encoder" / "1" / names.TEXT_ENCODER_FILE)
         self.lm = open_language_model(repo / "lm_engine" / "1")
-        self.codec = AudioDecoder(repo / "audio_decoder" / "1" / names.AUDIO_DECODER_FILE, d.hop_length)
+        self.codec = AudioDecoder.from_directory(repo / "audio_decoder" / "1")
         self.step_ms: list[float] = []  # the last run's LM steps
 
     def run(self, prompt: str, duration: float, seed: int):

@@ -101,3 +101,31 @@ def export_decoder(codec: nn.Module) -> nn.Module:
 
     rewrite(codec.decoder)
     return codec
+
+
+def _frames_reached(layers: nn.Module, in_channels: int, per_frame: int, span: int = 32) -> int:
+    """How many frames either side of an input frame change `layers`' output: perturb the middle frame of
+    a random input and see which output frames move. Convolutions are local and ELU pointwise, so frames
+    out of reach come out bit for bit the same (one call computes every position alike)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, in_channels, 2 * span + 1, generator=g)
+    moved = x.clone()
+    moved[:, :, span] += 1.0
+    with torch.no_grad():
+        diff = (layers(moved) - layers(x)).abs().sum(dim=(0, 1))
+    hit = torch.nonzero(diff > 0).flatten() // per_frame
+    if hit.numel() == 0 or hit.min() == 0 or hit.max() == 2 * span:
+        raise ValueError(f"the codec's receptive field is not within {span} frames")
+    return int(max(span - hit.min(), hit.max() - span))
+
+
+def reach(codec: nn.Module) -> dict:
+    """The EnCodec decoder's context, in frames (codec.Reach): "codes", how far the first convolution looks
+    each side of a frame (the LSTM after it only looks back); "hidden", how far the upsampling stack after
+    the LSTM looks each side of an output frame. Measured on the rewritten decoder the export runs."""
+    layers = export_decoder(codec).decoder.layers
+    first = layers[0]
+    return {
+        "codes": _frames_reached(first, first.conv.in_channels, 1),
+        "hidden": _frames_reached(nn.Sequential(*layers[2:]), first.conv.out_channels, codec.config.hop_length),
+    }

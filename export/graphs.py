@@ -272,22 +272,39 @@ def codec_channels(model) -> int:
 
 
 class AudioDecoder(nn.Module):
-    """EnCodec codes [1, B, K, T] -> audio [B, channels, T * hop] (T >= MIN_FRAMES; see codec_graph).
-    Stereo: each channel's codebooks (K/2, interleaved) are decoded on their own, as a batch row."""
+    """A window of a clip's EnCodec codes -> its audio, carrying what the next window needs (codec.py plans
+    the windows; see codec_graph for the rewrite of the layers).
+
+    audio_codes [1, B, K, W]: the codes window. The embedding and first convolution run over all of it (with
+    the codec's reflect padding at its ends); the LSTM runs over frames [frame_range[0], frame_range[1]) of
+    it from `lstm_state` [2 (h, c), layers, rows, H]; `hidden_before` [rows, H, n] (the last hidden frames
+    of the previous window, n >= 0) goes before its output (state and hidden frames of one row are broadcast
+    to all), and the upsampling stack runs over them all:
+    audio [B, channels, (n + frames) * hop], the LSTM's state at the end, and the hidden frames decoded.
+    rows = B x channels: a stereo LM's codebooks (interleaved [1L,1R,2L,2R,...]) are decoded per channel,
+    each as a row, as transformers does."""
 
     def __init__(self, model):
         super().__init__()
-        self.codec = codec_graph.export_decoder(model.audio_encoder)
+        codec = codec_graph.export_decoder(model.audio_encoder)
+        self.quantizer = codec.quantizer
+        self.embed_conv, lstm = codec.decoder.layers[0], codec.decoder.layers[1]
+        self.lstm = lstm.lstm
+        self.upsample = nn.Sequential(*codec.decoder.layers[2:])
         self.channels = codec_channels(model)
 
-    def forward(self, audio_codes):
+    def forward(self, audio_codes, frame_range, lstm_state, hidden_before):
         c = self.channels
-        if c == 1:
-            return self.codec.decode(audio_codes, [None]).audio_values
         _, b, k, t = audio_codes.shape
-        per_channel = audio_codes.reshape(1, b, k // c, c, t).transpose(2, 3).reshape(1, b * c, k // c, t)
-        audio = self.codec.decode(per_channel, [None]).audio_values  # [B * c, 1, samples]
-        return audio.reshape(b, c, audio.shape[-1])
+        rows = audio_codes.reshape(b, k // c, c, t).transpose(1, 2).reshape(b * c, k // c, t)
+        x = self.embed_conv(self.quantizer.decode(rows.transpose(0, 1)))  # [rows, H, W]
+        x = torch.index_select(x, 2, torch.arange(frame_range[0], frame_range[1])).permute(2, 0, 1)
+        n = x.shape[1]  # a clip's first window brings a state of one row: broadcast to every row
+        state = lstm_state.expand(-1, -1, n, -1)
+        y, (h, cell) = self.lstm(x, (state[0], state[1]))
+        hidden = torch.cat([hidden_before.expand(n, -1, -1), (y + x).permute(1, 2, 0)], dim=2)  # EncodecLSTM's skip
+        audio = self.upsample(hidden)  # [rows, codec channels, samples]
+        return audio.reshape(b, c * audio.shape[1], audio.shape[-1]), torch.stack([h, cell]), hidden
 
 
 def step_io_names(num_layers: int):

@@ -82,18 +82,29 @@ def _export_text_encoder(model, raw: Path, generator=None) -> None:
 
 
 def _export_audio_decoder(model, raw: Path, generator=None) -> None:
-    """EnCodec decoder: all the LM's codebooks in; stereo: each channel's codebooks decoded on their own."""
+    """EnCodec decoder over a window of a clip (graphs.AudioDecoder): all the LM's codebooks in; stereo: each
+    channel's codebooks decoded on their own. The example carries hidden frames and computes a middle range."""
     import torch
 
-    k = model.config.decoder.num_codebooks
-    codes = torch.randint(0, model.config.audio_encoder.codebook_size, (1, 2, k, 10), generator=generator)
+    k, layers = model.config.decoder.num_codebooks, model.config.audio_encoder.num_lstm_layers
+    width = model.config.audio_encoder.num_filters * 2 ** len(model.config.audio_encoder.upsampling_ratios)
+    rows = 2 * graphs.codec_channels(model)
+    codes = torch.randint(0, model.config.audio_encoder.codebook_size, (1, 2, k, 12), generator=generator)
+    args = (codes, torch.tensor([3, 9]), torch.randn(2, layers, rows, width), torch.randn(rows, width, 2))
     _export(
         graphs.AudioDecoder(model),
-        (codes,),
+        args,
         raw / names.AUDIO_DECODER_FILE,
-        [names.AUDIO_CODES],
-        [names.AUDIO_VALUES],
-        {names.AUDIO_CODES: {1: "batch", 3: "frames"}, names.AUDIO_VALUES: {0: "batch", 2: "samples"}},
+        [names.AUDIO_CODES, names.FRAME_RANGE, names.LSTM_STATE, names.HIDDEN_BEFORE],
+        [names.AUDIO_VALUES, names.LSTM_STATE_OUT, names.CODEC_HIDDEN],
+        {
+            names.AUDIO_CODES: {1: "batch", 3: "frames"},
+            names.LSTM_STATE: {2: "rows"},
+            names.HIDDEN_BEFORE: {0: "rows", 2: "carried"},
+            names.AUDIO_VALUES: {0: "batch", 2: "samples"},
+            names.LSTM_STATE_OUT: {2: "rows"},
+            names.CODEC_HIDDEN: {0: "rows", 2: "hidden_frames"},
+        },
     )
 
 

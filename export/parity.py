@@ -82,6 +82,22 @@ def codec_parity(model, dec, dims, rng) -> dict:
     return error_stats(dec(codes), hf_decode(model, codes))
 
 
+def codec_chunked_parity(model, dec, dims, rng) -> dict:
+    """A 60-frame clip decoded chunk by chunk as a stream is (chunks of 4 to 20 frames, the state packed and
+    unpacked between them as it crosses Triton) vs EnCodec decoding it whole."""
+    from musicgen_runtime.codec import CodecState
+    from musicgen_runtime.streaming import ChunkPlan
+
+    total = 60
+    codes = rng.integers(0, dims.vocab_size, (1, dims.num_codebooks, total))
+    state, parts = None, []
+    for _, b in ChunkPlan(chunk=5, reach=dec.reach, first=4, max_chunk=20).ready_chunks(0, total, total):
+        audio, after = dec.decode(codes[..., : dec.reach.needed(b, total)], total, b, state)
+        state = CodecState.unpack(after.pack(), dec.layers, dec.width)
+        parts.append(audio)
+    return {**error_stats(np.concatenate(parts, axis=-1), hf_decode(model, codes)), "chunks": len(parts)}
+
+
 def encoder_parity(model, enc, dims) -> dict:
     """audio_encoder graph vs EnCodec's `encode` on a 1.3 s test melody (export example: 2 x 4603 samples):
     the fraction of codes equal. Codes are nearest-codeword indices, and ORT and PyTorch sum the distances

@@ -110,6 +110,8 @@ def remove_abandoned_staging(repository: Path) -> list[Path]:
 def stage(variant, source: str, resolved, model, tokenizer, repository: Path, precision: str, t0: float) -> dict:
     """Export the loaded checkpoint's graphs (`variant.export_graphs`) into a staging folder, then move
     them, the tokenizer and a manifest into the model dirs. Returns the manifest."""
+    from .codec_graph import reach
+
     dims = model_dims(model, tokenizer)
     extra = variant.manifest_extra(model, resolved.path, dims)
     layout = model_files(variant.lm_files)
@@ -133,6 +135,7 @@ def stage(variant, source: str, resolved, model, tokenizer, repository: Path, pr
             "graphs": info,
             "opset": OPSET,
             "dims": dims.__dict__,
+            "codec_reach": reach(model.audio_encoder),
             **extra,
             "generation_defaults": {"top_k": 250, "top_p": 0.0, "temperature": 1.0, "guidance_scale": 3.0},
             "files": files,

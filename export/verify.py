@@ -19,7 +19,15 @@ from musicgen_runtime.variants import open_language_model
 
 from . import checkpoints
 from .oracle import greedy_oracle
-from .parity import FP32_TOL, REDUCED_TOL, codec_parity, encoder_parity, reduced_graphs_ok, text_encoder_parity
+from .parity import (
+    FP32_TOL,
+    REDUCED_TOL,
+    codec_chunked_parity,
+    codec_parity,
+    encoder_parity,
+    reduced_graphs_ok,
+    text_encoder_parity,
+)
 from .variants import variant_for
 
 
@@ -50,8 +58,9 @@ def verify(repository: Path, checkpoint: str | None = None, steps: int = 64) -> 
     enc = text.TextEncoder(repository / "text_encoder" / "1" / names.TEXT_ENCODER_FILE)
     report["graphs"]["text_encoder"] = text_encoder_parity(model, enc, rng)
     variant.step_checks(model, lm, rng, report, precision)
-    dec = codec.AudioDecoder(repository / "audio_decoder" / "1" / names.AUDIO_DECODER_FILE, dims.hop_length)
+    dec = codec.AudioDecoder.from_directory(repository / "audio_decoder" / "1")
     report["graphs"]["audio_decoder"] = codec_parity(model, dec, dims, rng)
+    report["graphs"]["audio_decoder_chunked"] = codec_chunked_parity(model, dec, dims, rng)
     prompt_encoder = None
     if (lm_dir / names.AUDIO_ENCODER_FILE).exists():  # continuation: codes, compared exactly
         prompt_encoder = AudioPromptEncoder(lm_dir / names.AUDIO_ENCODER_FILE, dims)

@@ -10,6 +10,13 @@ ENCODER_HIDDEN_STATES = "encoder_hidden_states"
 LOGITS = "logits"
 AUDIO_CODES = "audio_codes"
 AUDIO_VALUES = "audio_values"
+# audio_decoder graph (a window of a clip; codec.py): which hidden frames to compute, the LSTM state and
+# the hidden frames carried from the previous window in; the state and the window's hidden frames out
+FRAME_RANGE = "frame_range"
+LSTM_STATE = "lstm_state"
+LSTM_STATE_OUT = "lstm_state_out"
+HIDDEN_BEFORE = "hidden_before"
+CODEC_HIDDEN = "codec_hidden"
 INPUT_VALUES = "input_values"  # audio_encoder graph input: waveform [B, C, samples] at the codec's rate
 
 # graph file names inside model_repository/<model>/1/

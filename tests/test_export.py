@@ -25,6 +25,7 @@ def test_verify_fp32_parity_and_greedy_oracle(tiny_repo):
     for name, g in report["graphs"].items():
         assert g["max_abs"] < 1e-4, (name, g)
     assert report["checks"]["causal"]
+    assert report["graphs"]["audio_decoder_chunked"]["chunks"] >= 4  # a clip decoded chunk by chunk, vs EnCodec
     assert all(r["identical"] for r in report["greedy_oracle"]["runs"])
     assert all(r["audio"]["max_abs"] < 1e-4 for r in report["greedy_oracle"]["runs"])
     # continuation: the prompt encoder's codes equal EnCodec's, and continued runs are in the oracle
@@ -297,6 +298,47 @@ def test_codec_rewrite_matches_encodec_and_drops_the_copies(tiny_checkpoint, tin
         )
         == 3
     )  # the even strides trim inside the op; stride 5 keeps a Slice
+
+
+def test_the_codec_decodes_chunk_by_chunk_what_it_decodes_whole_and_refuses_bad_chunks(tiny_repo):
+    """The state carried between chunks makes the chunks the whole clip's audio, bit for bit or nearly
+    (float sums in another order); with less context than the export measured, they differ."""
+    from musicgen_runtime.codec import AudioDecoder, CodecState
+    from musicgen_runtime.streaming import ChunkPlan, Reach
+    from musicgen_runtime.validation import ValidationError
+
+    dec = AudioDecoder.from_directory(tiny_repo / "audio_decoder" / "1")
+    assert manifest.read(tiny_repo / "audio_decoder" / "1")["codec_reach"] == {"codes": 3, "hidden": 1}
+    total = 90
+    codes = np.random.default_rng(1).integers(0, 64, (1, 4, total))
+    whole = dec(codes)
+
+    def chunked(plan):
+        state, parts = None, []
+        for _, b in plan.ready_chunks(0, total, total):
+            audio, state = dec.decode(codes[..., : plan.reach.needed(b, total)], total, b, state)
+            parts.append(audio)
+        return np.concatenate(parts, axis=-1)
+
+    for first, chunk, most in ((4, 1, 0), (25, 10, 40), (7, 13, 0)):
+        got = chunked(ChunkPlan(chunk=chunk, reach=dec.reach, first=first, max_chunk=most))
+        assert got.shape == whole.shape and np.abs(got - whole).max() < 1e-6, (first, chunk)
+    dec.reach = Reach(codes=2, hidden=0)  # less context than the codec has: the chunks' seams show
+    assert np.abs(chunked(ChunkPlan(chunk=10, reach=dec.reach, first=10)) - whole).max() > 1e-3
+    dec.reach = Reach(codes=3, hidden=1)
+
+    _, state = dec.decode(codes[..., :29], total, 25)
+    with pytest.raises(ValidationError, match="need the codes up to frame 30"):
+        dec.decode(codes[..., :29], total, 26, state)
+    with pytest.raises(ValidationError, match="cannot decode frames"):
+        dec.decode(codes, total, 20, state)  # already emitted
+    with pytest.raises(ValidationError, match="bring no new codes"):
+        dec.decode(codes, total, 90, dec.decode(codes, total, 89, state)[1])  # [25, 89) made them all
+    for flat in (state.pack()[:-1], np.zeros(2, np.float32), np.full(50, np.nan, np.float32)):
+        with pytest.raises(ValidationError, match="codec_state"):
+            CodecState.unpack(flat, dec.layers, dec.width)
+    again = CodecState.unpack(state.pack(), dec.layers, dec.width)
+    assert (again.frames, again.emitted) == (26, 25) and np.array_equal(again.tail, state.tail)
 
 
 def test_causality_check_tells_quantization_noise_from_a_leak():

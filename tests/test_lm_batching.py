@@ -130,7 +130,7 @@ def test_only_the_decode_steps_spin_wait(tiny_repo, melody_repo):
 
     key = "session.intra_op.allow_spinning"
     lm = TextLanguageModel(tiny_repo / "lm_engine" / "1")
-    codec = AudioDecoder(tiny_repo / "audio_decoder" / "1" / "audio_decoder.onnx", hop_length=1)
+    codec = AudioDecoder.from_directory(tiny_repo / "audio_decoder" / "1")
     text = TextEncoder(tiny_repo / "text_encoder" / "1" / "text_encoder.onnx")
     melody = MelodyLanguageModel(melody_repo / "lm_engine" / "1")
 

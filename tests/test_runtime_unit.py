@@ -107,38 +107,46 @@ def test_prompt_validation():
 
 
 def test_chunk_plan_grows_chunks_up_to_the_maximum():
-    from musicgen_runtime.streaming import ChunkPlan
+    from musicgen_runtime.streaming import ChunkPlan, Reach
 
-    plan = ChunkPlan(chunk=50, left=50, right=4, first=25, max_chunk=200)
+    reach = Reach(codes=3, hidden=1)  # EnCodec 32 kHz's, as measured at export
+    plan = ChunkPlan(chunk=50, reach=reach, first=25, max_chunk=200)
     ends = list(plan.boundaries(1000))
     assert ends == [25, 75, 175, 375, 575, 775, 975, 1000]  # 25, 50, 100, 200, 200, ...
-    assert list(ChunkPlan(chunk=50, left=50, right=4, first=25).boundaries(160)) == [25, 75, 125, 160]
-    # everything ready at once: every chunk, tiling the clip, each window with its context
-    got = plan.ready_chunks(0, 1000, 1000)
-    assert [b for _, b, _, _ in got] == ends and got[0][0] == 0
-    assert all(w0 == max(0, a - 50) and w1 == min(b + 4, 1000) for a, b, w0, w1 in got)
-    assert plan.ready_chunks(175, 378, 1000) == []  # [175, 375) waits for 4 frames after it
-    assert plan.ready_chunks(175, 379, 1000) == [(175, 375, 125, 379)]
-    # decoder work for a 30 s clip (1500 frames): frames decoded / frames in the clip
-    work = lambda p: sum(w1 - w0 for _, _, w0, w1 in p.ready_chunks(0, 1500, 1500)) / 1500  # noqa: E731
-    assert work(plan) < 1.4 < 1.9 < work(ChunkPlan(chunk=50, left=50, right=4, first=25))
+    assert list(ChunkPlan(chunk=50, reach=reach, first=25).boundaries(160)) == [25, 75, 125, 160]
+    assert plan.ready_chunks(0, 1000, 1000) == list(zip([0] + ends[:-1], ends))  # all ready: they tile the clip
+    assert plan.ready_chunks(175, 378, 1000) == []  # [175, 375) needs hidden frame 376, so codes up to 379
+    assert plan.ready_chunks(175, 379, 1000) == [(175, 375)]
 
 
-def test_chunk_plan_tiles_the_clip_and_waits_for_right_context():
-    from musicgen_runtime.streaming import ChunkPlan
+def test_chunk_plan_gives_every_chunk_new_hidden_frames():
+    """The decoder computes hidden frames up to a chunk's end + reach.hidden (the first window at least
+    MIN_FRAMES): a chunk that would end within reach.hidden of the clip's end joins the last one, and the
+    first chunk is at least MIN_FRAMES long."""
+    from musicgen_runtime.streaming import MIN_FRAMES, ChunkPlan, Reach
 
-    plan = ChunkPlan(chunk=50, left=50, right=4, first=25)
-    assert plan.ready_chunks(0, 28, 200) == []  # first chunk [0, 25) needs frames up to 29
-    assert plan.ready_chunks(0, 29, 200) == [(0, 25, 0, 29)]
+    plan = ChunkPlan(chunk=50, reach=Reach(codes=3, hidden=1), first=25, max_chunk=200)
+    assert list(plan.boundaries(376)) == [25, 75, 175, 376]  # not [.., 375, 376]
+    assert list(plan.boundaries(377)) == [25, 75, 175, 375, 377]
+    one = ChunkPlan(chunk=1, reach=Reach(codes=3, hidden=2), first=1)
+    assert list(one.boundaries(10)) == [MIN_FRAMES, 5, 6, 7, 10]
+    assert list(one.boundaries(3)) == [3]
+
+
+def test_chunk_plan_tiles_the_clip_and_waits_for_the_codec_reach():
+    from musicgen_runtime.streaming import ChunkPlan, Reach
+
+    plan = ChunkPlan(chunk=50, reach=Reach(codes=3, hidden=1), first=25)
+    assert plan.ready_chunks(0, 28, 200) == []  # first chunk [0, 25) needs codes up to 29
+    assert plan.ready_chunks(0, 29, 200) == [(0, 25)]
     got, start = [], 0
     for ready in range(0, 201, 7):
-        for a, b, w0, w1 in plan.ready_chunks(start, min(ready, 200), 200):
-            assert w0 == max(0, a - 50) and w1 == min(b + 4, 200)
+        for a, b in plan.ready_chunks(start, min(ready, 200), 200):
+            assert min(ready, 200) >= min(b + 4, 200)
             got.append((a, b))
             start = b
-    got += [(a, b) for a, b, _, _ in plan.ready_chunks(start, 200, 200)]
-    assert got[0] == (0, 25) and got[-1][1] == 200
-    assert all(x[1] == y[0] for x, y in zip(got, got[1:]))
+    got += plan.ready_chunks(start, 200, 200)
+    assert got == list(zip([0, 25, 75, 125, 175], [25, 75, 125, 175, 200]))
 
 
 def test_public_manifest_carries_no_server_path(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from musicgen_runtime import manifest, triton_io
-from musicgen_runtime.streaming import ChunkPlan
+from musicgen_runtime.streaming import ChunkPlan, Reach
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -35,12 +35,12 @@ def _cancel(key):
 class TritonPythonModel:
     def initialize(self, args):
         p = triton_io.parameters(args)
-        self.dims = manifest.dims(manifest.read(triton_io.model_dir(args)))
+        m = manifest.read(triton_io.model_dir(args))
+        self.dims = manifest.dims(m)
         rate = self.dims.frame_rate
         self.plan = ChunkPlan(
             chunk=max(1, round(float(p.get("chunk_seconds") or 1.0) * rate)),
-            left=round(float(p.get("left_context_seconds") or 1.0) * rate),
-            right=int(p.get("right_context_frames") or 4),
+            reach=Reach.from_manifest(m),
             first=max(1, round(float(p.get("first_chunk_seconds") or 0.5) * rate)),
             max_chunk=round(float(p.get("max_chunk_seconds") or 4.0) * rate),
         )
@@ -91,7 +91,7 @@ class TritonPythonModel:
                 "codes_start",
             ],
         )
-        next_frame, hop, chunks, clip = 0, self.dims.hop_length, [], None
+        next_frame, chunks, clip, codec_state = 0, [], None, None
         for resp in bls.exec(decoupled=True):
             if request.is_cancelled():  # the client went away: stop the engine's work and leave.
                 # No draining: once the client cancelled, the engine's final response may never reach
@@ -114,13 +114,16 @@ class TritonPythonModel:
             prompt_frames = triton_io.output(pb_utils, resp, "prompt_frames")
             sender.send(self._status("progress", done, total))
             ready = total if event == "final" else done
-            for a, b, w0, w1 in self.plan.ready_chunks(next_frame, ready, total):
-                audio, _ = _call(
-                    "audio_decoder",
-                    [pb_utils.Tensor("audio_codes", np.ascontiguousarray(clip[:, w0:w1]))],
-                    ["audio", "sample_rate"],
-                )
-                chunk = np.ascontiguousarray(audio[:, (a - w0) * hop : (b - w0) * hop])
+            for a, b in self.plan.ready_chunks(next_frame, ready, total):
+                # the codec carries its state from chunk to chunk: the chunks are the clip decoded whole
+                chunk_inputs = [
+                    pb_utils.Tensor("audio_codes", np.ascontiguousarray(clip[:, : self.plan.reach.needed(b, total)])),
+                    pb_utils.Tensor("clip_frames", np.array([total], np.int64)),
+                    pb_utils.Tensor("decode_to", np.array([b], np.int64)),
+                ]
+                if codec_state is not None:
+                    chunk_inputs.append(pb_utils.Tensor("codec_state", codec_state))
+                chunk, codec_state = _call("audio_decoder", chunk_inputs, ["audio", "codec_state"])
                 chunks.append(chunk)
                 sender.send(
                     self._status(
@@ -129,7 +132,7 @@ class TritonPythonModel:
                         total,
                         [
                             pb_utils.Tensor("audio_chunk", chunk),
-                            pb_utils.Tensor("chunk_start", np.array([a * hop], np.int64)),
+                            pb_utils.Tensor("chunk_start", np.array([a * self.dims.hop_length], np.int64)),
                         ],
                     )
                 )
