@@ -219,7 +219,7 @@ def test_quick_mode_writes_json_csv_and_plots(tiny_repo, tmp_path):
         assert steps["in_process"] > 0 and steps["unary"] > 0 and steps["stream"] > 0
         cpu = x["cpu_s_last_pair"]
         assert cpu["unary"]["lm_engine"]["cpu_s"] > 0 and cpu["in_process"]["harness (in-process engine)"] > 0
-        assert x["stream_audio_max_abs_diff"] < 1e-4  # joined stream chunks vs the one-shot decode
+        assert x["stream_audio_max_abs_diff"] < 1e-6  # joined stream chunks vs the one-shot decode: the same audio
     m = r["machine"]
     assert m["cpu_model"] and m["cpu_vendor"] and m["memory_read_gbps"] > 0 and m["torch"]["build"]
     assert m["cpu_model"] in p.stdout.splitlines()[0]
