@@ -44,7 +44,7 @@ class CodecState:
         frames, emitted, n = (int(v) for v in flat[: cls.HEADER])
         per_row = width * (2 * layers + n)
         rows, rest = divmod(flat.size - cls.HEADER, per_row) if per_row > 0 and n >= 0 else (0, 1)
-        if rows < 1 or rest or not 0 <= emitted <= frames or n > frames:
+        if rows < 1 or rest or not frames - n <= emitted <= frames or n > frames:  # the tail reaches the emitted
             raise bad
         body = flat[cls.HEADER :]
         lstm = body[: 2 * layers * rows * width].reshape(2, layers, rows, width)
@@ -67,6 +67,10 @@ class AudioDecoder:
         _, self.layers, _, self.width = state.shape
         self.hop = hop_length
         self.reach = reach
+        # the codec's rows per clip (2 for a stereo LM over a mono EnCodec): from one short decode at load
+        codebooks = next(i for i in self.sess.get_inputs() if i.name == names.AUDIO_CODES).shape[2]
+        _, lstm, _ = self._run(np.zeros((1, codebooks, MIN_FRAMES), np.int64), 0, MIN_FRAMES, self.start())
+        self.rows_per_clip = lstm.shape[2]
 
     @classmethod
     def from_directory(cls, model_dir: str | Path, device: str = "cpu", threads: int | None = None) -> AudioDecoder:
@@ -78,6 +82,18 @@ class AudioDecoder:
             Reach.from_manifest(m),
             device,
             threads,
+        )
+
+    def _run(self, window: np.ndarray, lo: int, hi: int, state: CodecState):
+        """The graph on codes `window` [B, K, W], the LSTM over its frames [lo, hi) -> audio, LSTM state, hidden."""
+        return self.sess.run(
+            [names.AUDIO_VALUES, names.LSTM_STATE_OUT, names.CODEC_HIDDEN],
+            {
+                names.AUDIO_CODES: np.ascontiguousarray(window[None]),
+                names.FRAME_RANGE: np.array([lo, hi], np.int64),
+                names.LSTM_STATE: state.lstm,
+                names.HIDDEN_BEFORE: state.tail,
+            },
         )
 
     def start(self) -> CodecState:
@@ -111,6 +127,9 @@ class AudioDecoder:
             codes = np.concatenate([codes, np.repeat(codes[..., -1:], MIN_FRAMES - total, axis=-1)], axis=-1)
             audio, done = self.decode(codes, MIN_FRAMES, MIN_FRAMES)
             return audio[..., : upto * self.hop], done
+        rows = codes.shape[0] * self.rows_per_clip
+        if {state.lstm.shape[2], state.tail.shape[0]} - ({1, rows} if f == 0 else {rows}):  # a start broadcasts
+            raise ValidationError(f"codec_state holds {state.lstm.shape[2]} rows; these codes decode as {rows}")
         g = self.reach.hidden_end(upto, total)  # hidden frames [f, g) are new; [s, f) come from the state
         if g <= f:
             raise ValidationError(
@@ -119,15 +138,7 @@ class AudioDecoder:
             )
         s = f - state.tail.shape[-1]
         w0, w1 = max(0, f - self.reach.codes), min(total, g + self.reach.codes)  # the codes they need
-        audio, lstm, hidden = self.sess.run(
-            [names.AUDIO_VALUES, names.LSTM_STATE_OUT, names.CODEC_HIDDEN],
-            {
-                names.AUDIO_CODES: np.ascontiguousarray(codes[None, :, :, w0:w1]),
-                names.FRAME_RANGE: np.array([f - w0, g - w0], np.int64),
-                names.LSTM_STATE: state.lstm,
-                names.HIDDEN_BEFORE: state.tail,
-            },
-        )
+        audio, lstm, hidden = self._run(codes[..., w0:w1], f - w0, g - w0, state)
         keep = max(s, upto - self.reach.left)  # the next chunk's left context
         after = CodecState(g, upto, lstm, np.ascontiguousarray(hidden[..., keep - s :]))
         return audio[..., (a - s) * self.hop : (upto - s) * self.hop].astype(np.float32, copy=False), after

@@ -337,6 +337,9 @@ def test_the_codec_decodes_chunk_by_chunk_what_it_decodes_whole_and_refuses_bad_
     for flat in (state.pack()[:-1], np.zeros(2, np.float32), np.full(50, np.nan, np.float32)):
         with pytest.raises(ValidationError, match="codec_state"):
             CodecState.unpack(flat, dec.layers, dec.width)
+    with pytest.raises(ValidationError, match="codec_state holds 1 rows; these codes decode as 2"):
+        dec.decode(np.concatenate([codes, codes])[..., :40], total, 30, state)  # another batch's state
+    assert dec.rows_per_clip == 1
     again = CodecState.unpack(state.pack(), dec.layers, dec.width)
     assert (again.frames, again.emitted) == (26, 25) and np.array_equal(again.tail, state.tail)
 
