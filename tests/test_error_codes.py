@@ -178,3 +178,36 @@ def test_classify_by_status_code():
     assert isinstance(exc("Stub process 'lm_engine_0_0' is not healthy.", "503"), ModelNotReady)
     assert isinstance(exc("failed to connect to all addresses", "StatusCode.UNAVAILABLE"), ServerUnavailable)
     assert isinstance(exc("internal error [1a2b3c4d] (details in the server log)", "500"), GenerationError)
+
+
+def test_audio_decoder_chunks_through_triton_and_refuses_bad_chunks_with_400(triton):
+    """audio_decoder's chunk-by-chunk mode as musicgen_stream calls it (two chunks, the state passed back)
+    gives the clip's whole decode; a state it did not return, or codes not yet there, are INVALID_ARGUMENT."""
+    c = grpcclient.InferenceServerClient(triton.grpc_endpoint)
+    codes = np.random.default_rng(0).integers(0, 64, (4, 40)).astype(np.int64)
+
+    def decode(frames, total=None, upto=None, state=None):
+        arrays = {"audio_codes": codes[:, :frames], "clip_frames": total, "decode_to": upto, "codec_state": state}
+        inputs = []
+        for n, v in arrays.items():
+            if v is not None:
+                v = np.asarray([v] if np.ndim(v) == 0 else v)
+                t = grpcclient.InferInput(n, list(v.shape), "FP32" if n == "codec_state" else "INT64")
+                t.set_data_from_numpy(v.astype(np.float32 if n == "codec_state" else np.int64))
+                inputs.append(t)
+        outputs = [grpcclient.InferRequestedOutput(n) for n in ("audio", "codec_state")]
+        r = c.infer("audio_decoder", inputs, outputs=outputs, client_timeout=60)
+        return r.as_numpy("audio"), r.as_numpy("codec_state")
+
+    whole, _ = decode(40)
+    first, state = decode(24, 40, 20)
+    second, _ = decode(40, 40, 40, state)
+    assert np.abs(np.concatenate([first, second], axis=-1) - whole).max() < 1e-6
+    for call, name in (
+        (lambda: decode(40, 40, 40, np.zeros(5, np.float32)), "codec_state"),
+        (lambda: decode(22, 40, 30, state), "codes"),
+    ):
+        with pytest.raises(InferenceServerException) as info:
+            call()
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT", info.value
+        _assert_clean(info.value.message(), name)
