@@ -288,8 +288,8 @@ class AudioDecoder(nn.Module):
         super().__init__()
         codec = codec_graph.export_decoder(model.audio_encoder)
         self.quantizer = codec.quantizer
-        self.embed_conv, lstm = codec.decoder.layers[0], codec.decoder.layers[1]
-        self.lstm = lstm.lstm
+        self.embed_conv = codec.decoder.layers[0]
+        self.lstm = codec.decoder.layers[1].lstm  # EncodecLSTM's nn.LSTM: its skip connection is in forward
         self.upsample = nn.Sequential(*codec.decoder.layers[2:])
         self.channels = codec_channels(model)
 

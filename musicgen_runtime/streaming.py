@@ -37,8 +37,8 @@ class Reach:
         return max(self.hidden, MIN_FRAMES - 1)
 
     def hidden_end(self, b: int, total: int) -> int:
-        """The hidden frames a chunk ending at `b` is decoded with end here (the first window is at least
-        MIN_FRAMES long; later ones start `left` frames before their chunk)."""
+        """Where the hidden frames that decode a chunk ending at `b` end: `reach.hidden` past it, and for
+        the first window at least MIN_FRAMES (later windows start `left` frames before their chunk)."""
         return min(total, max(b + self.hidden, MIN_FRAMES))
 
     def needed(self, b: int, total: int) -> int:
