@@ -63,20 +63,21 @@ static void store_int8(char* at, const float* x, int d) {
   memcpy(at + d, &scale, sizeof scale);
 }
 
-void cached_attention_store(const CachedAttention* a) {
+/* Row b's new keys and values of kv head g, at their positions. */
+static void store_kv_head(const CachedAttention* a, int b, int g) {
   const int d = a->head_dim;
   const size_t bytes = cached_position_bytes(d);
+  for (int i = 0; i < a->tokens; i++) {
+    const float* t = a->qkv + ((size_t)b * a->tokens + i) * qkv_stride(a);
+    size_t at = (((size_t)b * a->kv_heads + g) * a->capacity + a->total[b] - a->tokens + i) * bytes;
+    store_int8((char*)a->key + at, t + (size_t)(a->heads + g) * d, d);
+    store_int8((char*)a->value + at, t + (size_t)(a->heads + a->kv_heads + g) * d, d);
+  }
+}
+
+void cached_attention_store(const CachedAttention* a) {
   for (int b = 0; b < a->rows; b++)
-    for (int i = 0; i < a->tokens; i++) {
-      const float* t = a->qkv + ((size_t)b * a->tokens + i) * qkv_stride(a);
-      int pos = a->total[b] - a->tokens + i;
-      for (int g = 0; g < a->kv_heads; g++) {
-        size_t at = (((size_t)b * a->kv_heads + g) * a->capacity + pos) * bytes;
-        const float *k = t + (size_t)(a->heads + g) * d, *v = t + (size_t)(a->heads + a->kv_heads + g) * d;
-        store_int8((char*)a->key + at, k, d);
-        store_int8((char*)a->value + at, v, d);
-      }
-    }
+    for (int g = 0; g < a->kv_heads; g++) store_kv_head(a, b, g);
 }
 
 /* Four scores at once: the dot products of q with the positions at k, k + stride, k + 2 stride, k + 3 stride
@@ -220,6 +221,7 @@ static inline __attribute__((always_inline)) void cached_head(const CachedAttent
 }
 
 void cached_attention_head(const CachedAttention* a, int b, int h, float* scores) {
+  if (a->heads == a->kv_heads) store_kv_head(a, b, h);
   if (a->head_dim == 64)
     cached_head(a, b, h, scores, 8);
   else

@@ -35,10 +35,14 @@ typedef struct {
    scale), then their float32 scale. */
 size_t cached_position_bytes(int head_dim);
 
-/* Writes every row's new keys and values into the caches (before any head attends). */
+/* Writes every row's new keys and values into the caches: before any head attends, where query heads share
+   K/V heads (kv_heads < heads). */
 void cached_attention_store(const CachedAttention* a);
 
-/* The output of query head `h` of row `b` for its new tokens; `scores`: room for `capacity` floats. */
+/* The output of query head `h` of row `b` for its new tokens; `scores`: room for `capacity` floats. Where each
+   query head has a K/V head of its own, it first writes that head's new keys and values itself, so the heads'
+   tasks share the stores out (one request on the Zen 2 VM: 0.2 ms a step on the calling thread before,
+   mostly waiting for the cold cache lines they write; the step 0.2-0.3 ms faster). */
 void cached_attention_head(const CachedAttention* a, int b, int h, float* scores);
 
 /* CrossAttention: every new token attends to all text positions (ORT MultiHeadAttention's semantics with
