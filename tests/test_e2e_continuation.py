@@ -12,6 +12,7 @@ from tritonclient.utils import InferenceServerException
 
 from export.signals import synth_melody
 from musicgen_runtime import names
+from cli_run import run_cli
 
 PROMPT = "lofi hip hop beat with mellow piano"
 HOP, SR = 640, 32000
@@ -136,8 +137,6 @@ def test_plain_request_unaffected_by_concurrent_prompts(triton):
 
 def test_client_and_cli_continue_a_file(triton, tmp_path):
     import json
-    import subprocess
-    import sys
 
     import soundfile as sf
 
@@ -164,46 +163,22 @@ def test_client_and_cli_continue_a_file(triton, tmp_path):
         )
         assert streamed.prompt_frames == p and np.array_equal(streamed.codes, from_file.codes)
     out = tmp_path / "out.wav"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "client.cli",
-            "generate",
-            PROMPT,
-            "--duration",
-            "0.3",
-            "--continue-from",
-            str(path),
-            "--url",
-            triton.grpc_endpoint,
-            "--out",
-            str(out),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    run = run_cli(
+        "generate",
+        PROMPT,
+        "--duration",
+        "0.3",
+        "--continue-from",
+        path,
+        "--url",
+        triton.grpc_endpoint,
+        "--out",
+        out,
+        "--json",
     )
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     assert summary["prompt_frames"] == p and summary["frames"] == p + 15
     assert sf.info(out).frames == (p + 15) * HOP
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "client.cli",
-            "generate",
-            PROMPT,
-            "--continue-from",
-            str(tmp_path / "nope.wav"),
-            "--url",
-            triton.grpc_endpoint,
-            "-q",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = run_cli("generate", PROMPT, "--continue-from", tmp_path / "nope.wav", "--url", triton.grpc_endpoint, "-q")
     assert run.returncode == 2 and "audio_prompt file 'nope.wav': no such file" in run.stderr

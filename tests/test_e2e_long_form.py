@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from musicgen_runtime import manifest, names
 from musicgen_runtime.long_form import window_plan
 
 from staging import copy_with_parameters
+from cli_run import run_cli
 
 PROMPT = "lofi hip hop beat with mellow piano"
 HOP = 640
@@ -143,23 +142,7 @@ def test_client_and_cli_read_the_servers_limit(long_triton, tmp_path):
         streamed = c.generate(PROMPT, 2.2, seed=4, stream=True)
         assert streamed.codes.shape == (4, 110) and streamed.audio.shape == (1, 110 * HOP)
     out = tmp_path / "long.wav"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "client.cli",
-            "generate",
-            PROMPT,
-            "--duration",
-            "2.4",
-            "--url",
-            long_triton.grpc_endpoint,
-        ]
-        + ["--out", str(out), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = run_cli("generate", PROMPT, "--duration", "2.4", "--url", long_triton.grpc_endpoint, "--out", out, "--json")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.strip().splitlines()[-1])["frames"] == 120
     assert sf.info(out).frames == 120 * HOP

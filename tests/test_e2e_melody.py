@@ -10,6 +10,7 @@ from tritonclient.utils import InferenceServerException
 
 from export.parity import hf_greedy_codes
 from export.signals import synth_melody
+from cli_run import run_cli
 
 PROMPT = "a sad violin solo over a soft piano accompaniment"
 
@@ -109,8 +110,6 @@ def test_text_only_model_refuses_a_melody(triton):
 
 
 def test_client_and_cli_send_a_melody(melody_triton, triton, tmp_path):
-    import subprocess
-    import sys
 
     import soundfile as sf
 
@@ -134,46 +133,22 @@ def test_client_and_cli_send_a_melody(melody_triton, triton, tmp_path):
         with pytest.raises(InvalidParameter, match="does not take a melody"):
             c.generate(PROMPT, 0.5, melody=str(path))
     out = tmp_path / "out.wav"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "client.cli",
-            "generate",
-            PROMPT,
-            "--duration",
-            "0.5",
-            "--melody",
-            str(path),
-            "--url",
-            melody_triton.grpc_endpoint,
-            "--out",
-            str(out),
-            "-q",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    run = run_cli(
+        "generate",
+        PROMPT,
+        "--duration",
+        "0.5",
+        "--melody",
+        path,
+        "--url",
+        melody_triton.grpc_endpoint,
+        "--out",
+        out,
+        "-q",
     )
     assert run.returncode == 0, run.stderr
     assert sf.info(out).frames == 16000
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "client.cli",
-            "generate",
-            PROMPT,
-            "--melody",
-            str(tmp_path / "nope.wav"),
-            "--url",
-            melody_triton.grpc_endpoint,
-            "-q",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = run_cli("generate", PROMPT, "--melody", tmp_path / "nope.wav", "--url", melody_triton.grpc_endpoint, "-q")
     assert run.returncode == 2 and "no such file" in run.stderr
 
 

@@ -12,8 +12,6 @@ import json
 import math
 import queue
 import re
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from client import GenerationError, InvalidParameter, ModelNotReady, ServerUnavailable
 from client.errors import classify
+from cli_run import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 # "/tmp/...", "/work/...", "/root/...": any absolute path; and Python's traceback markers
@@ -142,27 +141,17 @@ def test_client_and_cli_map_server_codes(triton, tmp_path):
 
     tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)
     melody.write_bytes(audio_io.encode_audio(tone[None], 16000, "wav"))
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "client.cli",
-            "generate",
-            "drums",
-            "--duration",
-            "0.5",
-            "--melody",
-            str(melody),
-            "--url",
-            f"grpc://{triton.grpc_endpoint}",
-            "-o",
-            str(tmp_path / "o.wav"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    r = run_cli(
+        "generate",
+        "drums",
+        "--duration",
+        "0.5",
+        "--melody",
+        melody,
+        "--url",
+        f"grpc://{triton.grpc_endpoint}",
+        "-o",
+        tmp_path / "o.wav",
     )
     assert r.returncode == 2, r.stdout + r.stderr
     assert "does not take a melody" in r.stderr and not LEAK.search(r.stderr.replace(str(melody), "")), r.stderr

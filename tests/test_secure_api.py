@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from local_procs import LocalProcs, install_debian_tools, start_page, wait_for
+from cli_run import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CADDYFILE = ROOT / "deploy" / "docker" / "Caddyfile"
@@ -212,15 +213,7 @@ def test_cli_token_from_env_and_exit_codes(door):
     env = {**os.environ, "MUSICGEN_API_TOKEN": door["token"], "MUSICGEN_CA_BUNDLE": str(door["ca"])}
 
     def cli(*args, **extra):
-        return subprocess.run(
-            [sys.executable, "-m", "client.cli", "models", "--url", url, *args],
-            check=False,
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env={**env, **extra},
-            timeout=120,
-        )
+        return run_cli("models", "--url", url, *args, env={**env, **extra})
 
     ok = cli("--json")
     assert ok.returncode == 0, ok.stderr
@@ -228,15 +221,7 @@ def test_cli_token_from_env_and_exit_codes(door):
     bad = cli(MUSICGEN_API_TOKEN="mgt_wrong")
     assert bad.returncode == 4 and "refused the API token" in bad.stderr
     assert "mgt_wrong" not in bad.stderr
-    health = subprocess.run(
-        [sys.executable, "-m", "client.cli", "health", "--no-generate", "--url", url],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        env={**env, "MUSICGEN_API_TOKEN": ""},
-    )
+    health = run_cli("health", "--no-generate", "--url", url, env={**env, "MUSICGEN_API_TOKEN": ""})
     assert health.returncode == 4, health.stdout + health.stderr
     untrusted = cli(MUSICGEN_CA_BUNDLE="")
     assert untrusted.returncode == 4 and "TLS" in untrusted.stderr

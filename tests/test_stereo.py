@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from export.signals import synth_melody
 from musicgen_runtime import manifest, names
 
 from staging import stage_repository
+from cli_run import run_cli
 
 PROMPT = "lofi hip hop beat with mellow piano"
 HOP, SR, K = 640, 32000, 8
@@ -120,12 +119,18 @@ def test_cli_writes_a_stereo_wav(stereo_triton, tmp_path):
     import soundfile as sf
 
     out = tmp_path / "stereo.wav"
-    run = subprocess.run(
-        [sys.executable, "-m", "client.cli", "generate", PROMPT, "--duration", "0.3", "--seed", "3"]
-        + ["--url", stereo_triton.grpc_endpoint, "--out", str(out), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    run = run_cli(
+        "generate",
+        PROMPT,
+        "--duration",
+        "0.3",
+        "--seed",
+        "3",
+        "--url",
+        stereo_triton.grpc_endpoint,
+        "--out",
+        out,
+        "--json",
     )
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.strip().splitlines()[-1])["frames"] == 15
