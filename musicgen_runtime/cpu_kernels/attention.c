@@ -75,7 +75,11 @@ static void store_kv_head(const CachedAttention* a, int b, int g) {
   }
 }
 
+/* Whether each query head has a K/V head of its own: then its task writes them (cached_attention_head). */
+static int heads_store_their_own(const CachedAttention* a) { return a->heads == a->kv_heads; }
+
 void cached_attention_store(const CachedAttention* a) {
+  if (heads_store_their_own(a)) return;
   for (int b = 0; b < a->rows; b++)
     for (int g = 0; g < a->kv_heads; g++) store_kv_head(a, b, g);
 }
@@ -221,7 +225,7 @@ static inline __attribute__((always_inline)) void cached_head(const CachedAttent
 }
 
 void cached_attention_head(const CachedAttention* a, int b, int h, float* scores) {
-  if (a->heads == a->kv_heads) store_kv_head(a, b, h);
+  if (heads_store_their_own(a)) store_kv_head(a, b, h);
   if (a->head_dim == 64)
     cached_head(a, b, h, scores, 8);
   else

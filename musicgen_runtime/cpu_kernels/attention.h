@@ -35,8 +35,8 @@ typedef struct {
    scale), then their float32 scale. */
 size_t cached_position_bytes(int head_dim);
 
-/* Writes every row's new keys and values into the caches: before any head attends, where query heads share
-   K/V heads (kv_heads < heads). */
+/* Writes every row's new keys and values into the caches, before any head attends, where query heads share
+   K/V heads (kv_heads < heads); otherwise nothing (each head's cached_attention_head writes its own). */
 void cached_attention_store(const CachedAttention* a);
 
 /* The output of query head `h` of row `b` for its new tokens; `scores`: room for `capacity` floats. Where each

@@ -372,7 +372,7 @@ static OrtStatus* attention_compute(void* kernel, OrtKernelContext* ctx) {
   for (int64_t r = 0; r < b; r++) totals[r] = last[r] + 1;
   CachedAttention at = {(int)b, (int)s, (int)kn->heads, (int)kn->kv_heads, (int)d, (int)cap, kn->scale,
                         qkv.data, key, value, totals, out};
-  if (kn->heads != kn->kv_heads) cached_attention_store(&at); /* else each head task stores its own */
+  cached_attention_store(&at);
   HeadJob job = {one_cached_head, &at, (int)kn->heads, (size_t)cap, NULL};
   OrtStatus* st = run_heads(ctx, "CachedAttention", job, (int)b);
   free(totals);
